@@ -1,0 +1,107 @@
+"""Command line: ``python -m service`` serves; ``python -m service api-keys``
+manages API keys.
+
+    python -m service                                 # run the server
+    python -m service api-keys create --tenant acme   # prints the key last
+    python -m service api-keys list [--tenant acme]
+    python -m service api-keys revoke KEY_ID
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+from pydantic import ValidationError
+
+from service.config import Settings
+from service.core.errors import LoomError
+
+__all__ = ["main"]
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        lines = [
+            f"  LOOM_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
+        ]
+        sys.stderr.write("loom: invalid configuration:\n" + "\n".join(lines) + "\n")
+        raise SystemExit(2) from None
+
+
+async def _api_keys(args: argparse.Namespace, settings: Settings) -> int:
+    from service.core.keys import KeyService
+    from service.store import connect
+
+    store = connect(settings.mongodb_uri.get_secret_value(), settings.mongodb_db)
+    try:
+        await store.ensure_indexes()
+        keys = KeyService(store.keys)
+        if args.command == "create":
+            created = await keys.create(args.tenant)
+            print(f"key_id: {created.key.key_id}  tenant: {created.key.tenant}")
+            print("the key is shown once; store it now:")
+            print(created.secret)
+        elif args.command == "list":
+            for key in await keys.list_keys(args.tenant):
+                state = (
+                    f"revoked {key.revoke_time:%Y-%m-%dT%H:%M:%SZ}" if key.revoke_time else "active"
+                )
+                print(
+                    f"{key.key_id}\t{key.tenant}\t{key.prefix}…\t{key.create_time:%Y-%m-%dT%H:%M:%SZ}\t{state}"
+                )
+        elif not await keys.revoke(args.key_id):
+            sys.stderr.write(f"loom: no active key with id {args.key_id!r}\n")
+            return 1
+        else:
+            print(f"revoked {args.key_id}")
+        return 0
+    except LoomError as exc:
+        sys.stderr.write(f"loom: {exc.message}\n")
+        return 2
+    finally:
+        await store.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    parser = argparse.ArgumentParser(prog="python -m service", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="group")
+    sub.add_parser("serve", help="run the gRPC server (the default)")
+    keys = sub.add_parser("api-keys", help="create, list or revoke API keys")
+    key_cmds = keys.add_subparsers(dest="command", required=True)
+    create = key_cmds.add_parser("create", help="create a key; it is printed on the last line")
+    create.add_argument("--tenant", required=True)
+    listing = key_cmds.add_parser("list", help="list keys (never the secrets)")
+    listing.add_argument("--tenant")
+    revoke = key_cmds.add_parser("revoke", help="revoke a key by its id")
+    revoke.add_argument("key_id")
+    args = parser.parse_args(argv)
+
+    settings = _settings()
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("pymongo").setLevel(logging.WARNING)
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
+    if args.group == "api-keys":
+        return asyncio.run(_api_keys(args, settings))
+    from service.server import serve
+
+    try:
+        asyncio.run(serve(settings))
+    except OSError as exc:
+        sys.stderr.write(f"loom: {exc}\n")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

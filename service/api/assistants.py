@@ -1,0 +1,74 @@
+"""AssistantService: protobuf in, domain calls, protobuf out."""
+
+from __future__ import annotations
+
+from typing import Any, TypeAlias
+
+from grpc import aio
+
+from generated.loom.v1 import assistant_pb2, assistant_pb2_grpc
+from service.api.context import tenant
+from service.api.convert import assistant_to_pb, memory_from_pb
+from service.core.assistants import UPDATABLE_FIELDS, AssistantDraft, Assistants
+
+__all__ = ["AssistantServicer"]
+
+Context: TypeAlias = aio.ServicerContext[Any, Any]
+
+
+def _draft(a: assistant_pb2.Assistant) -> AssistantDraft:
+    return AssistantDraft(
+        name=a.name,
+        instructions=a.instructions,
+        model=a.model,
+        memory_mode=memory_from_pb(a.memory_mode),
+        metadata=dict(a.metadata),
+    )
+
+
+def _set_fields(a: assistant_pb2.Assistant) -> list[str]:
+    """AIP-134: without a mask, every updatable field the caller set."""
+    return [f.name for f, _ in a.ListFields() if f.name in UPDATABLE_FIELDS]
+
+
+class AssistantServicer(assistant_pb2_grpc.AssistantServiceServicer):
+    """Translates AssistantService calls to ``Assistants``."""
+
+    def __init__(self, assistants: Assistants) -> None:
+        self._assistants = assistants
+
+    async def CreateAssistant(
+        self, request: assistant_pb2.CreateAssistantRequest, context: Context
+    ) -> assistant_pb2.CreateAssistantResponse:
+        created = await self._assistants.create(tenant(), _draft(request.assistant))
+        return assistant_pb2.CreateAssistantResponse(assistant=assistant_to_pb(created))
+
+    async def GetAssistant(
+        self, request: assistant_pb2.GetAssistantRequest, context: Context
+    ) -> assistant_pb2.GetAssistantResponse:
+        found = await self._assistants.get(tenant(), request.assistant_id)
+        return assistant_pb2.GetAssistantResponse(assistant=assistant_to_pb(found))
+
+    async def ListAssistants(
+        self, request: assistant_pb2.ListAssistantsRequest, context: Context
+    ) -> assistant_pb2.ListAssistantsResponse:
+        page = await self._assistants.list(tenant(), request.page_size, request.page_token)
+        return assistant_pb2.ListAssistantsResponse(
+            assistants=[assistant_to_pb(a) for a in page.items],
+            next_page_token=page.next_page_token,
+        )
+
+    async def UpdateAssistant(
+        self, request: assistant_pb2.UpdateAssistantRequest, context: Context
+    ) -> assistant_pb2.UpdateAssistantResponse:
+        paths = list(request.update_mask.paths) or _set_fields(request.assistant)
+        updated = await self._assistants.update(
+            tenant(), request.assistant.assistant_id, _draft(request.assistant), paths
+        )
+        return assistant_pb2.UpdateAssistantResponse(assistant=assistant_to_pb(updated))
+
+    async def DeleteAssistant(
+        self, request: assistant_pb2.DeleteAssistantRequest, context: Context
+    ) -> assistant_pb2.DeleteAssistantResponse:
+        count = await self._assistants.delete(tenant(), request.assistant_id)
+        return assistant_pb2.DeleteAssistantResponse(deleted_thread_count=count)

@@ -1,0 +1,70 @@
+"""Domain errors to gRPC statuses with ``google.rpc.ErrorInfo`` (AIP-193)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+from service.core import errors
+
+__all__ = ["DOMAIN", "classify", "register", "status_details"]
+
+log = logging.getLogger(__name__)
+
+DOMAIN = "loom.v1"
+
+_CODES: list[tuple[type[errors.LoomError], grpc.StatusCode]] = [
+    (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.NotFound, grpc.StatusCode.NOT_FOUND),
+    (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (errors.Aborted, grpc.StatusCode.ABORTED),
+    (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+]
+
+# Exceptions from adapters that are not domain errors but mean something to
+# the caller (database down, say); registered by the wiring in server.py so
+# this layer need not import the driver.
+_TRANSLATORS: list[tuple[type[BaseException], Callable[[BaseException], errors.LoomError]]] = []
+
+
+def register(
+    kind: type[BaseException], translate: Callable[[BaseException], errors.LoomError]
+) -> None:
+    """Map an adapter exception type to a domain error."""
+    _TRANSLATORS.append((kind, translate))
+
+
+def classify(exc: BaseException) -> tuple[grpc.StatusCode, errors.LoomError]:
+    """The status code and the domain error to report for ``exc``; anything
+    unknown is INTERNAL with a generic message (the detail is logged)."""
+    if not isinstance(exc, errors.LoomError):
+        for kind, translate in _TRANSLATORS:
+            if isinstance(exc, kind):
+                exc = translate(exc)
+                break
+    if isinstance(exc, errors.LoomError):
+        for kind, code in _CODES:
+            if isinstance(exc, kind):
+                return code, exc
+    log.error("unexpected error", exc_info=exc)
+    return grpc.StatusCode.INTERNAL, errors.LoomError(
+        "internal error; it has been logged", reason="INTERNAL"
+    )
+
+
+def status_details(code: grpc.StatusCode, error: errors.LoomError) -> bytes:
+    """A serialized ``google.rpc.Status`` carrying an ``ErrorInfo``, for the
+    ``grpc-status-details-bin`` trailer."""
+    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata)
+    detail = any_pb2.Any()
+    detail.Pack(info)
+    status = status_pb2.Status(code=code.value[0], message=error.message, details=[detail])
+    serialized: bytes = status.SerializeToString()
+    return serialized

@@ -1,0 +1,110 @@
+"""One interceptor for every Loom RPC: API-key authentication, the tenant
+context, and domain errors to gRPC statuses.
+
+It wraps each handler rather than only checking metadata, so that the tenant
+context variable is set in the task that runs the handler, and so that every
+error from every handler goes through ``classify`` (never UNKNOWN, never a
+stack trace to the caller).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from service.api.context import current_tenant
+from service.api.errors import classify, status_details
+
+__all__ = ["LoomInterceptor"]
+
+log = logging.getLogger(__name__)
+
+_OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+API_KEY_HEADER = "x-api-key"
+
+Authenticate = Callable[[str | None], Awaitable[str]]
+
+
+def _api_key(context: aio.ServicerContext[Any, Any]) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == API_KEY_HEADER:
+            return value if isinstance(value, str) else value.decode()
+    return None
+
+
+async def _abort(context: aio.ServicerContext[Any, Any], exc: BaseException) -> None:
+    code, error = classify(exc)
+    await context.abort(
+        code,
+        error.message,
+        trailing_metadata=(("grpc-status-details-bin", status_details(code, error)),),
+    )
+
+
+class LoomInterceptor(aio.ServerInterceptor):
+    """Authenticates every RPC but health and reflection, and maps errors."""
+
+    def __init__(self, authenticate: Authenticate) -> None:
+        self._authenticate = authenticate
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method
+        if handler is None or method.startswith(_OPEN_PREFIXES):
+            return handler
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._stream(handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler  # Loom has no client-streaming RPCs
+
+    def _unary(self, behavior: Any) -> Any:
+        authenticate = self._authenticate
+
+        async def unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+            try:
+                current_tenant.set(await authenticate(_api_key(context)))
+                return await behavior(request, context)
+            except aio.AbortError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - every error becomes a status
+                await _abort(context, exc)
+
+        return unary
+
+    def _stream(self, behavior: Any) -> Any:
+        authenticate = self._authenticate
+
+        async def stream(
+            request: Any, context: aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            try:
+                current_tenant.set(await authenticate(_api_key(context)))
+                async with contextlib.aclosing(behavior(request, context)) as responses:
+                    async for response in responses:
+                        yield response
+            except aio.AbortError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - every error becomes a status
+                await _abort(context, exc)
+
+        return stream

@@ -1,0 +1,65 @@
+"""Settings from the environment, validated at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    """Every setting Loom reads; see the README's configuration table."""
+
+    model_config = SettingsConfigDict(env_prefix="LOOM_", extra="ignore", frozen=True)
+
+    listen: str = Field("127.0.0.1:50051", description="host:port the gRPC server binds")
+    mongodb_uri: SecretStr = Field(SecretStr("mongodb://127.0.0.1:27017"))
+    mongodb_db: str = "loom"
+    data_dir: Path = Path("./.data")
+    llm_base_url: str | None = Field(
+        None, validation_alias=AliasChoices("LOOM_LLM_BASE_URL", "OPENAI_BASE_URL")
+    )
+    llm_api_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("LOOM_LLM_API_KEY", "OPENAI_API_KEY")
+    )
+    llm_model: str = "gpt-4o-mini"
+    llm_timeout: float = Field(60.0, gt=0, description="seconds to wait for the model to answer")
+    llm_max_retries: int = Field(2, ge=0, le=10)
+    llm_retry_delay: float = Field(0.5, ge=0, description="first retry back-off, seconds")
+    dev_api_key: SecretStr | None = None
+    max_message_chars: int = Field(100_000, gt=0)
+    lease_seconds: float = Field(30.0, gt=0)
+    shutdown_grace: float = Field(10.0, ge=0)
+    log_level: str = "INFO"
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError("must be host:port, e.g. 127.0.0.1:50051 or [::]:50051")
+        return value
+
+    @field_validator("mongodb_uri")
+    @classmethod
+    def _check_uri(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith(("mongodb://", "mongodb+srv://")):
+            raise ValueError("must start with mongodb:// or mongodb+srv://")
+        return value
+
+    @field_validator("llm_base_url")
+    @classmethod
+    def _check_base_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL, e.g. http://localhost:11434/v1")
+        return value or None
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_level(cls, value: str) -> str:
+        if value.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
+        return value.upper()

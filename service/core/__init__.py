@@ -1,0 +1,1 @@
+"""The conversation domain: no protobuf, no database driver, no HTTP client."""

@@ -1,0 +1,189 @@
+"""Assistants: create, read, list, update and delete (with their threads)."""
+
+from __future__ import annotations
+
+import builtins
+import logging
+from dataclasses import dataclass, field
+
+from service.core import ids
+from service.core.clock import now
+from service.core.errors import InvalidArgument, NotFound
+from service.core.models import Assistant, MemoryMode, Page
+from service.core.paging import decode_token, encode_token
+from service.core.ports import AssistantStore, MessageStore, ThreadStore
+from service.core.validation import check_metadata, check_page_size, check_text
+
+__all__ = ["DEFAULT_INSTRUCTIONS", "UPDATABLE_FIELDS", "AssistantDraft", "Assistants"]
+
+log = logging.getLogger(__name__)
+
+MAX_NAME = 256
+MAX_INSTRUCTIONS = 256_000
+MAX_MODEL = 256
+DEFAULT_INSTRUCTIONS = "You are a helpful assistant."
+UPDATABLE_FIELDS = ("name", "instructions", "model", "memory_mode", "metadata")
+
+
+@dataclass(slots=True)
+class AssistantDraft:
+    """Caller-supplied fields of an assistant."""
+
+    name: str = ""
+    instructions: str = ""
+    model: str = ""
+    memory_mode: MemoryMode = MemoryMode.UNSPECIFIED
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def _checked(draft: AssistantDraft, prefix: str = "assistant.") -> dict[str, object]:
+    return {
+        "name": check_text(draft.name, prefix + "name", MAX_NAME),
+        "instructions": check_text(draft.instructions, prefix + "instructions", MAX_INSTRUCTIONS),
+        "model": check_text(draft.model.strip(), prefix + "model", MAX_MODEL),
+        "memory_mode": MemoryMode.OFF
+        if draft.memory_mode is MemoryMode.UNSPECIFIED
+        else draft.memory_mode,
+        "metadata": check_metadata(draft.metadata, prefix + "metadata"),
+    }
+
+
+class Assistants:
+    """The assistant use cases; every call is scoped to one tenant."""
+
+    def __init__(
+        self, assistants: AssistantStore, threads: ThreadStore, messages: MessageStore
+    ) -> None:
+        self._assistants = assistants
+        self._threads = threads
+        self._messages = messages
+
+    async def create(self, tenant: str, draft: AssistantDraft) -> Assistant:
+        """Create an assistant.
+
+        Raises:
+            InvalidArgument: a field is too long or the metadata is off limits.
+        """
+        values = _checked(draft)
+        t = now()
+        assistant = Assistant(
+            assistant_id=ids.new_id(ids.ASSISTANT), tenant=tenant, create_time=t, update_time=t
+        )
+        for name, value in values.items():
+            setattr(assistant, name, value)
+        await self._assistants.insert(assistant)
+        return assistant
+
+    async def get(self, tenant: str, assistant_id: str) -> Assistant:
+        """Return the assistant.
+
+        Raises:
+            InvalidArgument: malformed id.
+            NotFound: no such assistant for this tenant.
+        """
+        ids.check_id(ids.ASSISTANT, assistant_id, "assistant_id")
+        assistant = await self._assistants.get(tenant, assistant_id)
+        if assistant is None:
+            raise NotFound("assistant", assistant_id)
+        return assistant
+
+    async def default(self, tenant: str) -> Assistant:
+        """The tenant's default assistant, created on first use."""
+        t = now()
+        return await self._assistants.ensure(
+            Assistant(
+                assistant_id=ids.default_assistant_id(tenant),
+                tenant=tenant,
+                name="Default assistant",
+                instructions=DEFAULT_INSTRUCTIONS,
+                create_time=t,
+                update_time=t,
+            )
+        )
+
+    async def list(self, tenant: str, page_size: int, page_token: str) -> Page[Assistant]:
+        """One page of assistants, newest first.
+
+        Raises:
+            InvalidArgument: negative page size or a bad page token.
+        """
+        limit = check_page_size(page_size)
+        filters: dict[str, object] = {"list": "assistants"}
+        after = decode_token(page_token, filters)
+        if after is not None and not isinstance(after, str):
+            raise InvalidArgument("page_token is malformed", field="page_token")
+        items = await self._assistants.find_page(tenant, limit + 1, after)
+        more = len(items) > limit
+        items = items[:limit]
+        token = encode_token(items[-1].assistant_id, filters) if more else ""
+        return Page(items, token)
+
+    async def update(
+        self, tenant: str, assistant_id: str, draft: AssistantDraft, paths: builtins.list[str]
+    ) -> Assistant:
+        """Change the fields in ``paths`` (AIP-134); ``*`` means all of them.
+
+        Raises:
+            InvalidArgument: malformed id, unknown path, or a bad value.
+            NotFound: no such assistant.
+        """
+        ids.check_id(ids.ASSISTANT, assistant_id, "assistant.assistant_id")
+        if not paths:
+            raise InvalidArgument(
+                "update_mask names no field to change; list fields such as 'name' or "
+                "'instructions', or '*' for all",
+                field="update_mask",
+            )
+        if "*" in paths:
+            if len(paths) > 1:
+                raise InvalidArgument(
+                    "update_mask '*' cannot be combined with other paths", field="update_mask"
+                )
+            paths = list(UPDATABLE_FIELDS)
+        unknown = [p for p in paths if p not in UPDATABLE_FIELDS]
+        if unknown:
+            raise InvalidArgument(
+                f"update_mask path {unknown[0]!r} cannot be updated; updatable fields are "
+                + ", ".join(UPDATABLE_FIELDS),
+                field="update_mask",
+            )
+        values = _checked(draft)
+        changes = {p: values[p] for p in dict.fromkeys(paths)}
+        updated = await self._assistants.update(tenant, assistant_id, changes, now())
+        if updated is None:
+            raise NotFound("assistant", assistant_id)
+        return updated
+
+    async def delete(self, tenant: str, assistant_id: str) -> int:
+        """Delete the assistant, its threads and their messages; return how
+        many threads went with it.
+
+        The assistant is hidden first, then its threads are deleted, then the
+        assistant itself: a crash part-way leaves a hidden assistant that
+        ``resume_deletes`` finishes at the next start.
+
+        Raises:
+            InvalidArgument: malformed id.
+            NotFound: no such assistant.
+        """
+        ids.check_id(ids.ASSISTANT, assistant_id, "assistant_id")
+        if not await self._assistants.mark_deleting(tenant, assistant_id):
+            raise NotFound("assistant", assistant_id)
+        return await self._cascade(tenant, assistant_id)
+
+    async def _cascade(self, tenant: str, assistant_id: str) -> int:
+        thread_ids = await self._threads.ids_of_assistant(tenant, assistant_id)
+        for thread_id in thread_ids:
+            await self._threads.mark_deleting(tenant, thread_id)
+            await self._messages.delete_thread(tenant, thread_id)
+            await self._threads.delete(tenant, thread_id)
+        await self._assistants.delete(tenant, assistant_id)
+        return len(thread_ids)
+
+    async def resume_deletes(self) -> int:
+        """Finish deletions that a crash interrupted; return how many."""
+        pending = await self._assistants.pending_deletes()
+        for tenant, assistant_id in pending:
+            log.info("finishing interrupted deletion of assistant %s", assistant_id)
+            await self._cascade(tenant, assistant_id)
+        return len(pending)

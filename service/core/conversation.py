@@ -1,0 +1,394 @@
+"""SendMessage: store the user's message, stream the model's reply, store it.
+
+The reply loop, in order:
+
+1. validate the request and, with a ``request_id``, claim it (a repeat
+   replays the first result instead of calling the model again);
+2. find or create the thread, take its lease (one reply per thread);
+3. store the user message and an IN_PROGRESS assistant message, each at the
+   next sequence number, and emit ``Started``;
+4. build the prompt (instructions, history, the new message) and stream the
+   model's reply as ``Delta`` events, saving progress now and then;
+5. store the reply as COMPLETE (or INCOMPLETE when the model hit its length
+   limit) with usage, and emit ``Completed``.
+
+If the model fails, the reply is stored FAILED with what arrived and the
+error propagates; if the caller goes away (or the server shuts down), it is
+stored INCOMPLETE with what arrived and the model request is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from collections.abc import AsyncGenerator
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+
+from service.core import ids
+from service.core.assistants import MAX_MODEL, Assistants
+from service.core.clock import now
+from service.core.errors import (
+    Aborted,
+    FailedPrecondition,
+    InvalidArgument,
+    LoomError,
+    NotFound,
+)
+from service.core.leases import Leases
+from service.core.models import (
+    Assistant,
+    Completed,
+    Delta,
+    MemoryMode,
+    Message,
+    MessageStatus,
+    ReplyEvent,
+    Role,
+    Started,
+    Thread,
+    Usage,
+)
+from service.core.ports import ChatModel, MessageStore, RequestRecord, RequestStore, ThreadStore
+from service.core.prompt import build_prompt
+from service.core.threads import MAX_USER_ID, Threads
+from service.core.validation import check_metadata, check_text
+
+__all__ = ["Conversation", "SendRequest"]
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST_ID = 128
+
+
+@dataclass(slots=True)
+class SendRequest:
+    """What the caller sent with SendMessage."""
+
+    content: str
+    thread_id: str = ""
+    assistant_id: str = ""
+    user_id: str = ""
+    memory: MemoryMode = MemoryMode.UNSPECIFIED
+    model: str = ""
+    request_id: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def fingerprint(self) -> str:
+        """A digest of everything but the request id, to spot a reused id."""
+        body = asdict(self)
+        body.pop("request_id")
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+class Conversation:
+    """The SendMessage use case."""
+
+    def __init__(
+        self,
+        *,
+        assistants: Assistants,
+        threads: Threads,
+        thread_store: ThreadStore,
+        messages: MessageStore,
+        requests: RequestStore,
+        leases: Leases,
+        llm: ChatModel,
+        default_model: str,
+        max_content: int,
+        lease_ttl: float,
+        flush_interval: float = 1.0,
+    ) -> None:
+        self._assistants = assistants
+        self._threads = threads
+        self._thread_store = thread_store
+        self._messages = messages
+        self._requests = requests
+        self._leases = leases
+        self._llm = llm
+        self._default_model = default_model
+        self._max_content = max_content
+        self._lease_ttl = lease_ttl
+        self._flush_interval = flush_interval
+
+    async def send(self, tenant: str, req: SendRequest) -> AsyncGenerator[ReplyEvent, None]:
+        """Run one SendMessage and yield its events.
+
+        Raises:
+            InvalidArgument: malformed or oversized input, mismatched ids.
+            NotFound: unknown thread or assistant.
+            ThreadBusy: another reply is streaming on the thread.
+            Aborted: the same request_id is still being served.
+            FailedPrecondition: no model endpoint is configured, or it
+                rejected the request.
+            Unavailable, ResourceExhausted: the model endpoint failed.
+        """
+        self._validate(req)
+        if not self._llm.configured:
+            raise FailedPrecondition(
+                "no model endpoint is configured: set LOOM_LLM_BASE_URL (and LOOM_LLM_API_KEY "
+                "if the endpoint needs one), or OPENAI_API_KEY for OpenAI, and restart Loom",
+                reason="MODEL_NOT_CONFIGURED",
+            )
+        if not req.request_id:
+            async for event in self._fresh(tenant, req):
+                yield event
+            return
+        existing = await self._requests.claim(tenant, req.request_id, req.fingerprint(), now())
+        if existing is not None:
+            async for event in self._repeat(tenant, req, existing):
+                yield event
+            return
+        async for event in self._claimed(tenant, req):
+            yield event
+
+    def _validate(self, req: SendRequest) -> None:
+        check_text(req.content, "content", self._max_content, required=True)
+        if req.thread_id:
+            ids.check_id(ids.THREAD, req.thread_id, "thread_id")
+        if req.assistant_id:
+            ids.check_id(ids.ASSISTANT, req.assistant_id, "assistant_id")
+        check_text(req.user_id, "user_id", MAX_USER_ID)
+        check_text(req.model, "model", MAX_MODEL)
+        check_text(req.request_id, "request_id", MAX_REQUEST_ID)
+        check_metadata(req.metadata)
+
+    async def _claimed(self, tenant: str, req: SendRequest) -> AsyncGenerator[ReplyEvent, None]:
+        """A fresh run under a claimed request id: if it fails before any
+        message is stored, the claim is dropped so the caller can retry."""
+        bound = False
+        try:
+            async for event in self._fresh(tenant, req):
+                bound = True
+                yield event
+        finally:
+            if not bound:
+                await asyncio.shield(self._requests.release(tenant, req.request_id))
+
+    async def _resolve(self, tenant: str, req: SendRequest) -> tuple[Thread, bool, Assistant]:
+        if not req.thread_id:
+            assistant = (
+                await self._assistants.get(tenant, req.assistant_id)
+                if req.assistant_id
+                else await self._assistants.default(tenant)
+            )
+            thread = await self._threads.create(tenant, assistant.assistant_id, req.user_id, {})
+            return thread, True, assistant
+        thread = await self._threads.get(tenant, req.thread_id)
+        if req.assistant_id and req.assistant_id != thread.assistant_id:
+            raise InvalidArgument(
+                f"thread {thread.thread_id!r} belongs to assistant {thread.assistant_id!r}, not "
+                f"{req.assistant_id!r}; omit assistant_id when continuing a thread",
+                field="assistant_id",
+            )
+        if req.user_id and req.user_id != thread.user_id:
+            raise InvalidArgument(
+                f"thread {thread.thread_id!r} belongs to another user; omit user_id when "
+                "continuing a thread, or start a new thread for this user",
+                field="user_id",
+            )
+        try:
+            assistant = await self._assistants.get(tenant, thread.assistant_id)
+        except NotFound:  # the assistant is being deleted, and the thread with it
+            raise NotFound("thread", thread.thread_id) from None
+        return thread, False, assistant
+
+    async def _fresh(self, tenant: str, req: SendRequest) -> AsyncGenerator[ReplyEvent, None]:
+        thread, created, assistant = await self._resolve(tenant, req)
+        model = req.model.strip() or assistant.model or self._default_model
+        memory = req.memory if req.memory is not MemoryMode.UNSPECIFIED else assistant.memory_mode
+        stored = False
+        try:
+            async with self._leases.hold(tenant, thread.thread_id):
+                t = now()
+                user = await self._messages.append(
+                    Message(
+                        message_id=ids.new_id(ids.MESSAGE),
+                        tenant=tenant,
+                        thread_id=thread.thread_id,
+                        role=Role.USER,
+                        content=req.content,
+                        status=MessageStatus.COMPLETE,
+                        metadata=dict(req.metadata),
+                        memory=memory,
+                        create_time=t,
+                        request_id=req.request_id,
+                    )
+                )
+                stored = True
+                reply = await self._messages.append(
+                    Message(
+                        message_id=ids.new_id(ids.MESSAGE),
+                        tenant=tenant,
+                        thread_id=thread.thread_id,
+                        role=Role.ASSISTANT,
+                        content="",
+                        status=MessageStatus.IN_PROGRESS,
+                        model=model,
+                        memory=memory,
+                        create_time=t,
+                        request_id=req.request_id,
+                    )
+                )
+                if req.request_id:
+                    await self._requests.bind(
+                        tenant,
+                        req.request_id,
+                        RequestRecord(
+                            fingerprint=req.fingerprint(),
+                            create_time=t,
+                            thread_id=thread.thread_id,
+                            thread_created=created,
+                            assistant_id=assistant.assistant_id,
+                            user_message_id=user.message_id,
+                            assistant_message_id=reply.message_id,
+                            model=model,
+                        ),
+                    )
+                yield Started(
+                    thread_id=thread.thread_id,
+                    thread_created=created,
+                    user_message_id=user.message_id,
+                    assistant_message_id=reply.message_id,
+                    model=model,
+                    assistant_id=assistant.assistant_id,
+                )
+                async for event in self._generate(tenant, assistant, user, reply):
+                    yield event
+        finally:
+            if created and not stored:
+                # Nothing reached the thread: do not leave an empty one behind.
+                await asyncio.shield(self._thread_store.delete(tenant, thread.thread_id))
+
+    async def _generate(
+        self, tenant: str, assistant: Assistant, user: Message, reply: Message
+    ) -> AsyncGenerator[ReplyEvent, None]:
+        history = await self._messages.history(tenant, user.thread_id, user.sequence)
+        turns = build_prompt(assistant.instructions, history, user)
+        parts: list[str] = []
+        usage: Usage | None = None
+        finish_reason: str | None = None
+        last_save = time.monotonic()
+
+        async def finish(status: MessageStatus, error: str = "") -> Message:
+            stored = await self._messages.finish(
+                tenant,
+                reply.message_id,
+                content="".join(parts),
+                status=status,
+                usage=usage,
+                error=error,
+            )
+            if stored is None:  # the thread was deleted while the reply ran
+                raise NotFound("thread", reply.thread_id)
+            return stored
+
+        try:
+            async with contextlib.aclosing(self._llm.stream(reply.model, turns)) as chunks:
+                async for chunk in chunks:
+                    if chunk.usage is not None:
+                        usage = chunk.usage
+                    if chunk.finish_reason:
+                        finish_reason = chunk.finish_reason
+                    if not chunk.text:
+                        continue
+                    parts.append(chunk.text)
+                    yield Delta(chunk.text)
+                    if time.monotonic() - last_save >= self._flush_interval:
+                        last_save = time.monotonic()
+                        await self._messages.save_progress(tenant, reply.message_id, "".join(parts))
+        except LoomError as exc:
+            await asyncio.shield(finish(MessageStatus.FAILED, exc.message))
+            raise
+        except Exception:
+            log.exception("reply %s failed", reply.message_id)
+            await asyncio.shield(finish(MessageStatus.FAILED, "internal error"))
+            raise
+        except BaseException:  # the caller cancelled, or the server is stopping
+            await asyncio.shield(finish(MessageStatus.INCOMPLETE, "cancelled"))
+            raise
+        status = MessageStatus.INCOMPLETE if finish_reason == "length" else MessageStatus.COMPLETE
+        yield Completed(await finish(status))
+
+    async def _repeat(
+        self, tenant: str, req: SendRequest, record: RequestRecord
+    ) -> AsyncGenerator[ReplyEvent, None]:
+        """Serve a request id seen before: replay its result, or finish what a
+        dead attempt left, without ever calling the model for it twice."""
+        if record.fingerprint != req.fingerprint():
+            raise InvalidArgument(
+                f"request_id {req.request_id!r} was already used for a different request; "
+                "use a new request_id for a new message",
+                field="request_id",
+                reason="REQUEST_ID_REUSED",
+            )
+        if not record.assistant_message_id:
+            stale = record.create_time < now() - timedelta(seconds=2 * self._lease_ttl)
+            if stale and await self._requests.take_over(
+                tenant, req.request_id, record.create_time, now()
+            ):
+                async for event in self._claimed(tenant, req):
+                    yield event
+                return
+            raise Aborted(
+                f"a request with request_id {req.request_id!r} is still being processed; "
+                "retry shortly",
+                reason="REQUEST_IN_PROGRESS",
+            )
+        reply = await self._messages.get(tenant, record.assistant_message_id)
+        if reply is None:
+            raise NotFound("thread", record.thread_id)
+        if reply.status is MessageStatus.IN_PROGRESS:
+            if not await self._thread_store.lease_expired(tenant, record.thread_id, now()):
+                raise Aborted(
+                    f"the reply to request_id {req.request_id!r} is still streaming; "
+                    "retry once it has completed",
+                    reason="REQUEST_IN_PROGRESS",
+                )
+            await self._messages.mark_stale(tenant, record.thread_id)
+            reply = await self._messages.get(tenant, record.assistant_message_id) or reply
+        started = Started(
+            thread_id=record.thread_id,
+            thread_created=record.thread_created,
+            user_message_id=record.user_message_id,
+            assistant_message_id=record.assistant_message_id,
+            model=record.model,
+            assistant_id=record.assistant_id,
+        )
+        if reply.status is MessageStatus.FAILED and not reply.content:
+            # The model was never heard from: run it now, in the same slot.
+            async for event in self._retry_failed(tenant, record, reply, started):
+                yield event
+            return
+        yield started
+        if reply.content:
+            yield Delta(reply.content)
+        yield Completed(reply)
+
+    async def _retry_failed(
+        self, tenant: str, record: RequestRecord, reply: Message, started: Started
+    ) -> AsyncGenerator[ReplyEvent, None]:
+        async with self._leases.hold(tenant, record.thread_id):
+            thread = await self._threads.get(tenant, record.thread_id)
+            user = await self._messages.get(tenant, record.user_message_id)
+            if (
+                user is None
+                or thread.message_count != reply.sequence + 1
+                or not await self._messages.restart(tenant, reply.message_id, reply.model)
+            ):
+                raise FailedPrecondition(
+                    "the first attempt with this request_id failed and the thread has moved on "
+                    "since; send the message again with a new request_id",
+                    reason="REQUEST_FAILED",
+                )
+            try:
+                assistant = await self._assistants.get(tenant, record.assistant_id)
+            except NotFound:
+                raise NotFound("thread", record.thread_id) from None
+            yield started
+            async for event in self._generate(tenant, assistant, user, reply):
+                yield event

@@ -1,0 +1,129 @@
+"""Domain errors, each with a stable machine-readable ``reason``.
+
+The tree (the API layer maps each class to one gRPC status code):
+
+- ``LoomError``
+  - ``InvalidArgument``: the request is malformed (INVALID_ARGUMENT)
+  - ``NotFound``: no such object for this tenant (NOT_FOUND)
+  - ``Unauthenticated``: missing, unknown or revoked API key (UNAUTHENTICATED)
+  - ``ThreadBusy``: another reply is streaming on the thread (ABORTED)
+  - ``Aborted``: a concurrency conflict the caller may retry (ABORTED)
+  - ``FailedPrecondition``: the system is not in a state to serve this
+    (FAILED_PRECONDITION)
+  - ``Unavailable``: a dependency (model endpoint, database) is down
+    (UNAVAILABLE)
+  - ``ResourceExhausted``: the model endpoint rate-limited us
+    (RESOURCE_EXHAUSTED)
+  - ``DeadlineExceeded``: a dependency did not answer in time
+    (DEADLINE_EXCEEDED)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "Aborted",
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "InvalidArgument",
+    "LoomError",
+    "NotFound",
+    "ResourceExhausted",
+    "ThreadBusy",
+    "Unauthenticated",
+    "Unavailable",
+]
+
+
+class LoomError(Exception):
+    """Base of every error that is meant to reach the caller.
+
+    ``message`` is shown to the caller verbatim, so it must say what went
+    wrong and what to do about it, and never carry secrets or stack traces.
+    ``reason`` is an UPPER_SNAKE_CASE constant for ``google.rpc.ErrorInfo``;
+    ``metadata`` adds machine-readable detail (ids, field names).
+    """
+
+    reason = "LOOM_ERROR"
+
+    def __init__(
+        self, message: str, *, reason: str | None = None, metadata: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if reason is not None:
+            self.reason = reason
+        self.metadata = dict(metadata or {})
+
+
+class InvalidArgument(LoomError):
+    """The request itself is wrong; retrying it unchanged will fail again."""
+
+    reason = "INVALID_ARGUMENT"
+
+    def __init__(
+        self, message: str, *, field: str | None = None, reason: str | None = None
+    ) -> None:
+        super().__init__(message, reason=reason, metadata={"field": field} if field else None)
+        self.field = field
+
+
+class NotFound(LoomError):
+    """The object does not exist, or belongs to another tenant."""
+
+    reason = "NOT_FOUND"
+
+    def __init__(self, kind: str, object_id: str) -> None:
+        super().__init__(
+            f"{kind} {object_id!r} not found",
+            reason=f"{kind.upper()}_NOT_FOUND",
+            metadata={f"{kind}_id": object_id},
+        )
+
+
+class Unauthenticated(LoomError):
+    """No valid API key came with the call."""
+
+    reason = "API_KEY_INVALID"
+
+
+class Aborted(LoomError):
+    """A concurrency conflict; the caller may retry the whole request."""
+
+    reason = "ABORTED"
+
+
+class ThreadBusy(Aborted):
+    """Another reply holds the thread's lease."""
+
+    reason = "THREAD_BUSY"
+
+    def __init__(self, thread_id: str) -> None:
+        super().__init__(
+            f"thread {thread_id!r} is busy with another reply; send the message again "
+            "once that reply has completed",
+            metadata={"thread_id": thread_id},
+        )
+
+
+class FailedPrecondition(LoomError):
+    """The service or the object is not in a state to serve the request."""
+
+    reason = "FAILED_PRECONDITION"
+
+
+class Unavailable(LoomError):
+    """A dependency is down; the caller may retry later."""
+
+    reason = "UNAVAILABLE"
+
+
+class ResourceExhausted(LoomError):
+    """The model endpoint is rate-limiting; the caller may retry later."""
+
+    reason = "MODEL_RATE_LIMITED"
+
+
+class DeadlineExceeded(LoomError):
+    """A dependency did not answer in time."""
+
+    reason = "DEADLINE_EXCEEDED"

@@ -1,0 +1,106 @@
+"""API keys: creation, verification and revocation.
+
+A key is ``loom_<key id>_<secret>``; only its SHA-256 digest is stored. The
+secret has 256 bits of entropy, so a fast digest is safe to store (there is
+nothing to brute-force), and the digest is compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import dataclass
+
+from service.core.clock import now
+from service.core.errors import InvalidArgument, Unauthenticated
+from service.core.ports import ApiKey, ApiKeyStore
+
+__all__ = ["CreatedKey", "KeyService"]
+
+_TENANT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+_CACHE_SECONDS = 5.0
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedKey:
+    """A new key: the secret is shown once and never stored."""
+
+    key: ApiKey
+    secret: str
+
+
+class KeyService:
+    """Creates, checks and revokes API keys.
+
+    Verified keys are cached for a few seconds so that a stream of calls does
+    not cost a database round trip each; a revocation therefore takes effect
+    within ``_CACHE_SECONDS``.
+    """
+
+    def __init__(self, store: ApiKeyStore) -> None:
+        self._store = store
+        self._cache: dict[str, tuple[str, float]] = {}
+
+    async def create(self, tenant: str) -> CreatedKey:
+        """Create a key for ``tenant``.
+
+        Raises:
+            InvalidArgument: the tenant name is empty, long or has odd characters.
+        """
+        if not tenant or len(tenant) > 64 or not set(tenant) <= _TENANT_CHARS:
+            raise InvalidArgument(
+                "tenant must be 1 to 64 characters of letters, digits, '-', '_' or '.'",
+                field="tenant",
+            )
+        key_id = secrets.token_hex(6)
+        secret = f"loom_{key_id}_{secrets.token_urlsafe(32)}"
+        key = ApiKey(key_id=key_id, tenant=tenant, prefix=secret[:17], create_time=now())
+        await self._store.insert(key, _digest(secret))
+        return CreatedKey(key=key, secret=secret)
+
+    async def register(self, secret: str, tenant: str) -> ApiKey:
+        """Register a caller-chosen key (``LOOM_DEV_API_KEY``); idempotent."""
+        digest = _digest(secret)
+        key = ApiKey(key_id=f"dev-{digest[:12]}", tenant=tenant, prefix="(dev)", create_time=now())
+        await self._store.upsert(key, digest)
+        return key
+
+    async def authenticate(self, secret: str | None) -> str:
+        """Return the tenant the key belongs to.
+
+        Raises:
+            Unauthenticated: no key, an unknown key or a revoked one.
+        """
+        if not secret:
+            raise Unauthenticated(
+                "missing API key: send it in the 'x-api-key' metadata",
+                reason="API_KEY_MISSING",
+            )
+        digest = _digest(secret)
+        cached = self._cache.get(digest)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        found = await self._store.find(digest)
+        if found is None or not hmac.compare_digest(found[1], digest):
+            raise Unauthenticated("the API key in 'x-api-key' is not valid")
+        key = found[0]
+        if key.revoke_time is not None:
+            raise Unauthenticated("the API key in 'x-api-key' has been revoked")
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[digest] = (key.tenant, time.monotonic() + _CACHE_SECONDS)
+        return key.tenant
+
+    async def list_keys(self, tenant: str | None = None) -> list[ApiKey]:
+        """Keys, oldest first, of one tenant or all."""
+        return await self._store.list_keys(tenant)
+
+    async def revoke(self, key_id: str) -> bool:
+        """Revoke a key; False if there is no such unrevoked key."""
+        return await self._store.revoke(key_id, now())

@@ -1,0 +1,151 @@
+"""Domain objects: assistants, threads, messages and the events of a reply."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Generic, TypeVar
+
+__all__ = [
+    "Assistant",
+    "Completed",
+    "Delta",
+    "MemoryMode",
+    "Message",
+    "MessageStatus",
+    "Page",
+    "ReplyEvent",
+    "Role",
+    "Started",
+    "Thread",
+    "Usage",
+]
+
+T = TypeVar("T")
+
+
+class MemoryMode(enum.StrEnum):
+    """What a reply does with the assistant's memory."""
+
+    UNSPECIFIED = "unspecified"
+    AUTO = "auto"
+    READONLY = "readonly"
+    OFF = "off"
+
+
+class Role(enum.StrEnum):
+    """Who wrote a message."""
+
+    USER = "user"
+    ASSISTANT = "assistant"
+    SYSTEM = "system"
+    TOOL = "tool"
+
+
+class MessageStatus(enum.StrEnum):
+    """Whether a message is whole."""
+
+    IN_PROGRESS = "in_progress"
+    COMPLETE = "complete"
+    INCOMPLETE = "incomplete"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        """True once the message will not change any more."""
+        return self is not MessageStatus.IN_PROGRESS
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Tokens one model call consumed, as the endpoint reported them."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+@dataclass(slots=True)
+class Assistant:
+    """The profile above threads."""
+
+    assistant_id: str
+    tenant: str
+    name: str = ""
+    instructions: str = ""
+    model: str = ""
+    memory_mode: MemoryMode = MemoryMode.OFF
+    metadata: dict[str, str] = field(default_factory=dict)
+    create_time: datetime | None = None
+    update_time: datetime | None = None
+
+
+@dataclass(slots=True)
+class Thread:
+    """One conversation."""
+
+    thread_id: str
+    tenant: str
+    assistant_id: str
+    user_id: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+    message_count: int = 0
+    create_time: datetime | None = None
+    update_time: datetime | None = None
+
+
+@dataclass(slots=True)
+class Message:
+    """One turn of a thread."""
+
+    message_id: str
+    tenant: str
+    thread_id: str
+    role: Role
+    content: str
+    status: MessageStatus
+    sequence: int = -1
+    model: str = ""
+    usage: Usage | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    memory: MemoryMode = MemoryMode.OFF
+    create_time: datetime | None = None
+    request_id: str = ""
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    """One page of a listing and the token for the next one ("" at the end)."""
+
+    items: list[T]
+    next_page_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """First event of a reply: the user message is stored."""
+
+    thread_id: str
+    thread_created: bool
+    user_message_id: str
+    assistant_message_id: str
+    model: str
+    assistant_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """A piece of reply text."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    """Last event of a reply: the stored assistant message."""
+
+    message: Message
+
+
+ReplyEvent = Started | Delta | Completed

@@ -1,0 +1,153 @@
+"""Threads and their messages: create, read, list, delete."""
+
+from __future__ import annotations
+
+import logging
+
+from service.core import ids
+from service.core.assistants import Assistants
+from service.core.clock import now
+from service.core.errors import InvalidArgument, NotFound
+from service.core.models import Message, Page, Thread
+from service.core.paging import decode_token, encode_token
+from service.core.ports import MessageStore, ThreadStore
+from service.core.validation import check_metadata, check_page_size, check_text
+
+__all__ = ["MAX_USER_ID", "Threads"]
+
+log = logging.getLogger(__name__)
+
+MAX_USER_ID = 256
+_ORDERS = {"": False, "sequence": False, "sequence asc": False, "sequence desc": True}
+
+
+class Threads:
+    """The thread use cases; every call is scoped to one tenant."""
+
+    def __init__(
+        self, assistants: Assistants, threads: ThreadStore, messages: MessageStore
+    ) -> None:
+        self._assistants = assistants
+        self._threads = threads
+        self._messages = messages
+
+    async def create(
+        self, tenant: str, assistant_id: str, user_id: str, metadata: dict[str, str]
+    ) -> Thread:
+        """Create an empty thread under an assistant (the default one if
+        ``assistant_id`` is empty).
+
+        Raises:
+            InvalidArgument: malformed id, long user id, bad metadata.
+            NotFound: no such assistant.
+        """
+        check_text(user_id, "user_id", MAX_USER_ID)
+        metadata = check_metadata(metadata)
+        if assistant_id:
+            assistant = await self._assistants.get(tenant, assistant_id)
+        else:
+            assistant = await self._assistants.default(tenant)
+        t = now()
+        thread = Thread(
+            thread_id=ids.new_id(ids.THREAD),
+            tenant=tenant,
+            assistant_id=assistant.assistant_id,
+            user_id=user_id,
+            metadata=metadata,
+            create_time=t,
+            update_time=t,
+        )
+        await self._threads.insert(thread)
+        # An assistant deleted while this insert ran must not keep an orphan.
+        try:
+            await self._assistants.get(tenant, assistant.assistant_id)
+        except NotFound:
+            await self._threads.delete(tenant, thread.thread_id)
+            raise
+        return thread
+
+    async def get(self, tenant: str, thread_id: str, field: str = "thread_id") -> Thread:
+        """Return the thread.
+
+        Raises:
+            InvalidArgument: malformed id.
+            NotFound: no such thread for this tenant.
+        """
+        ids.check_id(ids.THREAD, thread_id, field)
+        thread = await self._threads.get(tenant, thread_id)
+        if thread is None:
+            raise NotFound("thread", thread_id)
+        return thread
+
+    async def list(
+        self, tenant: str, assistant_id: str, user_id: str, page_size: int, page_token: str
+    ) -> Page[Thread]:
+        """One page of threads, newest first, optionally filtered.
+
+        Raises:
+            InvalidArgument: malformed filter, negative page size, bad token.
+        """
+        if assistant_id:
+            ids.check_id(ids.ASSISTANT, assistant_id, "assistant_id")
+        check_text(user_id, "user_id", MAX_USER_ID)
+        limit = check_page_size(page_size)
+        filters: dict[str, object] = {"list": "threads", "a": assistant_id, "u": user_id}
+        after = decode_token(page_token, filters)
+        if after is not None and not isinstance(after, str):
+            raise InvalidArgument("page_token is malformed", field="page_token")
+        items = await self._threads.find_page(tenant, assistant_id, user_id, limit + 1, after)
+        more = len(items) > limit
+        items = items[:limit]
+        return Page(items, encode_token(items[-1].thread_id, filters) if more else "")
+
+    async def delete(self, tenant: str, thread_id: str) -> int:
+        """Delete the thread and its messages; return how many messages.
+
+        Raises:
+            InvalidArgument: malformed id.
+            NotFound: no such thread.
+        """
+        ids.check_id(ids.THREAD, thread_id, "thread_id")
+        if not await self._threads.mark_deleting(tenant, thread_id):
+            raise NotFound("thread", thread_id)
+        return await self._finish_delete(tenant, thread_id)
+
+    async def _finish_delete(self, tenant: str, thread_id: str) -> int:
+        count = await self._messages.delete_thread(tenant, thread_id)
+        await self._threads.delete(tenant, thread_id)
+        return count
+
+    async def resume_deletes(self) -> int:
+        """Finish thread deletions that a crash interrupted; return how many."""
+        pending = await self._threads.pending_deletes()
+        for tenant, thread_id in pending:
+            log.info("finishing interrupted deletion of thread %s", thread_id)
+            await self._finish_delete(tenant, thread_id)
+        return len(pending)
+
+    async def list_messages(
+        self, tenant: str, thread_id: str, page_size: int, page_token: str, order_by: str
+    ) -> Page[Message]:
+        """One page of a thread's messages in sequence order.
+
+        Raises:
+            InvalidArgument: malformed id, bad order_by, page size or token.
+            NotFound: no such thread.
+        """
+        order = " ".join(order_by.lower().split())
+        if order not in _ORDERS:
+            raise InvalidArgument(
+                f"order_by {order_by!r} is not supported; use 'sequence' or 'sequence desc'",
+                field="order_by",
+            )
+        descending = _ORDERS[order]
+        limit = check_page_size(page_size)
+        await self.get(tenant, thread_id)
+        filters: dict[str, object] = {"list": "messages", "t": thread_id, "d": descending}
+        after = decode_token(page_token, filters)
+        if after is not None and not isinstance(after, int):
+            raise InvalidArgument("page_token is malformed", field="page_token")
+        items = await self._messages.find_page(tenant, thread_id, limit + 1, after, descending)
+        more = len(items) > limit
+        items = items[:limit]
+        return Page(items, encode_token(items[-1].sequence, filters) if more else "")

@@ -1,0 +1,179 @@
+"""Streaming chat over any OpenAI-compatible endpoint, with bounded retries.
+
+Retries (429, 5xx, timeouts, dropped connections) happen only before the
+first piece of text reaches the caller: after that a retry would repeat text
+the caller already has, so a failure ends the reply instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncGenerator, Sequence
+
+import httpx2
+import openai
+from openai.types.chat import ChatCompletionMessageParam
+
+from service.core.errors import FailedPrecondition, LoomError, ResourceExhausted, Unavailable
+from service.core.models import Usage
+from service.core.ports import ChatChunk, ChatTurn
+
+__all__ = ["OpenAIChatModel"]
+
+log = logging.getLogger(__name__)
+
+
+class OpenAIChatModel:
+    """``ChatModel`` over ``openai.AsyncOpenAI``.
+
+    The SDK's own retries are off (``max_retries=0``): this class retries, so
+    that failures after the response headers (a stream that breaks before
+    its first token) are retried the same way as failed requests.
+    """
+
+    def __init__(
+        self,
+        *,
+        base_url: str | None,
+        api_key: str | None,
+        timeout: float,
+        max_retries: int,
+        retry_base_delay: float,
+        retry_max_delay: float = 10.0,
+    ) -> None:
+        self._configured = bool(base_url or api_key)
+        self._max_retries = max_retries
+        self._base_delay = retry_base_delay
+        self._max_delay = retry_max_delay
+        self._timeout = timeout
+        self._client = openai.AsyncOpenAI(
+            base_url=base_url,
+            # Local endpoints (Ollama, vLLM) need no key, but the SDK wants one.
+            api_key=api_key or "not-needed",
+            max_retries=0,
+            timeout=httpx2.Timeout(timeout, connect=min(timeout, 10.0)),
+        )
+
+    @property
+    def configured(self) -> bool:
+        """False when neither a base URL nor an API key was given."""
+        return self._configured
+
+    async def close(self) -> None:
+        """Close the HTTP connection pool."""
+        await self._client.close()
+
+    async def stream(
+        self, model: str, turns: Sequence[ChatTurn]
+    ) -> AsyncGenerator[ChatChunk, None]:
+        """Stream one reply; see ``ChatModel.stream``."""
+        messages: list[ChatCompletionMessageParam] = [
+            {"role": t.role, "content": t.content}  # type: ignore[misc]
+            for t in turns
+        ]
+        attempt = 0
+        while True:
+            sent_text = False
+            try:
+                response = await self._client.chat.completions.create(
+                    model=model,
+                    messages=messages,
+                    stream=True,
+                    stream_options={"include_usage": True},
+                )
+                async with response:
+                    async for chunk in response:
+                        usage = (
+                            Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
+                            if chunk.usage
+                            else None
+                        )
+                        choice = chunk.choices[0] if chunk.choices else None
+                        text = (choice.delta.content or "") if choice else ""
+                        finish = choice.finish_reason if choice else None
+                        if text or usage or finish:
+                            sent_text = sent_text or bool(text)
+                            yield ChatChunk(
+                                text=text, usage=usage, finish_reason=finish, model=chunk.model
+                            )
+                return
+            except (openai.APIError, httpx2.HTTPError) as exc:
+                error = self._translate(exc, model, sent_text, attempt)
+                if sent_text or not _retryable(exc) or attempt >= self._max_retries:
+                    raise error from None
+                delay = self._delay(exc, attempt)
+                log.info(
+                    "model call failed (%s); retry %d of %d in %.2fs",
+                    error.reason,
+                    attempt + 1,
+                    self._max_retries,
+                    delay,
+                )
+                attempt += 1
+                await asyncio.sleep(delay)
+
+    def _delay(self, exc: Exception, attempt: int) -> float:
+        if isinstance(exc, openai.APIStatusError):
+            headers = exc.response.headers
+            try:
+                if "retry-after-ms" in headers:
+                    return min(float(headers["retry-after-ms"]) / 1000, self._max_delay)
+                if "retry-after" in headers:
+                    return min(float(headers["retry-after"]), self._max_delay)
+            except ValueError:
+                pass
+        backoff = self._base_delay * (2**attempt)
+        return float(min(backoff * random.uniform(0.5, 1.0), self._max_delay))  # noqa: S311
+
+    def _translate(self, exc: Exception, model: str, mid_stream: bool, attempt: int) -> LoomError:
+        tries = f"after {attempt + 1} attempt{'s' if attempt else ''}"
+        if isinstance(exc, openai.RateLimitError):
+            return ResourceExhausted(
+                f"the model endpoint is rate-limiting requests (HTTP 429) {tries}; retry later"
+            )
+        if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+            return FailedPrecondition(
+                f"the model endpoint refused Loom's credentials (HTTP {exc.status_code}); "
+                "check LOOM_LLM_API_KEY",
+                reason="MODEL_AUTH_FAILED",
+            )
+        if isinstance(exc, openai.NotFoundError):
+            return FailedPrecondition(
+                f"the model endpoint does not serve model {model!r} (HTTP 404); set another "
+                "model on the assistant or the message",
+                reason="MODEL_NOT_FOUND",
+            )
+        if isinstance(exc, openai.APIStatusError) and exc.status_code < 500:
+            detail = str(exc.message)[:300]
+            return FailedPrecondition(
+                f"the model endpoint rejected the request (HTTP {exc.status_code}): {detail}",
+                reason="MODEL_REJECTED_REQUEST",
+            )
+        if isinstance(exc, openai.APIStatusError):
+            return Unavailable(
+                f"the model endpoint failed (HTTP {exc.status_code}) {tries}; retry later",
+                reason="MODEL_UNAVAILABLE",
+            )
+        if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException):
+            return Unavailable(
+                f"the model endpoint did not answer within {self._timeout:g}s {tries}; retry later",
+                reason="MODEL_TIMEOUT",
+            )
+        if mid_stream:
+            return Unavailable(
+                "the model endpoint broke off the reply mid-stream; the part received is "
+                "stored as a FAILED message",
+                reason="MODEL_STREAM_BROKEN",
+            )
+        return Unavailable(
+            f"could not reach the model endpoint {tries}; retry later",
+            reason="MODEL_UNREACHABLE",
+        )
+
+
+def _retryable(exc: Exception) -> bool:
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code == 429 or exc.status_code >= 500 or exc.status_code == 408
+    return isinstance(exc, openai.APIConnectionError | httpx2.TransportError)

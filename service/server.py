@@ -1,0 +1,157 @@
+"""Wiring: settings, store, model client, servicers, interceptor, health,
+reflection and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from pymongo import errors as mongo_errors
+
+from generated.loom.v1 import assistant_pb2, assistant_pb2_grpc, thread_pb2, thread_pb2_grpc
+from service.api import errors as api_errors
+from service.api.assistants import AssistantServicer
+from service.api.interceptor import LoomInterceptor
+from service.api.threads import ThreadServicer
+from service.config import Settings
+from service.core.assistants import Assistants
+from service.core.conversation import Conversation
+from service.core.errors import Unavailable
+from service.core.keys import KeyService
+from service.core.leases import Leases
+from service.core.threads import Threads
+from service.llm import OpenAIChatModel
+from service.store import MongoStore, connect
+
+__all__ = ["Loom", "build", "serve"]
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
+# ConnectionFailure covers server-selection timeouts and dropped connections.
+api_errors.register(
+    mongo_errors.ConnectionFailure,
+    lambda _: Unavailable(
+        "the database is unreachable; retry later", reason="DATABASE_UNAVAILABLE"
+    ),
+)
+
+
+@dataclass(slots=True)
+class Loom:
+    """A built, not yet started, Loom server."""
+
+    settings: Settings
+    store: MongoStore
+    llm: OpenAIChatModel
+    keys: KeyService
+    assistants: Assistants
+    threads: Threads
+    server: aio.Server
+    health: health.aio.HealthServicer
+    port: int
+
+    async def start(self) -> None:
+        """Prepare the database, then start serving."""
+        await self.store.ensure_indexes()
+        if self.settings.dev_api_key is not None:
+            await self.keys.register(self.settings.dev_api_key.get_secret_value(), "dev")
+        await self.assistants.resume_deletes()
+        await self.threads.resume_deletes()
+        await self.server.start()
+        for name in ("", "loom.v1.AssistantService", "loom.v1.ThreadService"):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("loom listening on %s", self.settings.listen.rsplit(":", 1)[0] + f":{self.port}")
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting calls, let streams in flight finish within the grace
+        period, then cancel what is left (their replies are stored
+        INCOMPLETE) and close connections."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.settings.shutdown_grace if grace is None else grace)
+        await self.llm.close()
+        await self.store.close()
+
+
+def build(settings: Settings) -> Loom:
+    """Assemble a server from settings (nothing is started)."""
+    store = connect(settings.mongodb_uri.get_secret_value(), settings.mongodb_db)
+    llm = OpenAIChatModel(
+        base_url=settings.llm_base_url,
+        api_key=settings.llm_api_key.get_secret_value() if settings.llm_api_key else None,
+        timeout=settings.llm_timeout,
+        max_retries=settings.llm_max_retries,
+        retry_base_delay=settings.llm_retry_delay,
+    )
+    keys = KeyService(store.keys)
+    assistants = Assistants(store.assistants, store.threads, store.messages)
+    threads = Threads(assistants, store.threads, store.messages)
+    conversation = Conversation(
+        assistants=assistants,
+        threads=threads,
+        thread_store=store.threads,
+        messages=store.messages,
+        requests=store.requests,
+        leases=Leases(store.threads, store.messages, settings.lease_seconds),
+        llm=llm,
+        default_model=settings.llm_model,
+        max_content=settings.max_message_chars,
+        lease_ttl=settings.lease_seconds,
+    )
+    server = aio.server(
+        interceptors=[LoomInterceptor(keys.authenticate)],
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ],
+    )
+    assistant_pb2_grpc.add_AssistantServiceServicer_to_server(AssistantServicer(assistants), server)
+    thread_pb2_grpc.add_ThreadServiceServicer_to_server(
+        ThreadServicer(threads, conversation), server
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (
+            assistant_pb2.DESCRIPTOR.services_by_name["AssistantService"].full_name,
+            thread_pb2.DESCRIPTOR.services_by_name["ThreadService"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    port = server.add_insecure_port(settings.listen)
+    if port == 0:
+        raise OSError(f"could not bind {settings.listen}")
+    return Loom(settings, store, llm, keys, assistants, threads, server, health_servicer, port)
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    loom = build(settings)
+    try:
+        await loom.store.ping()
+    except mongo_errors.PyMongoError as exc:
+        raise SystemExit(
+            f"loom: cannot reach MongoDB at LOOM_MONGODB_URI ({type(exc).__name__}); "
+            "start it or point LOOM_MONGODB_URI at a running server"
+        ) from None
+    await loom.start()
+    if not loom.llm.configured:
+        log.warning(
+            "no model endpoint configured (LOOM_LLM_BASE_URL / LOOM_LLM_API_KEY): "
+            "SendMessage will answer FAILED_PRECONDITION"
+        )
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+    log.info("shutting down (grace %.1fs)", settings.shutdown_grace)
+    await loom.stop()

@@ -1,0 +1,104 @@
+"""Assistants collection."""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import datetime
+from typing import Any
+
+from pymongo import DESCENDING, ReturnDocument
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import DuplicateKeyError
+
+from service.core.models import Assistant, MemoryMode
+
+__all__ = ["MongoAssistantStore"]
+
+Doc = dict[str, Any]
+_LIVE = {"deleting": {"$ne": True}}
+
+
+def _to_doc(a: Assistant) -> Doc:
+    return {
+        "_id": a.assistant_id,
+        "tenant": a.tenant,
+        "name": a.name,
+        "instructions": a.instructions,
+        "model": a.model,
+        "memory_mode": a.memory_mode.value,
+        "metadata": a.metadata,
+        "create_time": a.create_time,
+        "update_time": a.update_time,
+    }
+
+
+def _from_doc(d: Doc) -> Assistant:
+    return Assistant(
+        assistant_id=d["_id"],
+        tenant=d["tenant"],
+        name=d.get("name", ""),
+        instructions=d.get("instructions", ""),
+        model=d.get("model", ""),
+        memory_mode=MemoryMode(d.get("memory_mode", MemoryMode.OFF.value)),
+        metadata=dict(d.get("metadata") or {}),
+        create_time=d.get("create_time"),
+        update_time=d.get("update_time"),
+    )
+
+
+class MongoAssistantStore:
+    """``AssistantStore`` over one collection."""
+
+    def __init__(self, collection: AsyncCollection[Doc]) -> None:
+        self._c = collection
+
+    async def insert(self, assistant: Assistant) -> None:
+        await self._c.insert_one(_to_doc(assistant))
+
+    async def get(self, tenant: str, assistant_id: str) -> Assistant | None:
+        doc = await self._c.find_one({"_id": assistant_id, "tenant": tenant, **_LIVE})
+        return _from_doc(doc) if doc else None
+
+    async def ensure(self, assistant: Assistant) -> Assistant:
+        with contextlib.suppress(DuplicateKeyError):
+            await self._c.insert_one(_to_doc(assistant))
+        doc = await self._c.find_one({"_id": assistant.assistant_id, "tenant": assistant.tenant})
+        if doc is None:  # deleted between the two calls; the caller may retry
+            return assistant
+        if doc.get("deleting"):
+            # A deletion of the default assistant is finishing; the caller gets
+            # a fresh one once it completes.
+            return assistant
+        return _from_doc(doc)
+
+    async def find_page(self, tenant: str, limit: int, after: str | None) -> list[Assistant]:
+        query: Doc = {"tenant": tenant, **_LIVE}
+        if after is not None:
+            query["_id"] = {"$lt": after}
+        cursor = self._c.find(query).sort("_id", DESCENDING).limit(limit)
+        return [_from_doc(d) async for d in cursor]
+
+    async def update(
+        self, tenant: str, assistant_id: str, changes: dict[str, object], now: datetime
+    ) -> Assistant | None:
+        values: Doc = {k: (v.value if isinstance(v, MemoryMode) else v) for k, v in changes.items()}
+        values["update_time"] = now
+        doc = await self._c.find_one_and_update(
+            {"_id": assistant_id, "tenant": tenant, **_LIVE},
+            {"$set": values},
+            return_document=ReturnDocument.AFTER,
+        )
+        return _from_doc(doc) if doc else None
+
+    async def mark_deleting(self, tenant: str, assistant_id: str) -> bool:
+        result = await self._c.update_one(
+            {"_id": assistant_id, "tenant": tenant, **_LIVE}, {"$set": {"deleting": True}}
+        )
+        return result.matched_count == 1
+
+    async def delete(self, tenant: str, assistant_id: str) -> None:
+        await self._c.delete_one({"_id": assistant_id, "tenant": tenant})
+
+    async def pending_deletes(self) -> list[tuple[str, str]]:
+        cursor = self._c.find({"deleting": True}, {"tenant": 1})
+        return [(d["tenant"], d["_id"]) async for d in cursor]

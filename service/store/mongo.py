@@ -1,0 +1,94 @@
+"""Connection, collections and indexes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+
+from service.store.assistants import MongoAssistantStore
+from service.store.keys import MongoApiKeyStore
+from service.store.messages import MongoMessageStore
+from service.store.requests import MongoRequestStore
+from service.store.threads import MongoThreadStore
+
+__all__ = ["MongoStore", "connect"]
+
+Doc = dict[str, object]
+
+_INDEXES: dict[str, list[IndexModel]] = {
+    "assistants": [IndexModel([("tenant", ASCENDING), ("_id", DESCENDING)], name="tenant_id")],
+    "threads": [
+        IndexModel([("tenant", ASCENDING), ("_id", DESCENDING)], name="tenant_id"),
+        IndexModel(
+            [("tenant", ASCENDING), ("assistant_id", ASCENDING), ("_id", DESCENDING)],
+            name="tenant_assistant_id",
+        ),
+        IndexModel(
+            [("tenant", ASCENDING), ("user_id", ASCENDING), ("_id", DESCENDING)],
+            name="tenant_user_id",
+        ),
+    ],
+    "messages": [
+        # The unique index is what makes sequence numbers gap- and duplicate-free
+        # across concurrent writers and replicas.
+        IndexModel([("thread_id", ASCENDING), ("sequence", ASCENDING)], unique=True, name="seq"),
+    ],
+    "api_keys": [IndexModel([("digest", ASCENDING)], unique=True, name="digest")],
+}
+
+
+@dataclass(frozen=True, slots=True)
+class MongoStore:
+    """Every repository over one database."""
+
+    client: AsyncMongoClient[Doc]
+    db: AsyncDatabase[Doc]
+    assistants: MongoAssistantStore
+    threads: MongoThreadStore
+    messages: MongoMessageStore
+    requests: MongoRequestStore
+    keys: MongoApiKeyStore
+
+    async def ensure_indexes(self) -> None:
+        """Create the indexes (idempotent)."""
+        for name, indexes in _INDEXES.items():
+            collection: AsyncCollection[Doc] = self.db[name]
+            # One index per command: FerretDB 1.24 drops the connection when a
+            # multi-index createIndexes repeats indexes that already exist.
+            for index in indexes:
+                await collection.create_indexes([index])
+
+    async def ping(self) -> None:
+        """Round-trip to the server.
+
+        Raises:
+            pymongo.errors.PyMongoError: the server is unreachable.
+        """
+        await self.db.command("ping")
+
+    async def close(self) -> None:
+        """Close the client's connections."""
+        await self.client.close()
+
+
+def connect(uri: str, database: str, *, timeout_ms: int = 5000) -> MongoStore:
+    """Return a store over ``database`` (connections open lazily)."""
+    client: AsyncMongoClient[Doc] = AsyncMongoClient(
+        uri,
+        tz_aware=True,
+        serverSelectionTimeoutMS=timeout_ms,
+        appname="loom",
+    )
+    db = client[database]
+    return MongoStore(
+        client=client,
+        db=db,
+        assistants=MongoAssistantStore(db["assistants"]),
+        threads=MongoThreadStore(db["threads"]),
+        messages=MongoMessageStore(db["messages"], db["threads"]),
+        requests=MongoRequestStore(db["requests"]),
+        keys=MongoApiKeyStore(db["api_keys"]),
+    )
