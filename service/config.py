@@ -13,7 +13,9 @@ __all__ = ["Settings"]
 class Settings(BaseSettings):
     """Every setting Loom reads; see the README's configuration table."""
 
-    model_config = SettingsConfigDict(env_prefix="LOOM_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="LOOM_", extra="ignore", frozen=True, populate_by_name=True
+    )
 
     listen: str = Field("127.0.0.1:50051", description="host:port the gRPC server binds")
     mongodb_uri: SecretStr = Field(SecretStr("mongodb://127.0.0.1:27017"))

@@ -24,6 +24,7 @@ from service.core.conversation import Conversation
 from service.core.errors import Unavailable
 from service.core.keys import KeyService
 from service.core.leases import Leases
+from service.core.shield import Shield
 from service.core.threads import Threads
 from service.llm import OpenAIChatModel
 from service.store import MongoStore, connect
@@ -55,6 +56,7 @@ class Loom:
     threads: Threads
     server: aio.Server
     health: health.aio.HealthServicer
+    shield: Shield
     port: int
 
     async def start(self) -> None:
@@ -75,6 +77,7 @@ class Loom:
         INCOMPLETE) and close connections."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.shutdown_grace if grace is None else grace)
+        await self.shield.drain()
         await self.llm.close()
         await self.store.close()
 
@@ -92,13 +95,15 @@ def build(settings: Settings) -> Loom:
     keys = KeyService(store.keys)
     assistants = Assistants(store.assistants, store.threads, store.messages)
     threads = Threads(assistants, store.threads, store.messages)
+    shield = Shield()
     conversation = Conversation(
         assistants=assistants,
         threads=threads,
         thread_store=store.threads,
         messages=store.messages,
         requests=store.requests,
-        leases=Leases(store.threads, store.messages, settings.lease_seconds),
+        leases=Leases(store.threads, store.messages, settings.lease_seconds, shield),
+        shield=shield,
         llm=llm,
         default_model=settings.llm_model,
         max_content=settings.max_message_chars,
@@ -129,7 +134,9 @@ def build(settings: Settings) -> Loom:
     port = server.add_insecure_port(settings.listen)
     if port == 0:
         raise OSError(f"could not bind {settings.listen}")
-    return Loom(settings, store, llm, keys, assistants, threads, server, health_servicer, port)
+    return Loom(
+        settings, store, llm, keys, assistants, threads, server, health_servicer, shield, port
+    )
 
 
 async def serve(settings: Settings) -> None:

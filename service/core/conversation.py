@@ -19,7 +19,6 @@ stored INCOMPLETE with what arrived and the model request is closed.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import json
@@ -55,6 +54,7 @@ from service.core.models import (
 )
 from service.core.ports import ChatModel, MessageStore, RequestRecord, RequestStore, ThreadStore
 from service.core.prompt import build_prompt
+from service.core.shield import Shield
 from service.core.threads import MAX_USER_ID, Threads
 from service.core.validation import check_metadata, check_text
 
@@ -101,8 +101,10 @@ class Conversation:
         default_model: str,
         max_content: int,
         lease_ttl: float,
+        shield: Shield,
         flush_interval: float = 1.0,
     ) -> None:
+        self._shield = shield
         self._assistants = assistants
         self._threads = threads
         self._thread_store = thread_store
@@ -167,7 +169,7 @@ class Conversation:
                 yield event
         finally:
             if not bound:
-                await asyncio.shield(self._requests.release(tenant, req.request_id))
+                await self._shield.run(self._requests.release(tenant, req.request_id))
 
     async def _resolve(self, tenant: str, req: SendRequest) -> tuple[Thread, bool, Assistant]:
         if not req.thread_id:
@@ -262,7 +264,7 @@ class Conversation:
         finally:
             if created and not stored:
                 # Nothing reached the thread: do not leave an empty one behind.
-                await asyncio.shield(self._thread_store.delete(tenant, thread.thread_id))
+                await self._shield.run(self._thread_store.delete(tenant, thread.thread_id))
 
     async def _generate(
         self, tenant: str, assistant: Assistant, user: Message, reply: Message
@@ -302,14 +304,14 @@ class Conversation:
                         last_save = time.monotonic()
                         await self._messages.save_progress(tenant, reply.message_id, "".join(parts))
         except LoomError as exc:
-            await asyncio.shield(finish(MessageStatus.FAILED, exc.message))
+            await self._shield.run(finish(MessageStatus.FAILED, exc.message))
             raise
         except Exception:
             log.exception("reply %s failed", reply.message_id)
-            await asyncio.shield(finish(MessageStatus.FAILED, "internal error"))
+            await self._shield.run(finish(MessageStatus.FAILED, "internal error"))
             raise
         except BaseException:  # the caller cancelled, or the server is stopping
-            await asyncio.shield(finish(MessageStatus.INCOMPLETE, "cancelled"))
+            await self._shield.run(finish(MessageStatus.INCOMPLETE, "cancelled"))
             raise
         status = MessageStatus.INCOMPLETE if finish_reason == "length" else MessageStatus.COMPLETE
         yield Completed(await finish(status))

@@ -12,6 +12,7 @@ from datetime import timedelta
 from service.core.clock import now
 from service.core.errors import NotFound, ThreadBusy
 from service.core.ports import LeaseOutcome, MessageStore, ThreadStore
+from service.core.shield import Shield
 
 __all__ = ["Leases"]
 
@@ -27,7 +28,10 @@ class Leases:
     reply INCOMPLETE.
     """
 
-    def __init__(self, threads: ThreadStore, messages: MessageStore, ttl: float) -> None:
+    def __init__(
+        self, threads: ThreadStore, messages: MessageStore, ttl: float, shield: Shield
+    ) -> None:
+        self._shield = shield
         self._threads = threads
         self._messages = messages
         self._ttl = ttl
@@ -59,7 +63,7 @@ class Leases:
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
-            await asyncio.shield(self._threads.release_lease(tenant, thread_id, owner))
+            await self._shield.run(self._threads.release_lease(tenant, thread_id, owner))
 
     async def _renew(self, tenant: str, thread_id: str, owner: str) -> None:
         while True:

@@ -1,0 +1,146 @@
+"""Shared fixtures: one real FerretDB, one scripted model server and one Loom
+gRPC server (grpc.aio on a free port) for the whole session; a fresh tenant
+and API key per test, so tests never see each other's data."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import grpc
+import pytest
+from grpc import aio
+
+from generated.loom.v1 import assistant_pb2_grpc, thread_pb2, thread_pb2_grpc
+from service.config import Settings
+from service.server import Loom, build
+from tests.scripted_llm import ScriptedLLM
+from tests.support.ferretdb import FerretDB
+
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+DEV_KEY = "loom-test-dev-key"
+
+
+def make_settings(ferretdb: FerretDB, llm: ScriptedLLM | None, **overrides: Any) -> Settings:
+    """Settings for an in-process server on a free port."""
+    values: dict[str, Any] = {
+        "listen": "127.0.0.1:0",
+        "mongodb_uri": ferretdb.uri,
+        "mongodb_db": "loom_test",
+        "llm_base_url": llm.base_url if llm else None,
+        "llm_api_key": None,
+        "llm_model": "scripted-model",
+        "llm_timeout": 2.0,
+        "llm_max_retries": 2,
+        "llm_retry_delay": 0.01,
+        "dev_api_key": DEV_KEY,
+        "lease_seconds": 30.0,
+        "shutdown_grace": 2.0,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture(scope="session")
+def ferretdb() -> Iterator[FerretDB]:
+    server = FerretDB().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def llm() -> Iterator[ScriptedLLM]:
+    with ScriptedLLM() as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def _fresh_llm(request: pytest.FixtureRequest) -> None:
+    if "llm" in request.fixturenames:
+        request.getfixturevalue("llm").reset()
+
+
+async def start_loom(settings: Settings) -> Loom:
+    loom = build(settings)
+    await loom.start()
+    return loom
+
+
+@pytest.fixture(scope="session")
+async def loom(ferretdb: FerretDB, llm: ScriptedLLM) -> AsyncIterator[Loom]:
+    server = await start_loom(make_settings(ferretdb, llm))
+    yield server
+    await server.stop(0)
+
+
+class Api:
+    """Stubs bound to one channel and one API key."""
+
+    def __init__(self, channel: aio.Channel, key: str | None) -> None:
+        self.channel = channel
+        self.key = key
+        self.metadata: tuple[tuple[str, str], ...] = (("x-api-key", key),) if key else ()
+        self.assistants = assistant_pb2_grpc.AssistantServiceStub(channel)
+        self.threads = thread_pb2_grpc.ThreadServiceStub(channel)
+
+    def call(self, method: Any, request: Any, **kwargs: Any) -> Any:
+        return method(request, metadata=self.metadata, **kwargs)
+
+    async def send(self, **fields: Any) -> list[thread_pb2.SendMessageResponse]:
+        """SendMessage, collecting every event of the stream."""
+        call = self.threads.SendMessage(
+            thread_pb2.SendMessageRequest(**fields), metadata=self.metadata
+        )
+        return [event async for event in call]
+
+
+@pytest.fixture(scope="session")
+async def channel(loom: Loom) -> AsyncIterator[aio.Channel]:
+    async with aio.insecure_channel(f"127.0.0.1:{loom.port}") as ch:
+        yield ch
+
+
+async def new_tenant_key(loom: Loom) -> str:
+    created = await loom.keys.create(f"t-{uuid.uuid4().hex[:12]}")
+    return created.secret
+
+
+@pytest.fixture
+async def api(loom: Loom, channel: aio.Channel) -> Api:
+    """A client for a brand-new tenant."""
+    return Api(channel, await new_tenant_key(loom))
+
+
+def error_info(error: aio.AioRpcError) -> dict[str, Any]:
+    """The ErrorInfo detail of a failed call, as a dict."""
+    from google.rpc import error_details_pb2, status_pb2
+
+    for key, value in error.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            status = status_pb2.Status.FromString(value)
+            for detail in status.details:
+                info = error_details_pb2.ErrorInfo()
+                if detail.Unpack(info):
+                    return {"reason": info.reason, "domain": info.domain, **info.metadata}
+    raise AssertionError(f"no ErrorInfo on {error.code()}: {error.details()}")
+
+
+async def expect_error(
+    awaitable: Any, code: grpc.StatusCode, reason: str | None = None
+) -> aio.AioRpcError:
+    """Await a unary call or drain a stream; assert it fails with ``code``."""
+    with pytest.raises(aio.AioRpcError) as caught:
+        if hasattr(awaitable, "__aiter__"):
+            async for _ in awaitable:
+                pass
+        else:
+            await awaitable
+    error = caught.value
+    assert error.code() == code, f"{error.code()}: {error.details()}"
+    assert error.details(), "an error must say what went wrong"
+    if reason is not None:
+        assert error_info(error)["reason"] == reason
+    return error
