@@ -4,6 +4,7 @@ and API key per test, so tests never see each other's data."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -132,15 +133,31 @@ async def expect_error(
     awaitable: Any, code: grpc.StatusCode, reason: str | None = None
 ) -> aio.AioRpcError:
     """Await a unary call or drain a stream; assert it fails with ``code``."""
-    with pytest.raises(aio.AioRpcError) as caught:
+
+    async def drain() -> None:
         if hasattr(awaitable, "__aiter__"):
             async for _ in awaitable:
                 pass
         else:
             await awaitable
+
+    with pytest.raises(aio.AioRpcError) as caught:
+        await drain()
     error = caught.value
     assert error.code() == code, f"{error.code()}: {error.details()}"
     assert error.details(), "an error must say what went wrong"
     if reason is not None:
         assert error_info(error)["reason"] == reason
     return error
+
+
+async def eventually(predicate: Any, timeout: float = 5.0, interval: float = 0.02) -> bool:
+    """Poll ``predicate()`` without blocking the event loop (the in-process
+    server shares it) until it is true or ``timeout`` passes."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(interval)
+    return bool(predicate())

@@ -28,7 +28,7 @@ class Shield:
         task.add_done_callback(self._pending.discard)
         return await asyncio.shield(task)
 
-    async def drain(self, timeout: float = 5.0) -> None:
+    async def drain(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109 - a bound, not a deadline
         """Wait (up to ``timeout`` seconds) for shielded writes still running."""
         if self._pending:
             _, late = await asyncio.wait(set(self._pending), timeout=timeout)

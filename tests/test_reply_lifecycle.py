@@ -1,0 +1,297 @@
+"""How a reply ends when things go wrong: cancellation, model failure, retries
+with a request_id, crashed lease holders and restarts."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import grpc
+from grpc import aio
+
+from generated.loom.v1 import thread_pb2
+from service.server import Loom
+from tests.conftest import Api, eventually, expect_error, make_settings, new_tenant_key, start_loom
+from tests.scripted_llm import Fail, Reply, ScriptedLLM
+from tests.support.ferretdb import FerretDB
+
+
+async def _messages(api: Api, thread_id: str) -> list[thread_pb2.Message]:
+    page = await api.call(
+        api.threads.ListMessages,
+        thread_pb2.ListMessagesRequest(thread_id=thread_id, page_size=1000),
+    )
+    return list(page.messages)
+
+
+async def _new_thread(api: Api) -> str:
+    events = await api.send(content="hello")
+    return events[0].started.thread_id
+
+
+async def test_caller_cancel_keeps_partial_reply_and_closes_model_request(
+    api: Api, llm: ScriptedLLM
+) -> None:
+    thread_id = await _new_thread(api)
+    llm.script(Reply(chunks=["first ", "second ", "third ", "fourth"], chunk_delay=0.3))
+    call = api.threads.SendMessage(
+        thread_pb2.SendMessageRequest(content="tell me a long story", thread_id=thread_id),
+        metadata=api.metadata,
+    )
+    started = await call.read()
+    first = await call.read()
+    assert first.delta.text == "first "
+    call.cancel()
+    assert await eventually(lambda: llm.disconnects >= 1), "model request not closed"
+
+    async def settled() -> thread_pb2.Message:
+        for _ in range(100):
+            reply = (await _messages(api, thread_id))[-1]
+            if reply.status != thread_pb2.MESSAGE_STATUS_IN_PROGRESS:
+                return reply
+            await asyncio.sleep(0.05)
+        raise AssertionError("reply never left IN_PROGRESS")
+
+    reply = await settled()
+    assert reply.message_id == started.started.assistant_message_id
+    assert reply.status == thread_pb2.MESSAGE_STATUS_INCOMPLETE
+    assert reply.content.startswith("first ")
+    assert "fourth" not in reply.content
+    # The thread is usable at once and the next prompt replays the partial reply.
+    llm.reset()
+    after = await api.send(content="go on", thread_id=thread_id)
+    assert after[-1].completed.message.status == thread_pb2.MESSAGE_STATUS_COMPLETE
+    replayed = [m["content"] for m in llm.requests[0].body["messages"]]
+    assert reply.content in replayed
+    assert [m.sequence for m in await _messages(api, thread_id)] == list(range(6))
+
+
+async def test_model_failure_mid_stream_stores_failed_reply(api: Api, llm: ScriptedLLM) -> None:
+    thread_id = await _new_thread(api)
+    llm.reset()
+    llm.script(Reply(chunks=["partial ", "answer ", "lost"], break_after=2))
+    call = api.threads.SendMessage(
+        thread_pb2.SendMessageRequest(content="fail please", thread_id=thread_id),
+        metadata=api.metadata,
+    )
+    error = await expect_error(call, grpc.StatusCode.UNAVAILABLE, "MODEL_STREAM_BROKEN")
+    assert "mid-stream" in error.details()
+    # Text had reached the caller, so the model was not asked again.
+    assert len(llm.requests) == 1
+    messages = await _messages(api, thread_id)
+    reply = messages[-1]
+    assert reply.status == thread_pb2.MESSAGE_STATUS_FAILED
+    assert reply.content == "partial answer "
+    assert [m.sequence for m in messages] == [0, 1, 2, 3]
+    after = await api.send(content="again", thread_id=thread_id)
+    assert after[-1].completed.message.sequence == 5
+
+
+async def test_stream_broken_before_first_token_is_retried(api: Api, llm: ScriptedLLM) -> None:
+    llm.script(Reply(chunks=["never"], break_after=0), Reply(text="second try"))
+    events = await api.send(content="hi")
+    assert events[-1].completed.message.content == "second try"
+    assert len(llm.requests) == 2
+
+
+async def test_request_id_replays_without_calling_model_again(api: Api, llm: ScriptedLLM) -> None:
+    llm.script(Reply(text="the one and only reply"))
+    first = await api.send(content="remember me", request_id="req-1")
+    again = await api.send(content="remember me", request_id="req-1")
+    assert len(llm.requests) == 1
+    assert again[0].started == first[0].started
+    assert again[0].started.thread_created
+    assert again[-1].completed.message == first[-1].completed.message
+    assert "".join(e.delta.text for e in again if e.HasField("delta")) == "the one and only reply"
+    thread_id = first[0].started.thread_id
+    assert len(await _messages(api, thread_id)) == 2
+    page = await api.call(api.threads.ListThreads, thread_pb2.ListThreadsRequest())
+    assert [t.thread_id for t in page.threads] == [thread_id]
+
+    await expect_error(
+        api.threads.SendMessage(
+            thread_pb2.SendMessageRequest(content="something else", request_id="req-1"),
+            metadata=api.metadata,
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "REQUEST_ID_REUSED",
+    )
+
+
+async def test_request_id_retry_after_model_outage_runs_once_in_same_slot(
+    api: Api, llm: ScriptedLLM
+) -> None:
+    thread_id = await _new_thread(api)
+    llm.script(*[Fail(status=503)] * 3)
+    await expect_error(
+        api.threads.SendMessage(
+            thread_pb2.SendMessageRequest(content="q", thread_id=thread_id, request_id="r-2"),
+            metadata=api.metadata,
+        ),
+        grpc.StatusCode.UNAVAILABLE,
+        "MODEL_UNAVAILABLE",
+    )
+    failed = await _messages(api, thread_id)
+    assert failed[-1].status == thread_pb2.MESSAGE_STATUS_FAILED
+    llm.script(Reply(text="recovered"))
+    retry = await api.send(content="q", thread_id=thread_id, request_id="r-2")
+    assert retry[-1].completed.message.content == "recovered"
+    assert retry[-1].completed.message.message_id == failed[-1].message_id
+    messages = await _messages(api, thread_id)
+    assert [m.content for m in messages] == ["hello", messages[1].content, "q", "recovered"]
+    # Third time: replayed, no new model call.
+    before = len(llm.requests)
+    await api.send(content="q", thread_id=thread_id, request_id="r-2")
+    assert len(llm.requests) == before
+
+
+async def test_request_ids_are_scoped_to_the_tenant(
+    api: Api, loom: Loom, channel: aio.Channel, llm: ScriptedLLM
+) -> None:
+    other = Api(channel, await new_tenant_key(loom))
+    mine = await api.send(content="same words", request_id="shared-id")
+    theirs = await other.send(content="same words", request_id="shared-id")
+    assert mine[0].started.thread_id != theirs[0].started.thread_id
+    assert len(llm.requests) == 2
+
+
+async def test_expired_lease_of_a_crashed_holder_is_taken_over(
+    api: Api, loom: Loom, llm: ScriptedLLM
+) -> None:
+    thread_id = await _new_thread(api)
+    messages = await _messages(api, thread_id)
+    tenant = (await loom.keys.authenticate(api.key)) if api.key else ""
+    # A replica died mid-reply: its lease is past expiry and its reply is
+    # still IN_PROGRESS.
+    threads = loom.store.db["threads"]
+    await threads.update_one(
+        {"_id": thread_id},
+        {
+            "$set": {
+                "lease_owner": "dead-replica",
+                "lease_expires": datetime.now(UTC) - timedelta(seconds=1),
+            }
+        },
+    )
+    await loom.store.db["messages"].update_one(
+        {"_id": messages[-1].message_id}, {"$set": {"status": "in_progress"}}
+    )
+    events = await api.send(content="anyone there?", thread_id=thread_id)
+    assert events[-1].completed.message.status == thread_pb2.MESSAGE_STATUS_COMPLETE
+    after = await _messages(api, thread_id)
+    assert after[1].status == thread_pb2.MESSAGE_STATUS_INCOMPLETE
+    # A live lease of another replica, by contrast, makes the thread busy.
+    await threads.update_one(
+        {"_id": thread_id, "tenant": tenant},
+        {
+            "$set": {
+                "lease_owner": "live-replica",
+                "lease_expires": datetime.now(UTC) + timedelta(seconds=30),
+            }
+        },
+    )
+    await expect_error(
+        api.threads.SendMessage(
+            thread_pb2.SendMessageRequest(content="busy?", thread_id=thread_id),
+            metadata=api.metadata,
+        ),
+        grpc.StatusCode.ABORTED,
+        "THREAD_BUSY",
+    )
+
+
+async def test_two_replicas_on_one_database_share_leases_and_sequences(
+    ferretdb: FerretDB, llm: ScriptedLLM
+) -> None:
+    settings = make_settings(ferretdb, llm, mongodb_db="loom_replicas")
+    one, two = await start_loom(settings), await start_loom(settings)
+    try:
+        key = await new_tenant_key(one)
+        async with (
+            aio.insecure_channel(f"127.0.0.1:{one.port}") as ch1,
+            aio.insecure_channel(f"127.0.0.1:{two.port}") as ch2,
+        ):
+            a, b = Api(ch1, key), Api(ch2, key)
+            thread_id = await _new_thread(a)
+            llm.set_default(Reply(chunk_delay=0.01))
+            results = await asyncio.gather(
+                *(
+                    (a if i % 2 else b).send(content=f"m{i}", thread_id=thread_id)
+                    for i in range(10)
+                ),
+                return_exceptions=True,
+            )
+            for result in results:
+                if isinstance(result, BaseException):
+                    assert isinstance(result, aio.AioRpcError)
+                    assert result.code() == grpc.StatusCode.ABORTED
+            ok = sum(not isinstance(r, BaseException) for r in results)
+            assert ok >= 1
+            sequences = [m.sequence for m in await _messages(b, thread_id)]
+            assert sequences == list(range(2 + 2 * ok))
+    finally:
+        await one.stop(0)
+        await two.stop(0)
+
+
+async def test_concurrent_appends_from_many_clients_never_gap_or_duplicate(
+    ferretdb: FerretDB,
+) -> None:
+    from service.core.models import Message, MessageStatus, Role
+    from service.store import connect
+
+    stores = [connect(ferretdb.uri, "loom_appends") for _ in range(4)]
+    try:
+        await stores[0].ensure_indexes()
+        thread_id = "thread_" + "a" * 24
+
+        async def append(i: int) -> int:
+            message = Message(
+                message_id=f"msg_{i:024x}",
+                tenant="t",
+                thread_id=thread_id,
+                role=Role.USER,
+                content=str(i),
+                status=MessageStatus.COMPLETE,
+                create_time=datetime.now(UTC),
+            )
+            stored = await stores[i % 4].messages.append(message)
+            return stored.sequence
+
+        sequences = await asyncio.gather(*(append(i) for i in range(40)))
+        assert sorted(sequences) == list(range(40))
+    finally:
+        for store in stores:
+            await store.close()
+
+
+async def test_restart_on_same_database_keeps_everything(
+    ferretdb: FerretDB, llm: ScriptedLLM
+) -> None:
+    settings = make_settings(ferretdb, llm, mongodb_db="loom_restart")
+    first = await start_loom(settings)
+    key = await new_tenant_key(first)
+    async with aio.insecure_channel(f"127.0.0.1:{first.port}") as ch:
+        api = Api(ch, key)
+        events = await api.send(content="My favorite color is blue.")
+        thread_id = events[0].started.thread_id
+        await api.send(content="And I live in Lisbon.", thread_id=thread_id)
+        before = await _messages(api, thread_id)
+    await first.stop(0)
+
+    second = await start_loom(settings)
+    try:
+        async with aio.insecure_channel(f"127.0.0.1:{second.port}") as ch:
+            api = Api(ch, key)
+            assert await _messages(api, thread_id) == before
+            thread = await api.call(
+                api.threads.GetThread, thread_pb2.GetThreadRequest(thread_id=thread_id)
+            )
+            assert thread.thread.message_count == 4
+            llm.reset()
+            await api.send(content="Where do I live?", thread_id=thread_id)
+            contents = [m["content"] for m in llm.requests[0].body["messages"]]
+            assert "My favorite color is blue." in contents
+            assert "And I live in Lisbon." in contents
+    finally:
+        await second.stop(0)
