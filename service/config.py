@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     dev_api_key: SecretStr | None = None
     max_message_chars: int = Field(100_000, gt=0)
     lease_seconds: float = Field(30.0, gt=0)
+    context_cache_chars: int = Field(
+        400_000, gt=0, description="characters of recent history cached on each thread"
+    )
     shutdown_grace: float = Field(10.0, ge=0)
     log_level: str = "INFO"
 

@@ -159,36 +159,62 @@ async def test_expired_lease_of_a_crashed_holder_is_taken_over(
     api: Api, loom: Loom, llm: ScriptedLLM
 ) -> None:
     thread_id = await _new_thread(api)
-    messages = await _messages(api, thread_id)
-    tenant = (await loom.keys.authenticate(api.key)) if api.key else ""
-    # A replica died mid-reply: its lease is past expiry and its reply is
-    # still IN_PROGRESS.
-    threads = loom.store.db["threads"]
-    await threads.update_one(
-        {"_id": thread_id},
+    tenant = await loom.keys.authenticate(api.key)
+    # A replica died mid-reply: it had stored the user's message and part of
+    # the reply, but not yet the thread's context or count, and its lease is
+    # past expiry.
+    now = datetime.now(UTC)
+    base = {"tenant": tenant, "thread_id": thread_id, "create_time": now, "metadata": {}}
+    await loom.store.db["messages"].insert_many(
+        [
+            {
+                **base,
+                "_id": "msg_" + "d" * 24,
+                "role": "user",
+                "content": "dead question",
+                "status": "complete",
+                "sequence": 2,
+            },
+            {
+                **base,
+                "_id": "msg_" + "e" * 24,
+                "role": "assistant",
+                "content": "half an ans",
+                "status": "in_progress",
+                "sequence": 3,
+                "model": "scripted-model",
+            },
+        ]
+    )
+    await loom.store.db["leases"].insert_one(
         {
-            "$set": {
-                "lease_owner": "dead-replica",
-                "lease_expires": datetime.now(UTC) - timedelta(seconds=1),
-            }
-        },
+            "_id": thread_id,
+            "tenant": tenant,
+            "owner": "dead-replica",
+            "expires": now - timedelta(seconds=1),
+            "reply_id": "msg_" + "e" * 24,
+        }
     )
-    await loom.store.db["messages"].update_one(
-        {"_id": messages[-1].message_id}, {"$set": {"status": "in_progress"}}
-    )
+    llm.reset()
     events = await api.send(content="anyone there?", thread_id=thread_id)
     assert events[-1].completed.message.status == thread_pb2.MESSAGE_STATUS_COMPLETE
+    assert events[-1].completed.message.sequence == 5
     after = await _messages(api, thread_id)
-    assert after[1].status == thread_pb2.MESSAGE_STATUS_INCOMPLETE
+    assert [m.sequence for m in after] == list(range(6))
+    assert after[3].status == thread_pb2.MESSAGE_STATUS_INCOMPLETE
+    assert after[3].content == "half an ans"
+    sent = [m["content"] for m in llm.requests[0].body["messages"]]
+    assert sent[-3:] == ["dead question", "half an ans", "anyone there?"]
+    thread = await api.call(api.threads.GetThread, thread_pb2.GetThreadRequest(thread_id=thread_id))
+    assert thread.thread.message_count == 6
     # A live lease of another replica, by contrast, makes the thread busy.
-    await threads.update_one(
-        {"_id": thread_id, "tenant": tenant},
+    await loom.store.db["leases"].insert_one(
         {
-            "$set": {
-                "lease_owner": "live-replica",
-                "lease_expires": datetime.now(UTC) + timedelta(seconds=30),
-            }
-        },
+            "_id": thread_id,
+            "tenant": tenant,
+            "owner": "live-replica",
+            "expires": datetime.now(UTC) + timedelta(seconds=30),
+        }
     )
     await expect_error(
         api.threads.SendMessage(
@@ -198,6 +224,7 @@ async def test_expired_lease_of_a_crashed_holder_is_taken_over(
         grpc.StatusCode.ABORTED,
         "THREAD_BUSY",
     )
+    await loom.store.db["leases"].delete_one({"_id": thread_id})
 
 
 async def test_two_replicas_on_one_database_share_leases_and_sequences(
@@ -255,7 +282,7 @@ async def test_concurrent_appends_from_many_clients_never_gap_or_duplicate(
                 status=MessageStatus.COMPLETE,
                 create_time=datetime.now(UTC),
             )
-            stored = await stores[i % 4].messages.append(message)
+            stored = await stores[i % 4].messages.append(message, 0)
             return stored.sequence
 
         sequences = await asyncio.gather(*(append(i) for i in range(40)))

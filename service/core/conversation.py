@@ -31,6 +31,7 @@ from datetime import timedelta
 from service.core import ids
 from service.core.assistants import MAX_MODEL, Assistants
 from service.core.clock import now
+from service.core.context import merge
 from service.core.errors import (
     Aborted,
     FailedPrecondition,
@@ -42,6 +43,7 @@ from service.core.leases import Leases
 from service.core.models import (
     Assistant,
     Completed,
+    ContextEntry,
     Delta,
     MemoryMode,
     Message,
@@ -52,7 +54,13 @@ from service.core.models import (
     Thread,
     Usage,
 )
-from service.core.ports import ChatModel, MessageStore, RequestRecord, RequestStore, ThreadStore
+from service.core.ports import (
+    ChatModel,
+    MessageStore,
+    RequestRecord,
+    RequestStore,
+    ThreadStore,
+)
 from service.core.prompt import build_prompt
 from service.core.shield import Shield
 from service.core.threads import MAX_USER_ID, Threads
@@ -102,9 +110,11 @@ class Conversation:
         max_content: int,
         lease_ttl: float,
         shield: Shield,
+        context_chars: int = 400_000,
         flush_interval: float = 1.0,
     ) -> None:
         self._shield = shield
+        self._context_chars = context_chars
         self._assistants = assistants
         self._threads = threads
         self._thread_store = thread_store
@@ -205,37 +215,45 @@ class Conversation:
         memory = req.memory if req.memory is not MemoryMode.UNSPECIFIED else assistant.memory_mode
         stored = False
         try:
-            async with self._leases.hold(tenant, thread.thread_id):
+            async with self._leases.hold(tenant, thread.thread_id) as lease:
+                if lease.stale is not None:
+                    thread = await self._settle(tenant, thread)
                 t = now()
-                user = await self._messages.append(
-                    Message(
-                        message_id=ids.new_id(ids.MESSAGE),
-                        tenant=tenant,
-                        thread_id=thread.thread_id,
-                        role=Role.USER,
-                        content=req.content,
-                        status=MessageStatus.COMPLETE,
-                        metadata=dict(req.metadata),
-                        memory=memory,
-                        create_time=t,
-                        request_id=req.request_id,
-                    )
+                user, reply = await self._messages.append_all(
+                    [
+                        Message(
+                            message_id=ids.new_id(ids.MESSAGE),
+                            tenant=tenant,
+                            thread_id=thread.thread_id,
+                            role=Role.USER,
+                            content=req.content,
+                            status=MessageStatus.COMPLETE,
+                            metadata=dict(req.metadata),
+                            memory=memory,
+                            create_time=t,
+                            request_id=req.request_id,
+                        ),
+                        Message(
+                            message_id=ids.new_id(ids.MESSAGE),
+                            tenant=tenant,
+                            thread_id=thread.thread_id,
+                            role=Role.ASSISTANT,
+                            content="",
+                            status=MessageStatus.IN_PROGRESS,
+                            model=model,
+                            memory=memory,
+                            create_time=t,
+                            request_id=req.request_id,
+                        ),
+                    ],
+                    thread.message_count,
                 )
                 stored = True
-                reply = await self._messages.append(
-                    Message(
-                        message_id=ids.new_id(ids.MESSAGE),
-                        tenant=tenant,
-                        thread_id=thread.thread_id,
-                        role=Role.ASSISTANT,
-                        content="",
-                        status=MessageStatus.IN_PROGRESS,
-                        model=model,
-                        memory=memory,
-                        create_time=t,
-                        request_id=req.request_id,
-                    )
-                )
+                # The thread's context and count are written once, when the
+                # reply ends; a holder that dies before that is settled by
+                # the next one (see _settle).
+                thread.message_count = reply.sequence + 1
+                thread.context = merge(thread.context, [user.entry()], self._context_chars)
                 if req.request_id:
                     await self._requests.bind(
                         tenant,
@@ -259,18 +277,47 @@ class Conversation:
                     model=model,
                     assistant_id=assistant.assistant_id,
                 )
-                async for event in self._generate(tenant, assistant, user, reply):
+                async for event in self._generate(tenant, assistant, thread, user, reply):
                     yield event
         finally:
             if created and not stored:
                 # Nothing reached the thread: do not leave an empty one behind.
                 await self._shield.run(self._thread_store.delete(tenant, thread.thread_id))
 
+    async def _save_context(self, thread: Thread, entries: list[ContextEntry]) -> None:
+        thread.context = merge(thread.context, entries, self._context_chars)
+        await self._thread_store.save_context(
+            thread.thread_id, thread.context, thread.message_count, now()
+        )
+
+    async def _settle(self, tenant: str, thread: Thread) -> Thread:
+        """After taking over a dead holder's lease: mark its unfinished reply
+        INCOMPLETE and rebuild the thread's context and count from the
+        messages themselves (the holder may have died between writes)."""
+        history = await self._messages.history(tenant, thread.thread_id, 2**62)
+        entries: list[ContextEntry] = []
+        for message in history:
+            settled = message
+            if message.status is MessageStatus.IN_PROGRESS:
+                settled = (
+                    await self._messages.finish(
+                        message.message_id,
+                        content=message.content,
+                        status=MessageStatus.INCOMPLETE,
+                        error="interrupted",
+                    )
+                    or message
+                )
+            entries.append(settled.entry())
+        thread.message_count = history[-1].sequence + 1 if history else 0
+        thread.context = []
+        await self._save_context(thread, entries)
+        return thread
+
     async def _generate(
-        self, tenant: str, assistant: Assistant, user: Message, reply: Message
+        self, tenant: str, assistant: Assistant, thread: Thread, user: Message, reply: Message
     ) -> AsyncGenerator[ReplyEvent, None]:
-        history = await self._messages.history(tenant, user.thread_id, user.sequence)
-        turns = build_prompt(assistant.instructions, history, user)
+        turns = build_prompt(assistant.instructions, thread.context, user.entry())
         parts: list[str] = []
         usage: Usage | None = None
         finish_reason: str | None = None
@@ -278,7 +325,6 @@ class Conversation:
 
         async def finish(status: MessageStatus, error: str = "") -> Message:
             stored = await self._messages.finish(
-                tenant,
                 reply.message_id,
                 content="".join(parts),
                 status=status,
@@ -287,6 +333,7 @@ class Conversation:
             )
             if stored is None:  # the thread was deleted while the reply ran
                 raise NotFound("thread", reply.thread_id)
+            await self._save_context(thread, [stored.entry()])
             return stored
 
         try:
@@ -302,7 +349,7 @@ class Conversation:
                     yield Delta(chunk.text)
                     if time.monotonic() - last_save >= self._flush_interval:
                         last_save = time.monotonic()
-                        await self._messages.save_progress(tenant, reply.message_id, "".join(parts))
+                        await self._messages.save_progress(reply.message_id, "".join(parts))
         except LoomError as exc:
             await self._shield.run(finish(MessageStatus.FAILED, exc.message))
             raise
@@ -345,13 +392,16 @@ class Conversation:
         if reply is None:
             raise NotFound("thread", record.thread_id)
         if reply.status is MessageStatus.IN_PROGRESS:
-            if not await self._thread_store.lease_expired(tenant, record.thread_id, now()):
+            if not await self._leases.expired(record.thread_id):
                 raise Aborted(
                     f"the reply to request_id {req.request_id!r} is still streaming; "
                     "retry once it has completed",
                     reason="REQUEST_IN_PROGRESS",
                 )
-            await self._messages.mark_stale(tenant, record.thread_id)
+            # Its writer died: taking the lease settles the reply as INCOMPLETE.
+            async with self._leases.hold(tenant, record.thread_id) as lease:
+                if lease.stale is not None:
+                    await self._settle(tenant, await self._threads.get(tenant, record.thread_id))
             reply = await self._messages.get(tenant, record.assistant_message_id) or reply
         started = Started(
             thread_id=record.thread_id,
@@ -374,8 +424,10 @@ class Conversation:
     async def _retry_failed(
         self, tenant: str, record: RequestRecord, reply: Message, started: Started
     ) -> AsyncGenerator[ReplyEvent, None]:
-        async with self._leases.hold(tenant, record.thread_id):
+        async with self._leases.hold(tenant, record.thread_id) as lease:
             thread = await self._threads.get(tenant, record.thread_id)
+            if lease.stale is not None:
+                thread = await self._settle(tenant, thread)
             user = await self._messages.get(tenant, record.user_message_id)
             if (
                 user is None
@@ -392,5 +444,5 @@ class Conversation:
             except NotFound:
                 raise NotFound("thread", record.thread_id) from None
             yield started
-            async for event in self._generate(tenant, assistant, user, reply):
+            async for event in self._generate(tenant, assistant, thread, user, reply):
                 yield event

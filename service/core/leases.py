@@ -7,70 +7,77 @@ import contextlib
 import logging
 import secrets
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import timedelta
 
 from service.core.clock import now
-from service.core.errors import NotFound, ThreadBusy
-from service.core.ports import LeaseOutcome, MessageStore, ThreadStore
+from service.core.errors import ThreadBusy
+from service.core.ports import LeaseOutcome, LeaseState, LeaseStore
 from service.core.shield import Shield
 
-__all__ = ["Leases"]
+__all__ = ["Lease", "Leases"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Lease:
+    """A held lease. ``stale`` is the state of the dead holder it replaced, if
+    any, so the new holder can settle that holder's half-written reply."""
+
+    thread_id: str
+    owner: str
+    stale: LeaseState | None
 
 
 class Leases:
     """Takes, renews and releases thread leases stored in the database.
 
     A lease lasts ``ttl`` seconds and is renewed every ``ttl / 3`` while its
-    holder runs, so a holder that dies frees the thread within ``ttl``. Whoever
-    takes over an expired lease first marks the dead holder's half-written
-    reply INCOMPLETE.
+    holder runs, so a holder that dies frees the thread within ``ttl``.
     """
 
-    def __init__(
-        self, threads: ThreadStore, messages: MessageStore, ttl: float, shield: Shield
-    ) -> None:
-        self._shield = shield
-        self._threads = threads
-        self._messages = messages
+    def __init__(self, store: LeaseStore, ttl: float, shield: Shield) -> None:
+        self._store = store
         self._ttl = ttl
+        self._shield = shield
 
     @contextlib.asynccontextmanager
-    async def hold(self, tenant: str, thread_id: str) -> AsyncIterator[None]:
+    async def hold(self, tenant: str, thread_id: str) -> AsyncIterator[Lease]:
         """Hold the thread's lease for the body of the ``async with``.
 
         Raises:
             ThreadBusy: another live holder has it.
-            NotFound: the thread does not exist.
         """
         owner = secrets.token_hex(8)
         t = now()
-        outcome = await self._threads.acquire_lease(
+        outcome, stale = await self._store.acquire(
             tenant, thread_id, owner, t + timedelta(seconds=self._ttl), t
         )
         if outcome is LeaseOutcome.BUSY:
             raise ThreadBusy(thread_id)
-        if outcome is LeaseOutcome.MISSING:
-            raise NotFound("thread", thread_id)
         if outcome is LeaseOutcome.TAKEN_OVER:
-            stale = await self._messages.mark_stale(tenant, thread_id)
-            log.warning("took over an expired lease on %s (%d stale replies)", thread_id, stale)
-        renewer = asyncio.create_task(self._renew(tenant, thread_id, owner))
+            log.warning("took over the expired lease on %s", thread_id)
+        renewer = asyncio.create_task(self._renew(thread_id, owner))
         try:
-            yield
+            yield Lease(thread_id, owner, stale)
         finally:
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
-            await self._shield.run(self._threads.release_lease(tenant, thread_id, owner))
+            await self._shield.run(self._store.release(thread_id, owner))
 
-    async def _renew(self, tenant: str, thread_id: str, owner: str) -> None:
+    async def expired(self, thread_id: str) -> bool:
+        """True when nobody holds a live lease on the thread."""
+        state = await self._store.current(thread_id)
+        return state is None or state.expires < now()
+
+    async def _renew(self, thread_id: str, owner: str) -> None:
         while True:
             await asyncio.sleep(self._ttl / 3)
             try:
-                kept = await self._threads.renew_lease(
-                    tenant, thread_id, owner, now() + timedelta(seconds=self._ttl)
+                kept = await self._store.renew(
+                    thread_id, owner, now() + timedelta(seconds=self._ttl)
                 )
             except Exception:  # the next renewal may succeed; the lease has slack
                 log.warning("could not renew the lease on %s", thread_id, exc_info=True)

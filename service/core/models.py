@@ -10,6 +10,7 @@ from typing import Generic, TypeVar
 __all__ = [
     "Assistant",
     "Completed",
+    "ContextEntry",
     "Delta",
     "MemoryMode",
     "Message",
@@ -80,9 +81,21 @@ class Assistant:
     update_time: datetime | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ContextEntry:
+    """A message as the prompt needs it, cached on the thread so that building
+    a prompt reads one document instead of the thread's whole history."""
+
+    sequence: int
+    role: Role
+    content: str
+    status: MessageStatus
+
+
 @dataclass(slots=True)
 class Thread:
-    """One conversation."""
+    """One conversation. ``context`` is the cached tail of its messages (the
+    full history stays in the messages collection)."""
 
     thread_id: str
     tenant: str
@@ -92,6 +105,7 @@ class Thread:
     message_count: int = 0
     create_time: datetime | None = None
     update_time: datetime | None = None
+    context: list[ContextEntry] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -112,6 +126,10 @@ class Message:
     create_time: datetime | None = None
     request_id: str = ""
     error: str = ""
+
+    def entry(self) -> ContextEntry:
+        """This message as a context entry."""
+        return ContextEntry(self.sequence, self.role, self.content, self.status)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from service.core.models import Assistant, Message, MessageStatus, Thread, Usage
+from service.core.models import (
+    Assistant,
+    ContextEntry,
+    Message,
+    MessageStatus,
+    Thread,
+    Usage,
+)
 
 __all__ = [
     "ApiKey",
@@ -23,6 +30,8 @@ __all__ = [
     "ChatModel",
     "ChatTurn",
     "LeaseOutcome",
+    "LeaseState",
+    "LeaseStore",
     "MessageStore",
     "RequestRecord",
     "RequestStore",
@@ -56,7 +65,29 @@ class LeaseOutcome(enum.Enum):
     ACQUIRED = "acquired"
     TAKEN_OVER = "taken_over"  # the previous holder's lease had expired
     BUSY = "busy"
-    MISSING = "missing"
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseState:
+    """A lease as stored: who holds it and until when."""
+
+    owner: str
+    expires: datetime
+
+
+class LeaseStore(Protocol):
+    """One lease document per busy thread, created by a unique insert (the one
+    write that is atomic on MongoDB and FerretDB alike) and deleted on
+    release, so the collection only ever holds the replies in flight."""
+
+    async def acquire(
+        self, tenant: str, thread_id: str, owner: str, expires: datetime, now: datetime
+    ) -> tuple[LeaseOutcome, LeaseState | None]:
+        """Take the lease; with TAKEN_OVER, also the dead holder's state."""
+
+    async def renew(self, thread_id: str, owner: str, expires: datetime) -> bool: ...
+    async def release(self, thread_id: str, owner: str) -> None: ...
+    async def current(self, thread_id: str) -> LeaseState | None: ...
 
 
 class ThreadStore(Protocol):
@@ -71,29 +102,32 @@ class ThreadStore(Protocol):
     async def mark_deleting(self, tenant: str, thread_id: str) -> bool: ...
     async def delete(self, tenant: str, thread_id: str) -> None: ...
     async def pending_deletes(self) -> list[tuple[str, str]]: ...
-    async def acquire_lease(
-        self, tenant: str, thread_id: str, owner: str, expires: datetime, now: datetime
-    ) -> LeaseOutcome: ...
-    async def renew_lease(
-        self, tenant: str, thread_id: str, owner: str, expires: datetime
-    ) -> bool: ...
-    async def release_lease(self, tenant: str, thread_id: str, owner: str) -> None: ...
-    async def lease_expired(self, tenant: str, thread_id: str, now: datetime) -> bool:
-        """True when nobody holds a live lease on the thread."""
+    async def save_context(
+        self,
+        thread_id: str,
+        context: Sequence[ContextEntry],
+        message_count: int,
+        update_time: datetime,
+    ) -> None:
+        """Store the thread's cached context and message count (written only
+        by the holder of the thread's lease)."""
 
 
 class MessageStore(Protocol):
     """Messages, always scoped to a tenant and a thread."""
 
-    async def append(self, message: Message) -> Message:
-        """Store ``message`` at the thread's next sequence number (no gaps, no
-        duplicates, even with concurrent writers) and return it with that
-        number."""
+    async def append(self, message: Message, first_try: int) -> Message:
+        """Store ``message`` at the thread's next sequence number, trying
+        ``first_try`` first (the thread's message count). A unique index on
+        (thread_id, sequence) settles races: no gaps, no duplicates, even with
+        concurrent writers on several replicas."""
+
+    async def append_all(self, messages: list[Message], first_try: int) -> list[Message]:
+        """``append`` each message in turn (consecutive numbers if free)."""
 
     async def get(self, tenant: str, message_id: str) -> Message | None: ...
     async def finish(
         self,
-        tenant: str,
         message_id: str,
         *,
         content: str,
@@ -101,7 +135,7 @@ class MessageStore(Protocol):
         usage: Usage | None = None,
         error: str = "",
     ) -> Message | None: ...
-    async def save_progress(self, tenant: str, message_id: str, content: str) -> None: ...
+    async def save_progress(self, message_id: str, content: str) -> None: ...
     async def restart(self, tenant: str, message_id: str, model: str) -> bool:
         """Put a FAILED, empty message back IN_PROGRESS for a retry."""
 
@@ -110,9 +144,6 @@ class MessageStore(Protocol):
     ) -> list[Message]: ...
     async def history(self, tenant: str, thread_id: str, before: int) -> list[Message]:
         """Messages with sequence below ``before``, oldest first."""
-
-    async def mark_stale(self, tenant: str, thread_id: str) -> int:
-        """Mark IN_PROGRESS messages INCOMPLETE (their writer died)."""
 
     async def delete_thread(self, tenant: str, thread_id: str) -> int: ...
 

@@ -56,8 +56,11 @@ class MongoAssistantStore:
         await self._c.insert_one(_to_doc(assistant))
 
     async def get(self, tenant: str, assistant_id: str) -> Assistant | None:
-        doc = await self._c.find_one({"_id": assistant_id, "tenant": tenant, **_LIVE})
-        return _from_doc(doc) if doc else None
+        # By _id alone, tenant checked here: see MongoThreadStore.
+        doc = await self._c.find_one({"_id": assistant_id})
+        if doc is None or doc.get("tenant") != tenant or doc.get("deleting"):
+            return None
+        return _from_doc(doc)
 
     async def ensure(self, assistant: Assistant) -> Assistant:
         with contextlib.suppress(DuplicateKeyError):

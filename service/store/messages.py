@@ -6,7 +6,7 @@ from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from service.core.models import MemoryMode, Message, MessageStatus, Role, Usage
 
@@ -62,54 +62,62 @@ def _from_doc(d: Doc) -> Message:
 
 
 class MongoMessageStore:
-    """``MessageStore`` over the messages collection (and the threads'
-    ``message_count``)."""
+    """``MessageStore`` over the messages collection.
 
-    def __init__(self, collection: AsyncCollection[Doc], threads: AsyncCollection[Doc]) -> None:
+    One message is read and written by ``_id`` alone (the tenant is checked
+    in code), which MongoDB serves from the primary key and FerretDB 1.x
+    pushes down to SQLite; listing a thread uses the (thread_id, sequence)
+    index on MongoDB.
+    """
+
+    def __init__(self, collection: AsyncCollection[Doc]) -> None:
         self._c = collection
-        self._threads = threads
 
-    async def append(self, message: Message) -> Message:
-        """Insert at the next free sequence number.
+    async def append(self, message: Message, first_try: int) -> Message:
+        """Insert at the first free sequence number from ``first_try`` on.
 
         The unique (thread_id, sequence) index arbitrates between concurrent
         writers: the loser of a race gets a duplicate-key error and tries the
-        next number. The number is read from the messages themselves, not a
-        counter, so a writer that dies between steps leaves no gap.
+        next number, so numbers never repeat and never skip.
         """
-        last = await self._c.find_one(
-            {"thread_id": message.thread_id},
-            {"sequence": 1},
-            sort=[("sequence", DESCENDING)],
-        )
-        sequence = int(last["sequence"]) + 1 if last else 0
+        sequence = first_try
         for _ in range(_MAX_APPEND_ATTEMPTS):
             message.sequence = sequence
             try:
                 await self._c.insert_one(_to_doc(message))
-                break
+                return message
             except DuplicateKeyError:
-                mine = await self._c.find_one({"_id": message.message_id}, {"sequence": 1})
+                mine = await self._c.find_one({"_id": message.message_id})
                 if mine is not None:  # a retried insert that had in fact landed
                     message.sequence = int(mine["sequence"])
-                    sequence = message.sequence
-                    break
+                    return message
                 sequence += 1
-        else:  # pragma: no cover - needs 64 writers racing on one thread
-            raise RuntimeError(f"could not allocate a sequence number in {message.thread_id}")
-        await self._threads.update_one(
-            {"_id": message.thread_id, "tenant": message.tenant},
-            {"$max": {"message_count": sequence + 1}, "$set": {"update_time": message.create_time}},
-        )
-        return message
+        raise RuntimeError(f"could not allocate a sequence number in {message.thread_id}")
+
+    async def append_all(self, messages: list[Message], first_try: int) -> list[Message]:
+        """Insert consecutive messages in one round trip when their numbers
+        are free, else one by one as ``append`` does."""
+        for offset, message in enumerate(messages):
+            message.sequence = first_try + offset
+        try:
+            await self._c.insert_many([_to_doc(m) for m in messages], ordered=True)
+            return messages
+        except BulkWriteError as exc:
+            landed = int(exc.details.get("nInserted", 0))
+        next_try = messages[landed - 1].sequence + 1 if landed else first_try
+        for message in messages[landed:]:
+            await self.append(message, next_try)
+            next_try = message.sequence + 1
+        return messages
 
     async def get(self, tenant: str, message_id: str) -> Message | None:
-        doc = await self._c.find_one({"_id": message_id, "tenant": tenant})
-        return _from_doc(doc) if doc else None
+        doc = await self._c.find_one({"_id": message_id})
+        if doc is None or doc.get("tenant") != tenant:
+            return None
+        return _from_doc(doc)
 
     async def finish(
         self,
-        tenant: str,
         message_id: str,
         *,
         content: str,
@@ -118,7 +126,7 @@ class MongoMessageStore:
         error: str = "",
     ) -> Message | None:
         doc = await self._c.find_one_and_update(
-            {"_id": message_id, "tenant": tenant},
+            {"_id": message_id},
             {
                 "$set": {
                     "content": content,
@@ -131,23 +139,18 @@ class MongoMessageStore:
         )
         return _from_doc(doc) if doc else None
 
-    async def save_progress(self, tenant: str, message_id: str, content: str) -> None:
-        await self._c.update_one(
-            {"_id": message_id, "tenant": tenant, "status": MessageStatus.IN_PROGRESS.value},
-            {"$set": {"content": content}},
-        )
+    async def save_progress(self, message_id: str, content: str) -> None:
+        await self._c.update_one({"_id": message_id}, {"$set": {"content": content}})
 
     async def restart(self, tenant: str, message_id: str, model: str) -> bool:
-        result = await self._c.update_one(
-            {
-                "_id": message_id,
-                "tenant": tenant,
-                "status": MessageStatus.FAILED.value,
-                "content": "",
-            },
+        current = await self.get(tenant, message_id)
+        if current is None or current.status is not MessageStatus.FAILED or current.content:
+            return False
+        await self._c.update_one(
+            {"_id": message_id},
             {"$set": {"status": MessageStatus.IN_PROGRESS.value, "model": model, "error": ""}},
         )
-        return result.modified_count == 1
+        return True
 
     async def find_page(
         self, tenant: str, thread_id: str, limit: int, after: int | None, descending: bool
@@ -164,17 +167,6 @@ class MongoMessageStore:
             {"thread_id": thread_id, "tenant": tenant, "sequence": {"$lt": before}}
         ).sort("sequence", ASCENDING)
         return [_from_doc(d) async for d in cursor]
-
-    async def mark_stale(self, tenant: str, thread_id: str) -> int:
-        result = await self._c.update_many(
-            {
-                "thread_id": thread_id,
-                "tenant": tenant,
-                "status": MessageStatus.IN_PROGRESS.value,
-            },
-            {"$set": {"status": MessageStatus.INCOMPLETE.value, "error": "interrupted"}},
-        )
-        return result.modified_count
 
     async def delete_thread(self, tenant: str, thread_id: str) -> int:
         result = await self._c.delete_many({"thread_id": thread_id, "tenant": tenant})

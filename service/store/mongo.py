@@ -10,6 +10,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from service.store.assistants import MongoAssistantStore
 from service.store.keys import MongoApiKeyStore
+from service.store.leases import MongoLeaseStore
 from service.store.messages import MongoMessageStore
 from service.store.requests import MongoRequestStore
 from service.store.threads import MongoThreadStore
@@ -48,6 +49,7 @@ class MongoStore:
     db: AsyncDatabase[Doc]
     assistants: MongoAssistantStore
     threads: MongoThreadStore
+    leases: MongoLeaseStore
     messages: MongoMessageStore
     requests: MongoRequestStore
     keys: MongoApiKeyStore
@@ -88,7 +90,8 @@ def connect(uri: str, database: str, *, timeout_ms: int = 5000) -> MongoStore:
         db=db,
         assistants=MongoAssistantStore(db["assistants"]),
         threads=MongoThreadStore(db["threads"]),
-        messages=MongoMessageStore(db["messages"], db["threads"]),
+        leases=MongoLeaseStore(db["leases"]),
+        messages=MongoMessageStore(db["messages"]),
         requests=MongoRequestStore(db["requests"]),
         keys=MongoApiKeyStore(db["api_keys"]),
     )

@@ -1,20 +1,23 @@
-"""Threads collection, including each thread's reply lease."""
+"""Threads collection, with each thread's cached context."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from pymongo import DESCENDING, ReturnDocument
+from pymongo import DESCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 
-from service.core.models import Thread
-from service.core.ports import LeaseOutcome
+from service.core.models import ContextEntry, MessageStatus, Role, Thread
 
 __all__ = ["MongoThreadStore"]
 
 Doc = dict[str, Any]
-_LIVE = {"deleting": {"$ne": True}}
+
+
+def _entry_doc(e: ContextEntry) -> Doc:
+    return {"s": e.sequence, "r": e.role.value, "c": e.content, "st": e.status.value}
 
 
 def _from_doc(d: Doc) -> Thread:
@@ -27,16 +30,19 @@ def _from_doc(d: Doc) -> Thread:
         message_count=int(d.get("message_count", 0)),
         create_time=d.get("create_time"),
         update_time=d.get("update_time"),
+        context=[
+            ContextEntry(int(e["s"]), Role(e["r"]), e["c"], MessageStatus(e["st"]))
+            for e in d.get("context") or ()
+        ],
     )
 
 
 class MongoThreadStore:
     """``ThreadStore`` over one collection.
 
-    The lease is two fields on the thread, ``lease_owner`` and
-    ``lease_expires``, taken with one conditional update: atomic on a single
-    document in MongoDB and FerretDB alike, so it holds across replicas, and
-    it expires, so a crashed holder never locks a thread for good.
+    Reads and writes of one thread filter on ``_id`` alone and check the
+    tenant in code: MongoDB serves that from the primary key, and FerretDB
+    1.x pushes down no other filter (anything else scans the collection).
     """
 
     def __init__(self, collection: AsyncCollection[Doc]) -> None:
@@ -53,26 +59,27 @@ class MongoThreadStore:
                 "message_count": 0,
                 "create_time": thread.create_time,
                 "update_time": thread.update_time,
-                "lease_owner": None,
-                "lease_expires": None,
+                "context": [],
             }
         )
 
     async def get(self, tenant: str, thread_id: str) -> Thread | None:
-        doc = await self._c.find_one({"_id": thread_id, "tenant": tenant, **_LIVE})
-        return _from_doc(doc) if doc else None
+        doc = await self._c.find_one({"_id": thread_id})
+        if doc is None or doc.get("tenant") != tenant or doc.get("deleting"):
+            return None
+        return _from_doc(doc)
 
     async def find_page(
         self, tenant: str, assistant_id: str, user_id: str, limit: int, after: str | None
     ) -> list[Thread]:
-        query: Doc = {"tenant": tenant, **_LIVE}
+        query: Doc = {"tenant": tenant, "deleting": {"$ne": True}}
         if assistant_id:
             query["assistant_id"] = assistant_id
         if user_id:
             query["user_id"] = user_id
         if after is not None:
             query["_id"] = {"$lt": after}
-        cursor = self._c.find(query).sort("_id", DESCENDING).limit(limit)
+        cursor = self._c.find(query, {"context": 0}).sort("_id", DESCENDING).limit(limit)
         return [_from_doc(d) async for d in cursor]
 
     async def ids_of_assistant(self, tenant: str, assistant_id: str) -> list[str]:
@@ -80,56 +87,34 @@ class MongoThreadStore:
         return [d["_id"] async for d in cursor]
 
     async def mark_deleting(self, tenant: str, thread_id: str) -> bool:
-        result = await self._c.update_one(
-            {"_id": thread_id, "tenant": tenant, **_LIVE}, {"$set": {"deleting": True}}
-        )
-        return result.matched_count == 1
+        if await self.get(tenant, thread_id) is None:
+            return False
+        await self._c.update_one({"_id": thread_id}, {"$set": {"deleting": True}})
+        return True
 
     async def delete(self, tenant: str, thread_id: str) -> None:
-        await self._c.delete_one({"_id": thread_id, "tenant": tenant})
+        doc = await self._c.find_one({"_id": thread_id}, {"tenant": 1})
+        if doc is not None and doc.get("tenant") == tenant:
+            await self._c.delete_one({"_id": thread_id})
 
     async def pending_deletes(self) -> list[tuple[str, str]]:
         cursor = self._c.find({"deleting": True}, {"tenant": 1})
         return [(d["tenant"], d["_id"]) async for d in cursor]
 
-    async def acquire_lease(
-        self, tenant: str, thread_id: str, owner: str, expires: datetime, now: datetime
-    ) -> LeaseOutcome:
-        before = await self._c.find_one_and_update(
-            {
-                "_id": thread_id,
-                "tenant": tenant,
-                **_LIVE,
-                "$or": [{"lease_owner": None}, {"lease_expires": {"$lt": now}}],
-            },
-            {"$set": {"lease_owner": owner, "lease_expires": expires}},
-            # No projection: FerretDB 1.x does not implement findAndModify's "fields".
-            return_document=ReturnDocument.BEFORE,
-        )
-        if before is not None:
-            return LeaseOutcome.TAKEN_OVER if before.get("lease_owner") else LeaseOutcome.ACQUIRED
-        if await self._c.count_documents({"_id": thread_id, "tenant": tenant, **_LIVE}) == 0:
-            return LeaseOutcome.MISSING
-        return LeaseOutcome.BUSY
-
-    async def renew_lease(self, tenant: str, thread_id: str, owner: str, expires: datetime) -> bool:
-        result = await self._c.update_one(
-            {"_id": thread_id, "tenant": tenant, "lease_owner": owner},
-            {"$set": {"lease_expires": expires}},
-        )
-        return result.matched_count == 1
-
-    async def release_lease(self, tenant: str, thread_id: str, owner: str) -> None:
+    async def save_context(
+        self,
+        thread_id: str,
+        context: Sequence[ContextEntry],
+        message_count: int,
+        update_time: datetime,
+    ) -> None:
         await self._c.update_one(
-            {"_id": thread_id, "tenant": tenant, "lease_owner": owner},
-            {"$set": {"lease_owner": None, "lease_expires": None}},
+            {"_id": thread_id},
+            {
+                "$set": {
+                    "context": [_entry_doc(e) for e in context],
+                    "message_count": message_count,
+                    "update_time": update_time,
+                }
+            },
         )
-
-    async def lease_expired(self, tenant: str, thread_id: str, now: datetime) -> bool:
-        doc = await self._c.find_one(
-            {"_id": thread_id, "tenant": tenant}, {"lease_owner": 1, "lease_expires": 1}
-        )
-        if doc is None or doc.get("lease_owner") is None:
-            return True
-        expires = doc.get("lease_expires")
-        return expires is None or expires < now
