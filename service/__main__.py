@@ -16,6 +16,7 @@ import os
 import sys
 
 from pydantic import ValidationError
+from pymongo.errors import PyMongoError
 
 from service.config import Settings
 from service.core.errors import LoomError
@@ -23,13 +24,18 @@ from service.core.errors import LoomError
 __all__ = ["main"]
 
 
+def _variable(loc: tuple[int | str, ...]) -> str:
+    """The environment variable a settings error is about (fields read through
+    an alias, such as OPENAI_BASE_URL, already carry the variable's name)."""
+    name = "_".join(str(p) for p in loc).upper()
+    return name if name.startswith(("LOOM_", "OPENAI_")) else f"LOOM_{name}"
+
+
 def _settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        lines = [
-            f"  LOOM_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
-        ]
+        lines = [f"  {_variable(e['loc'])}: {e['msg']}" for e in exc.errors()]
         sys.stderr.write("loom: invalid configuration:\n" + "\n".join(lines) + "\n")
         raise SystemExit(2) from None
 
@@ -64,6 +70,12 @@ async def _api_keys(args: argparse.Namespace, settings: Settings) -> int:
     except LoomError as exc:
         sys.stderr.write(f"loom: {exc.message}\n")
         return 2
+    except PyMongoError as exc:
+        sys.stderr.write(
+            f"loom: cannot reach MongoDB at LOOM_MONGODB_URI ({type(exc).__name__}); "
+            "start it or point LOOM_MONGODB_URI at a running server\n"
+        )
+        return 1
     finally:
         await store.close()
 

@@ -57,6 +57,7 @@ class Loom:
     server: aio.Server
     health: health.aio.HealthServicer
     shield: Shield
+    conversation: Conversation
     port: int
 
     async def start(self) -> None:
@@ -77,6 +78,8 @@ class Loom:
         INCOMPLETE) and close connections."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.shutdown_grace if grace is None else grace)
+        if not await self.conversation.drain(5.0):
+            log.warning("replies still running at shutdown; their final state may be lost")
         await self.shield.drain()
         await self.llm.close()
         await self.store.close()
@@ -132,11 +135,24 @@ def build(settings: Settings) -> Loom:
         ),
         server,
     )
-    port = server.add_insecure_port(settings.listen)
+    try:
+        port = server.add_insecure_port(settings.listen)
+    except RuntimeError as exc:  # grpc raises this when the address is taken
+        raise OSError(f"could not listen on LOOM_LISTEN={settings.listen}: {exc}") from None
     if port == 0:
-        raise OSError(f"could not bind {settings.listen}")
+        raise OSError(f"could not listen on LOOM_LISTEN={settings.listen}")
     return Loom(
-        settings, store, llm, keys, assistants, threads, server, health_servicer, shield, port
+        settings,
+        store,
+        llm,
+        keys,
+        assistants,
+        threads,
+        server,
+        health_servicer,
+        shield,
+        conversation,
+        port,
     )
 
 

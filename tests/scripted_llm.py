@@ -7,7 +7,8 @@ Loom and the socket is exercised exactly as in production.
 
 Scripting model
 ---------------
-Every ``POST /v1/chat/completions`` request is answered by one *step*:
+Every ``POST /v1/chat/completions`` request (with a JSON object body; anything else
+gets a 400 and consumes nothing) is answered by one *step*:
 
 * ``Reply``  -- a successful completion (streamed or not, as the request asks), with
   optional pacing (``first_byte_delay``, ``chunk_delay``), explicit chunks, tool calls,
@@ -20,8 +21,11 @@ Steps are taken from a FIFO filled with ``script(...)``; when it is empty the *d
 step is used (``Reply()``, i.e. echo the last user message, unless changed with
 ``set_default``, which also accepts a callable that builds a step from the request body).
 
-The server records every chat-completions request (``requests``) and counts streams the
-client abandoned (``disconnects``) and streams sent to the end (``completed_streams``).
+The server records every chat-completions request (``requests``) and counts responses
+the client abandoned (``disconnects``), streams sent to the end (``completed_streams``)
+and streams it cut on purpose (``aborted_streams``). Counters and recorded requests are
+updated before the client can observe the corresponding response, except
+``disconnects``, which is noticed asynchronously: poll it with ``wait_for``.
 
 It runs its own asyncio event loop in a daemon thread, so it can be driven from plain
 synchronous tests, from pytest-asyncio tests (which have their own loop) and from
@@ -879,9 +883,9 @@ class ScriptedLLM:
                 await send_paced(event({"content": piece}))
             if events_sent:
                 await conn.pause(reply.chunk_delay)
-            conn.writer.transport.abort()  # no final chunk, no [DONE], no chunked end
-            with self._lock:
+            with self._lock:  # counted first, so it is visible once the client notices
                 self._aborted_streams += 1
+            conn.writer.transport.abort()  # no final chunk, no [DONE], no chunked end
             return False
 
         for piece in chunks:
@@ -905,9 +909,16 @@ class ScriptedLLM:
         tail += frame(b"[DONE]")
         if chunked:
             tail += b"0\r\n\r\n"
-        await conn.write(tail)
+        # Counted before the write, so the count is already up to date when the client
+        # sees [DONE]; taken back if the client turns out to be gone.
         with self._lock:
             self._completed_streams += 1
+        try:
+            await conn.write(tail)
+        except _ClientGone:
+            with self._lock:
+                self._completed_streams -= 1
+            raise
         return keep_alive
 
 

@@ -459,7 +459,7 @@ def test_sixteen_concurrent_streams(llm: ScriptedLLM) -> None:
     texts = asyncio.run(run())
     elapsed = time.monotonic() - start
     assert texts == [f"stream {n} " * 10 for n in range(16)]
-    assert llm.completed_streams == 16
+    assert llm.wait_for(lambda s: s.completed_streams == 16)
     assert llm.disconnects == 0
     # 20 chunks * 10 ms each: concurrent streams take ~0.2 s, serial ones would take 3.2 s.
     assert elapsed < 1.5, elapsed
@@ -523,7 +523,7 @@ def test_keep_alive_serves_many_requests_on_one_connection(llm: ScriptedLLM) -> 
             assert text == f"Echo: n{n}"
     assert conn.sock is sock  # never reconnected
     conn.close()
-    assert llm.completed_streams == 3
+    assert llm.wait_for(lambda s: s.completed_streams == 3)
 
 
 def test_chunked_request_body_and_connection_close(llm: ScriptedLLM) -> None:

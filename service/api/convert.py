@@ -105,6 +105,17 @@ def event_to_pb(event: models.ReplyEvent) -> thread_pb2.SendMessageResponse:
         return thread_pb2.SendMessageResponse(
             delta=thread_pb2.SendMessageResponse.Delta(text=event.text)
         )
+    if isinstance(event, models.MemoryRecalled):
+        return thread_pb2.SendMessageResponse(
+            memory=thread_pb2.SendMessageResponse.MemoryRecalled(
+                memories=[
+                    thread_pb2.SendMessageResponse.RecalledMemory(
+                        memory_id=m.memory_id, content=m.content, score=m.score
+                    )
+                    for m in event.memories
+                ]
+            )
+        )
     if isinstance(event, models.Started):
         return thread_pb2.SendMessageResponse(
             started=thread_pb2.SendMessageResponse.Started(
@@ -117,5 +128,8 @@ def event_to_pb(event: models.ReplyEvent) -> thread_pb2.SendMessageResponse:
             )
         )
     return thread_pb2.SendMessageResponse(
-        completed=thread_pb2.SendMessageResponse.Completed(message=message_to_pb(event.message))
+        completed=thread_pb2.SendMessageResponse.Completed(
+            message=message_to_pb(event.message),
+            memory_operation_id=event.memory_operation_id,
+        )
     )

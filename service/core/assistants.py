@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from service.core import ids
@@ -36,16 +37,23 @@ class AssistantDraft:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
-def _checked(draft: AssistantDraft, prefix: str = "assistant.") -> dict[str, object]:
-    return {
-        "name": check_text(draft.name, prefix + "name", MAX_NAME),
-        "instructions": check_text(draft.instructions, prefix + "instructions", MAX_INSTRUCTIONS),
-        "model": check_text(draft.model.strip(), prefix + "model", MAX_MODEL),
-        "memory_mode": MemoryMode.OFF
-        if draft.memory_mode is MemoryMode.UNSPECIFIED
-        else draft.memory_mode,
-        "metadata": check_metadata(draft.metadata, prefix + "metadata"),
+def _checked(
+    draft: AssistantDraft, fields: Iterable[str] = UPDATABLE_FIELDS, prefix: str = "assistant."
+) -> dict[str, object]:
+    """The named fields of ``draft``, validated (fields outside an update
+    mask are neither read nor checked, as AIP-134 asks)."""
+    checks: dict[str, Callable[[], object]] = {
+        "name": lambda: check_text(draft.name, prefix + "name", MAX_NAME),
+        "instructions": lambda: check_text(
+            draft.instructions, prefix + "instructions", MAX_INSTRUCTIONS
+        ),
+        "model": lambda: check_text(draft.model.strip(), prefix + "model", MAX_MODEL),
+        "memory_mode": lambda: (
+            MemoryMode.OFF if draft.memory_mode is MemoryMode.UNSPECIFIED else draft.memory_mode
+        ),
+        "metadata": lambda: check_metadata(draft.metadata, prefix + "metadata"),
     }
+    return {name: checks[name]() for name in fields}
 
 
 class Assistants:
@@ -88,18 +96,29 @@ class Assistants:
         return assistant
 
     async def default(self, tenant: str) -> Assistant:
-        """The tenant's default assistant, created on first use."""
+        """The tenant's default assistant, created on first use (and again if
+        it was deleted). Concurrent first uses agree on one: each creates a
+        candidate, one claim wins, the losers delete theirs."""
+        current = await self._assistants.default_id(tenant)
+        if current is not None:
+            found = await self._assistants.get(tenant, current)
+            if found is not None:
+                return found
         t = now()
-        return await self._assistants.ensure(
-            Assistant(
-                assistant_id=ids.default_assistant_id(tenant),
-                tenant=tenant,
-                name="Default assistant",
-                instructions=DEFAULT_INSTRUCTIONS,
-                create_time=t,
-                update_time=t,
-            )
+        candidate = Assistant(
+            assistant_id=ids.new_id(ids.ASSISTANT),
+            tenant=tenant,
+            name="Default assistant",
+            instructions=DEFAULT_INSTRUCTIONS,
+            create_time=t,
+            update_time=t,
         )
+        await self._assistants.insert(candidate)
+        winner = await self._assistants.claim_default(tenant, candidate.assistant_id, current)
+        if winner == candidate.assistant_id:
+            return candidate
+        await self._assistants.delete(tenant, candidate.assistant_id)
+        return await self.get(tenant, winner)
 
     async def list(self, tenant: str, page_size: int, page_token: str) -> Page[Assistant]:
         """One page of assistants, newest first.
@@ -147,8 +166,7 @@ class Assistants:
                 + ", ".join(UPDATABLE_FIELDS),
                 field="update_mask",
             )
-        values = _checked(draft)
-        changes = {p: values[p] for p in dict.fromkeys(paths)}
+        changes = _checked(draft, dict.fromkeys(paths))
         updated = await self._assistants.update(tenant, assistant_id, changes, now())
         if updated is None:
             raise NotFound("assistant", assistant_id)

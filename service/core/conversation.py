@@ -19,6 +19,7 @@ stored INCOMPLETE with what arrived and the model request is closed.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -46,8 +47,10 @@ from service.core.models import (
     ContextEntry,
     Delta,
     MemoryMode,
+    MemoryRecalled,
     Message,
     MessageStatus,
+    Recalled,
     ReplyEvent,
     Role,
     Started,
@@ -56,6 +59,7 @@ from service.core.models import (
 )
 from service.core.ports import (
     ChatModel,
+    MemoryPort,
     MessageStore,
     RequestRecord,
     RequestStore,
@@ -112,7 +116,12 @@ class Conversation:
         shield: Shield,
         context_chars: int = 400_000,
         flush_interval: float = 1.0,
+        memory: MemoryPort | None = None,
     ) -> None:
+        self._memory = memory
+        self._active = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._shield = shield
         self._context_chars = context_chars
         self._assistants = assistants
@@ -139,6 +148,27 @@ class Conversation:
                 rejected the request.
             Unavailable, ResourceExhausted: the model endpoint failed.
         """
+        self._active += 1
+        self._idle.clear()
+        try:
+            async for event in self._send(tenant, req):
+                yield event
+        finally:
+            self._active -= 1
+            if not self._active:
+                self._idle.set()
+
+    async def drain(self, timeout: float) -> bool:  # noqa: ASYNC109 - a bound, not a deadline
+        """Wait until no reply is running (cancelled ones store their final
+        state first); False if ``timeout`` seconds pass before that."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def _send(self, tenant: str, req: SendRequest) -> AsyncGenerator[ReplyEvent, None]:
         self._validate(req)
         if not self._llm.configured:
             raise FailedPrecondition(
@@ -314,10 +344,59 @@ class Conversation:
         await self._save_context(thread, entries)
         return thread
 
+    async def _recall(self, tenant: str, thread: Thread, user: Message) -> list[Recalled]:
+        if self._memory is None or user.memory not in (MemoryMode.AUTO, MemoryMode.READONLY):
+            return []
+        try:
+            return await self._memory.recall(
+                tenant, thread.assistant_id, thread.user_id, thread.thread_id, user.content
+            )
+        except Exception:  # a reply without memories beats no reply
+            log.warning(
+                "memory recall failed for %s; replying without it", user.message_id, exc_info=True
+            )
+            return []
+
+    async def _schedule_extraction(
+        self, tenant: str, thread: Thread, user: Message, reply: Message
+    ) -> str:
+        if self._memory is None or user.memory is not MemoryMode.AUTO:
+            return ""
+        try:
+            return await self._memory.schedule_extraction(
+                tenant,
+                thread.assistant_id,
+                thread.user_id,
+                thread.thread_id,
+                user.message_id,
+                reply.message_id,
+                reply.model,
+            )
+        except Exception:
+            log.warning("could not queue memory extraction for %s", reply.message_id, exc_info=True)
+            return ""
+
+    def _remember(self, tenant: str, thread: Thread, user: Message) -> asyncio.Future[None] | None:
+        """Start indexing the user's message (memory AUTO); it is awaited
+        before ``Completed`` so the next request can recall it."""
+        if self._memory is None or user.memory is not MemoryMode.AUTO:
+            return None
+        return asyncio.ensure_future(
+            self._shield.run(
+                self._memory.remember(
+                    tenant, thread.assistant_id, thread.user_id, thread.thread_id, user
+                )
+            )
+        )
+
     async def _generate(
         self, tenant: str, assistant: Assistant, thread: Thread, user: Message, reply: Message
     ) -> AsyncGenerator[ReplyEvent, None]:
-        turns = build_prompt(assistant.instructions, thread.context, user.entry())
+        remembering = self._remember(tenant, thread, user)
+        recalled = await self._recall(tenant, thread, user)
+        if recalled:
+            yield MemoryRecalled(recalled)
+        turns = build_prompt(assistant.instructions, thread.context, user.entry(), recalled)
         parts: list[str] = []
         usage: Usage | None = None
         finish_reason: str | None = None
@@ -361,7 +440,17 @@ class Conversation:
             await self._shield.run(finish(MessageStatus.INCOMPLETE, "cancelled"))
             raise
         status = MessageStatus.INCOMPLETE if finish_reason == "length" else MessageStatus.COMPLETE
-        yield Completed(await finish(status))
+        stored = await finish(status)
+        if remembering is not None:
+            try:
+                await remembering
+            except Exception:
+                log.warning(
+                    "episodic memory write failed for %s; the extraction job retries it",
+                    user.message_id,
+                    exc_info=True,
+                )
+        yield Completed(stored, await self._schedule_extraction(tenant, thread, user, stored))
 
     async def _repeat(
         self, tenant: str, req: SendRequest, record: RequestRecord

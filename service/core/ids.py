@@ -10,13 +10,33 @@ import time
 
 from service.core.errors import InvalidArgument
 
-__all__ = ["ASSISTANT", "MESSAGE", "THREAD", "check_id", "default_assistant_id", "new_id"]
+__all__ = [
+    "ASSISTANT",
+    "JOB",
+    "MEMORY",
+    "MESSAGE",
+    "OPERATION",
+    "THREAD",
+    "check_id",
+    "derived_id",
+    "new_id",
+]
 
 ASSISTANT = "asst"
 THREAD = "thread"
 MESSAGE = "msg"
+MEMORY = "mem"
+OPERATION = "memop"
+JOB = "job"
 
-_KINDS = {ASSISTANT: "assistant", THREAD: "thread", MESSAGE: "message"}
+_KINDS = {
+    ASSISTANT: "assistant",
+    THREAD: "thread",
+    MESSAGE: "message",
+    MEMORY: "memory",
+    OPERATION: "operation",
+    JOB: "job",
+}
 _PATTERNS = {prefix: re.compile(rf"^{prefix}_[0-9a-f]{{24}}$") for prefix in _KINDS}
 _lock = threading.Lock()
 _counter = int.from_bytes(os.urandom(3), "big")
@@ -35,12 +55,6 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{raw.hex()}"
 
 
-def default_assistant_id(tenant: str) -> str:
-    """The id of a tenant's default assistant: fixed, so concurrent first uses
-    agree on one assistant."""
-    return f"{ASSISTANT}_{hashlib.sha256(f'default:{tenant}'.encode()).hexdigest()[:24]}"
-
-
 def check_id(prefix: str, value: str, field: str) -> str:
     """Return ``value`` if it is a well-formed id of that kind.
 
@@ -56,3 +70,10 @@ def check_id(prefix: str, value: str, field: str) -> str:
             field=field,
         )
     return value
+
+
+def derived_id(prefix: str, *parts: str) -> str:
+    """A deterministic id of that kind from ``parts``: writes keyed by it are
+    idempotent (a retried job re-creates the same memory, not a second one)."""
+    digest = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:24]
+    return f"{prefix}_{digest}"

@@ -13,9 +13,11 @@ __all__ = [
     "ContextEntry",
     "Delta",
     "MemoryMode",
+    "MemoryRecalled",
     "Message",
     "MessageStatus",
     "Page",
+    "Recalled",
     "ReplyEvent",
     "Role",
     "Started",
@@ -160,10 +162,28 @@ class Delta:
 
 
 @dataclass(frozen=True, slots=True)
+class Recalled:
+    """A memory given to the model for one reply."""
+
+    memory_id: str
+    content: str
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryRecalled:
+    """The memories recalled for a reply, before its first delta."""
+
+    memories: list[Recalled]
+
+
+@dataclass(frozen=True, slots=True)
 class Completed:
-    """Last event of a reply: the stored assistant message."""
+    """Last event of a reply: the stored assistant message, and the memory
+    operation it queued (memory AUTO)."""
 
     message: Message
+    memory_operation_id: str = ""
 
 
-ReplyEvent = Started | Delta | Completed
+ReplyEvent = Started | MemoryRecalled | Delta | Completed

@@ -41,7 +41,7 @@ def decode_token(token: str, filters: dict[str, object]) -> object | None:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         data = json.loads(raw)
         valid = isinstance(data, dict) and data.get("v") == _VERSION and "a" in data
-    except (binascii.Error, ValueError, UnicodeDecodeError):
+    except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError):
         valid = False
     if not valid:
         raise InvalidArgument(

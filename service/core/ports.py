@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import enum
 from collections.abc import AsyncGenerator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from service.core.models import (
     Assistant,
     ContextEntry,
     Message,
     MessageStatus,
+    Recalled,
     Thread,
     Usage,
 )
@@ -29,10 +30,15 @@ __all__ = [
     "ChatChunk",
     "ChatModel",
     "ChatTurn",
+    "Job",
+    "JobState",
+    "JobStore",
     "LeaseOutcome",
     "LeaseState",
     "LeaseStore",
+    "MemoryPort",
     "MessageStore",
+    "Recalled",
     "RequestRecord",
     "RequestStore",
     "ThreadStore",
@@ -44,8 +50,13 @@ class AssistantStore(Protocol):
 
     async def insert(self, assistant: Assistant) -> None: ...
     async def get(self, tenant: str, assistant_id: str) -> Assistant | None: ...
-    async def ensure(self, assistant: Assistant) -> Assistant:
-        """Insert ``assistant`` unless one with its id exists; return the stored one."""
+    async def default_id(self, tenant: str) -> str | None:
+        """The id the tenant's default assistant was last given, if any."""
+
+    async def claim_default(self, tenant: str, assistant_id: str, replacing: str | None) -> str:
+        """Make ``assistant_id`` the tenant's default unless another claim got
+        there first (or the default is no longer ``replacing``); return the
+        default's id as it now stands."""
 
     async def find_page(self, tenant: str, limit: int, after: str | None) -> list[Assistant]: ...
     async def update(
@@ -225,6 +236,14 @@ class ChatModel(Protocol):
     def configured(self) -> bool:
         """False when no endpoint is set up; replies then fail with a hint."""
 
+    async def complete(self, model: str, turns: Sequence[ChatTurn], *, json: bool = False) -> str:
+        """One reply, not streamed; with ``json`` the endpoint is asked for a
+        JSON object (callers still validate what comes back).
+
+        Raises:
+            Unavailable, ResourceExhausted, FailedPrecondition: as ``stream``.
+        """
+
     def stream(self, model: str, turns: Sequence[ChatTurn]) -> AsyncGenerator[ChatChunk, None]:
         """Stream a reply. Retries transient failures until the first chunk.
 
@@ -232,3 +251,83 @@ class ChatModel(Protocol):
             Unavailable, ResourceExhausted, DeadlineExceeded, FailedPrecondition:
                 the endpoint failed (after retries where that makes sense).
         """
+
+
+class JobState(enum.StrEnum):
+    """Where a background job stands."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+@dataclass(slots=True)
+class Job:
+    """A durable background job (memory extraction, summarising). ``payload``
+    says what to do; ``checkpoint`` keeps what an attempt already worked out
+    (a model's answer, say) so a retry after a crash need not redo it."""
+
+    job_id: str
+    kind: str
+    tenant: str
+    payload: dict[str, Any]
+    state: JobState
+    create_time: datetime
+    update_time: datetime
+    next_run_time: datetime
+    attempts: int = 0
+    checkpoint: dict[str, Any] = field(default_factory=dict)
+    result: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+    trace_context: dict[str, str] = field(default_factory=dict)
+
+
+class JobStore(Protocol):
+    """Jobs, by id."""
+
+    async def insert(self, job: Job) -> None: ...
+    async def get(self, tenant: str, job_id: str) -> Job | None: ...
+    async def save(self, job: Job) -> None:
+        """Write the job's state, attempts, checkpoint, result and error."""
+
+    async def due(self, now: datetime, stale_before: datetime, limit: int) -> list[Job]:
+        """PENDING jobs whose time has come, and RUNNING ones not touched
+        since ``stale_before`` (their runner died)."""
+
+    async def backlog(self) -> tuple[int, datetime | None]:
+        """How many jobs are PENDING or RUNNING, and the oldest one's creation time."""
+
+
+class MemoryPort(Protocol):
+    """What a reply needs from the assistant's memory."""
+
+    async def recall(
+        self, tenant: str, assistant_id: str, user_id: str, thread_id: str, query: str
+    ) -> list[Recalled]:
+        """Memories relevant to ``query`` in the user's scope (theirs and the
+        assistant-wide ones), best first."""
+
+    async def remember(
+        self, tenant: str, assistant_id: str, user_id: str, thread_id: str, message: Message
+    ) -> None:
+        """Index a user's message at once, so the next request can recall it."""
+
+    async def schedule_extraction(
+        self,
+        tenant: str,
+        assistant_id: str,
+        user_id: str,
+        thread_id: str,
+        user_message_id: str,
+        reply_message_id: str,
+        model: str,
+    ) -> str:
+        """Record a durable job that extracts facts from the exchange; return
+        its id."""
+
+    async def forget_thread(self, tenant: str, assistant_id: str, thread_id: str) -> int:
+        """Delete every memory learnt in the thread."""
+
+    async def forget_assistant(self, tenant: str, assistant_id: str) -> None:
+        """Delete every memory of the assistant."""

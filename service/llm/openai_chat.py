@@ -14,7 +14,7 @@ from collections.abc import AsyncGenerator, Sequence
 
 import httpx2
 import openai
-from openai.types.chat import ChatCompletionChunk
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from service.core.errors import FailedPrecondition, LoomError, ResourceExhausted, Unavailable
 from service.core.models import Usage
@@ -119,6 +119,29 @@ class OpenAIChatModel:
                 )
                 attempt += 1
                 await asyncio.sleep(delay)
+
+    async def complete(self, model: str, turns: Sequence[ChatTurn], *, json: bool = False) -> str:
+        """One reply, not streamed; see ``ChatModel.complete``."""
+        body: dict[str, object] = {
+            "model": model,
+            "messages": [{"role": t.role, "content": t.content} for t in turns],
+        }
+        if json:
+            body["response_format"] = {"type": "json_object"}
+        attempt = 0
+        while True:
+            try:
+                response = await self._client.post(
+                    "/chat/completions", cast_to=ChatCompletion, body=body
+                )
+                choice = response.choices[0] if response.choices else None
+                return (choice.message.content or "") if choice else ""
+            except (openai.APIError, httpx2.HTTPError) as exc:
+                error = self._translate(exc, model, False, attempt)
+                if not _retryable(exc) or attempt >= self._max_retries:
+                    raise error from None
+                await asyncio.sleep(self._delay(exc, attempt))
+                attempt += 1
 
     def _delay(self, exc: Exception, attempt: int) -> float:
         if isinstance(exc, openai.APIStatusError):

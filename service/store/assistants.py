@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from datetime import datetime
 from typing import Any
 
@@ -49,8 +48,9 @@ def _from_doc(d: Doc) -> Assistant:
 class MongoAssistantStore:
     """``AssistantStore`` over one collection."""
 
-    def __init__(self, collection: AsyncCollection[Doc]) -> None:
+    def __init__(self, collection: AsyncCollection[Doc], defaults: AsyncCollection[Doc]) -> None:
         self._c = collection
+        self._defaults = defaults  # one document per tenant: its default assistant
 
     async def insert(self, assistant: Assistant) -> None:
         await self._c.insert_one(_to_doc(assistant))
@@ -62,17 +62,23 @@ class MongoAssistantStore:
             return None
         return _from_doc(doc)
 
-    async def ensure(self, assistant: Assistant) -> Assistant:
-        with contextlib.suppress(DuplicateKeyError):
-            await self._c.insert_one(_to_doc(assistant))
-        doc = await self._c.find_one({"_id": assistant.assistant_id, "tenant": assistant.tenant})
-        if doc is None:  # deleted between the two calls; the caller may retry
-            return assistant
-        if doc.get("deleting"):
-            # A deletion of the default assistant is finishing; the caller gets
-            # a fresh one once it completes.
-            return assistant
-        return _from_doc(doc)
+    async def default_id(self, tenant: str) -> str | None:
+        doc = await self._defaults.find_one({"_id": tenant})
+        return str(doc["assistant_id"]) if doc else None
+
+    async def claim_default(self, tenant: str, assistant_id: str, replacing: str | None) -> str:
+        if replacing is None:
+            try:
+                await self._defaults.insert_one({"_id": tenant, "assistant_id": assistant_id})
+            except DuplicateKeyError:
+                current = await self.default_id(tenant)
+                return current or assistant_id
+            return assistant_id
+        current = await self.default_id(tenant)
+        if current != replacing:
+            return current or assistant_id
+        await self._defaults.replace_one({"_id": tenant}, {"assistant_id": assistant_id})
+        return assistant_id
 
     async def find_page(self, tenant: str, limit: int, after: str | None) -> list[Assistant]:
         query: Doc = {"tenant": tenant, **_LIVE}

@@ -9,6 +9,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
 from service.store.assistants import MongoAssistantStore
+from service.store.jobs import MongoJobStore
 from service.store.keys import MongoApiKeyStore
 from service.store.leases import MongoLeaseStore
 from service.store.messages import MongoMessageStore
@@ -38,6 +39,7 @@ _INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("thread_id", ASCENDING), ("sequence", ASCENDING)], unique=True, name="seq"),
     ],
     "api_keys": [IndexModel([("digest", ASCENDING)], unique=True, name="digest")],
+    "jobs": [IndexModel([("state", ASCENDING), ("next_run_time", ASCENDING)], name="due")],
 }
 
 
@@ -53,6 +55,7 @@ class MongoStore:
     messages: MongoMessageStore
     requests: MongoRequestStore
     keys: MongoApiKeyStore
+    jobs: MongoJobStore
 
     async def ensure_indexes(self) -> None:
         """Create the indexes (idempotent)."""
@@ -88,10 +91,11 @@ def connect(uri: str, database: str, *, timeout_ms: int = 5000) -> MongoStore:
     return MongoStore(
         client=client,
         db=db,
-        assistants=MongoAssistantStore(db["assistants"]),
+        assistants=MongoAssistantStore(db["assistants"], db["default_assistants"]),
         threads=MongoThreadStore(db["threads"]),
         leases=MongoLeaseStore(db["leases"]),
         messages=MongoMessageStore(db["messages"]),
         requests=MongoRequestStore(db["requests"]),
         keys=MongoApiKeyStore(db["api_keys"]),
+        jobs=MongoJobStore(db["jobs"]),
     )

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from generated.loom.v1 import common_pb2 as loom_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14loom/v1/thread.proto\x12\x07loom.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14loom/v1/common.proto\"\x9d\x02\n\x06Thread\x12\x11\n\tthread_id\x18\x01 \x01(\t\x12\x14\n\x0c\x61ssistant_id\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12/\n\x08metadata\x18\x04 \x03(\x0b\x32\x1d.loom.v1.Thread.MetadataEntry\x12\x15\n\rmessage_count\x18\x05 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xff\x02\n\x07Message\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x1b\n\x04role\x18\x03 \x01(\x0e\x32\r.loom.v1.Role\x12\x0f\n\x07\x63ontent\x18\x04 \x01(\t\x12&\n\x06status\x18\x05 \x01(\x0e\x32\x16.loom.v1.MessageStatus\x12\r\n\x05model\x18\x06 \x01(\t\x12\x1d\n\x05usage\x18\x07 \x01(\x0b\x32\x0e.loom.v1.Usage\x12\x10\n\x08sequence\x18\x08 \x01(\x03\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x08metadata\x18\n \x03(\x0b\x32\x1e.loom.v1.Message.MetadataEntry\x12#\n\x06memory\x18\x0b \x01(\x0e\x32\x13.loom.v1.MemoryMode\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"6\n\x13\x43reateThreadRequest\x12\x1f\n\x06thread\x18\x01 \x01(\x0b\x32\x0f.loom.v1.Thread\"7\n\x14\x43reateThreadResponse\x12\x1f\n\x06thread\x18\x01 \x01(\x0b\x32\x0f.loom.v1.Thread\"%\n\x10GetThreadRequest\x12\x11\n\tthread_id\x18\x01 \x01(\t\"4\n\x11GetThreadResponse\x12\x1f\n\x06thread\x18\x01 \x01(\x0b\x32\x0f.loom.v1.Thread\"b\n\x12ListThreadsRequest\x12\x14\n\x0c\x61ssistant_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"P\n\x13ListThreadsResponse\x12 \n\x07threads\x18\x01 \x03(\x0b\x32\x0f.loom.v1.Thread\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"(\n\x13\x44\x65leteThreadRequest\x12\x11\n\tthread_id\x18\x01 \x01(\t\"5\n\x14\x44\x65leteThreadResponse\x12\x1d\n\x15\x64\x65leted_message_count\x18\x01 \x01(\x03\"a\n\x13ListMessagesRequest\x12\x11\n\tthread_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x10\n\x08order_by\x18\x04 \x01(\t\"S\n\x14ListMessagesResponse\x12\"\n\x08messages\x18\x01 \x03(\x0b\x32\x10.loom.v1.Message\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x95\x02\n\x12SendMessageRequest\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x14\n\x0c\x61ssistant_id\x18\x03 \x01(\t\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12#\n\x06memory\x18\x05 \x01(\x0e\x32\x13.loom.v1.MemoryMode\x12\r\n\x05model\x18\x06 \x01(\t\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12;\n\x08metadata\x18\x08 \x03(\x0b\x32).loom.v1.SendMessageRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa3\x03\n\x13SendMessageResponse\x12\x37\n\x07started\x18\x01 \x01(\x0b\x32$.loom.v1.SendMessageResponse.StartedH\x00\x12\x33\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\".loom.v1.SendMessageResponse.DeltaH\x00\x12;\n\tcompleted\x18\x03 \x01(\x0b\x32&.loom.v1.SendMessageResponse.CompletedH\x00\x1a\x90\x01\n\x07Started\x12\x11\n\tthread_id\x18\x01 \x01(\t\x12\x16\n\x0ethread_created\x18\x02 \x01(\x08\x12\x17\n\x0fuser_message_id\x18\x03 \x01(\t\x12\x1c\n\x14\x61ssistant_message_id\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12\x14\n\x0c\x61ssistant_id\x18\x06 \x01(\t\x1a\x15\n\x05\x44\x65lta\x12\x0c\n\x04text\x18\x01 \x01(\t\x1a.\n\tCompleted\x12!\n\x07message\x18\x01 \x01(\x0b\x32\x10.loom.v1.MessageB\x07\n\x05\x65vent*_\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x12\n\x0eROLE_ASSISTANT\x10\x02\x12\x0f\n\x0bROLE_SYSTEM\x10\x03\x12\r\n\tROLE_TOOL\x10\x04*\xa6\x01\n\rMessageStatus\x12\x1e\n\x1aMESSAGE_STATUS_UNSPECIFIED\x10\x00\x12\x1e\n\x1aMESSAGE_STATUS_IN_PROGRESS\x10\x01\x12\x1b\n\x17MESSAGE_STATUS_COMPLETE\x10\x02\x12\x1d\n\x19MESSAGE_STATUS_INCOMPLETE\x10\x03\x12\x19\n\x15MESSAGE_STATUS_FAILED\x10\x04\x32\xd0\x03\n\rThreadService\x12K\n\x0c\x43reateThread\x12\x1c.loom.v1.CreateThreadRequest\x1a\x1d.loom.v1.CreateThreadResponse\x12\x42\n\tGetThread\x12\x19.loom.v1.GetThreadRequest\x1a\x1a.loom.v1.GetThreadResponse\x12H\n\x0bListThreads\x12\x1b.loom.v1.ListThreadsRequest\x1a\x1c.loom.v1.ListThreadsResponse\x12K\n\x0c\x44\x65leteThread\x12\x1c.loom.v1.DeleteThreadRequest\x1a\x1d.loom.v1.DeleteThreadResponse\x12K\n\x0cListMessages\x12\x1c.loom.v1.ListMessagesRequest\x1a\x1d.loom.v1.ListMessagesResponse\x12J\n\x0bSendMessage\x12\x1b.loom.v1.SendMessageRequest\x1a\x1c.loom.v1.SendMessageResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14loom/v1/thread.proto\x12\x07loom.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14loom/v1/common.proto\"\x9d\x02\n\x06Thread\x12\x11\n\tthread_id\x18\x01 \x01(\t\x12\x14\n\x0c\x61ssistant_id\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12/\n\x08metadata\x18\x04 \x03(\x0b\x32\x1d.loom.v1.Thread.MetadataEntry\x12\x15\n\rmessage_count\x18\x05 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xff\x02\n\x07Message\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x1b\n\x04role\x18\x03 \x01(\x0e\x32\r.loom.v1.Role\x12\x0f\n\x07\x63ontent\x18\x04 \x01(\t\x12&\n\x06status\x18\x05 \x01(\x0e\x32\x16.loom.v1.MessageStatus\x12\r\n\x05model\x18\x06 \x01(\t\x12\x1d\n\x05usage\x18\x07 \x01(\x0b\x32\x0e.loom.v1.Usage\x12\x10\n\x08sequence\x18\x08 \x01(\x03\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x08metadata\x18\n \x03(\x0b\x32\x1e.loom.v1.Message.MetadataEntry\x12#\n\x06memory\x18\x0b \x01(\x0e\x32\x13.loom.v1.MemoryMode\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"6\n\x13\x43reateThreadRequest\x12\x1f\n\x06thread\x18\x01 \x01(\x0b\x32\x0f.loom.v1.Thread\"7\n\x14\x43reateThreadResponse\x12\x1f\n\x06thread\x18\x01 \x01(\x0b\x32\x0f.loom.v1.Thread\"%\n\x10GetThreadRequest\x12\x11\n\tthread_id\x18\x01 \x01(\t\"4\n\x11GetThreadResponse\x12\x1f\n\x06thread\x18\x01 \x01(\x0b\x32\x0f.loom.v1.Thread\"b\n\x12ListThreadsRequest\x12\x14\n\x0c\x61ssistant_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"P\n\x13ListThreadsResponse\x12 \n\x07threads\x18\x01 \x03(\x0b\x32\x0f.loom.v1.Thread\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"A\n\x13\x44\x65leteThreadRequest\x12\x11\n\tthread_id\x18\x01 \x01(\t\x12\x17\n\x0f\x64\x65lete_memories\x18\x02 \x01(\x08\"5\n\x14\x44\x65leteThreadResponse\x12\x1d\n\x15\x64\x65leted_message_count\x18\x01 \x01(\x03\"a\n\x13ListMessagesRequest\x12\x11\n\tthread_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x10\n\x08order_by\x18\x04 \x01(\t\"S\n\x14ListMessagesResponse\x12\"\n\x08messages\x18\x01 \x03(\x0b\x32\x10.loom.v1.Message\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x95\x02\n\x12SendMessageRequest\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x14\n\x0c\x61ssistant_id\x18\x03 \x01(\t\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12#\n\x06memory\x18\x05 \x01(\x0e\x32\x13.loom.v1.MemoryMode\x12\r\n\x05model\x18\x06 \x01(\t\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12;\n\x08metadata\x18\x08 \x03(\x0b\x32).loom.v1.SendMessageRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x95\x05\n\x13SendMessageResponse\x12\x37\n\x07started\x18\x01 \x01(\x0b\x32$.loom.v1.SendMessageResponse.StartedH\x00\x12\x33\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\".loom.v1.SendMessageResponse.DeltaH\x00\x12;\n\tcompleted\x18\x03 \x01(\x0b\x32&.loom.v1.SendMessageResponse.CompletedH\x00\x12=\n\x06memory\x18\x04 \x01(\x0b\x32+.loom.v1.SendMessageResponse.MemoryRecalledH\x00\x1a\x90\x01\n\x07Started\x12\x11\n\tthread_id\x18\x01 \x01(\t\x12\x16\n\x0ethread_created\x18\x02 \x01(\x08\x12\x17\n\x0fuser_message_id\x18\x03 \x01(\t\x12\x1c\n\x14\x61ssistant_message_id\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12\x14\n\x0c\x61ssistant_id\x18\x06 \x01(\t\x1a\x15\n\x05\x44\x65lta\x12\x0c\n\x04text\x18\x01 \x01(\t\x1aK\n\tCompleted\x12!\n\x07message\x18\x01 \x01(\x0b\x32\x10.loom.v1.Message\x12\x1b\n\x13memory_operation_id\x18\x02 \x01(\t\x1a\x43\n\x0eRecalledMemory\x12\x11\n\tmemory_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x1aO\n\x0eMemoryRecalled\x12=\n\x08memories\x18\x01 \x03(\x0b\x32+.loom.v1.SendMessageResponse.RecalledMemoryB\x07\n\x05\x65vent*_\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x12\n\x0eROLE_ASSISTANT\x10\x02\x12\x0f\n\x0bROLE_SYSTEM\x10\x03\x12\r\n\tROLE_TOOL\x10\x04*\xa6\x01\n\rMessageStatus\x12\x1e\n\x1aMESSAGE_STATUS_UNSPECIFIED\x10\x00\x12\x1e\n\x1aMESSAGE_STATUS_IN_PROGRESS\x10\x01\x12\x1b\n\x17MESSAGE_STATUS_COMPLETE\x10\x02\x12\x1d\n\x19MESSAGE_STATUS_INCOMPLETE\x10\x03\x12\x19\n\x15MESSAGE_STATUS_FAILED\x10\x04\x32\xd0\x03\n\rThreadService\x12K\n\x0c\x43reateThread\x12\x1c.loom.v1.CreateThreadRequest\x1a\x1d.loom.v1.CreateThreadResponse\x12\x42\n\tGetThread\x12\x19.loom.v1.GetThreadRequest\x1a\x1a.loom.v1.GetThreadResponse\x12H\n\x0bListThreads\x12\x1b.loom.v1.ListThreadsRequest\x1a\x1c.loom.v1.ListThreadsResponse\x12K\n\x0c\x44\x65leteThread\x12\x1c.loom.v1.DeleteThreadRequest\x1a\x1d.loom.v1.DeleteThreadResponse\x12K\n\x0cListMessages\x12\x1c.loom.v1.ListMessagesRequest\x1a\x1d.loom.v1.ListMessagesResponse\x12J\n\x0bSendMessage\x12\x1b.loom.v1.SendMessageRequest\x1a\x1c.loom.v1.SendMessageResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,10 +39,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MESSAGE_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_SENDMESSAGEREQUEST_METADATAENTRY']._loaded_options = None
   _globals['_SENDMESSAGEREQUEST_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_ROLE']._serialized_start=2133
-  _globals['_ROLE']._serialized_end=2228
-  _globals['_MESSAGESTATUS']._serialized_start=2231
-  _globals['_MESSAGESTATUS']._serialized_end=2397
+  _globals['_ROLE']._serialized_start=2400
+  _globals['_ROLE']._serialized_end=2495
+  _globals['_MESSAGESTATUS']._serialized_start=2498
+  _globals['_MESSAGESTATUS']._serialized_end=2664
   _globals['_THREAD']._serialized_start=89
   _globals['_THREAD']._serialized_end=374
   _globals['_THREAD_METADATAENTRY']._serialized_start=327
@@ -64,25 +64,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTTHREADSRESPONSE']._serialized_start=1068
   _globals['_LISTTHREADSRESPONSE']._serialized_end=1148
   _globals['_DELETETHREADREQUEST']._serialized_start=1150
-  _globals['_DELETETHREADREQUEST']._serialized_end=1190
-  _globals['_DELETETHREADRESPONSE']._serialized_start=1192
-  _globals['_DELETETHREADRESPONSE']._serialized_end=1245
-  _globals['_LISTMESSAGESREQUEST']._serialized_start=1247
-  _globals['_LISTMESSAGESREQUEST']._serialized_end=1344
-  _globals['_LISTMESSAGESRESPONSE']._serialized_start=1346
-  _globals['_LISTMESSAGESRESPONSE']._serialized_end=1429
-  _globals['_SENDMESSAGEREQUEST']._serialized_start=1432
-  _globals['_SENDMESSAGEREQUEST']._serialized_end=1709
+  _globals['_DELETETHREADREQUEST']._serialized_end=1215
+  _globals['_DELETETHREADRESPONSE']._serialized_start=1217
+  _globals['_DELETETHREADRESPONSE']._serialized_end=1270
+  _globals['_LISTMESSAGESREQUEST']._serialized_start=1272
+  _globals['_LISTMESSAGESREQUEST']._serialized_end=1369
+  _globals['_LISTMESSAGESRESPONSE']._serialized_start=1371
+  _globals['_LISTMESSAGESRESPONSE']._serialized_end=1454
+  _globals['_SENDMESSAGEREQUEST']._serialized_start=1457
+  _globals['_SENDMESSAGEREQUEST']._serialized_end=1734
   _globals['_SENDMESSAGEREQUEST_METADATAENTRY']._serialized_start=327
   _globals['_SENDMESSAGEREQUEST_METADATAENTRY']._serialized_end=374
-  _globals['_SENDMESSAGERESPONSE']._serialized_start=1712
-  _globals['_SENDMESSAGERESPONSE']._serialized_end=2131
-  _globals['_SENDMESSAGERESPONSE_STARTED']._serialized_start=1907
-  _globals['_SENDMESSAGERESPONSE_STARTED']._serialized_end=2051
-  _globals['_SENDMESSAGERESPONSE_DELTA']._serialized_start=2053
-  _globals['_SENDMESSAGERESPONSE_DELTA']._serialized_end=2074
-  _globals['_SENDMESSAGERESPONSE_COMPLETED']._serialized_start=2076
-  _globals['_SENDMESSAGERESPONSE_COMPLETED']._serialized_end=2122
-  _globals['_THREADSERVICE']._serialized_start=2400
-  _globals['_THREADSERVICE']._serialized_end=2864
+  _globals['_SENDMESSAGERESPONSE']._serialized_start=1737
+  _globals['_SENDMESSAGERESPONSE']._serialized_end=2398
+  _globals['_SENDMESSAGERESPONSE_STARTED']._serialized_start=1995
+  _globals['_SENDMESSAGERESPONSE_STARTED']._serialized_end=2139
+  _globals['_SENDMESSAGERESPONSE_DELTA']._serialized_start=2141
+  _globals['_SENDMESSAGERESPONSE_DELTA']._serialized_end=2162
+  _globals['_SENDMESSAGERESPONSE_COMPLETED']._serialized_start=2164
+  _globals['_SENDMESSAGERESPONSE_COMPLETED']._serialized_end=2239
+  _globals['_SENDMESSAGERESPONSE_RECALLEDMEMORY']._serialized_start=2241
+  _globals['_SENDMESSAGERESPONSE_RECALLEDMEMORY']._serialized_end=2308
+  _globals['_SENDMESSAGERESPONSE_MEMORYRECALLED']._serialized_start=2310
+  _globals['_SENDMESSAGERESPONSE_MEMORYRECALLED']._serialized_end=2389
+  _globals['_THREADSERVICE']._serialized_start=2667
+  _globals['_THREADSERVICE']._serialized_end=3131
 # @@protoc_insertion_point(module_scope)

@@ -426,16 +426,22 @@ class DeleteThreadRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     THREAD_ID_FIELD_NUMBER: _builtins.int
+    DELETE_MEMORIES_FIELD_NUMBER: _builtins.int
     thread_id: _builtins.str
     """Id of the thread."""
+    delete_memories: _builtins.bool
+    """Also delete the memories learnt in this thread (episodic and extracted
+    facts alike). Without it, what the assistant learnt outlives the thread.
+    """
     def __init__(
         self,
         *,
         thread_id: _builtins.str = ...,
+        delete_memories: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["thread_id", b"thread_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delete_memories", b"delete_memories", "thread_id", b"thread_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -691,6 +697,11 @@ class SendMessageResponse(_message.Message):
         DESCRIPTOR: _descriptor.Descriptor
 
         MESSAGE_FIELD_NUMBER: _builtins.int
+        MEMORY_OPERATION_ID_FIELD_NUMBER: _builtins.int
+        memory_operation_id: _builtins.str
+        """With memory AUTO: the background operation that extracts facts from
+        this exchange (see MemoryService.GetMemoryOperation). Empty otherwise.
+        """
         @_builtins.property
         def message(self) -> Global___Message:
             """The stored assistant message, with its status and usage."""
@@ -699,16 +710,72 @@ class SendMessageResponse(_message.Message):
             self,
             *,
             message: Global___Message | None = ...,
+            memory_operation_id: _builtins.str = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["memory_operation_id", b"memory_operation_id", "message", b"message"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class RecalledMemory(_message.Message):
+        """RecalledMemory is one memory put into the prompt."""
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        MEMORY_ID_FIELD_NUMBER: _builtins.int
+        CONTENT_FIELD_NUMBER: _builtins.int
+        SCORE_FIELD_NUMBER: _builtins.int
+        memory_id: _builtins.str
+        """Id of the memory."""
+        content: _builtins.str
+        """Its text, as given to the model."""
+        score: _builtins.float
+        """Its relevance to the message."""
+        def __init__(
+            self,
+            *,
+            memory_id: _builtins.str = ...,
+            content: _builtins.str = ...,
+            score: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "memory_id", b"memory_id", "score", b"score"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class MemoryRecalled(_message.Message):
+        """MemoryRecalled lists the memories given to the model for this reply
+        (memory AUTO or READONLY), so clients can show what was remembered. Sent
+        after `started`, before the first `delta`; absent when nothing was
+        recalled.
+        """
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        MEMORIES_FIELD_NUMBER: _builtins.int
+        @_builtins.property
+        def memories(self) -> _containers.RepeatedCompositeFieldContainer[Global___SendMessageResponse.RecalledMemory]:
+            """The memories, most relevant first."""
+
+        def __init__(
+            self,
+            *,
+            memories: _abc.Iterable[Global___SendMessageResponse.RecalledMemory] | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["memories", b"memories"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     STARTED_FIELD_NUMBER: _builtins.int
     DELTA_FIELD_NUMBER: _builtins.int
     COMPLETED_FIELD_NUMBER: _builtins.int
+    MEMORY_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def started(self) -> Global___SendMessageResponse.Started:
         """The first event."""
@@ -721,18 +788,23 @@ class SendMessageResponse(_message.Message):
     def completed(self) -> Global___SendMessageResponse.Completed:
         """The last event."""
 
+    @_builtins.property
+    def memory(self) -> Global___SendMessageResponse.MemoryRecalled:
+        """The memories recalled for this reply."""
+
     def __init__(
         self,
         *,
         started: Global___SendMessageResponse.Started | None = ...,
         delta: Global___SendMessageResponse.Delta | None = ...,
         completed: Global___SendMessageResponse.Completed | None = ...,
+        memory: Global___SendMessageResponse.MemoryRecalled | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["completed", b"completed", "delta", b"delta", "event", b"event", "started", b"started"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["completed", b"completed", "delta", b"delta", "event", b"event", "memory", b"memory", "started", b"started"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed", b"completed", "delta", b"delta", "event", b"event", "started", b"started"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed", b"completed", "delta", b"delta", "event", b"event", "memory", b"memory", "started", b"started"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["started", "delta", "completed"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["started", "delta", "completed", "memory"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 

@@ -1,0 +1,213 @@
+"""Durable background jobs: recorded in the database before they are
+acknowledged, run off the caller's path, retried with back-off, resumed
+after a restart, and run by one replica at a time.
+
+A job is claimed by taking a lease named after it (the same unique-insert
+lease that guards threads), so two replicas never run one job at once, and a
+runner that dies loses its claim when the lease expires. Handlers must be
+idempotent: they may run again after a crash, and can keep what an attempt
+worked out in the job's checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any
+
+from service.core.clock import now
+from service.core.ports import Job, JobState, JobStore, LeaseOutcome, LeaseStore
+from service.core.shield import Shield
+
+__all__ = ["Checkpoint", "Handler", "JobRunner", "PermanentError"]
+
+log = logging.getLogger(__name__)
+
+Checkpoint = Callable[[dict[str, Any]], Awaitable[None]]
+Handler = Callable[[Job, Checkpoint], Awaitable[dict[str, Any]]]
+
+
+class PermanentError(Exception):
+    """A handler failure that retrying cannot fix (bad input, say)."""
+
+
+class JobRunner:
+    """Polls for due jobs and runs them, a few at a time."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        leases: LeaseStore,
+        shield: Shield,
+        *,
+        poll_interval: float = 1.0,
+        concurrency: int = 4,
+        max_attempts: int = 5,
+        retry_delay: float = 1.0,
+        lease_seconds: float = 60.0,
+    ) -> None:
+        self._store = store
+        self._leases = leases
+        self._shield = shield
+        self._handlers: dict[str, Handler] = {}
+        self._poll = poll_interval
+        self._slots = asyncio.Semaphore(concurrency)
+        self._max_attempts = max_attempts
+        self._retry_delay = retry_delay
+        self._lease_seconds = lease_seconds
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
+        self._listeners: list[Callable[[Job], None]] = []
+
+    def register(self, kind: str, handler: Handler) -> None:
+        """Run ``handler`` for jobs of ``kind``."""
+        self._handlers[kind] = handler
+
+    def on_finish(self, listener: Callable[[Job], None]) -> None:
+        """Call ``listener`` with each job that succeeds or fails for good."""
+        self._listeners.append(listener)
+
+    async def enqueue(
+        self,
+        tenant: str,
+        kind: str,
+        payload: dict[str, Any],
+        *,
+        job_id: str,
+        trace_context: dict[str, str] | None = None,
+    ) -> Job:
+        """Record a job; it runs soon after. The job is durable once this
+        returns."""
+        t = now()
+        job = Job(
+            job_id=job_id,
+            kind=kind,
+            tenant=tenant,
+            payload=payload,
+            state=JobState.PENDING,
+            create_time=t,
+            update_time=t,
+            next_run_time=t,
+            trace_context=dict(trace_context or {}),
+        )
+        await self._store.insert(job)
+        self._wake.set()
+        return job
+
+    def start(self) -> None:
+        """Start polling (idempotent)."""
+        if self._loop_task is None:
+            self._loop_task = asyncio.create_task(self._loop(), name="loom-jobs")
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop polling; give running jobs ``grace`` seconds, then cancel them
+        (they are retried after the next start)."""
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+            self._loop_task = None
+        if self._running:
+            _, late = await asyncio.wait(set(self._running), timeout=grace)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=grace)
+
+    async def run_due(self) -> int:
+        """Start every due job this replica can claim; return how many."""
+        t = now()
+        stale = t - timedelta(seconds=self._lease_seconds)
+        started = 0
+        for job in await self._store.due(t, stale, limit=32):
+            if job.kind not in self._handlers:
+                continue
+            owner = secrets.token_hex(8)
+            outcome, _ = await self._leases.acquire(
+                job.tenant,
+                f"job:{job.job_id}",
+                owner,
+                t + timedelta(seconds=self._lease_seconds),
+                t,
+            )
+            if outcome is LeaseOutcome.BUSY:
+                continue
+            await self._slots.acquire()
+            task = asyncio.create_task(self._run(job, owner), name=f"job {job.job_id}")
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+            started += 1
+        return started
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.run_due()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("job poll failed; retrying", exc_info=True)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._poll):
+                    await self._wake.wait()
+            self._wake.clear()
+
+    async def _run(self, job: Job, owner: str) -> None:
+        lease_id = f"job:{job.job_id}"
+        try:
+            fresh = await self._store.get(job.tenant, job.job_id)
+            if fresh is None or fresh.state in (JobState.SUCCEEDED, JobState.FAILED):
+                return
+            job = fresh
+            job.state = JobState.RUNNING
+            job.attempts += 1
+            job.update_time = now()
+            await self._store.save(job)
+
+            async def checkpoint(values: dict[str, Any]) -> None:
+                job.checkpoint.update(values)
+                job.update_time = now()
+                await self._store.save(job)
+
+            try:
+                job.result = await self._handlers[job.kind](job, checkpoint)
+            except asyncio.CancelledError:
+                job.state = JobState.PENDING  # stopped with the server: run again later
+                job.attempts -= 1
+                job.update_time = now()
+                await self._shield.run(self._store.save(job))
+                raise
+            except Exception as exc:  # noqa: BLE001 - any handler failure is recorded on the job
+                self._failed(job, exc)
+            else:
+                job.state = JobState.SUCCEEDED
+                job.error = ""
+            job.update_time = now()
+            await self._shield.run(self._store.save(job))
+            if job.state in (JobState.SUCCEEDED, JobState.FAILED):
+                for listener in self._listeners:
+                    listener(job)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("job %s could not be recorded", job.job_id)
+        finally:
+            self._slots.release()
+            await self._shield.run(self._leases.release(lease_id, owner))
+
+    def _failed(self, job: Job, exc: Exception) -> None:
+        job.error = f"{type(exc).__name__}: {exc}"[:1000]
+        permanent = isinstance(exc, PermanentError)
+        if permanent or job.attempts >= self._max_attempts:
+            job.state = JobState.FAILED
+            log.warning("job %s (%s) failed for good: %s", job.job_id, job.kind, job.error)
+            return
+        delay = self._retry_delay * 2 ** (job.attempts - 1)
+        job.state = JobState.PENDING
+        job.next_run_time = now() + timedelta(seconds=delay)
+        log.info("job %s failed (attempt %d); retry in %.1fs", job.job_id, job.attempts, delay)
