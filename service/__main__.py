@@ -24,11 +24,20 @@ from service.core.errors import LoomError
 __all__ = ["main"]
 
 
+# Settings read from the openai SDK's variable when the LOOM_ one is unset.
+_FALLBACKS = {"LOOM_LLM_BASE_URL": "OPENAI_BASE_URL", "LOOM_LLM_API_KEY": "OPENAI_API_KEY"}
+
+
 def _variable(loc: tuple[int | str, ...]) -> str:
     """The environment variable a settings error is about (fields read through
     an alias, such as OPENAI_BASE_URL, already carry the variable's name)."""
     name = "_".join(str(p) for p in loc).upper()
-    return name if name.startswith(("LOOM_", "OPENAI_")) else f"LOOM_{name}"
+    if not name.startswith(("LOOM_", "OPENAI_")):
+        name = f"LOOM_{name}"
+    fallback = _FALLBACKS.get(name)
+    if fallback and name not in os.environ and fallback in os.environ:
+        return fallback
+    return name
 
 
 def _settings() -> Settings:

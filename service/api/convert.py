@@ -15,6 +15,7 @@ __all__ = [
     "memory_from_pb",
     "message_to_pb",
     "thread_to_pb",
+    "timestamp",
 ]
 
 _MEMORY_TO_PB = {
@@ -38,7 +39,8 @@ _STATUS_TO_PB = {
 }
 
 
-def _ts(value: datetime | None) -> Timestamp | None:
+def timestamp(value: datetime | None) -> Timestamp | None:
+    """A datetime as a protobuf Timestamp (None stays unset)."""
     if value is None:
         return None
     ts = Timestamp()
@@ -60,8 +62,8 @@ def assistant_to_pb(a: models.Assistant) -> assistant_pb2.Assistant:
         model=a.model,
         memory_mode=_MEMORY_TO_PB[a.memory_mode],
         metadata=a.metadata,
-        create_time=_ts(a.create_time),
-        update_time=_ts(a.update_time),
+        create_time=timestamp(a.create_time),
+        update_time=timestamp(a.update_time),
     )
 
 
@@ -73,8 +75,8 @@ def thread_to_pb(t: models.Thread) -> thread_pb2.Thread:
         user_id=t.user_id,
         metadata=t.metadata,
         message_count=t.message_count,
-        create_time=_ts(t.create_time),
-        update_time=_ts(t.update_time),
+        create_time=timestamp(t.create_time),
+        update_time=timestamp(t.update_time),
     )
 
 
@@ -93,7 +95,7 @@ def message_to_pb(m: models.Message) -> thread_pb2.Message:
         if m.usage
         else None,
         sequence=m.sequence,
-        create_time=_ts(m.create_time),
+        create_time=timestamp(m.create_time),
         metadata=m.metadata,
         memory=_MEMORY_TO_PB[m.memory],
     )

@@ -52,7 +52,9 @@ class ThreadServicer(thread_pb2_grpc.ThreadServiceServicer):
     async def DeleteThread(
         self, request: thread_pb2.DeleteThreadRequest, context: Context
     ) -> thread_pb2.DeleteThreadResponse:
-        count = await self._threads.delete(tenant(), request.thread_id)
+        count = await self._threads.delete(
+            tenant(), request.thread_id, forget=request.delete_memories
+        )
         return thread_pb2.DeleteThreadResponse(deleted_message_count=count)
 
     async def ListMessages(

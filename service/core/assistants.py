@@ -12,7 +12,7 @@ from service.core.clock import now
 from service.core.errors import InvalidArgument, NotFound
 from service.core.models import Assistant, MemoryMode, Page
 from service.core.paging import decode_token, encode_token
-from service.core.ports import AssistantStore, MessageStore, ThreadStore
+from service.core.ports import AssistantStore, MemoryPort, MessageStore, ThreadStore
 from service.core.validation import check_metadata, check_page_size, check_text
 
 __all__ = ["DEFAULT_INSTRUCTIONS", "UPDATABLE_FIELDS", "AssistantDraft", "Assistants"]
@@ -65,6 +65,7 @@ class Assistants:
         self._assistants = assistants
         self._threads = threads
         self._messages = messages
+        self._memory: MemoryPort | None = None
 
     async def create(self, tenant: str, draft: AssistantDraft) -> Assistant:
         """Create an assistant.
@@ -189,12 +190,18 @@ class Assistants:
             raise NotFound("assistant", assistant_id)
         return await self._cascade(tenant, assistant_id)
 
+    def use_memory(self, memory: MemoryPort) -> None:
+        """Let deletions reach the assistant's memory too."""
+        self._memory = memory
+
     async def _cascade(self, tenant: str, assistant_id: str) -> int:
         thread_ids = await self._threads.ids_of_assistant(tenant, assistant_id)
         for thread_id in thread_ids:
             await self._threads.mark_deleting(tenant, thread_id)
             await self._messages.delete_thread(tenant, thread_id)
             await self._threads.delete(tenant, thread_id)
+        if self._memory is not None:
+            await self._memory.forget_assistant(tenant, assistant_id)
         await self._assistants.delete(tenant, assistant_id)
         return len(thread_ids)
 

@@ -38,6 +38,7 @@ __all__ = [
     "LeaseStore",
     "MemoryPort",
     "MessageStore",
+    "PendingThreadDelete",
     "Recalled",
     "RequestRecord",
     "RequestStore",
@@ -101,6 +102,16 @@ class LeaseStore(Protocol):
     async def current(self, thread_id: str) -> LeaseState | None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class PendingThreadDelete:
+    """A thread deletion a crash interrupted."""
+
+    tenant: str
+    assistant_id: str
+    thread_id: str
+    forget: bool
+
+
 class ThreadStore(Protocol):
     """Threads, always scoped to a tenant."""
 
@@ -110,9 +121,11 @@ class ThreadStore(Protocol):
         self, tenant: str, assistant_id: str, user_id: str, limit: int, after: str | None
     ) -> list[Thread]: ...
     async def ids_of_assistant(self, tenant: str, assistant_id: str) -> list[str]: ...
-    async def mark_deleting(self, tenant: str, thread_id: str) -> bool: ...
+    async def mark_deleting(self, tenant: str, thread_id: str, forget: bool = False) -> bool:
+        """Hide the thread from reads, noting whether its memories go too."""
+
     async def delete(self, tenant: str, thread_id: str) -> None: ...
-    async def pending_deletes(self) -> list[tuple[str, str]]: ...
+    async def pending_deletes(self) -> list[PendingThreadDelete]: ...
     async def save_context(
         self,
         thread_id: str,

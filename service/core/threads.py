@@ -10,7 +10,7 @@ from service.core.clock import now
 from service.core.errors import InvalidArgument, NotFound
 from service.core.models import Message, Page, Thread
 from service.core.paging import decode_token, encode_token
-from service.core.ports import MessageStore, ThreadStore
+from service.core.ports import MemoryPort, MessageStore, ThreadStore
 from service.core.validation import check_metadata, check_page_size, check_text
 
 __all__ = ["MAX_USER_ID", "Threads"]
@@ -30,6 +30,7 @@ class Threads:
         self._assistants = assistants
         self._threads = threads
         self._messages = messages
+        self._memory: MemoryPort | None = None
 
     async def create(
         self, tenant: str, assistant_id: str, user_id: str, metadata: dict[str, str]
@@ -100,19 +101,32 @@ class Threads:
         items = items[:limit]
         return Page(items, encode_token(items[-1].thread_id, filters) if more else "")
 
-    async def delete(self, tenant: str, thread_id: str) -> int:
-        """Delete the thread and its messages; return how many messages.
+    def use_memory(self, memory: MemoryPort) -> None:
+        """Let deletions reach the assistant's memory too."""
+        self._memory = memory
+
+    async def delete(self, tenant: str, thread_id: str, *, forget: bool = False) -> int:
+        """Delete the thread and its messages (and, with ``forget``, the
+        memories learnt in it); return how many messages.
+
+        The thread is hidden first (recording ``forget``), then its children
+        go, then the thread: a crash part-way is finished at the next start.
 
         Raises:
             InvalidArgument: malformed id.
             NotFound: no such thread.
         """
         ids.check_id(ids.THREAD, thread_id, "thread_id")
-        if not await self._threads.mark_deleting(tenant, thread_id):
+        thread = await self._threads.get(tenant, thread_id)
+        if thread is None or not await self._threads.mark_deleting(tenant, thread_id, forget):
             raise NotFound("thread", thread_id)
-        return await self._finish_delete(tenant, thread_id)
+        return await self._finish_delete(tenant, thread.assistant_id, thread_id, forget)
 
-    async def _finish_delete(self, tenant: str, thread_id: str) -> int:
+    async def _finish_delete(
+        self, tenant: str, assistant_id: str, thread_id: str, forget: bool
+    ) -> int:
+        if forget and self._memory is not None:
+            await self._memory.forget_thread(tenant, assistant_id, thread_id)
         count = await self._messages.delete_thread(tenant, thread_id)
         await self._threads.delete(tenant, thread_id)
         return count
@@ -120,9 +134,9 @@ class Threads:
     async def resume_deletes(self) -> int:
         """Finish thread deletions that a crash interrupted; return how many."""
         pending = await self._threads.pending_deletes()
-        for tenant, thread_id in pending:
-            log.info("finishing interrupted deletion of thread %s", thread_id)
-            await self._finish_delete(tenant, thread_id)
+        for p in pending:
+            log.info("finishing interrupted deletion of thread %s", p.thread_id)
+            await self._finish_delete(p.tenant, p.assistant_id, p.thread_id, p.forget)
         return len(pending)
 
     async def list_messages(

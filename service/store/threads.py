@@ -10,6 +10,7 @@ from pymongo import DESCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 
 from service.core.models import ContextEntry, MessageStatus, Role, Thread
+from service.core.ports import PendingThreadDelete
 
 __all__ = ["MongoThreadStore"]
 
@@ -86,10 +87,12 @@ class MongoThreadStore:
         cursor = self._c.find({"tenant": tenant, "assistant_id": assistant_id}, {"_id": 1})
         return [d["_id"] async for d in cursor]
 
-    async def mark_deleting(self, tenant: str, thread_id: str) -> bool:
+    async def mark_deleting(self, tenant: str, thread_id: str, forget: bool = False) -> bool:
         if await self.get(tenant, thread_id) is None:
             return False
-        await self._c.update_one({"_id": thread_id}, {"$set": {"deleting": True}})
+        await self._c.update_one(
+            {"_id": thread_id}, {"$set": {"deleting": True, "forget_memories": forget}}
+        )
         return True
 
     async def delete(self, tenant: str, thread_id: str) -> None:
@@ -97,9 +100,16 @@ class MongoThreadStore:
         if doc is not None and doc.get("tenant") == tenant:
             await self._c.delete_one({"_id": thread_id})
 
-    async def pending_deletes(self) -> list[tuple[str, str]]:
-        cursor = self._c.find({"deleting": True}, {"tenant": 1})
-        return [(d["tenant"], d["_id"]) async for d in cursor]
+    async def pending_deletes(self) -> list[PendingThreadDelete]:
+        cursor = self._c.find(
+            {"deleting": True}, {"tenant": 1, "assistant_id": 1, "forget_memories": 1}
+        )
+        return [
+            PendingThreadDelete(
+                d["tenant"], d["assistant_id"], d["_id"], bool(d.get("forget_memories"))
+            )
+            async for d in cursor
+        ]
 
     async def save_context(
         self,
