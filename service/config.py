@@ -37,6 +37,16 @@ class Settings(BaseSettings):
     context_cache_chars: int = Field(
         400_000, gt=0, description="characters of recent history cached on each thread"
     )
+    context_window: int | None = Field(
+        None, ge=512, description="context window for every model, overriding the registry"
+    )
+    summary_model: str = Field("", description="model that writes thread summaries")
+    job_poll_seconds: float = Field(1.0, gt=0)
+    job_max_attempts: int = Field(5, ge=1, le=100)
+    job_retry_delay: float = Field(2.0, ge=0)
+    job_lease_seconds: float = Field(
+        60.0, gt=0, description="how long a dead replica can hold a background job"
+    )
     shutdown_grace: float = Field(10.0, ge=0)
     log_level: str = "INFO"
 

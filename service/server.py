@@ -22,11 +22,14 @@ from service.config import Settings
 from service.core.assistants import Assistants
 from service.core.conversation import Conversation
 from service.core.errors import Unavailable
+from service.core.jobs import JobRunner
 from service.core.keys import KeyService
 from service.core.leases import Leases
 from service.core.shield import Shield
+from service.core.summaries import Summarizer
 from service.core.threads import Threads
 from service.llm import OpenAIChatModel
+from service.llm.tokens import TokenBudgets
 from service.store import MongoStore, connect
 
 __all__ = ["Loom", "build", "serve"]
@@ -58,6 +61,7 @@ class Loom:
     health: health.aio.HealthServicer
     shield: Shield
     conversation: Conversation
+    jobs: JobRunner
     port: int
 
     async def start(self) -> None:
@@ -68,6 +72,7 @@ class Loom:
         await self.assistants.resume_deletes()
         await self.threads.resume_deletes()
         await self.server.start()
+        self.jobs.start()
         for name in ("", "loom.v1.AssistantService", "loom.v1.ThreadService"):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("loom listening on %s", self.settings.listen.rsplit(":", 1)[0] + f":{self.port}")
@@ -77,6 +82,7 @@ class Loom:
         period, then cancel what is left (their replies are stored
         INCOMPLETE) and close connections."""
         await self.health.enter_graceful_shutdown()
+        await self.jobs.stop()
         await self.server.stop(self.settings.shutdown_grace if grace is None else grace)
         if not await self.conversation.drain(5.0):
             log.warning("replies still running at shutdown; their final state may be lost")
@@ -99,15 +105,36 @@ def build(settings: Settings) -> Loom:
     assistants = Assistants(store.assistants, store.threads, store.messages)
     threads = Threads(assistants, store.threads, store.messages)
     shield = Shield()
+    counter = TokenBudgets(window_override=settings.context_window)
+    jobs = JobRunner(
+        store.jobs,
+        store.leases,
+        shield,
+        poll_interval=settings.job_poll_seconds,
+        max_attempts=settings.job_max_attempts,
+        retry_delay=settings.job_retry_delay,
+        lease_seconds=settings.job_lease_seconds,
+    )
+    leases = Leases(store.leases, settings.lease_seconds, shield)
+    summarizer = Summarizer(
+        threads=store.threads,
+        leases=leases,
+        llm=llm,
+        jobs=jobs,
+        counter=counter,
+        summary_model=settings.summary_model,
+    )
     conversation = Conversation(
         assistants=assistants,
         threads=threads,
         thread_store=store.threads,
         messages=store.messages,
         requests=store.requests,
-        leases=Leases(store.leases, settings.lease_seconds, shield),
+        leases=leases,
         shield=shield,
         context_chars=settings.context_cache_chars,
+        counter=counter,
+        summarizer=summarizer,
         llm=llm,
         default_model=settings.llm_model,
         max_content=settings.max_message_chars,
@@ -152,6 +179,7 @@ def build(settings: Settings) -> Loom:
         health_servicer,
         shield,
         conversation,
+        jobs,
         port,
     )
 

@@ -40,6 +40,9 @@ def make_settings(ferretdb: FerretDB, llm: ScriptedLLM | None, **overrides: Any)
         "dev_api_key": DEV_KEY,
         "lease_seconds": 30.0,
         "shutdown_grace": 2.0,
+        "job_poll_seconds": 0.05,
+        "job_retry_delay": 0.05,
+        "job_lease_seconds": 2.0,
     }
     values.update(overrides)
     return Settings(**values)

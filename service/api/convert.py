@@ -14,6 +14,7 @@ __all__ = [
     "event_to_pb",
     "memory_from_pb",
     "message_to_pb",
+    "strategy_from_pb",
     "thread_to_pb",
     "timestamp",
 ]
@@ -25,6 +26,11 @@ _MEMORY_TO_PB = {
     models.MemoryMode.OFF: common_pb2.MEMORY_MODE_OFF,
 }
 _MEMORY_FROM_PB = {v: k for k, v in _MEMORY_TO_PB.items()}
+_STRATEGY_TO_PB = {
+    models.ContextStrategy.SUMMARIZE: assistant_pb2.CONTEXT_STRATEGY_SUMMARIZE,
+    models.ContextStrategy.TRUNCATE: assistant_pb2.CONTEXT_STRATEGY_TRUNCATE,
+}
+_STRATEGY_FROM_PB = {v: k for k, v in _STRATEGY_TO_PB.items()}
 _ROLE_TO_PB = {
     models.Role.USER: thread_pb2.ROLE_USER,
     models.Role.ASSISTANT: thread_pb2.ROLE_ASSISTANT,
@@ -64,7 +70,14 @@ def assistant_to_pb(a: models.Assistant) -> assistant_pb2.Assistant:
         metadata=a.metadata,
         create_time=timestamp(a.create_time),
         update_time=timestamp(a.update_time),
+        context_window=a.context_window,
+        context_strategy=_STRATEGY_TO_PB[a.context_strategy],
     )
+
+
+def strategy_from_pb(value: int) -> models.ContextStrategy | None:
+    """None for UNSPECIFIED (and for numbers from newer clients)."""
+    return _STRATEGY_FROM_PB.get(value)  # type: ignore[call-overload,no-any-return]
 
 
 def thread_to_pb(t: models.Thread) -> thread_pb2.Thread:
@@ -77,6 +90,14 @@ def thread_to_pb(t: models.Thread) -> thread_pb2.Thread:
         message_count=t.message_count,
         create_time=timestamp(t.create_time),
         update_time=timestamp(t.update_time),
+        summary=thread_pb2.ThreadSummary(
+            text=t.summary.text,
+            through_sequence=t.summary.through_sequence,
+            model=t.summary.model,
+            update_time=timestamp(t.summary.update_time),
+        )
+        if t.summary
+        else None,
     )
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from service.core import ids
 from service.core.clock import now
 from service.core.errors import InvalidArgument, NotFound
-from service.core.models import Assistant, MemoryMode, Page
+from service.core.models import Assistant, ContextStrategy, MemoryMode, Page
 from service.core.paging import decode_token, encode_token
 from service.core.ports import AssistantStore, MemoryPort, MessageStore, ThreadStore
 from service.core.validation import check_metadata, check_page_size, check_text
@@ -23,7 +23,16 @@ MAX_NAME = 256
 MAX_INSTRUCTIONS = 256_000
 MAX_MODEL = 256
 DEFAULT_INSTRUCTIONS = "You are a helpful assistant."
-UPDATABLE_FIELDS = ("name", "instructions", "model", "memory_mode", "metadata")
+UPDATABLE_FIELDS = (
+    "name",
+    "instructions",
+    "model",
+    "memory_mode",
+    "metadata",
+    "context_window",
+    "context_strategy",
+)
+MAX_CONTEXT_WINDOW = 100_000_000
 
 
 @dataclass(slots=True)
@@ -35,6 +44,24 @@ class AssistantDraft:
     model: str = ""
     memory_mode: MemoryMode = MemoryMode.UNSPECIFIED
     metadata: dict[str, str] = field(default_factory=dict)
+    context_window: int = 0
+    context_strategy: ContextStrategy | None = None
+
+
+def _check_window(window: int, prefix: str) -> int:
+    if window < 0 or window > MAX_CONTEXT_WINDOW:
+        raise InvalidArgument(
+            f"{prefix}context_window must be 0 (use Loom's registry) or a positive number of "
+            "tokens",
+            field=prefix + "context_window",
+        )
+    if 0 < window < 512:
+        raise InvalidArgument(
+            f"{prefix}context_window of {window} tokens is too small to hold a prompt and a "
+            "reply; use at least 512",
+            field=prefix + "context_window",
+        )
+    return window
 
 
 def _checked(
@@ -52,6 +79,8 @@ def _checked(
             MemoryMode.OFF if draft.memory_mode is MemoryMode.UNSPECIFIED else draft.memory_mode
         ),
         "metadata": lambda: check_metadata(draft.metadata, prefix + "metadata"),
+        "context_window": lambda: _check_window(draft.context_window, prefix),
+        "context_strategy": lambda: draft.context_strategy or ContextStrategy.SUMMARIZE,
     }
     return {name: checks[name]() for name in fields}
 

@@ -31,6 +31,7 @@ from datetime import timedelta
 
 from service.core import ids
 from service.core.assistants import MAX_MODEL, Assistants
+from service.core.budget import Fitted, fit, plan_budget, with_tokens
 from service.core.clock import now
 from service.core.context import merge
 from service.core.errors import (
@@ -45,6 +46,7 @@ from service.core.models import (
     Assistant,
     Completed,
     ContextEntry,
+    ContextStrategy,
     Delta,
     MemoryMode,
     MemoryRecalled,
@@ -64,9 +66,10 @@ from service.core.ports import (
     RequestRecord,
     RequestStore,
     ThreadStore,
+    TokenCounter,
 )
-from service.core.prompt import build_prompt
 from service.core.shield import Shield
+from service.core.summaries import Summarizer
 from service.core.threads import MAX_USER_ID, Threads
 from service.core.validation import check_metadata, check_text
 
@@ -117,8 +120,12 @@ class Conversation:
         context_chars: int = 400_000,
         flush_interval: float = 1.0,
         memory: MemoryPort | None = None,
+        counter: TokenCounter,
+        summarizer: Summarizer | None = None,
     ) -> None:
         self._memory = memory
+        self._counter = counter
+        self._summarizer = summarizer
         self._active = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -283,7 +290,9 @@ class Conversation:
                 # reply ends; a holder that dies before that is settled by
                 # the next one (see _settle).
                 thread.message_count = reply.sequence + 1
-                thread.context = merge(thread.context, [user.entry()], self._context_chars)
+                thread.context = merge(
+                    thread.context, [with_tokens(user.entry(), self._counter)], self._context_chars
+                )
                 if req.request_id:
                     await self._requests.bind(
                         tenant,
@@ -315,7 +324,8 @@ class Conversation:
                 await self._shield.run(self._thread_store.delete(tenant, thread.thread_id))
 
     async def _save_context(self, thread: Thread, entries: list[ContextEntry]) -> None:
-        thread.context = merge(thread.context, entries, self._context_chars)
+        counted = [with_tokens(e, self._counter) for e in entries]
+        thread.context = merge(thread.context, counted, self._context_chars)
         await self._thread_store.save_context(
             thread.thread_id, thread.context, thread.message_count, now()
         )
@@ -343,6 +353,63 @@ class Conversation:
         thread.context = []
         await self._save_context(thread, entries)
         return thread
+
+    def _fit(
+        self,
+        assistant: Assistant,
+        thread: Thread,
+        user: Message,
+        reply: Message,
+        recalled: list[Recalled],
+    ) -> Fitted:
+        """The reply's prompt, within the window of the model that answers."""
+        window = self._counter.context_window(reply.model, assistant.context_window)
+        summarize = assistant.context_strategy is ContextStrategy.SUMMARIZE
+        fitted = fit(
+            instructions=assistant.instructions,
+            memories=recalled,
+            summary=thread.summary if summarize else None,
+            history=thread.context,
+            new=user.entry(),
+            budget=plan_budget(window),
+            ratio=self._counter.ratio(reply.model),
+            counter=self._counter,
+        )
+        if fitted.dropped:
+            log.info(
+                "prompt for %s left out the %d oldest messages of %s to fit %d tokens",
+                reply.message_id,
+                fitted.dropped,
+                thread.thread_id,
+                window,
+            )
+        return fitted
+
+    async def _remembered(self, remembering: asyncio.Future[None] | None, user: Message) -> None:
+        if remembering is None:
+            return
+        try:
+            await remembering
+        except Exception:
+            log.warning(
+                "episodic memory write failed for %s; the extraction job retries it",
+                user.message_id,
+                exc_info=True,
+            )
+
+    async def _maybe_fold(
+        self, tenant: str, assistant: Assistant, thread: Thread, model: str, limit: int
+    ) -> None:
+        if (
+            self._summarizer is None
+            or assistant.context_strategy is not ContextStrategy.SUMMARIZE
+            or not self._summarizer.needs_fold(thread, limit)
+        ):
+            return
+        try:
+            await self._summarizer.schedule(tenant, thread, model, limit)
+        except Exception:  # the next reply schedules it again
+            log.warning("could not queue a summary of %s", thread.thread_id, exc_info=True)
 
     async def _recall(self, tenant: str, thread: Thread, user: Message) -> list[Recalled]:
         if self._memory is None or user.memory not in (MemoryMode.AUTO, MemoryMode.READONLY):
@@ -396,7 +463,8 @@ class Conversation:
         recalled = await self._recall(tenant, thread, user)
         if recalled:
             yield MemoryRecalled(recalled)
-        turns = build_prompt(assistant.instructions, thread.context, user.entry(), recalled)
+        fitted = self._fit(assistant, thread, user, reply, recalled)
+        turns = fitted.turns
         parts: list[str] = []
         usage: Usage | None = None
         finish_reason: str | None = None
@@ -441,15 +509,10 @@ class Conversation:
             raise
         status = MessageStatus.INCOMPLETE if finish_reason == "length" else MessageStatus.COMPLETE
         stored = await finish(status)
-        if remembering is not None:
-            try:
-                await remembering
-            except Exception:
-                log.warning(
-                    "episodic memory write failed for %s; the extraction job retries it",
-                    user.message_id,
-                    exc_info=True,
-                )
+        if usage is not None and usage.input_tokens:
+            self._counter.calibrate(reply.model, fitted.base_tokens, usage.input_tokens)
+        await self._maybe_fold(tenant, assistant, thread, reply.model, fitted.limit)
+        await self._remembered(remembering, user)
         yield Completed(stored, await self._schedule_extraction(tenant, thread, user, stored))
 
     async def _repeat(

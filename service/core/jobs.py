@@ -23,7 +23,7 @@ from service.core.clock import now
 from service.core.ports import Job, JobState, JobStore, LeaseOutcome, LeaseStore
 from service.core.shield import Shield
 
-__all__ = ["Checkpoint", "Handler", "JobRunner", "PermanentError"]
+__all__ = ["Checkpoint", "Handler", "JobRunner", "PermanentError", "RetryLater"]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,15 @@ Handler = Callable[[Job, Checkpoint], Awaitable[dict[str, Any]]]
 
 class PermanentError(Exception):
     """A handler failure that retrying cannot fix (bad input, say)."""
+
+
+class RetryLater(Exception):
+    """The job cannot run just now (a resource is busy); try again after
+    ``delay`` seconds without counting this as a failed attempt."""
+
+    def __init__(self, delay: float, reason: str) -> None:
+        super().__init__(reason)
+        self.delay = delay
 
 
 class JobRunner:
@@ -80,9 +89,10 @@ class JobRunner:
         *,
         job_id: str,
         trace_context: dict[str, str] | None = None,
-    ) -> Job:
+    ) -> Job | None:
         """Record a job; it runs soon after. The job is durable once this
-        returns."""
+        returns. None if a job with that id exists already (the id makes
+        enqueueing idempotent)."""
         t = now()
         job = Job(
             job_id=job_id,
@@ -95,7 +105,8 @@ class JobRunner:
             next_run_time=t,
             trace_context=dict(trace_context or {}),
         )
-        await self._store.insert(job)
+        if not await self._store.insert(job):
+            return None
         self._wake.set()
         return job
 
@@ -182,6 +193,11 @@ class JobRunner:
                 job.update_time = now()
                 await self._shield.run(self._store.save(job))
                 raise
+            except RetryLater as later:
+                job.state = JobState.PENDING
+                job.attempts -= 1
+                job.next_run_time = now() + timedelta(seconds=later.delay)
+                log.debug("job %s deferred: %s", job.job_id, later)
             except Exception as exc:  # noqa: BLE001 - any handler failure is recorded on the job
                 self._failed(job, exc)
             else:

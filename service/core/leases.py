@@ -15,7 +15,11 @@ from service.core.errors import ThreadBusy
 from service.core.ports import LeaseOutcome, LeaseState, LeaseStore
 from service.core.shield import Shield
 
-__all__ = ["Lease", "Leases"]
+__all__ = ["BRIEF", "BRIEF_WAIT", "REPLY", "Lease", "Leases"]
+
+REPLY = "reply"
+BRIEF = "brief"  # held for a few writes only; others wait instead of failing
+BRIEF_WAIT = 2.0
 
 log = logging.getLogger(__name__)
 
@@ -43,19 +47,28 @@ class Leases:
         self._shield = shield
 
     @contextlib.asynccontextmanager
-    async def hold(self, tenant: str, thread_id: str) -> AsyncIterator[Lease]:
-        """Hold the thread's lease for the body of the ``async with``.
+    async def hold(self, tenant: str, thread_id: str, purpose: str = REPLY) -> AsyncIterator[Lease]:
+        """Hold the thread's lease for the body of the ``async with``. A
+        holder that only needs the thread for a moment (a summary being
+        stored) is waited for, up to ``BRIEF_WAIT`` seconds.
 
         Raises:
             ThreadBusy: another live holder has it.
         """
         owner = secrets.token_hex(8)
-        t = now()
-        outcome, stale = await self._store.acquire(
-            tenant, thread_id, owner, t + timedelta(seconds=self._ttl), t
-        )
-        if outcome is LeaseOutcome.BUSY:
-            raise ThreadBusy(thread_id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + BRIEF_WAIT
+        while True:
+            t = now()
+            outcome, state = await self._store.acquire(
+                tenant, thread_id, owner, t + timedelta(seconds=self._ttl), t, purpose
+            )
+            if outcome is not LeaseOutcome.BUSY:
+                break
+            if state is None or state.purpose != BRIEF or loop.time() > deadline:
+                raise ThreadBusy(thread_id)
+            await asyncio.sleep(0.02)
+        stale = state if outcome is LeaseOutcome.TAKEN_OVER else None
         if outcome is LeaseOutcome.TAKEN_OVER:
             log.warning("took over the expired lease on %s", thread_id)
         renewer = asyncio.create_task(self._renew(thread_id, owner))

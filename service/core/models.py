@@ -11,6 +11,7 @@ __all__ = [
     "Assistant",
     "Completed",
     "ContextEntry",
+    "ContextStrategy",
     "Delta",
     "MemoryMode",
     "MemoryRecalled",
@@ -21,6 +22,7 @@ __all__ = [
     "ReplyEvent",
     "Role",
     "Started",
+    "Summary",
     "Thread",
     "Usage",
 ]
@@ -60,6 +62,13 @@ class MessageStatus(enum.StrEnum):
         return self is not MessageStatus.IN_PROGRESS
 
 
+class ContextStrategy(enum.StrEnum):
+    """How a long thread is fitted into a context window."""
+
+    SUMMARIZE = "summarize"
+    TRUNCATE = "truncate"
+
+
 @dataclass(frozen=True, slots=True)
 class Usage:
     """Tokens one model call consumed, as the endpoint reported them."""
@@ -81,6 +90,8 @@ class Assistant:
     metadata: dict[str, str] = field(default_factory=dict)
     create_time: datetime | None = None
     update_time: datetime | None = None
+    context_window: int = 0
+    context_strategy: ContextStrategy = ContextStrategy.SUMMARIZE
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +103,18 @@ class ContextEntry:
     role: Role
     content: str
     status: MessageStatus
+    tokens: int = 0  # base tokens of content, cached; 0 = not counted yet
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """A thread's rolling summary: it stands in for the messages up to and
+    including ``through_sequence`` in prompts."""
+
+    text: str
+    through_sequence: int
+    model: str
+    update_time: datetime | None = None
 
 
 @dataclass(slots=True)
@@ -108,6 +131,7 @@ class Thread:
     create_time: datetime | None = None
     update_time: datetime | None = None
     context: list[ContextEntry] = field(default_factory=list)
+    summary: Summary | None = None
 
 
 @dataclass(slots=True)

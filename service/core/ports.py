@@ -19,6 +19,7 @@ from service.core.models import (
     Message,
     MessageStatus,
     Recalled,
+    Summary,
     Thread,
     Usage,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "RequestRecord",
     "RequestStore",
     "ThreadStore",
+    "TokenCounter",
 ]
 
 
@@ -81,10 +83,11 @@ class LeaseOutcome(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class LeaseState:
-    """A lease as stored: who holds it and until when."""
+    """A lease as stored: who holds it, until when, and why."""
 
     owner: str
     expires: datetime
+    purpose: str = ""
 
 
 class LeaseStore(Protocol):
@@ -93,9 +96,16 @@ class LeaseStore(Protocol):
     release, so the collection only ever holds the replies in flight."""
 
     async def acquire(
-        self, tenant: str, thread_id: str, owner: str, expires: datetime, now: datetime
+        self,
+        tenant: str,
+        thread_id: str,
+        owner: str,
+        expires: datetime,
+        now: datetime,
+        purpose: str = "",
     ) -> tuple[LeaseOutcome, LeaseState | None]:
-        """Take the lease; with TAKEN_OVER, also the dead holder's state."""
+        """Take the lease; with TAKEN_OVER the dead holder's state, with BUSY
+        the live holder's."""
 
     async def renew(self, thread_id: str, owner: str, expires: datetime) -> bool: ...
     async def release(self, thread_id: str, owner: str) -> None: ...
@@ -135,6 +145,12 @@ class ThreadStore(Protocol):
     ) -> None:
         """Store the thread's cached context and message count (written only
         by the holder of the thread's lease)."""
+
+    async def save_summary(
+        self, thread_id: str, summary: Summary, context: Sequence[ContextEntry]
+    ) -> None:
+        """Store a new rolling summary and the context left after it (written
+        only by the holder of the thread's lease)."""
 
 
 class MessageStore(Protocol):
@@ -299,7 +315,9 @@ class Job:
 class JobStore(Protocol):
     """Jobs, by id."""
 
-    async def insert(self, job: Job) -> None: ...
+    async def insert(self, job: Job) -> bool:
+        """Record a new job; False if one with its id exists already."""
+
     async def get(self, tenant: str, job_id: str) -> Job | None: ...
     async def save(self, job: Job) -> None:
         """Write the job's state, attempts, checkpoint, result and error."""
@@ -344,3 +362,25 @@ class MemoryPort(Protocol):
 
     async def forget_assistant(self, tenant: str, assistant_id: str) -> None:
         """Delete every memory of the assistant."""
+
+
+class TokenCounter(Protocol):
+    """Counts tokens offline, and knows models' context windows."""
+
+    def count(self, text: str) -> int:
+        """Tokens of ``text`` in the counter's base encoding."""
+
+    def message_overhead(self) -> int:
+        """Tokens each chat message costs beyond its text."""
+
+    def prompt_overhead(self) -> int:
+        """Tokens a whole prompt costs beyond its messages."""
+
+    def ratio(self, model: str) -> float:
+        """How many of ``model``'s tokens one base token is worth."""
+
+    def calibrate(self, model: str, base_tokens: int, reported_tokens: int) -> None:
+        """Learn ``ratio`` from the input tokens an endpoint reported."""
+
+    def context_window(self, model: str, assistant_window: int = 0) -> int:
+        """The context window to plan ``model``'s prompts for."""

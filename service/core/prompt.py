@@ -7,7 +7,13 @@ from collections.abc import Iterable, Sequence
 from service.core.models import ContextEntry, MessageStatus, Recalled, Role
 from service.core.ports import ChatTurn
 
-__all__ = ["MEMORY_PREAMBLE", "build_prompt", "memory_block"]
+__all__ = [
+    "MEMORY_PREAMBLE",
+    "SUMMARY_PREAMBLE",
+    "build_prompt",
+    "memory_block",
+    "summary_block",
+]
 
 
 def _replayable(entry: ContextEntry) -> bool:
@@ -28,6 +34,17 @@ def memory_block(memories: Iterable[Recalled]) -> str:
     """Recalled memories as a delimited block for the system prompt."""
     lines = "\n".join(f"- {' '.join(m.content.split())}" for m in memories)
     return f"{MEMORY_PREAMBLE}\n<remembered_facts>\n{lines}\n</remembered_facts>"
+
+
+SUMMARY_PREAMBLE = (
+    "The earlier part of this conversation is summarised below; the most recent messages "
+    "follow in full."
+)
+
+
+def summary_block(text: str) -> str:
+    """A thread's rolling summary as a delimited block for the system prompt."""
+    return f"{SUMMARY_PREAMBLE}\n<conversation_summary>\n{text}\n</conversation_summary>"
 
 
 def build_prompt(

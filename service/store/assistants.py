@@ -9,7 +9,7 @@ from pymongo import DESCENDING, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
-from service.core.models import Assistant, MemoryMode
+from service.core.models import Assistant, ContextStrategy, MemoryMode
 
 __all__ = ["MongoAssistantStore"]
 
@@ -28,6 +28,8 @@ def _to_doc(a: Assistant) -> Doc:
         "metadata": a.metadata,
         "create_time": a.create_time,
         "update_time": a.update_time,
+        "context_window": a.context_window,
+        "context_strategy": a.context_strategy.value,
     }
 
 
@@ -42,6 +44,10 @@ def _from_doc(d: Doc) -> Assistant:
         metadata=dict(d.get("metadata") or {}),
         create_time=d.get("create_time"),
         update_time=d.get("update_time"),
+        context_window=int(d.get("context_window", 0)),
+        context_strategy=ContextStrategy(
+            d.get("context_strategy", ContextStrategy.SUMMARIZE.value)
+        ),
     )
 
 
@@ -90,7 +96,10 @@ class MongoAssistantStore:
     async def update(
         self, tenant: str, assistant_id: str, changes: dict[str, object], now: datetime
     ) -> Assistant | None:
-        values: Doc = {k: (v.value if isinstance(v, MemoryMode) else v) for k, v in changes.items()}
+        values: Doc = {
+            k: (v.value if isinstance(v, MemoryMode | ContextStrategy) else v)
+            for k, v in changes.items()
+        }
         values["update_time"] = now
         doc = await self._c.find_one_and_update(
             {"_id": assistant_id, "tenant": tenant, **_LIVE},

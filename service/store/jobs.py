@@ -7,6 +7,7 @@ from typing import Any
 
 from pymongo import ASCENDING
 from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import DuplicateKeyError
 
 from service.core.ports import Job, JobState
 
@@ -60,8 +61,12 @@ class MongoJobStore:
     def __init__(self, collection: AsyncCollection[Doc]) -> None:
         self._c = collection
 
-    async def insert(self, job: Job) -> None:
-        await self._c.insert_one(_to_doc(job))
+    async def insert(self, job: Job) -> bool:
+        try:
+            await self._c.insert_one(_to_doc(job))
+        except DuplicateKeyError:
+            return False
+        return True
 
     async def get(self, tenant: str, job_id: str) -> Job | None:
         doc = await self._c.find_one({"_id": job_id})

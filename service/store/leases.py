@@ -16,7 +16,7 @@ Doc = dict[str, Any]
 
 
 def _state(d: Doc) -> LeaseState:
-    return LeaseState(owner=d["owner"], expires=d["expires"])
+    return LeaseState(owner=d["owner"], expires=d["expires"], purpose=d.get("purpose", ""))
 
 
 class MongoLeaseStore:
@@ -29,9 +29,21 @@ class MongoLeaseStore:
         self._c = collection
 
     async def acquire(
-        self, tenant: str, thread_id: str, owner: str, expires: datetime, now: datetime
+        self,
+        tenant: str,
+        thread_id: str,
+        owner: str,
+        expires: datetime,
+        now: datetime,
+        purpose: str = "",
     ) -> tuple[LeaseOutcome, LeaseState | None]:
-        doc: Doc = {"_id": thread_id, "tenant": tenant, "owner": owner, "expires": expires}
+        doc: Doc = {
+            "_id": thread_id,
+            "tenant": tenant,
+            "owner": owner,
+            "expires": expires,
+            "purpose": purpose,
+        }
         for _ in range(3):
             try:
                 await self._c.insert_one(doc)
@@ -41,7 +53,7 @@ class MongoLeaseStore:
             if held is None:  # released between the two calls: try again
                 continue
             if held["expires"] > now:
-                return LeaseOutcome.BUSY, None
+                return LeaseOutcome.BUSY, _state(held)
             stale = _state(held)
             marker = f"{thread_id}/takeover/{stale.owner}"
             try:

@@ -9,7 +9,7 @@ from typing import Any
 from pymongo import DESCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 
-from service.core.models import ContextEntry, MessageStatus, Role, Thread
+from service.core.models import ContextEntry, MessageStatus, Role, Summary, Thread
 from service.core.ports import PendingThreadDelete
 
 __all__ = ["MongoThreadStore"]
@@ -18,7 +18,13 @@ Doc = dict[str, Any]
 
 
 def _entry_doc(e: ContextEntry) -> Doc:
-    return {"s": e.sequence, "r": e.role.value, "c": e.content, "st": e.status.value}
+    return {"s": e.sequence, "r": e.role.value, "c": e.content, "st": e.status.value, "t": e.tokens}
+
+
+def _summary_doc(s: Summary | None) -> Doc | None:
+    if s is None:
+        return None
+    return {"text": s.text, "through": s.through_sequence, "model": s.model, "time": s.update_time}
 
 
 def _from_doc(d: Doc) -> Thread:
@@ -32,9 +38,14 @@ def _from_doc(d: Doc) -> Thread:
         create_time=d.get("create_time"),
         update_time=d.get("update_time"),
         context=[
-            ContextEntry(int(e["s"]), Role(e["r"]), e["c"], MessageStatus(e["st"]))
+            ContextEntry(
+                int(e["s"]), Role(e["r"]), e["c"], MessageStatus(e["st"]), int(e.get("t", 0))
+            )
             for e in d.get("context") or ()
         ],
+        summary=Summary(s["text"], int(s["through"]), s.get("model", ""), s.get("time"))
+        if (s := d.get("summary"))
+        else None,
     )
 
 
@@ -125,6 +136,19 @@ class MongoThreadStore:
                     "context": [_entry_doc(e) for e in context],
                     "message_count": message_count,
                     "update_time": update_time,
+                }
+            },
+        )
+
+    async def save_summary(
+        self, thread_id: str, summary: Summary, context: Sequence[ContextEntry]
+    ) -> None:
+        await self._c.update_one(
+            {"_id": thread_id},
+            {
+                "$set": {
+                    "summary": _summary_doc(summary),
+                    "context": [_entry_doc(e) for e in context],
                 }
             },
         )

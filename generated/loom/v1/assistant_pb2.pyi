@@ -9,6 +9,7 @@ from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from generated.loom.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
@@ -20,6 +21,36 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ContextStrategy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ContextStrategyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ContextStrategy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CONTEXT_STRATEGY_UNSPECIFIED: _ContextStrategy.ValueType  # 0
+    """Not set: SUMMARIZE."""
+    CONTEXT_STRATEGY_SUMMARIZE: _ContextStrategy.ValueType  # 1
+    """Older messages are folded into a rolling summary, written in the
+    background ahead of need; the most recent messages stay verbatim.
+    """
+    CONTEXT_STRATEGY_TRUNCATE: _ContextStrategy.ValueType  # 2
+    """The oldest messages are left out of the prompt; nothing is summarised."""
+
+class ContextStrategy(_ContextStrategy, metaclass=_ContextStrategyEnumTypeWrapper):
+    """ContextStrategy says how a long thread is fitted into the model's context
+    window. The full history is always kept; only the prompt is compacted.
+    """
+
+CONTEXT_STRATEGY_UNSPECIFIED: ContextStrategy.ValueType  # 0
+"""Not set: SUMMARIZE."""
+CONTEXT_STRATEGY_SUMMARIZE: ContextStrategy.ValueType  # 1
+"""Older messages are folded into a rolling summary, written in the
+background ahead of need; the most recent messages stay verbatim.
+"""
+CONTEXT_STRATEGY_TRUNCATE: ContextStrategy.ValueType  # 2
+"""The oldest messages are left out of the prompt; nothing is summarised."""
+Global___ContextStrategy: _TypeAlias = ContextStrategy  # noqa: Y015
 
 @_typing.final
 class Assistant(_message.Message):
@@ -57,6 +88,8 @@ class Assistant(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    CONTEXT_WINDOW_FIELD_NUMBER: _builtins.int
+    CONTEXT_STRATEGY_FIELD_NUMBER: _builtins.int
     assistant_id: _builtins.str
     """Output only. Server-assigned id, e.g. `asst_6650c3b2e1f4a9d0c1b2a3f4`."""
     name: _builtins.str
@@ -73,6 +106,14 @@ class Assistant(_message.Message):
     """Default memory mode for messages that do not set one. UNSPECIFIED is
     stored as OFF.
     """
+    context_window: _builtins.int
+    """The model's context window in tokens, overriding Loom's registry of
+    known models and `LOOM_CONTEXT_WINDOW`; 0 means not set.
+    """
+    context_strategy: Global___ContextStrategy.ValueType
+    """What happens when a thread outgrows the context window.
+    Fields 11 to 15 are kept free for tools and other profile settings.
+    """
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Caller-defined labels: at most 16 pairs, keys up to 64 characters, values
@@ -85,9 +126,7 @@ class Assistant(_message.Message):
 
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp:
-        """Output only. When the assistant was last changed.
-        Fields 9 to 15 are kept free for tools and other profile settings.
-        """
+        """Output only. When the assistant was last changed."""
 
     def __init__(
         self,
@@ -100,10 +139,12 @@ class Assistant(_message.Message):
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        context_window: _builtins.int = ...,
+        context_strategy: Global___ContextStrategy.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_id", b"assistant_id", "create_time", b"create_time", "instructions", b"instructions", "memory_mode", b"memory_mode", "metadata", b"metadata", "model", b"model", "name", b"name", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_id", b"assistant_id", "context_strategy", b"context_strategy", "context_window", b"context_window", "create_time", b"create_time", "instructions", b"instructions", "memory_mode", b"memory_mode", "metadata", b"metadata", "model", b"model", "name", b"name", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -276,8 +317,8 @@ class UpdateAssistantRequest(_message.Message):
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
         """Fields to change: any of `name`, `instructions`, `model`, `memory_mode`,
-        `metadata`, or `*` for all of them. Empty means every field that is set
-        in `assistant`.
+        `metadata`, `context_window`, `context_strategy`, or `*` for all of them.
+        Empty means every field that is set in `assistant`.
         """
 
     def __init__(

@@ -126,6 +126,7 @@ class Thread(_message.Message):
     MESSAGE_COUNT_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
     thread_id: _builtins.str
     """Output only. Server-assigned id, e.g. `thread_6650c3b2e1f4a9d0c1b2a3f4`."""
     assistant_id: _builtins.str
@@ -150,6 +151,12 @@ class Thread(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """Output only. When the thread last changed (a message was added)."""
 
+    @_builtins.property
+    def summary(self) -> Global___ThreadSummary:
+        """Output only. The rolling summary of the thread's older messages, if it
+        has grown long enough to need one.
+        """
+
     def __init__(
         self,
         *,
@@ -160,14 +167,55 @@ class Thread(_message.Message):
         message_count: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        summary: Global___ThreadSummary | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "summary", b"summary", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_id", b"assistant_id", "create_time", b"create_time", "message_count", b"message_count", "metadata", b"metadata", "thread_id", b"thread_id", "update_time", b"update_time", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_id", b"assistant_id", "create_time", b"create_time", "message_count", b"message_count", "metadata", b"metadata", "summary", b"summary", "thread_id", b"thread_id", "update_time", b"update_time", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Thread: _TypeAlias = Thread  # noqa: Y015
+
+@_typing.final
+class ThreadSummary(_message.Message):
+    """ThreadSummary is the rolling summary that stands in for a thread's older
+    messages in prompts. The messages themselves stay stored.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    THROUGH_SEQUENCE_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    """The summary text."""
+    through_sequence: _builtins.int
+    """The summary covers the messages with `sequence` up to and including
+    this one.
+    """
+    model: _builtins.str
+    """The model that wrote it."""
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was last extended."""
+
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+        through_sequence: _builtins.int = ...,
+        model: _builtins.str = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "text", b"text", "through_sequence", b"through_sequence", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ThreadSummary: _TypeAlias = ThreadSummary  # noqa: Y015
 
 @_typing.final
 class Message(_message.Message):
