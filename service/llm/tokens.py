@@ -11,6 +11,7 @@ the average must still fit.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections import deque
@@ -42,8 +43,17 @@ class TokenBudgets:
         self._lock = threading.Lock()
 
     def count(self, text: str) -> int:
-        """Tokens of ``text`` in the base encoding."""
-        return len(self._encoding.encode_ordinary(text)) if text else 0
+        """Tokens of ``text`` in the base encoding. Long texts that recur on
+        every request (instructions, summaries) are counted once."""
+        if not text:
+            return 0
+        if len(text) < 256:
+            return len(self._encoding.encode_ordinary(text))
+        return self._count_long(text)
+
+    @functools.lru_cache(maxsize=2048)  # noqa: B019 - one instance per process
+    def _count_long(self, text: str) -> int:
+        return len(self._encoding.encode_ordinary(text))
 
     def message_overhead(self) -> int:
         """Tokens each chat message costs beyond its text."""

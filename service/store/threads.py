@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -17,8 +18,27 @@ __all__ = ["MongoThreadStore"]
 Doc = dict[str, Any]
 
 
-def _entry_doc(e: ContextEntry) -> Doc:
-    return {"s": e.sequence, "r": e.role.value, "c": e.content, "st": e.status.value, "t": e.tokens}
+def _context_blob(entries: Sequence[ContextEntry]) -> str:
+    """The context cache as one JSON string: it is never queried, only read
+    whole, and one string is far cheaper than hundreds of sub-documents for
+    FerretDB to convert (about 12 ms for 200 entries) and smaller in BSON."""
+    return json.dumps(
+        [[e.sequence, e.role.value, e.content, e.status.value, e.tokens] for e in entries],
+        separators=(",", ":"),
+    )
+
+
+def _context_from_blob(blob: str | None) -> list[ContextEntry]:
+    if not blob:
+        return []
+    return [
+        ContextEntry(int(s), _ROLES[r], c, _STATUSES[st], int(t))
+        for s, r, c, st, t in json.loads(blob)
+    ]
+
+
+_ROLES = {r.value: r for r in Role}
+_STATUSES = {s.value: s for s in MessageStatus}
 
 
 def _summary_doc(s: Summary | None) -> Doc | None:
@@ -37,12 +57,7 @@ def _from_doc(d: Doc) -> Thread:
         message_count=int(d.get("message_count", 0)),
         create_time=d.get("create_time"),
         update_time=d.get("update_time"),
-        context=[
-            ContextEntry(
-                int(e["s"]), Role(e["r"]), e["c"], MessageStatus(e["st"]), int(e.get("t", 0))
-            )
-            for e in d.get("context") or ()
-        ],
+        context=_context_from_blob(d.get("context")),
         summary=Summary(s["text"], int(s["through"]), s.get("model", ""), s.get("time"))
         if (s := d.get("summary"))
         else None,
@@ -71,7 +86,7 @@ class MongoThreadStore:
                 "message_count": 0,
                 "create_time": thread.create_time,
                 "update_time": thread.update_time,
-                "context": [],
+                "context": "",
             }
         )
 
@@ -133,7 +148,7 @@ class MongoThreadStore:
             {"_id": thread_id},
             {
                 "$set": {
-                    "context": [_entry_doc(e) for e in context],
+                    "context": _context_blob(context),
                     "message_count": message_count,
                     "update_time": update_time,
                 }
@@ -148,7 +163,7 @@ class MongoThreadStore:
             {
                 "$set": {
                     "summary": _summary_doc(summary),
-                    "context": [_entry_doc(e) for e in context],
+                    "context": _context_blob(context),
                 }
             },
         )
