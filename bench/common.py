@@ -9,6 +9,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,6 +18,10 @@ from tests.support.ferretdb import FerretDB, free_port
 __all__ = ["FerretDB", "Process", "machine", "pct", "start_loom", "start_model"]
 
 REPO = Path(__file__).resolve().parents[1]
+# Chroma's default embedding model, shipped beside the repository for offline use.
+MODEL_DIR = Path(
+    os.environ.get("LOOM_EMBEDDING_MODEL_DIR", REPO.parent / "shared/models/all-MiniLM-L6-v2/onnx")
+)
 
 
 def machine() -> str:
@@ -87,9 +92,7 @@ def _env(**extra: str) -> dict[str, str]:
 def start_model() -> Process:
     """The scripted OpenAI-compatible model in its own process."""
     port = free_port()
-    return Process(
-        [sys.executable, "-m", "tests.scripted_llm", "--port", str(port)], _env(), port
-    )
+    return Process([sys.executable, "-m", "tests.scripted_llm", "--port", str(port)], _env(), port)
 
 
 def start_loom(ferretdb: FerretDB, model: Process, db: str, **extra: str) -> Process:
@@ -103,6 +106,8 @@ def start_loom(ferretdb: FerretDB, model: Process, db: str, **extra: str) -> Pro
         LOOM_LLM_MODEL="scripted-model",
         LOOM_DEV_API_KEY="bench-key",
         LOOM_LOG_LEVEL="WARNING",
+        LOOM_DATA_DIR=tempfile.mkdtemp(prefix="loom-bench-data-"),
+        LOOM_EMBEDDING_MODEL_DIR=str(MODEL_DIR),
         **extra,
     )
     return Process([sys.executable, "-m", "service"], env, port)

@@ -41,6 +41,16 @@ class Settings(BaseSettings):
         None, ge=512, description="context window for every model, overriding the registry"
     )
     summary_model: str = Field("", description="model that writes thread summaries")
+    chroma_url: str | None = Field(
+        None, description="Chroma server (http://host:port); unset: embedded under data_dir"
+    )
+    embedding: str = Field("default", description="'default' (all-MiniLM-L6-v2) or openai:MODEL")
+    embedding_model_dir: Path | None = Field(
+        None, description="folder with all-MiniLM-L6-v2's model.onnx and tokenizer files"
+    )
+    memory_recall_limit: int = Field(8, ge=1, le=100)
+    memory_min_score: float = Field(0.05, ge=0, le=1)
+    memory_extraction_model: str = ""
     job_poll_seconds: float = Field(1.0, gt=0)
     job_max_attempts: int = Field(5, ge=1, le=100)
     job_retry_delay: float = Field(2.0, ge=0)
@@ -71,6 +81,22 @@ class Settings(BaseSettings):
         if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL, e.g. http://localhost:11434/v1")
         return value or None
+
+    @field_validator("chroma_url")
+    @classmethod
+    def _check_chroma(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL, e.g. http://127.0.0.1:8000")
+        return value or None
+
+    @field_validator("embedding")
+    @classmethod
+    def _check_embedding(cls, value: str) -> str:
+        if value != "default" and not (value.startswith("openai:") and len(value) > 7):
+            raise ValueError(
+                "must be 'default' or 'openai:MODEL', e.g. openai:text-embedding-3-small"
+            )
+        return value
 
     @field_validator("log_level")
     @classmethod

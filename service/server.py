@@ -13,10 +13,18 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from pymongo import errors as mongo_errors
 
-from generated.loom.v1 import assistant_pb2, assistant_pb2_grpc, thread_pb2, thread_pb2_grpc
+from generated.loom.v1 import (
+    assistant_pb2,
+    assistant_pb2_grpc,
+    memory_pb2,
+    memory_pb2_grpc,
+    thread_pb2,
+    thread_pb2_grpc,
+)
 from service.api import errors as api_errors
 from service.api.assistants import AssistantServicer
 from service.api.interceptor import LoomInterceptor
+from service.api.memory import MemoryServicer
 from service.api.threads import ThreadServicer
 from service.config import Settings
 from service.core.assistants import Assistants
@@ -30,6 +38,9 @@ from service.core.summaries import Summarizer
 from service.core.threads import Threads
 from service.llm import OpenAIChatModel
 from service.llm.tokens import TokenBudgets
+from service.memory.domain import AssistantMemory
+from service.memory.embeddings import EmbeddingError, embedder_from_settings
+from service.memory.index import open_index
 from service.store import MongoStore, connect
 
 __all__ = ["Loom", "build", "serve"]
@@ -73,7 +84,12 @@ class Loom:
         await self.threads.resume_deletes()
         await self.server.start()
         self.jobs.start()
-        for name in ("", "loom.v1.AssistantService", "loom.v1.ThreadService"):
+        for name in (
+            "",
+            "loom.v1.AssistantService",
+            "loom.v1.ThreadService",
+            "loom.v1.MemoryService",
+        ):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("loom listening on %s", self.settings.listen.rsplit(":", 1)[0] + f":{self.port}")
 
@@ -124,6 +140,29 @@ def build(settings: Settings) -> Loom:
         counter=counter,
         summary_model=settings.summary_model,
     )
+    embedder = embedder_from_settings(
+        settings.embedding,
+        str(settings.embedding_model_dir) if settings.embedding_model_dir else None,
+        openai_base_url=settings.llm_base_url,
+        openai_api_key=settings.llm_api_key.get_secret_value() if settings.llm_api_key else None,
+    )
+    index = open_index(
+        settings.data_dir, settings.chroma_url, embedder, versions=store.memory_versions
+    )
+    memory = AssistantMemory(
+        index=index,
+        jobs=jobs,
+        job_store=store.jobs,
+        assistants=assistants,
+        messages=store.messages,
+        llm=llm,
+        default_model=settings.llm_model,
+        extraction_model=settings.memory_extraction_model,
+        recall_limit=settings.memory_recall_limit,
+        recall_min_score=settings.memory_min_score,
+    )
+    assistants.use_memory(memory)
+    threads.use_memory(memory)
     conversation = Conversation(
         assistants=assistants,
         threads=threads,
@@ -135,6 +174,7 @@ def build(settings: Settings) -> Loom:
         context_chars=settings.context_cache_chars,
         counter=counter,
         summarizer=summarizer,
+        memory=memory,
         llm=llm,
         default_model=settings.llm_model,
         max_content=settings.max_message_chars,
@@ -148,6 +188,7 @@ def build(settings: Settings) -> Loom:
         ],
     )
     assistant_pb2_grpc.add_AssistantServiceServicer_to_server(AssistantServicer(assistants), server)
+    memory_pb2_grpc.add_MemoryServiceServicer_to_server(MemoryServicer(memory), server)
     thread_pb2_grpc.add_ThreadServiceServicer_to_server(
         ThreadServicer(threads, conversation), server
     )
@@ -157,6 +198,7 @@ def build(settings: Settings) -> Loom:
         (
             assistant_pb2.DESCRIPTOR.services_by_name["AssistantService"].full_name,
             thread_pb2.DESCRIPTOR.services_by_name["ThreadService"].full_name,
+            memory_pb2.DESCRIPTOR.services_by_name["MemoryService"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ),
@@ -186,7 +228,10 @@ def build(settings: Settings) -> Loom:
 
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
-    loom = build(settings)
+    try:
+        loom = build(settings)
+    except EmbeddingError as exc:
+        raise SystemExit(f"loom: the memory embedding model is unavailable: {exc}") from None
     try:
         await loom.store.ping()
     except mongo_errors.PyMongoError as exc:

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -23,6 +25,11 @@ from tests.support.ferretdb import FerretDB
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 DEV_KEY = "loom-test-dev-key"
+REPO = Path(__file__).resolve().parents[1]
+# Chroma's default embedding model, shipped beside the repository for offline use.
+MODEL_DIR = Path(
+    os.environ.get("LOOM_EMBEDDING_MODEL_DIR", REPO.parent / "shared/models/all-MiniLM-L6-v2/onnx")
+)
 
 
 def make_settings(ferretdb: FerretDB, llm: ScriptedLLM | None, **overrides: Any) -> Settings:
@@ -43,6 +50,8 @@ def make_settings(ferretdb: FerretDB, llm: ScriptedLLM | None, **overrides: Any)
         "job_poll_seconds": 0.05,
         "job_retry_delay": 0.05,
         "job_lease_seconds": 2.0,
+        "embedding_model_dir": str(MODEL_DIR),
+        "data_dir": tempfile.mkdtemp(prefix="loom-data-"),
     }
     values.update(overrides)
     return Settings(**values)

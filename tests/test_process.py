@@ -9,6 +9,7 @@ import json
 import re
 import signal
 import socket
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from generated.loom.v1 import assistant_pb2, assistant_pb2_grpc, thread_pb2, thread_pb2_grpc
+from tests.conftest import MODEL_DIR
 from tests.scripted_llm import Reply, ScriptedLLM
 from tests.support.ferretdb import FerretDB, free_port
 from tests.support.process import (
@@ -51,7 +53,9 @@ def db_name() -> str:
 def env_for(ferretdb: FerretDB, llm: ScriptedLLM, db_name: str) -> Callable[..., dict[str, str]]:
     """Builds the environment of a Loom process: a new free port each time,
     this test's database, the scripted model; keyword arguments override (None
-    removes a variable)."""
+    removes a variable). Processes of one test share a data folder (Chroma's
+    files), as replicas of one deployment would share a Chroma server."""
+    data_dir = tempfile.mkdtemp(prefix="loom-process-data-")
 
     def build(**overrides: str | None) -> dict[str, str]:
         values: dict[str, str | None] = {
@@ -63,6 +67,8 @@ def env_for(ferretdb: FerretDB, llm: ScriptedLLM, db_name: str) -> Callable[...,
             "LOOM_LLM_MODEL": MODEL,
             "LOOM_LLM_TIMEOUT": "10",
             "LOOM_LLM_RETRY_DELAY": "0.01",
+            "LOOM_DATA_DIR": data_dir,
+            "LOOM_EMBEDDING_MODEL_DIR": str(MODEL_DIR),
         }
         values.update(overrides)
         return clean_env(**values)

@@ -15,6 +15,7 @@ from service.store.leases import MongoLeaseStore
 from service.store.messages import MongoMessageStore
 from service.store.requests import MongoRequestStore
 from service.store.threads import MongoThreadStore
+from service.store.versions import MongoMemoryVersions
 
 __all__ = ["MongoStore", "connect"]
 
@@ -56,6 +57,7 @@ class MongoStore:
     requests: MongoRequestStore
     keys: MongoApiKeyStore
     jobs: MongoJobStore
+    memory_versions: MongoMemoryVersions
 
     async def ensure_indexes(self) -> None:
         """Create the indexes (idempotent)."""
@@ -98,4 +100,5 @@ def connect(uri: str, database: str, *, timeout_ms: int = 5000) -> MongoStore:
         requests=MongoRequestStore(db["requests"]),
         keys=MongoApiKeyStore(db["api_keys"]),
         jobs=MongoJobStore(db["jobs"]),
+        memory_versions=MongoMemoryVersions(db["memory_versions"]),
     )

@@ -1,0 +1,144 @@
+"""MemoryService: protobuf in, domain calls, protobuf out."""
+
+from __future__ import annotations
+
+from typing import Any, TypeAlias
+
+from grpc import aio
+
+from generated.loom.v1 import memory_pb2, memory_pb2_grpc
+from service.api.context import tenant
+from service.api.convert import timestamp
+from service.core.ports import Job, JobState
+from service.memory.domain import AssistantMemory, MemoryDraft
+from service.memory.index import MemoryRecord
+
+__all__ = ["MemoryServicer", "memory_to_pb"]
+
+Context: TypeAlias = aio.ServicerContext[Any, Any]
+
+_KINDS = {
+    "episodic": memory_pb2.MEMORY_KIND_EPISODIC,
+    "fact": memory_pb2.MEMORY_KIND_FACT,
+    "manual": memory_pb2.MEMORY_KIND_MANUAL,
+}
+_STATES = {
+    JobState.PENDING: memory_pb2.MemoryOperation.STATE_PENDING,
+    JobState.RUNNING: memory_pb2.MemoryOperation.STATE_RUNNING,
+    JobState.SUCCEEDED: memory_pb2.MemoryOperation.STATE_SUCCEEDED,
+    JobState.FAILED: memory_pb2.MemoryOperation.STATE_FAILED,
+}
+
+
+def memory_to_pb(r: MemoryRecord) -> memory_pb2.Memory:
+    """A memory as the API shows it."""
+    return memory_pb2.Memory(
+        memory_id=r.memory_id,
+        assistant_id=r.assistant_id,
+        user_id=r.user_id,
+        content=r.text,
+        kind=_KINDS.get(r.kind, memory_pb2.MEMORY_KIND_UNSPECIFIED),
+        source_thread_id=r.source_thread_id,
+        source_message_id=r.source_message_id,
+        metadata=r.metadata,
+        create_time=timestamp(r.create_time),
+        update_time=timestamp(r.update_time),
+    )
+
+
+def _operation_to_pb(job: Job) -> memory_pb2.MemoryOperation:
+    return memory_pb2.MemoryOperation(
+        operation_id=job.job_id,
+        state=_STATES[job.state],
+        thread_id=str(job.payload.get("thread_id", "")),
+        message_id=str(job.payload.get("reply_message_id", "")),
+        attempts=job.attempts,
+        added_memory_ids=list(job.result.get("added", [])),
+        updated_memory_ids=list(job.result.get("updated", [])),
+        deleted_memory_ids=list(job.result.get("deleted", [])),
+        error=job.error,
+        create_time=timestamp(job.create_time),
+        update_time=timestamp(job.update_time),
+    )
+
+
+class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
+    """Translates MemoryService calls to ``AssistantMemory``."""
+
+    def __init__(self, memory: AssistantMemory) -> None:
+        self._memory = memory
+
+    async def CreateMemory(
+        self, request: memory_pb2.CreateMemoryRequest, context: Context
+    ) -> memory_pb2.CreateMemoryResponse:
+        m = request.memory
+        record = await self._memory.create(
+            tenant(), m.assistant_id, MemoryDraft(m.content, m.user_id, dict(m.metadata))
+        )
+        return memory_pb2.CreateMemoryResponse(memory=memory_to_pb(record))
+
+    async def GetMemory(
+        self, request: memory_pb2.GetMemoryRequest, context: Context
+    ) -> memory_pb2.GetMemoryResponse:
+        record = await self._memory.get(tenant(), request.assistant_id, request.memory_id)
+        return memory_pb2.GetMemoryResponse(memory=memory_to_pb(record))
+
+    async def ListMemories(
+        self, request: memory_pb2.ListMemoriesRequest, context: Context
+    ) -> memory_pb2.ListMemoriesResponse:
+        page = await self._memory.list_page(
+            tenant(),
+            request.assistant_id,
+            request.user_id,
+            request.assistant_wide_only,
+            request.page_size,
+            request.page_token,
+        )
+        return memory_pb2.ListMemoriesResponse(
+            memories=[memory_to_pb(r) for r in page.items], next_page_token=page.next_page_token
+        )
+
+    async def SearchMemories(
+        self, request: memory_pb2.SearchMemoriesRequest, context: Context
+    ) -> memory_pb2.SearchMemoriesResponse:
+        hits = await self._memory.search(
+            tenant(),
+            request.assistant_id,
+            request.query,
+            request.user_id,
+            request.limit,
+            request.min_score,
+        )
+        return memory_pb2.SearchMemoriesResponse(
+            results=[
+                memory_pb2.ScoredMemory(memory=memory_to_pb(h.record), score=h.score) for h in hits
+            ]
+        )
+
+    async def UpdateMemory(
+        self, request: memory_pb2.UpdateMemoryRequest, context: Context
+    ) -> memory_pb2.UpdateMemoryResponse:
+        m = request.memory
+        paths = list(request.update_mask.paths) or [
+            f.name for f, _ in m.ListFields() if f.name in ("content", "metadata")
+        ]
+        record = await self._memory.update(
+            tenant(),
+            m.assistant_id,
+            m.memory_id,
+            MemoryDraft(m.content, m.user_id, dict(m.metadata)),
+            paths,
+        )
+        return memory_pb2.UpdateMemoryResponse(memory=memory_to_pb(record))
+
+    async def DeleteMemory(
+        self, request: memory_pb2.DeleteMemoryRequest, context: Context
+    ) -> memory_pb2.DeleteMemoryResponse:
+        await self._memory.delete(tenant(), request.assistant_id, request.memory_id)
+        return memory_pb2.DeleteMemoryResponse()
+
+    async def GetMemoryOperation(
+        self, request: memory_pb2.GetMemoryOperationRequest, context: Context
+    ) -> memory_pb2.GetMemoryOperationResponse:
+        job = await self._memory.operation(tenant(), request.operation_id)
+        return memory_pb2.GetMemoryOperationResponse(operation=_operation_to_pb(job))

@@ -1,0 +1,116 @@
+"""Exact cosine search over one collection's vectors, in this process.
+
+Why not Chroma's HNSW in the search path: in Chroma 1.5.9 any ``where``
+filter makes a query scan the collection's metadata (about 30-50 ms with
+10,000 records on 2 cores, against 1-4 ms without a filter), and a user's
+scope needs a filter. A matrix product over the cached vectors of the
+collection is exact, takes about a millisecond for 10,000 vectors of 384
+dimensions, and applies the scope as a mask. Chroma stays the store every
+replica shares and the source this cache is built from.
+
+Not thread-safe: the owner serialises calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["VectorSet"]
+
+
+class VectorSet:
+    """Unit vectors by document id, each with a scope string; removal leaves
+    a tombstone, compacted once tombstones are half the slots."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self._slot_of: dict[str, int] = {}
+        self._ids: list[str] = []
+        self._vectors = np.zeros((64, dim), dtype=np.float32)
+        self._alive = np.zeros(64, dtype=bool)
+        self._scope = np.zeros(64, dtype=np.int32)
+        self._scope_codes: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._slot_of)
+
+    def add(self, doc_id: str, vector: npt.NDArray[np.float32], scope: str) -> None:
+        """Store a vector, replacing any with the same id."""
+        slot = self._slot_of.get(doc_id)
+        if slot is None:
+            slot = len(self._ids)
+            self._grow(slot + 1)
+            self._ids.append(doc_id)
+            self._slot_of[doc_id] = slot
+        self._vectors[slot] = vector
+        self._alive[slot] = True
+        code = self._scope_codes.setdefault(scope, len(self._scope_codes))
+        self._scope[slot] = code
+
+    def add_many(self, items: Iterable[tuple[str, npt.NDArray[np.float32], str]]) -> None:
+        for doc_id, vector, scope in items:
+            self.add(doc_id, vector, scope)
+
+    def remove(self, doc_id: str) -> bool:
+        slot = self._slot_of.pop(doc_id, None)
+        if slot is None:
+            return False
+        self._alive[slot] = False
+        if len(self._ids) > 1024 and len(self._slot_of) * 2 < len(self._ids):
+            self._compact()
+        return True
+
+    def search(
+        self, query: npt.NDArray[np.float32], scopes: Collection[str], limit: int
+    ) -> list[tuple[str, float]]:
+        """The ``limit`` nearest vectors of those scopes: (id, cosine), nearest first."""
+        size = len(self._ids)
+        codes = [self._scope_codes[s] for s in scopes if s in self._scope_codes]
+        if size == 0 or not codes or limit <= 0:
+            return []
+        mask = self._alive[:size] & np.isin(self._scope[:size], np.asarray(codes, np.int32))
+        candidates = np.flatnonzero(mask)
+        if len(candidates) == 0:
+            return []
+        sims = self._vectors[candidates] @ query
+        n = min(limit, len(candidates))
+        top = np.argpartition(-sims, n - 1)[:n] if n < len(sims) else np.arange(len(sims))
+        top = top[np.argsort(-sims[top], kind="stable")]
+        return [(self._ids[candidates[i]], float(sims[i])) for i in top]
+
+    def cosine(self, query: npt.NDArray[np.float32], doc_ids: Iterable[str]) -> dict[str, float]:
+        """Cosine of ``query`` with each stored id; unknown ids are left out."""
+        pairs = [(d, self._slot_of[d]) for d in doc_ids if d in self._slot_of]
+        if not pairs:
+            return {}
+        sims = self._vectors[[s for _, s in pairs]] @ query
+        return {d: float(v) for (d, _), v in zip(pairs, sims, strict=True)}
+
+    def _grow(self, size: int) -> None:
+        if size <= len(self._alive):
+            return
+        capacity = max(size, len(self._alive) * 2)
+        vectors = np.zeros((capacity, self.dim), dtype=np.float32)
+        vectors[: len(self._vectors)] = self._vectors
+        self._vectors = vectors
+        for name in ("_alive", "_scope"):
+            old = getattr(self, name)
+            new = np.zeros(capacity, dtype=old.dtype)
+            new[: len(old)] = old
+            setattr(self, name, new)
+
+    def _compact(self) -> None:
+        live = [s for s in range(len(self._ids)) if self._alive[s]]
+        self._ids = [self._ids[s] for s in live]
+        self._slot_of = {d: i for i, d in enumerate(self._ids)}
+        capacity = max(64, len(live) * 2)
+        vectors = np.zeros((capacity, self.dim), dtype=np.float32)
+        vectors[: len(live)] = self._vectors[live]
+        scope = np.zeros(capacity, dtype=np.int32)
+        scope[: len(live)] = self._scope[live]
+        alive = np.zeros(capacity, dtype=bool)
+        alive[: len(live)] = True
+        self._vectors, self._scope, self._alive = vectors, scope, alive

@@ -1,0 +1,979 @@
+"""The memory index: an assistant's memories in Chroma, found by hybrid
+(dense + BM25) search within a user's scope.
+
+Layout. One Chroma collection per (tenant, assistant), named
+``loom-mem-`` + the first 40 hex digits of sha256(tenant, assistant id), so
+any id is a valid name, two tenants never share a collection, and dropping
+an assistant is one ``delete_collection``. Cosine space
+(``configuration={"hnsw": {"space": "cosine"}}``, what 1.5.9 reads; the
+``hnsw:space`` metadata key is the legacy form). The collection's metadata
+records ``tenant``, ``assistant_id``, ``embedding_model``,
+``embedding_dim`` and ``loom_version`` (a write counter). Each memory is one
+record: id = memory id, document = text, embedding = given by Loom (Chroma
+never embeds: ``embedding_function=None``), metadata = ``tenant``,
+``assistant_id``, ``user_id``, ``kind``, ``source_thread_id``,
+``source_message_id``, ``context``, ``create_us``/``update_us`` (UTC
+microseconds) and the caller's metadata under ``m.<key>``. Every read and
+write filters on ``tenant`` and ``assistant_id`` as well, though the
+collection already implies them.
+
+Vector spaces. A collection keeps the model it was built with; searching or
+writing it with another embedder raises ``EmbeddingMismatch`` (run
+``python -m service memory reindex``, which calls ``reindex_all``). Reads
+that need no vectors (get, list, delete) still work.
+
+Hybrid search. Chroma gives the ``candidates`` nearest records in scope, the
+in-process BM25 index (``lexical.py``; Chroma 1.5.9 has no local sparse
+index) gives its ``candidates`` best; every candidate gets both signals
+exactly (the cosine of a lexical-only candidate from its stored vector, the
+BM25 of a dense-only one from the index) and the score
+
+    score = dense_weight * max(cosine, 0) + (1 - dense_weight) * bm25 / bm25_max(query)
+
+where ``bm25_max`` is the most the query could score (every term,
+saturated). Both parts are absolute, so ``min_score`` is a relevance floor
+that means the same for every query (reciprocal rank fusion gives the top
+hit the same score however poor it is, and ranked worse on LoCoMo: see
+docs/benchmarks.md). The records returned always come from Chroma in the
+same call, so a memory deleted or moved out of scope is never returned, even
+by a lexical index that has not seen the change yet.
+
+Freshness of the lexical index across replicas. Each process builds a
+collection's BM25 index from Chroma on first use and applies its own writes
+to it. Every write bumps the collection's version (``VersionSource``; by
+default ``loom_version`` in the collection metadata, a read-modify-write that
+two replicas writing at the same instant can both miss); a search that sees
+another version than its index rebuilds it, and no index is used longer than
+``lexical_max_age`` seconds. Back ``VersionSource`` with an atomic counter
+(MongoDB ``$inc``) to make the check exact.
+
+Threads. Chroma's client is synchronous: every call runs in a worker thread
+(``asyncio.to_thread``), for the embedded ``PersistentClient`` and the
+``HttpClient`` alike (one code path; the HTTP client pools connections).
+
+Errors: ``EmbeddingMismatch`` (FAILED_PRECONDITION), ``Unavailable`` when
+the Chroma server cannot be reached, ``ValueError`` for a bad argument
+(unknown mode, ``delete_where`` without a filter).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import hashlib
+import logging
+import re
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from service.core.errors import FailedPrecondition, Unavailable
+from service.memory.dense import VectorSet
+from service.memory.embeddings import Embedder, Vectors
+from service.memory.lexical import BM25Index
+
+__all__ = [
+    "MODES",
+    "ChromaMemoryIndex",
+    "EmbeddingMismatch",
+    "MemoryHit",
+    "MemoryIndex",
+    "MemoryRecord",
+    "SearchTuning",
+    "VersionSource",
+    "collection_name",
+    "open_index",
+    "reindex_all",
+]
+
+log = logging.getLogger(__name__)
+
+MODES = ("hybrid", "dense", "lexical")
+COLLECTION_PREFIX = "loom-mem-"
+_META_PREFIX = "m."
+_RESERVED = frozenset(
+    {
+        "tenant",
+        "assistant_id",
+        "user_id",
+        "kind",
+        "source_thread_id",
+        "source_message_id",
+        "context",
+        "create_us",
+        "update_us",
+    }
+)
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryRecord:
+    """One memory as stored.
+
+    ``context`` is text indexed with the memory to help find it but never
+    part of it (for an episodic message: the turns around it); search
+    returns it on the record but callers inject ``text`` only.
+    """
+
+    memory_id: str
+    tenant: str
+    assistant_id: str
+    user_id: str  # "" = assistant-wide
+    text: str
+    kind: str  # "episodic" or "fact"
+    source_thread_id: str = ""
+    source_message_id: str = ""
+    create_time: datetime | None = None
+    update_time: datetime | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    context: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryHit:
+    """A memory found by a search, with the signals that ranked it."""
+
+    record: MemoryRecord
+    score: float  # the ranking score, higher is better (see the module docstring)
+    dense: float | None  # cosine similarity (None in lexical mode)
+    lexical: float | None  # raw BM25 when the query shares a term with it, else None
+
+
+class MemoryIndex(Protocol):
+    """What the memory domain needs from the index; every call is scoped to
+    one tenant and assistant."""
+
+    async def upsert(self, records: Sequence[MemoryRecord]) -> None:
+        """Add or replace records by memory id (re-embedding them)."""
+
+    async def get(self, tenant: str, assistant_id: str, memory_id: str) -> MemoryRecord | None:
+        """The record, or None."""
+
+    async def list(
+        self, tenant: str, assistant_id: str, user_id: str | None, limit: int, offset: int
+    ) -> builtins.list[MemoryRecord]:
+        """A page in (create_time, memory_id) order; user_id None = every
+        user, "" = assistant-wide only, else that user's only."""
+
+    async def delete(self, tenant: str, assistant_id: str, memory_ids: Sequence[str]) -> int:
+        """Delete those records; how many existed."""
+
+    async def delete_where(
+        self,
+        tenant: str,
+        assistant_id: str,
+        *,
+        user_id: str | None = None,
+        source_thread_id: str | None = None,
+    ) -> int:
+        """Delete every record matching all the given filters (at least one)."""
+
+    async def drop_assistant(self, tenant: str, assistant_id: str) -> None:
+        """Delete every record of the assistant."""
+
+    async def search(
+        self,
+        tenant: str,
+        assistant_id: str,
+        query: str,
+        *,
+        user_id: str,
+        limit: int,
+        min_score: float = 0.0,
+        mode: str = "hybrid",
+    ) -> builtins.list[MemoryHit]:
+        """The best ``limit`` memories of ``user_id`` and assistant-wide ones
+        (only assistant-wide ones when user_id is "") scoring at least
+        ``min_score``, best first."""
+
+    async def nearest(
+        self, tenant: str, assistant_id: str, user_id: str, text: str, k: int
+    ) -> builtins.list[MemoryHit]:
+        """The ``k`` memories of exactly ``user_id`` nearest to ``text`` by cosine."""
+
+    async def count(self, tenant: str, assistant_id: str) -> int:
+        """How many memories the assistant has."""
+
+
+class VersionSource(Protocol):
+    """A write counter per (tenant, assistant), shared by every replica."""
+
+    async def current(self, tenant: str, assistant_id: str) -> int:
+        """The counter (0 before any write)."""
+
+    async def bump(self, tenant: str, assistant_id: str) -> int:
+        """Add one and return the new value."""
+
+
+class EmbeddingMismatch(FailedPrecondition):
+    """The assistant's memories were embedded by another model."""
+
+    reason = "EMBEDDING_MODEL_MISMATCH"
+
+    def __init__(self, tenant: str, assistant_id: str, stored: str, configured: str) -> None:
+        super().__init__(
+            f"the memories of assistant {assistant_id!r} were embedded with {stored!r} but "
+            f"Loom is configured with {configured!r}; run `python -m service memory reindex` "
+            "to re-embed them (or configure the previous model again)",
+            metadata={"assistant_id": assistant_id, "stored": stored, "configured": configured},
+        )
+        self.tenant = tenant
+
+
+@dataclass(frozen=True, slots=True)
+class SearchTuning:
+    """Ranking parameters; the defaults were chosen on LoCoMo conversations
+    1-2 (docs/benchmarks.md)."""
+
+    dense_weight: float = 0.3
+    candidates: int = 50  # from each side before fusion
+    k1: float = 1.2
+    b: float = 0.5
+    context_weight: float = 0.2  # BM25: a context word counts this much of a text word
+    dedupe_text: bool = True  # hits with the same text (case, spaces aside) collapse
+    fusion: str = "linear"  # or "rrf": reciprocal rank fusion, sum of 1 / (rrf_k + rank)
+    rrf_k: int = 60
+
+
+def collection_name(tenant: str, assistant_id: str) -> str:
+    """The Chroma collection of an assistant's memories."""
+    digest = hashlib.sha256(f"{tenant}\x1f{assistant_id}".encode()).hexdigest()[:40]
+    return COLLECTION_PREFIX + digest
+
+
+def _micros(moment: datetime | None) -> int | None:
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return round(moment.timestamp() * 1_000_000)
+
+
+def _moment(value: Any) -> datetime | None:
+    if not isinstance(value, int | float):
+        return None
+    return datetime.fromtimestamp(value / 1_000_000, tz=UTC)
+
+
+def _to_metadata(record: MemoryRecord) -> dict[str, str | int]:
+    meta: dict[str, str | int] = {
+        _META_PREFIX + key: value for key, value in record.metadata.items()
+    }
+    meta.update(
+        tenant=record.tenant,
+        assistant_id=record.assistant_id,
+        user_id=record.user_id,
+        kind=record.kind,
+        source_thread_id=record.source_thread_id,
+        source_message_id=record.source_message_id,
+        context=record.context,
+    )
+    for key, moment in (("create_us", record.create_time), ("update_us", record.update_time)):
+        micros = _micros(moment)
+        if micros is not None:
+            meta[key] = micros
+    return meta
+
+
+def _to_record(memory_id: str, document: str | None, meta: Any) -> MemoryRecord:
+    meta = dict(meta or {})
+    return MemoryRecord(
+        memory_id=memory_id,
+        tenant=str(meta.get("tenant", "")),
+        assistant_id=str(meta.get("assistant_id", "")),
+        user_id=str(meta.get("user_id", "")),
+        text=document or "",
+        kind=str(meta.get("kind", "")),
+        source_thread_id=str(meta.get("source_thread_id", "")),
+        source_message_id=str(meta.get("source_message_id", "")),
+        create_time=_moment(meta.get("create_us")),
+        update_time=_moment(meta.get("update_us")),
+        metadata={
+            key[len(_META_PREFIX) :]: str(value)
+            for key, value in meta.items()
+            if key.startswith(_META_PREFIX)
+        },
+        context=str(meta.get("context", "")),
+    )
+
+
+def _where(tenant: str, assistant_id: str, **equal: Any) -> dict[str, Any]:
+    clauses: builtins.list[dict[str, Any]] = [{"tenant": tenant}, {"assistant_id": assistant_id}]
+    clauses += [{key: value} for key, value in equal.items() if value is not None]
+    return {"$and": clauses}
+
+
+def _scopes(user_id: str) -> builtins.list[str]:
+    return [""] if user_id == "" else [user_id, ""]
+
+
+def _belongs(meta: Any, tenant: str, assistant_id: str) -> bool:
+    """Whether a record's metadata says it is of that tenant and assistant."""
+    return bool(meta) and meta.get("tenant") == tenant and meta.get("assistant_id") == assistant_id
+
+
+def _text_key(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+@dataclass(slots=True)
+class _Cache:
+    """One collection's memories as this process searches them: the BM25
+    index and the vectors, built from Chroma and kept up to date."""
+
+    lexical: BM25Index
+    vectors: VectorSet
+    collection_id: str
+    version: int
+    built: float  # monotonic time of the last full build
+    refreshed_us: int  # wall clock (UTC microseconds) when the last build or refresh began
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def put(self, memory_id: str, meta: Any, text: str, vector: Any) -> None:
+        user_id = str(meta.get("user_id", ""))
+        self.lexical.add(memory_id, text, user_id, str(meta.get("context", "")))
+        self.vectors.add(memory_id, np.asarray(vector, dtype=np.float32), user_id)
+
+    def drop(self, memory_id: str) -> None:
+        self.lexical.remove(memory_id)
+        self.vectors.remove(memory_id)
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+
+@dataclass(frozen=True, slots=True)
+class _Ranked:
+    memory_id: str
+    score: float
+    dense: float | None
+    lexical: float | None
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class ChromaMemoryIndex:
+    """``MemoryIndex`` over a chromadb client; see the module docstring.
+
+    ``max_cached_records`` bounds the memories held in this process's
+    search caches together (about 1.5 KB each with MiniLM's 384 dimensions,
+    plus the BM25 postings); the least recently searched collections are
+    dropped first and rebuilt from Chroma when searched again.
+    ``refresh_margin`` is how far back (seconds) a refresh after another
+    replica's write looks, to cover clocks that disagree and writes in flight.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        embedder: Embedder,
+        *,
+        tuning: SearchTuning | None = None,
+        versions: VersionSource | None = None,
+        cache_max_age: float = 300.0,
+        refresh_margin: float = 30.0,
+        max_cached_records: int = 500_000,
+    ) -> None:
+        self._client = client
+        self.embedder = embedder
+        self.tuning = tuning or SearchTuning()
+        self._versions = versions
+        self._max_age = cache_max_age
+        self._margin_us = int(refresh_margin * 1_000_000)
+        self._max_cached = max_cached_records
+        self._caches: OrderedDict[str, _Cache] = OrderedDict()
+        self._caches_lock = threading.Lock()
+        self._build_locks: dict[str, threading.Lock] = {}
+        self._batch = min(int(client.get_max_batch_size()), 1000)
+
+    @property
+    def client(self) -> Any:
+        """The chromadb client (for tools that share it)."""
+        return self._client
+
+    # -- collections ---------------------------------------------------------
+
+    async def _call(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """Run a Chroma call in a worker thread; a lost server becomes Unavailable."""
+        import httpx
+
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except (httpx.TransportError, ConnectionError) as exc:
+            raise Unavailable(
+                f"the memory store (Chroma) cannot be reached ({type(exc).__name__})"
+            ) from exc
+
+    def _get_collection(self, tenant: str, assistant_id: str) -> Any | None:
+        from chromadb.errors import NotFoundError
+
+        try:
+            return self._client.get_collection(collection_name(tenant, assistant_id))
+        except NotFoundError:
+            return None
+
+    def _create_collection(self, tenant: str, assistant_id: str, dim: int) -> Any:
+        return self._client.get_or_create_collection(
+            collection_name(tenant, assistant_id),
+            embedding_function=None,
+            configuration={"hnsw": {"space": "cosine"}},
+            metadata={
+                "tenant": tenant,
+                "assistant_id": assistant_id,
+                "embedding_model": self.embedder.model_name,
+                "embedding_dim": dim,
+                "loom_version": 0,
+            },
+        )
+
+    def _check_model(self, collection: Any, tenant: str, assistant_id: str) -> None:
+        stored = (collection.metadata or {}).get("embedding_model")
+        if stored is not None and stored != self.embedder.model_name:
+            raise EmbeddingMismatch(tenant, assistant_id, str(stored), self.embedder.model_name)
+
+    async def _version(self, collection: Any, tenant: str, assistant_id: str) -> int:
+        if self._versions is not None:
+            return await self._versions.current(tenant, assistant_id)
+        return int((collection.metadata or {}).get("loom_version", 0))
+
+    async def _bump(self, tenant: str, assistant_id: str) -> int:
+        if self._versions is not None:
+            return await self._versions.bump(tenant, assistant_id)
+        return await self._call(self._bump_metadata, tenant, assistant_id)
+
+    def _bump_metadata(self, tenant: str, assistant_id: str) -> int:
+        collection = self._get_collection(tenant, assistant_id)
+        if collection is None:
+            return 0
+        meta = dict(collection.metadata or {})
+        meta["loom_version"] = int(meta.get("loom_version", 0)) + 1
+        collection.modify(metadata=meta)
+        return int(meta["loom_version"])
+
+    async def _open(self, tenant: str, assistant_id: str) -> Any | None:
+        """The collection (fresh metadata), checked against the embedder."""
+        collection = await self._call(self._get_collection, tenant, assistant_id)
+        if collection is not None:
+            self._check_model(collection, tenant, assistant_id)
+        return collection
+
+    # -- writes --------------------------------------------------------------
+
+    async def _vectors(self, records: Sequence[MemoryRecord]) -> Vectors:
+        """One vector per record: the text's, or with a context the
+        normalised sum of the text's and the context-and-text's."""
+        vectors = await self.embedder.embed([r.text for r in records])
+        with_context = [i for i, r in enumerate(records) if r.context.strip()]
+        if with_context:
+            extra = await self.embedder.embed(
+                [f"{records[i].context}\n{records[i].text}" for i in with_context]
+            )
+            summed = vectors[with_context] + extra
+            norms = np.linalg.norm(summed, axis=1, keepdims=True)
+            norms[norms == 0] = 1e-12
+            vectors[with_context] = summed / norms
+        return vectors
+
+    async def upsert(self, records: Sequence[MemoryRecord]) -> None:
+        groups: dict[tuple[str, str], dict[str, MemoryRecord]] = {}
+        for record in records:
+            groups.setdefault((record.tenant, record.assistant_id), {})[record.memory_id] = record
+        for (tenant, assistant_id), by_id in groups.items():
+            await self._upsert_group(tenant, assistant_id, builtins.list(by_id.values()))
+
+    async def _upsert_group(
+        self, tenant: str, assistant_id: str, records: builtins.list[MemoryRecord]
+    ) -> None:
+        existing = await self._open(tenant, assistant_id)
+        before = 0 if existing is None else await self._version(existing, tenant, assistant_id)
+        vectors = await self._vectors(records)
+        collection: Any = existing
+        if collection is None:
+            collection = await self._call(
+                self._create_collection, tenant, assistant_id, int(vectors.shape[1])
+            )
+            self._check_model(collection, tenant, assistant_id)
+        written = _now_us()
+        metadatas = [_to_metadata(r) | {"write_us": written} for r in records]
+        for start in range(0, len(records), self._batch):
+            chunk = records[start : start + self._batch]
+            await self._call(
+                collection.upsert,
+                ids=[r.memory_id for r in chunk],
+                embeddings=vectors[start : start + len(chunk)],
+                documents=[r.text for r in chunk],
+                metadatas=metadatas[start : start + len(chunk)],
+            )
+        after = await self._bump(tenant, assistant_id)
+        entry = self._cached(collection)
+        if entry is not None:
+            with entry.lock:
+                for r, meta, vector in zip(records, metadatas, vectors, strict=True):
+                    entry.put(r.memory_id, meta, r.text, vector)
+                self._advance(entry, before, after)
+
+    def _cached(self, collection: Any) -> _Cache | None:
+        with self._caches_lock:
+            entry = self._caches.get(collection.name)
+        if entry is None or entry.collection_id != str(collection.id):
+            return None
+        return entry
+
+    @staticmethod
+    def _advance(entry: _Cache, before: int, after: int) -> None:
+        """After this process's own write: the cache is current if nobody
+        else wrote since it was (otherwise the next search refreshes it)."""
+        if entry.version == before and after == before + 1:
+            entry.version = after
+
+    async def delete(self, tenant: str, assistant_id: str, memory_ids: Sequence[str]) -> int:
+        collection = await self._call(self._get_collection, tenant, assistant_id)
+        if collection is None or not memory_ids:
+            return 0
+        found = await self._call(
+            collection.get, ids=builtins.list(dict.fromkeys(memory_ids)), include=["metadatas"]
+        )
+        ids = [
+            i
+            for i, m in zip(found["ids"], found["metadatas"], strict=True)
+            if _belongs(m, tenant, assistant_id)
+        ]
+        return await self._delete_ids(collection, tenant, assistant_id, ids)
+
+    async def delete_where(
+        self,
+        tenant: str,
+        assistant_id: str,
+        *,
+        user_id: str | None = None,
+        source_thread_id: str | None = None,
+    ) -> int:
+        if user_id is None and source_thread_id is None:
+            raise ValueError("delete_where needs user_id or source_thread_id (or drop_assistant)")
+        collection = await self._call(self._get_collection, tenant, assistant_id)
+        if collection is None:
+            return 0
+        where = _where(tenant, assistant_id, user_id=user_id, source_thread_id=source_thread_id)
+        found = await self._call(collection.get, where=where, include=[])
+        return await self._delete_ids(collection, tenant, assistant_id, builtins.list(found["ids"]))
+
+    async def _delete_ids(
+        self, collection: Any, tenant: str, assistant_id: str, ids: builtins.list[str]
+    ) -> int:
+        if not ids:
+            return 0
+        before = await self._version(collection, tenant, assistant_id)
+        for start in range(0, len(ids), self._batch):
+            await self._call(collection.delete, ids=ids[start : start + self._batch])
+        after = await self._bump(tenant, assistant_id)
+        entry = self._cached(collection)
+        if entry is not None:
+            with entry.lock:
+                for memory_id in ids:
+                    entry.drop(memory_id)
+                self._advance(entry, before, after)
+        return len(ids)
+
+    async def drop_assistant(self, tenant: str, assistant_id: str) -> None:
+        from chromadb.errors import NotFoundError
+
+        name = collection_name(tenant, assistant_id)
+        self._forget(name)
+        try:
+            await self._call(self._client.delete_collection, name)
+        except NotFoundError:
+            return
+        if self._versions is not None:
+            await self._versions.bump(tenant, assistant_id)
+
+    def _forget(self, name: str) -> None:
+        with self._caches_lock:
+            self._caches.pop(name, None)
+
+    # -- reads ---------------------------------------------------------------
+
+    async def get(self, tenant: str, assistant_id: str, memory_id: str) -> MemoryRecord | None:
+        collection = await self._call(self._get_collection, tenant, assistant_id)
+        if collection is None:
+            return None
+        found = await self._call(
+            collection.get, ids=[memory_id], include=["documents", "metadatas"]
+        )
+        if not found["ids"] or not _belongs(found["metadatas"][0], tenant, assistant_id):
+            return None
+        return _to_record(found["ids"][0], found["documents"][0], found["metadatas"][0])
+
+    async def list(
+        self, tenant: str, assistant_id: str, user_id: str | None, limit: int, offset: int
+    ) -> builtins.list[MemoryRecord]:
+        collection = await self._call(self._get_collection, tenant, assistant_id)
+        if collection is None or limit <= 0:
+            return []
+        where = _where(tenant, assistant_id, user_id=user_id)
+        found = await self._call(collection.get, where=where, include=["metadatas"])
+        keyed = sorted(
+            (int((meta or {}).get("create_us", 0)), memory_id)
+            for memory_id, meta in zip(found["ids"], found["metadatas"] or [], strict=True)
+        )
+        page = [memory_id for _, memory_id in keyed[max(offset, 0) : max(offset, 0) + limit]]
+        if not page:
+            return []
+        rows = await self._call(collection.get, ids=page, include=["documents", "metadatas"])
+        by_id = {
+            i: _to_record(i, d, m)
+            for i, d, m in zip(rows["ids"], rows["documents"], rows["metadatas"], strict=True)
+            if _belongs(m, tenant, assistant_id)
+        }
+        return [by_id[i] for i in page if i in by_id]
+
+    async def count(self, tenant: str, assistant_id: str) -> int:
+        collection = await self._call(self._get_collection, tenant, assistant_id)
+        if collection is None:
+            return 0
+        return int(await self._call(collection.count))
+
+    async def nearest(
+        self, tenant: str, assistant_id: str, user_id: str, text: str, k: int
+    ) -> builtins.list[MemoryHit]:
+        collection, vectors = await asyncio.gather(
+            self._open(tenant, assistant_id), self.embedder.embed([text])
+        )
+        if collection is None or k <= 0:
+            return []
+        cache = await self._cache(collection, tenant, assistant_id)
+        ranked = await asyncio.to_thread(self._nearest, cache, vectors[0], user_id, k)
+        return await self._resolve(collection, tenant, assistant_id, [user_id], ranked, k)
+
+    @staticmethod
+    def _nearest(cache: _Cache, vector: Vectors, user_id: str, k: int) -> builtins.list[_Ranked]:
+        with cache.lock:
+            found = cache.vectors.search(vector, [user_id], k)
+        return [_Ranked(i, cos, cos, None) for i, cos in found]
+
+    async def search(
+        self,
+        tenant: str,
+        assistant_id: str,
+        query: str,
+        *,
+        user_id: str,
+        limit: int,
+        min_score: float = 0.0,
+        mode: str = "hybrid",
+    ) -> builtins.list[MemoryHit]:
+        if mode not in MODES:
+            raise ValueError(f"unknown search mode {mode!r}: use one of {', '.join(MODES)}")
+        if limit <= 0 or not query.strip():
+            return []
+        vector: Vectors | None = None
+        if mode == "lexical":
+            collection = await self._open(tenant, assistant_id)
+        else:
+            collection, vectors = await asyncio.gather(
+                self._open(tenant, assistant_id), self.embedder.embed([query])
+            )
+            vector = vectors[0]
+        if collection is None:
+            return []
+        cache = await self._cache(collection, tenant, assistant_id)
+        scopes = _scopes(user_id)
+        ranked = await asyncio.to_thread(
+            self._rank, cache, query, vector, scopes, max(self.tuning.candidates, limit), mode
+        )
+        ranked = [r for r in ranked if r.score >= min_score]
+        return await self._resolve(collection, tenant, assistant_id, scopes, ranked, limit)
+
+    def _rank(
+        self,
+        cache: _Cache,
+        query: str,
+        vector: Vectors | None,
+        scopes: builtins.list[str],
+        n: int,
+        mode: str,
+    ) -> builtins.list[_Ranked]:
+        """Candidates of the mode's sides, each with every signal, best first."""
+        with cache.lock:
+            if mode == "dense" and vector is not None:
+                return [_Ranked(i, c, c, None) for i, c in cache.vectors.search(vector, scopes, n)]
+            found = cache.lexical.search(query, scopes, n)
+            if mode == "lexical" or vector is None:
+                return [_Ranked(h.doc_id, h.normalized, None, h.score) for h in found]
+            dense = cache.vectors.search(vector, scopes, n)
+            ids = builtins.list(dict.fromkeys([i for i, _ in dense] + [h.doc_id for h in found]))
+            cosine = cache.vectors.cosine(vector, ids)
+            lex = {h.doc_id: h for h in found}
+            missing = [i for i in ids if i not in lex]
+            if missing:
+                lex.update(cache.lexical.score(query, missing))
+        t = self.tuning
+        dense_rank = {i: rank for rank, (i, _) in enumerate(dense, 1)}
+        lexical_rank = {h.doc_id: rank for rank, h in enumerate(found, 1)}
+        out = []
+        for memory_id in ids:
+            cos = cosine.get(memory_id, 0.0)
+            h = lex.get(memory_id)
+            if t.fusion == "rrf":
+                score = sum(
+                    1.0 / (t.rrf_k + ranks[memory_id])
+                    for ranks in (dense_rank, lexical_rank)
+                    if memory_id in ranks
+                )
+            else:
+                norm = h.normalized if h is not None else 0.0
+                score = t.dense_weight * max(cos, 0.0) + (1.0 - t.dense_weight) * norm
+            raw = h.score if h is not None and h.score > 0 else None
+            out.append(_Ranked(memory_id, score, cos, raw))
+        return sorted(out, key=lambda r: (-r.score, r.memory_id))
+
+    async def _resolve(
+        self,
+        collection: Any,
+        tenant: str,
+        assistant_id: str,
+        scopes: builtins.list[str],
+        ranked: builtins.list[_Ranked],
+        limit: int,
+    ) -> builtins.list[MemoryHit]:
+        """The records of the best ``limit`` ranked ids, read from Chroma and
+        checked there: a memory deleted, moved to another scope or of another
+        tenant or assistant is skipped, whatever the cache said."""
+        hits: builtins.list[MemoryHit] = []
+        seen: set[str] = set()
+        step = max(2 * limit, 20)
+        for start in range(0, len(ranked), step):
+            chunk = ranked[start : start + step]
+            rows = await self._call(
+                collection.get, ids=[r.memory_id for r in chunk], include=["documents", "metadatas"]
+            )
+            found = {
+                i: (d, m)
+                for i, d, m in zip(rows["ids"], rows["documents"], rows["metadatas"], strict=True)
+                if _belongs(m, tenant, assistant_id) and str(m.get("user_id", "")) in scopes
+            }
+            for r in chunk:
+                if r.memory_id not in found:
+                    continue
+                record = _to_record(r.memory_id, *found[r.memory_id])
+                key = _text_key(record.text) if self.tuning.dedupe_text else r.memory_id
+                if key in seen:
+                    continue
+                seen.add(key)
+                hits.append(MemoryHit(record, r.score, r.dense, r.lexical))
+                if len(hits) == limit:
+                    return hits
+        return hits
+
+    # -- the search cache ----------------------------------------------------
+
+    async def _cache(self, collection: Any, tenant: str, assistant_id: str) -> _Cache:
+        """This collection's cache: built on first use, refreshed when
+        another writer moved the version, rebuilt when older than
+        ``cache_max_age`` or the collection was re-created."""
+        version = await self._version(collection, tenant, assistant_id)
+        name = collection.name
+        with self._caches_lock:
+            entry = self._caches.get(name)
+            if entry is not None and self._fresh(entry, collection, version):
+                self._caches.move_to_end(name)
+                return entry
+            lock = self._build_locks.setdefault(name, threading.Lock())
+        return await self._call(self._refresh, collection, tenant, assistant_id, version, lock)
+
+    def _fresh(self, entry: _Cache, collection: Any, version: int) -> bool:
+        return (
+            entry.collection_id == str(collection.id)
+            and entry.version == version
+            and time.monotonic() - entry.built < self._max_age
+        )
+
+    def _rows(self, collection: Any, where: dict[str, Any]) -> Iterator[tuple[str, str, Any, Any]]:
+        """(id, document, metadata, embedding) of the matching records, by pages."""
+        offset, page = 0, 2000
+        while True:
+            rows = collection.get(
+                where=where,
+                include=["documents", "metadatas", "embeddings"],
+                limit=page,
+                offset=offset,
+            )
+            yield from zip(
+                rows["ids"], rows["documents"], rows["metadatas"], rows["embeddings"], strict=True
+            )
+            if len(rows["ids"]) < page:
+                return
+            offset += page
+
+    def _refresh(
+        self, collection: Any, tenant: str, assistant_id: str, version: int, lock: threading.Lock
+    ) -> _Cache:
+        with lock:
+            with self._caches_lock:
+                entry = self._caches.get(collection.name)
+            if entry is not None and self._fresh(entry, collection, version):
+                return entry
+            began = _now_us()
+            if (
+                entry is None
+                or entry.collection_id != str(collection.id)
+                or time.monotonic() - entry.built >= self._max_age
+            ):
+                meta = collection.metadata or {}
+                dim = int(meta.get("embedding_dim") or self.embedder.dim or 1)
+                t = self.tuning
+                entry = _Cache(
+                    BM25Index(k1=t.k1, b=t.b, context_weight=t.context_weight),
+                    VectorSet(dim),
+                    str(collection.id),
+                    version,
+                    time.monotonic(),
+                    began,
+                )
+                where: dict[str, Any] = _where(tenant, assistant_id)
+            else:
+                where = {"write_us": {"$gte": entry.refreshed_us - self._margin_us}}
+            rows = builtins.list(self._rows(collection, where))
+            with entry.lock:
+                for i, d, m, e in rows:
+                    if _belongs(m, tenant, assistant_id):
+                        entry.put(i, m, d or "", e)
+                entry.version = version
+                entry.refreshed_us = began
+            with self._caches_lock:
+                self._caches[collection.name] = entry
+                self._caches.move_to_end(collection.name)
+                total = sum(len(e) for e in self._caches.values())
+                while total > self._max_cached and len(self._caches) > 1:
+                    _, dropped = self._caches.popitem(last=False)
+                    total -= len(dropped)
+            log.debug(
+                "memory cache of %s: %d records (%d read)", collection.name, len(entry), len(rows)
+            )
+            return entry
+
+    # -- re-embedding --------------------------------------------------------
+
+    async def reindex(self, tenant: str, assistant_id: str) -> int:
+        """Re-embed every memory of the assistant with the current embedder
+        (into a new collection that then takes the old one's name); returns
+        how many. Writes made to the assistant meanwhile may be lost: run it
+        while Loom's writers are stopped or idle."""
+        name = collection_name(tenant, assistant_id)
+        old = await self._call(self._get_collection, tenant, assistant_id)
+        if old is None:
+            return 0
+        rows = await self._call(old.get, include=["documents", "metadatas"])
+        records = [
+            _to_record(i, d, m)
+            for i, d, m in zip(rows["ids"], rows["documents"], rows["metadatas"], strict=True)
+        ]
+        meta = dict(old.metadata or {})
+        meta.update(
+            embedding_model=self.embedder.model_name,
+            loom_version=int(meta.get("loom_version", 0)) + 1,
+        )
+        temp = f"{name}-reindex-{secrets.token_hex(4)}"
+        vectors = await self._vectors(records)
+        if records:
+            meta["embedding_dim"] = int(vectors.shape[1])
+        fresh = await self._call(
+            self._client.create_collection,
+            temp,
+            embedding_function=None,
+            configuration={"hnsw": {"space": "cosine"}},
+            metadata=meta,
+        )
+        for start in range(0, len(records), self._batch):
+            chunk = records[start : start + self._batch]
+            await self._call(
+                fresh.upsert,
+                ids=[r.memory_id for r in chunk],
+                embeddings=vectors[start : start + len(chunk)],
+                documents=[r.text for r in chunk],
+                metadatas=[_to_metadata(r) for r in chunk],
+            )
+        self._forget(name)
+        await self._call(self._client.delete_collection, name)
+        await self._call(fresh.modify, name=name)
+        if self._versions is not None:
+            await self._versions.bump(tenant, assistant_id)
+        log.info(
+            "re-embedded %d memories of %s with %s", len(records), name, meta["embedding_model"]
+        )
+        return len(records)
+
+    async def assistants(self) -> builtins.list[tuple[str, str, str]]:
+        """(tenant, assistant_id, embedding model) of every memory collection."""
+        collections = await self._call(self._client.list_collections)
+        out = []
+        for c in collections:
+            if not re.fullmatch(rf"{COLLECTION_PREFIX}[0-9a-f]{{40}}", c.name):
+                continue
+            meta = c.metadata or {}
+            out.append(
+                (
+                    str(meta.get("tenant", "")),
+                    str(meta.get("assistant_id", "")),
+                    str(meta.get("embedding_model", "")),
+                )
+            )
+        return out
+
+    async def close(self) -> None:
+        """Forget this process's search caches."""
+        with self._caches_lock:
+            self._caches.clear()
+
+
+async def reindex_all(index: ChromaMemoryIndex, *, force: bool = False) -> int:
+    """Re-embed every assistant whose memories were embedded with another
+    model than ``index.embedder`` (all of them with ``force``); returns how
+    many memories were re-embedded. For ``python -m service memory reindex``."""
+    total = 0
+    for tenant, assistant_id, model in await index.assistants():
+        if force or model != index.embedder.model_name:
+            total += await index.reindex(tenant, assistant_id)
+    return total
+
+
+def open_index(
+    data_dir: Path, chroma_url: str | None, embedder: Embedder, **options: Any
+) -> ChromaMemoryIndex:
+    """The index over an embedded Chroma in ``data_dir/chroma``, or over the
+    Chroma server at ``chroma_url`` (``http://host:port``); ``options`` go to
+    ``ChromaMemoryIndex``. Chroma's own telemetry is turned off.
+
+    Raises:
+        ValueError: ``chroma_url`` is not an http(s) URL.
+    """
+    import chromadb
+    from chromadb.config import Settings as ChromaSettings
+
+    settings = ChromaSettings(anonymized_telemetry=False)
+    if chroma_url:
+        url = urlsplit(chroma_url)
+        if url.scheme not in {"http", "https"} or not url.hostname:
+            raise ValueError(f"LOOM_CHROMA_URL must be http(s)://host:port, got {chroma_url!r}")
+        client: Any = chromadb.HttpClient(
+            host=url.hostname,
+            port=url.port or (443 if url.scheme == "https" else 8000),
+            ssl=url.scheme == "https",
+            settings=settings,
+        )
+    else:
+        path = Path(data_dir) / "chroma"
+        path.mkdir(parents=True, exist_ok=True)
+        client = chromadb.PersistentClient(path=str(path), settings=settings)
+    return ChromaMemoryIndex(client, embedder, **options)
