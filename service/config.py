@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     memory_recall_limit: int = Field(8, ge=1, le=100)
     memory_min_score: float = Field(0.05, ge=0, le=1)
     memory_extraction_model: str = ""
+    max_tool_rounds: int = Field(8, ge=1, le=100, description="tool rounds allowed per reply")
+    run_expiry_seconds: float = Field(
+        600.0, gt=0, description="how long a run waits for tool outputs"
+    )
     job_poll_seconds: float = Field(1.0, gt=0)
     job_max_attempts: int = Field(5, ge=1, le=100)
     job_retry_delay: float = Field(2.0, ge=0)

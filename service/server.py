@@ -175,6 +175,8 @@ def build(settings: Settings) -> Loom:
         counter=counter,
         summarizer=summarizer,
         memory=memory,
+        max_tool_rounds=settings.max_tool_rounds,
+        run_expiry=settings.run_expiry_seconds,
         llm=llm,
         default_model=settings.llm_model,
         max_content=settings.max_message_chars,

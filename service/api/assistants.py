@@ -8,7 +8,7 @@ from grpc import aio
 
 from generated.loom.v1 import assistant_pb2, assistant_pb2_grpc
 from service.api.context import tenant
-from service.api.convert import assistant_to_pb, memory_from_pb, strategy_from_pb
+from service.api.convert import assistant_to_pb, memory_from_pb, strategy_from_pb, tools_from_pb
 from service.core.assistants import UPDATABLE_FIELDS, AssistantDraft, Assistants
 
 __all__ = ["AssistantServicer"]
@@ -25,6 +25,8 @@ def _draft(a: assistant_pb2.Assistant) -> AssistantDraft:
         metadata=dict(a.metadata),
         context_window=a.context_window,
         context_strategy=strategy_from_pb(a.context_strategy),
+        tools=tools_from_pb(a.tools, "assistant.tools"),
+        memory_from_tool_outputs=a.memory_from_tool_outputs,
     )
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 
+from google.protobuf import json_format, struct_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from generated.loom.v1 import assistant_pb2, common_pb2, thread_pb2
+from generated.loom.v1 import assistant_pb2, common_pb2, thread_pb2, tools_pb2
 from service.core import models
+from service.core.errors import InvalidArgument
 
 __all__ = [
     "assistant_to_pb",
@@ -17,6 +20,7 @@ __all__ = [
     "strategy_from_pb",
     "thread_to_pb",
     "timestamp",
+    "tools_from_pb",
 ]
 
 _MEMORY_TO_PB = {
@@ -42,7 +46,51 @@ _STATUS_TO_PB = {
     models.MessageStatus.COMPLETE: thread_pb2.MESSAGE_STATUS_COMPLETE,
     models.MessageStatus.INCOMPLETE: thread_pb2.MESSAGE_STATUS_INCOMPLETE,
     models.MessageStatus.FAILED: thread_pb2.MESSAGE_STATUS_FAILED,
+    models.MessageStatus.REQUIRES_ACTION: thread_pb2.MESSAGE_STATUS_REQUIRES_ACTION,
+    models.MessageStatus.EXPIRED: thread_pb2.MESSAGE_STATUS_EXPIRED,
+    models.MessageStatus.CANCELLED: thread_pb2.MESSAGE_STATUS_CANCELLED,
 }
+
+
+def tools_from_pb(tools: Iterable[tools_pb2.Tool], field: str) -> list[models.ToolSpec]:
+    """Function tools from the API's OpenAI-shaped definitions.
+
+    Raises:
+        InvalidArgument: a tool whose type is not "function".
+    """
+    specs = []
+    for i, tool in enumerate(tools):
+        if tool.type not in ("", "function"):
+            raise InvalidArgument(
+                f'{field}[{i}].type {tool.type[:40]!r} is not supported; use "function"',
+                field=f"{field}[{i}].type",
+            )
+        specs.append(
+            models.ToolSpec(
+                name=tool.function.name,
+                description=tool.function.description,
+                parameters=json_format.MessageToDict(tool.function.parameters),
+            )
+        )
+    return specs
+
+
+def _tool_to_pb(spec: models.ToolSpec) -> tools_pb2.Tool:
+    parameters = struct_pb2.Struct()
+    parameters.update(spec.parameters)
+    return tools_pb2.Tool(
+        type="function",
+        function=tools_pb2.FunctionDefinition(
+            name=spec.name, description=spec.description, parameters=parameters
+        ),
+    )
+
+
+def _calls_to_pb(calls: Iterable[models.ToolCall]) -> list[tools_pb2.ToolCall]:
+    return [
+        tools_pb2.ToolCall(tool_call_id=c.tool_call_id, name=c.name, arguments=c.arguments)
+        for c in calls
+    ]
 
 
 def timestamp(value: datetime | None) -> Timestamp | None:
@@ -72,6 +120,8 @@ def assistant_to_pb(a: models.Assistant) -> assistant_pb2.Assistant:
         update_time=timestamp(a.update_time),
         context_window=a.context_window,
         context_strategy=_STRATEGY_TO_PB[a.context_strategy],
+        tools=[_tool_to_pb(t) for t in a.tools],
+        memory_from_tool_outputs=a.memory_from_tool_outputs,
     )
 
 
@@ -98,6 +148,7 @@ def thread_to_pb(t: models.Thread) -> thread_pb2.Thread:
         )
         if t.summary
         else None,
+        pending_run_id=t.run.run_id if t.run else "",
     )
 
 
@@ -119,6 +170,9 @@ def message_to_pb(m: models.Message) -> thread_pb2.Message:
         create_time=timestamp(m.create_time),
         metadata=m.metadata,
         memory=_MEMORY_TO_PB[m.memory],
+        tool_calls=_calls_to_pb(m.tool_calls),
+        tool_call_id=m.tool_call_id,
+        run_id=m.run_id,
     )
 
 
@@ -137,6 +191,15 @@ def event_to_pb(event: models.ReplyEvent) -> thread_pb2.SendMessageResponse:
                     )
                     for m in event.memories
                 ]
+            )
+        )
+    if isinstance(event, models.ToolCallsRequired):
+        return thread_pb2.SendMessageResponse(
+            tool_calls_required=thread_pb2.SendMessageResponse.ToolCallsRequired(
+                run_id=event.run_id,
+                message_id=event.message_id,
+                tool_calls=_calls_to_pb(event.tool_calls),
+                expire_time=timestamp(event.expire_time),
             )
         )
     if isinstance(event, models.Started):

@@ -10,7 +10,13 @@ from grpc import aio
 
 from generated.loom.v1 import thread_pb2, thread_pb2_grpc
 from service.api.context import tenant
-from service.api.convert import event_to_pb, memory_from_pb, message_to_pb, thread_to_pb
+from service.api.convert import (
+    event_to_pb,
+    memory_from_pb,
+    message_to_pb,
+    thread_to_pb,
+    tools_from_pb,
+)
 from service.core.conversation import Conversation, SendRequest
 from service.core.threads import Threads
 
@@ -79,7 +85,27 @@ class ThreadServicer(thread_pb2_grpc.ThreadServiceServicer):
             model=request.model,
             request_id=request.request_id,
             metadata=dict(request.metadata),
+            tools=tools_from_pb(request.tools, "tools") if request.tools else None,
+            tool_choice=request.tool_choice,
         )
         async with contextlib.aclosing(self._conversation.send(tenant(), send)) as events:
             async for event in events:
                 yield event_to_pb(event)
+
+    async def SubmitToolOutputs(
+        self, request: thread_pb2.SubmitToolOutputsRequest, context: Context
+    ) -> AsyncGenerator[thread_pb2.SubmitToolOutputsResponse, None]:
+        outputs = [(o.tool_call_id, o.output) for o in request.tool_outputs]
+        events = self._conversation.submit(tenant(), request.thread_id, request.run_id, outputs)
+        async with contextlib.aclosing(events) as stream:
+            async for event in stream:
+                # The two responses share their fields and numbers: same bytes.
+                yield thread_pb2.SubmitToolOutputsResponse.FromString(
+                    event_to_pb(event).SerializeToString()
+                )
+
+    async def CancelRun(
+        self, request: thread_pb2.CancelRunRequest, context: Context
+    ) -> thread_pb2.CancelRunResponse:
+        message = await self._conversation.cancel(tenant(), request.thread_id, request.run_id)
+        return thread_pb2.CancelRunResponse(message=message_to_pb(message))

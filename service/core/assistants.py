@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from service.core import ids
 from service.core.clock import now
 from service.core.errors import InvalidArgument, NotFound
-from service.core.models import Assistant, ContextStrategy, MemoryMode, Page
+from service.core.models import Assistant, ContextStrategy, MemoryMode, Page, ToolSpec
 from service.core.paging import decode_token, encode_token
 from service.core.ports import AssistantStore, MemoryPort, MessageStore, ThreadStore
+from service.core.tools import check_tools
 from service.core.validation import check_metadata, check_page_size, check_text
 
 __all__ = ["DEFAULT_INSTRUCTIONS", "UPDATABLE_FIELDS", "AssistantDraft", "Assistants"]
@@ -31,6 +32,8 @@ UPDATABLE_FIELDS = (
     "metadata",
     "context_window",
     "context_strategy",
+    "tools",
+    "memory_from_tool_outputs",
 )
 MAX_CONTEXT_WINDOW = 100_000_000
 
@@ -46,6 +49,8 @@ class AssistantDraft:
     metadata: dict[str, str] = field(default_factory=dict)
     context_window: int = 0
     context_strategy: ContextStrategy | None = None
+    tools: list[ToolSpec] = field(default_factory=list)
+    memory_from_tool_outputs: bool = False
 
 
 def _check_window(window: int, prefix: str) -> int:
@@ -81,6 +86,8 @@ def _checked(
         "metadata": lambda: check_metadata(draft.metadata, prefix + "metadata"),
         "context_window": lambda: _check_window(draft.context_window, prefix),
         "context_strategy": lambda: draft.context_strategy or ContextStrategy.SUMMARIZE,
+        "tools": lambda: check_tools(draft.tools, prefix + "tools"),
+        "memory_from_tool_outputs": lambda: draft.memory_from_tool_outputs,
     }
     return {name: checks[name]() for name in fields}
 

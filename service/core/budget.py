@@ -62,7 +62,69 @@ def truncate_middle(text: str, keep_chars: int) -> str:
 def _replayable(entry: ContextEntry) -> bool:
     if entry.status is MessageStatus.IN_PROGRESS:
         return False
-    return not (entry.role is Role.ASSISTANT and not entry.content)
+    return not (entry.role is Role.ASSISTANT and not entry.content and not entry.tool_calls)
+
+
+def _turn(entry: ContextEntry, content: str | None = None) -> ChatTurn:
+    return ChatTurn(
+        entry.role.value,
+        entry.content if content is None else content,
+        entry.tool_calls,
+        entry.tool_call_id,
+    )
+
+
+def _paired(turns: list[ChatTurn]) -> list[ChatTurn]:
+    """``turns`` with every tool call answered and every answer called: an
+    assistant turn keeps its calls only if all their outputs follow it (a
+    cancelled, expired or cut-off run's calls are dropped, and the turn too
+    if it said nothing), and a tool output stays only after its call. Chat
+    endpoints reject prompts that break either rule."""
+    answered = {t.tool_call_id for t in turns if t.tool_call_id}
+    out: list[ChatTurn] = []
+    open_calls: set[str] = set()
+    for turn in turns:
+        if turn.tool_calls:
+            ids = {c.tool_call_id for c in turn.tool_calls}
+            if ids <= answered:
+                open_calls |= ids
+                out.append(turn)
+            elif turn.content:
+                out.append(ChatTurn(turn.role, turn.content))
+        elif turn.tool_call_id:
+            if turn.tool_call_id in open_calls:
+                out.append(turn)
+        else:
+            out.append(turn)
+    return out
+
+
+def _pick_memories(
+    memories: Sequence[Recalled], counter: TokenCounter, limit: int, used: int
+) -> tuple[str, int]:
+    """The memory block for the most relevant memories that fit both the
+    memory share of the budget and what is left of it."""
+    chosen: list[Recalled] = []
+    text = ""
+    cap = int(limit * MEMORY_SHARE)
+    for memory in memories:
+        candidate = memory_block([*chosen, memory])
+        cost = counter.count(candidate)
+        if cost > cap or used + cost > limit:
+            break
+        chosen.append(memory)
+        text = candidate
+    return text, len(chosen)
+
+
+def _pick_summary(summary: Summary | None, counter: TokenCounter, room: int) -> str:
+    """The summary block, cut to ``room`` tokens if need be ("" if none fits)."""
+    if summary is None or not summary.text:
+        return ""
+    block = summary_block(summary.text)
+    if counter.count(block) > room:
+        block = summary_block(truncate_middle(summary.text, max(room, 0) * 3))
+    return block if counter.count(block) <= room else ""
 
 
 def fit(
@@ -96,35 +158,21 @@ def fit(
         truncated = True
     used += base_system + new_cost
 
-    chosen_memories: list[Recalled] = []
-    memory_text = ""
-    memory_cap = int(limit * MEMORY_SHARE)
-    for memory in memories:
-        candidate = memory_block([*chosen_memories, memory])
-        cost = counter.count(candidate)
-        if cost > memory_cap or used + cost > limit:
-            break
-        chosen_memories.append(memory)
-        memory_text = candidate
+    memory_text, memories_used = _pick_memories(memories, counter, limit, used)
     used += counter.count(memory_text)
+    summary_text = _pick_summary(summary, counter, limit - used)
+    used += counter.count(summary_text)
 
-    summary_text = ""
-    if summary is not None and summary.text:
-        block = summary_block(summary.text)
-        cost = counter.count(block)
-        if used + cost > limit:
-            room = limit - used
-            block = summary_block(truncate_middle(summary.text, max(room, 0) * 3))
-            cost = counter.count(block)
-        if used + cost <= limit:
-            summary_text = block
-            used += cost
+    # The rest of the current turn (tool calls and outputs of this run) is
+    # kept whole, like the new message itself.
+    pinned = [e for e in history if e.sequence > new.sequence and _replayable(e)]
+    used += sum(_cost(e, counter) + per_message for e in pinned)
 
     through = summary.through_sequence if summary_text and summary else -1
     candidates = [e for e in history if through < e.sequence < new.sequence and _replayable(e)]
     kept: list[ContextEntry] = []
     for entry in reversed(candidates):
-        cost = (entry.tokens or counter.count(entry.content)) + per_message
+        cost = _cost(entry, counter) + per_message
         if used + cost > limit:
             break
         kept.append(entry)
@@ -133,8 +181,10 @@ def fit(
 
     system = "\n\n".join(p for p in (instructions, memory_text, summary_text) if p)
     turns = [ChatTurn("system", system)] if system else []
-    turns.extend(ChatTurn(e.role.value, e.content) for e in kept)
-    turns.append(ChatTurn(new.role.value, new_content))
+    turns.extend(_turn(e) for e in kept)
+    turns.append(_turn(new, new_content))
+    turns.extend(_turn(e) for e in pinned)
+    turns = _paired(turns)
     return Fitted(
         turns=turns,
         base_tokens=used,
@@ -142,13 +192,18 @@ def fit(
         history_used=len(kept),
         dropped=len(candidates) - len(kept),
         truncated=truncated,
-        memories_used=len(chosen_memories),
+        memories_used=memories_used,
         summary_used=bool(summary_text),
     )
 
 
+def _cost(entry: ContextEntry, counter: TokenCounter) -> int:
+    return entry.tokens or with_tokens(entry, counter).tokens
+
+
 def with_tokens(entry: ContextEntry, counter: TokenCounter) -> ContextEntry:
-    """``entry`` with its base token count filled in."""
+    """``entry`` with its base token count (content and tool calls) filled in."""
     if entry.tokens:
         return entry
-    return replace(entry, tokens=counter.count(entry.content))
+    calls = sum(counter.count(c.name) + counter.count(c.arguments) + 4 for c in entry.tool_calls)
+    return replace(entry, tokens=counter.count(entry.content) + calls)

@@ -25,7 +25,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 
@@ -40,6 +40,8 @@ from service.core.errors import (
     InvalidArgument,
     LoomError,
     NotFound,
+    ResourceExhausted,
+    ThreadBusy,
 )
 from service.core.leases import Leases
 from service.core.models import (
@@ -52,11 +54,15 @@ from service.core.models import (
     MemoryRecalled,
     Message,
     MessageStatus,
+    PendingRun,
     Recalled,
     ReplyEvent,
     Role,
     Started,
     Thread,
+    ToolCall,
+    ToolCallsRequired,
+    ToolSpec,
     Usage,
 )
 from service.core.ports import (
@@ -71,13 +77,40 @@ from service.core.ports import (
 from service.core.shield import Shield
 from service.core.summaries import Summarizer
 from service.core.threads import MAX_USER_ID, Threads
+from service.core.tools import check_outputs, check_tool_choice, check_tools
 from service.core.validation import check_metadata, check_text
 
-__all__ = ["Conversation", "SendRequest"]
+__all__ = ["Conversation", "RunSpec", "SendRequest"]
 
 log = logging.getLogger(__name__)
 
 MAX_REQUEST_ID = 128
+
+
+@dataclass(slots=True)
+class _Received:
+    """What the model has sent so far for one reply."""
+
+    parts: list[str] = field(default_factory=list)
+    calls: tuple[ToolCall, ...] = ()
+    usage: Usage | None = None
+    finish_reason: str | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+@dataclass(frozen=True, slots=True)
+class RunSpec:
+    """One reply in the making, over one or more tool rounds."""
+
+    run_id: str
+    round: int
+    tools: list[ToolSpec]
+    own_tools: tuple[ToolSpec, ...] | None  # the message's own tool set, if it had one
+    tool_choice: str
+    request_id: str = ""
 
 
 @dataclass(slots=True)
@@ -92,6 +125,8 @@ class SendRequest:
     model: str = ""
     request_id: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
+    tools: list[ToolSpec] | None = None  # None: the assistant's
+    tool_choice: str = ""
 
     def fingerprint(self) -> str:
         """A digest of everything but the request id, to spot a reused id."""
@@ -122,7 +157,11 @@ class Conversation:
         memory: MemoryPort | None = None,
         counter: TokenCounter,
         summarizer: Summarizer | None = None,
+        max_tool_rounds: int = 8,
+        run_expiry: float = 600.0,
     ) -> None:
+        self._max_tool_rounds = max_tool_rounds
+        self._run_expiry = run_expiry
         self._memory = memory
         self._counter = counter
         self._summarizer = summarizer
@@ -205,6 +244,8 @@ class Conversation:
         check_text(req.model, "model", MAX_MODEL)
         check_text(req.request_id, "request_id", MAX_REQUEST_ID)
         check_metadata(req.metadata)
+        if req.tools is not None:
+            check_tools(req.tools, "tools")
 
     async def _claimed(self, tenant: str, req: SendRequest) -> AsyncGenerator[ReplyEvent, None]:
         """A fresh run under a claimed request id: if it fails before any
@@ -250,11 +291,21 @@ class Conversation:
         thread, created, assistant = await self._resolve(tenant, req)
         model = req.model.strip() or assistant.model or self._default_model
         memory = req.memory if req.memory is not MemoryMode.UNSPECIFIED else assistant.memory_mode
+        tools = assistant.tools if req.tools is None else req.tools
+        run = RunSpec(
+            run_id=ids.new_id(ids.RUN),
+            round=1,
+            tools=tools,
+            own_tools=None if req.tools is None else tuple(req.tools),
+            tool_choice=check_tool_choice(req.tool_choice, tools),
+            request_id=req.request_id,
+        )
         stored = False
         try:
             async with self._leases.hold(tenant, thread.thread_id) as lease:
                 if lease.stale is not None:
                     thread = await self._settle(tenant, thread)
+                thread = await self._pending(tenant, thread)
                 t = now()
                 user, reply = await self._messages.append_all(
                     [
@@ -269,6 +320,7 @@ class Conversation:
                             memory=memory,
                             create_time=t,
                             request_id=req.request_id,
+                            run_id=run.run_id,
                         ),
                         Message(
                             message_id=ids.new_id(ids.MESSAGE),
@@ -281,6 +333,7 @@ class Conversation:
                             memory=memory,
                             create_time=t,
                             request_id=req.request_id,
+                            run_id=run.run_id,
                         ),
                     ],
                     thread.message_count,
@@ -316,18 +369,182 @@ class Conversation:
                     model=model,
                     assistant_id=assistant.assistant_id,
                 )
-                async for event in self._generate(tenant, assistant, thread, user, reply):
+                async for event in self._generate(tenant, assistant, thread, user, reply, run):
                     yield event
         finally:
             if created and not stored:
                 # Nothing reached the thread: do not leave an empty one behind.
                 await self._shield.run(self._thread_store.delete(tenant, thread.thread_id))
 
+    async def _pending(self, tenant: str, thread: Thread) -> Thread:
+        """Under the thread's lease: expire its pending run if its time is
+        up, else refuse while one waits for tool outputs.
+
+        Raises:
+            ThreadBusy: a run waits for tool outputs.
+        """
+        run = thread.run
+        if run is None:
+            return thread
+        if run.expire_time > now():
+            raise ThreadBusy(
+                thread.thread_id,
+                waiting=f"run {run.run_id!r} waits for tool outputs: submit them with "
+                "SubmitToolOutputs or cancel the run with CancelRun",
+            )
+        await self._close_run(tenant, thread, run, MessageStatus.EXPIRED)
+        return thread
+
+    async def _close_run(
+        self, tenant: str, thread: Thread, run: PendingRun, status: MessageStatus
+    ) -> Message:
+        """End a waiting run: its message takes ``status``; the thread is free."""
+        waiting = await self._messages.get(tenant, run.message_id)
+        if waiting is None:
+            raise NotFound("run", run.run_id)
+        closed = await self._messages.finish(
+            waiting.message_id,
+            content=waiting.content,
+            status=status,
+            usage=waiting.usage,
+            error=status.value,
+            tool_calls=waiting.tool_calls,
+        )
+        thread.run = None
+        await self._save_context(thread, [(closed or waiting).entry()])
+        return closed or waiting
+
+    async def submit(
+        self, tenant: str, thread_id: str, run_id: str, outputs: list[tuple[str, str]]
+    ) -> AsyncGenerator[ReplyEvent, None]:
+        """Answer a run's pending tool calls and continue its reply.
+
+        Raises:
+            InvalidArgument: malformed ids; missing, unknown or duplicate
+                outputs.
+            NotFound: no such thread, or no such run waiting on it.
+            FailedPrecondition: the run expired.
+            ThreadBusy: a reply is streaming on the thread.
+        """
+        self._active += 1
+        self._idle.clear()
+        try:
+            async for event in self._submit(tenant, thread_id, run_id, outputs):
+                yield event
+        finally:
+            self._active -= 1
+            if not self._active:
+                self._idle.set()
+
+    async def _submit(
+        self, tenant: str, thread_id: str, run_id: str, outputs: list[tuple[str, str]]
+    ) -> AsyncGenerator[ReplyEvent, None]:
+        ids.check_id(ids.RUN, run_id, "run_id")
+        thread = await self._threads.get(tenant, thread_id)
+        async with self._leases.hold(tenant, thread_id) as lease:
+            thread = await self._threads.get(tenant, thread_id)
+            if lease.stale is not None:
+                thread = await self._settle(tenant, thread)
+            pending = thread.run
+            if pending is None or pending.run_id != run_id:
+                raise NotFound("run", run_id)
+            if pending.expire_time <= now():
+                await self._close_run(tenant, thread, pending, MessageStatus.EXPIRED)
+                raise FailedPrecondition(
+                    f"run {run_id!r} expired at {pending.expire_time:%Y-%m-%dT%H:%M:%SZ} before "
+                    "its tool outputs came; send the message again",
+                    reason="RUN_EXPIRED",
+                )
+            answers = check_outputs(pending.tool_call_ids, outputs)
+            assistant = await self._assistants.get(tenant, thread.assistant_id)
+            user = await self._messages.get(tenant, pending.user_message_id)
+            waiting = await self._messages.get(tenant, pending.message_id)
+            if user is None or waiting is None:
+                raise NotFound("run", run_id)
+            t = now()
+            base = {"tenant": tenant, "thread_id": thread_id, "create_time": t}
+            stored = await self._messages.append_all(
+                [
+                    *(
+                        Message(
+                            message_id=ids.new_id(ids.MESSAGE),
+                            role=Role.TOOL,
+                            content=answers[call_id],
+                            status=MessageStatus.COMPLETE,
+                            memory=user.memory,
+                            tool_call_id=call_id,
+                            run_id=run_id,
+                            **base,  # type: ignore[arg-type]
+                        )
+                        for call_id in pending.tool_call_ids
+                    ),
+                    Message(
+                        message_id=ids.new_id(ids.MESSAGE),
+                        role=Role.ASSISTANT,
+                        content="",
+                        status=MessageStatus.IN_PROGRESS,
+                        model=pending.model,
+                        memory=user.memory,
+                        run_id=run_id,
+                        **base,  # type: ignore[arg-type]
+                    ),
+                ],
+                thread.message_count,
+            )
+            *tool_messages, reply = stored
+            answered = await self._messages.finish(
+                waiting.message_id,
+                content=waiting.content,
+                status=MessageStatus.COMPLETE,
+                usage=waiting.usage,
+                tool_calls=waiting.tool_calls,
+            )
+            thread.run = None
+            thread.message_count = reply.sequence + 1
+            await self._save_context(
+                thread, [(answered or waiting).entry(), *(m.entry() for m in tool_messages)]
+            )
+            tools = assistant.tools if pending.tools is None else list(pending.tools)
+            run = RunSpec(
+                run_id=run_id,
+                round=pending.round + 1,
+                tools=tools,
+                own_tools=pending.tools,
+                tool_choice=pending.tool_choice,
+                request_id=pending.request_id,
+            )
+            yield Started(
+                thread_id=thread_id,
+                thread_created=False,
+                user_message_id=user.message_id,
+                assistant_message_id=reply.message_id,
+                model=reply.model,
+                assistant_id=assistant.assistant_id,
+            )
+            async for event in self._generate(tenant, assistant, thread, user, reply, run):
+                yield event
+
+    async def cancel(self, tenant: str, thread_id: str, run_id: str) -> Message:
+        """Cancel a run that waits for tool outputs; return its message.
+
+        Raises:
+            InvalidArgument: malformed ids.
+            NotFound: no such thread, or no such run waiting on it.
+            ThreadBusy: a reply is streaming on the thread.
+        """
+        ids.check_id(ids.RUN, run_id, "run_id")
+        await self._threads.get(tenant, thread_id)
+        async with self._leases.hold(tenant, thread_id):
+            thread = await self._threads.get(tenant, thread_id)
+            if thread.run is None or thread.run.run_id != run_id:
+                raise NotFound("run", run_id)
+            return await self._close_run(tenant, thread, thread.run, MessageStatus.CANCELLED)
+
     async def _save_context(self, thread: Thread, entries: list[ContextEntry]) -> None:
         counted = [with_tokens(e, self._counter) for e in entries]
         thread.context = merge(thread.context, counted, self._context_chars)
         await self._thread_store.save_context(
-            thread.thread_id, thread.context, thread.message_count, now()
+            thread.thread_id, thread.context, thread.message_count, now(), thread.run
         )
 
     async def _settle(self, tenant: str, thread: Thread) -> Thread:
@@ -397,6 +614,44 @@ class Conversation:
                 exc_info=True,
             )
 
+    async def _await_tools(
+        self,
+        run: RunSpec,
+        user: Message,
+        reply: Message,
+        calls: tuple[ToolCall, ...],
+        finish: Callable[..., Awaitable[Message]],
+    ) -> ToolCallsRequired:
+        """End a round in which the model asked for tools: the run waits for
+        their outputs (durably, on the thread) unless it is past the cap.
+
+        Raises:
+            ResourceExhausted: the model asked for tools too many times.
+        """
+        if run.round >= self._max_tool_rounds:
+            await finish(MessageStatus.INCOMPLETE, "tool round limit reached")
+            raise ResourceExhausted(
+                f"the model asked for tools {run.round} times in one reply, the limit "
+                f"(LOOM_MAX_TOOL_ROUNDS={self._max_tool_rounds}); the run was stopped and the "
+                "thread is free",
+                reason="TOOL_ROUNDS_EXCEEDED",
+            )
+        expire = now() + timedelta(seconds=self._run_expiry)
+        pending = PendingRun(
+            run_id=run.run_id,
+            message_id=reply.message_id,
+            user_message_id=user.message_id,
+            tool_call_ids=tuple(c.tool_call_id for c in calls),
+            round=run.round,
+            model=reply.model,
+            expire_time=expire,
+            tools=run.own_tools,
+            tool_choice=run.tool_choice,
+            request_id=run.request_id,
+        )
+        await finish(MessageStatus.REQUIRES_ACTION, pending=pending)
+        return ToolCallsRequired(run.run_id, reply.message_id, list(calls), expire)
+
     async def _maybe_fold(
         self, tenant: str, assistant: Assistant, thread: Thread, model: str, limit: int
     ) -> None:
@@ -425,10 +680,19 @@ class Conversation:
             return []
 
     async def _schedule_extraction(
-        self, tenant: str, thread: Thread, user: Message, reply: Message
+        self, tenant: str, assistant: Assistant, thread: Thread, user: Message, reply: Message
     ) -> str:
         if self._memory is None or user.memory is not MemoryMode.AUTO:
             return ""
+        tool_outputs = (
+            [
+                e.content
+                for e in thread.context
+                if e.role is Role.TOOL and user.sequence < e.sequence < reply.sequence
+            ]
+            if assistant.memory_from_tool_outputs
+            else []
+        )
         try:
             return await self._memory.schedule_extraction(
                 tenant,
@@ -438,6 +702,7 @@ class Conversation:
                 user.message_id,
                 reply.message_id,
                 reply.model,
+                tool_outputs,
             )
         except Exception:
             log.warning("could not queue memory extraction for %s", reply.message_id, exc_info=True)
@@ -457,46 +722,42 @@ class Conversation:
         )
 
     async def _generate(
-        self, tenant: str, assistant: Assistant, thread: Thread, user: Message, reply: Message
+        self,
+        tenant: str,
+        assistant: Assistant,
+        thread: Thread,
+        user: Message,
+        reply: Message,
+        run: RunSpec,
     ) -> AsyncGenerator[ReplyEvent, None]:
-        remembering = self._remember(tenant, thread, user)
-        recalled = await self._recall(tenant, thread, user)
+        first_round = run.round == 1
+        remembering = self._remember(tenant, thread, user) if first_round else None
+        recalled = await self._recall(tenant, thread, user) if first_round else []
         if recalled:
             yield MemoryRecalled(recalled)
         fitted = self._fit(assistant, thread, user, reply, recalled)
-        turns = fitted.turns
-        parts: list[str] = []
-        usage: Usage | None = None
-        finish_reason: str | None = None
-        last_save = time.monotonic()
+        got = _Received()
 
-        async def finish(status: MessageStatus, error: str = "") -> Message:
+        async def finish(
+            status: MessageStatus, error: str = "", pending: PendingRun | None = None
+        ) -> Message:
             stored = await self._messages.finish(
                 reply.message_id,
-                content="".join(parts),
+                content=got.text,
                 status=status,
-                usage=usage,
+                usage=got.usage,
                 error=error,
+                tool_calls=got.calls,
             )
             if stored is None:  # the thread was deleted while the reply ran
                 raise NotFound("thread", reply.thread_id)
+            thread.run = pending
             await self._save_context(thread, [stored.entry()])
             return stored
 
         try:
-            async with contextlib.aclosing(self._llm.stream(reply.model, turns)) as chunks:
-                async for chunk in chunks:
-                    if chunk.usage is not None:
-                        usage = chunk.usage
-                    if chunk.finish_reason:
-                        finish_reason = chunk.finish_reason
-                    if not chunk.text:
-                        continue
-                    parts.append(chunk.text)
-                    yield Delta(chunk.text)
-                    if time.monotonic() - last_save >= self._flush_interval:
-                        last_save = time.monotonic()
-                        await self._messages.save_progress(reply.message_id, "".join(parts))
+            async for delta in self._receive(reply, fitted, run, got):
+                yield delta
         except LoomError as exc:
             await self._shield.run(finish(MessageStatus.FAILED, exc.message))
             raise
@@ -507,13 +768,38 @@ class Conversation:
         except BaseException:  # the caller cancelled, or the server is stopping
             await self._shield.run(finish(MessageStatus.INCOMPLETE, "cancelled"))
             raise
-        status = MessageStatus.INCOMPLETE if finish_reason == "length" else MessageStatus.COMPLETE
-        stored = await finish(status)
-        if usage is not None and usage.input_tokens:
-            self._counter.calibrate(reply.model, fitted.base_tokens, usage.input_tokens)
+        if got.usage is not None and got.usage.input_tokens:
+            self._counter.calibrate(reply.model, fitted.base_tokens, got.usage.input_tokens)
+        if got.calls:
+            await self._remembered(remembering, user)
+            yield await self._await_tools(run, user, reply, got.calls, finish)
+            return
+        length = got.finish_reason == "length"
+        stored = await finish(MessageStatus.INCOMPLETE if length else MessageStatus.COMPLETE)
         await self._maybe_fold(tenant, assistant, thread, reply.model, fitted.limit)
         await self._remembered(remembering, user)
-        yield Completed(stored, await self._schedule_extraction(tenant, thread, user, stored))
+        operation = await self._schedule_extraction(tenant, assistant, thread, user, stored)
+        yield Completed(stored, operation)
+
+    async def _receive(
+        self, reply: Message, fitted: Fitted, run: RunSpec, got: _Received
+    ) -> AsyncGenerator[Delta, None]:
+        """Stream the model's answer into ``got``, passing text on as deltas
+        and saving what arrived every ``flush_interval`` seconds."""
+        last_save = time.monotonic()
+        stream = self._llm.stream(reply.model, fitted.turns, run.tools, run.tool_choice)
+        async with contextlib.aclosing(stream) as chunks:
+            async for chunk in chunks:
+                got.usage = chunk.usage or got.usage
+                got.finish_reason = chunk.finish_reason or got.finish_reason
+                got.calls = chunk.tool_calls or got.calls
+                if not chunk.text:
+                    continue
+                got.parts.append(chunk.text)
+                yield Delta(chunk.text)
+                if time.monotonic() - last_save >= self._flush_interval:
+                    last_save = time.monotonic()
+                    await self._messages.save_progress(reply.message_id, got.text)
 
     async def _repeat(
         self, tenant: str, req: SendRequest, record: RequestRecord
@@ -595,6 +881,14 @@ class Conversation:
                 assistant = await self._assistants.get(tenant, record.assistant_id)
             except NotFound:
                 raise NotFound("thread", record.thread_id) from None
+            run = RunSpec(
+                run_id=reply.run_id or ids.new_id(ids.RUN),
+                round=1,
+                tools=assistant.tools,
+                own_tools=None,
+                tool_choice="",
+                request_id=user.request_id,
+            )
             yield started
-            async for event in self._generate(tenant, assistant, thread, user, reply):
+            async for event in self._generate(tenant, assistant, thread, user, reply, run):
                 yield event

@@ -97,9 +97,11 @@ class ThreadBusy(Aborted):
 
     reason = "THREAD_BUSY"
 
-    def __init__(self, thread_id: str) -> None:
+    def __init__(self, thread_id: str, waiting: str = "") -> None:
         super().__init__(
-            f"thread {thread_id!r} is busy with another reply; send the message again "
+            f"thread {thread_id!r} is busy: {waiting}"
+            if waiting
+            else f"thread {thread_id!r} is busy with another reply; send the message again "
             "once that reply has completed",
             metadata={"thread_id": thread_id},
         )

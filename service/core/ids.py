@@ -16,6 +16,7 @@ __all__ = [
     "MEMORY",
     "MESSAGE",
     "OPERATION",
+    "RUN",
     "THREAD",
     "check_id",
     "derived_id",
@@ -28,6 +29,7 @@ MESSAGE = "msg"
 MEMORY = "mem"
 OPERATION = "memop"
 JOB = "job"
+RUN = "run"
 
 _KINDS = {
     ASSISTANT: "assistant",
@@ -36,6 +38,7 @@ _KINDS = {
     MEMORY: "memory",
     OPERATION: "operation",
     JOB: "job",
+    RUN: "run",
 }
 _PATTERNS = {prefix: re.compile(rf"^{prefix}_[0-9a-f]{{24}}$") for prefix in _KINDS}
 _lock = threading.Lock()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 __all__ = [
     "Assistant",
@@ -18,12 +18,16 @@ __all__ = [
     "Message",
     "MessageStatus",
     "Page",
+    "PendingRun",
     "Recalled",
     "ReplyEvent",
     "Role",
     "Started",
     "Summary",
     "Thread",
+    "ToolCall",
+    "ToolCallsRequired",
+    "ToolSpec",
     "Usage",
 ]
 
@@ -55,6 +59,9 @@ class MessageStatus(enum.StrEnum):
     COMPLETE = "complete"
     INCOMPLETE = "incomplete"
     FAILED = "failed"
+    REQUIRES_ACTION = "requires_action"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
 
     @property
     def terminal(self) -> bool:
@@ -92,6 +99,43 @@ class Assistant:
     update_time: datetime | None = None
     context_window: int = 0
     context_strategy: ContextStrategy = ContextStrategy.SUMMARIZE
+    tools: list[ToolSpec] = field(default_factory=list)
+    memory_from_tool_outputs: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A call the model asked for: ``arguments`` is JSON text as written."""
+
+    tool_call_id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A function tool: a name, what it does, and its arguments' JSON Schema."""
+
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRun:
+    """A run waiting for tool outputs: which calls it waits for, until when,
+    and the settings of the message that started it."""
+
+    run_id: str
+    message_id: str
+    user_message_id: str
+    tool_call_ids: tuple[str, ...]
+    round: int
+    model: str
+    expire_time: datetime
+    tools: tuple[ToolSpec, ...] | None = None  # the message's own tool set, if it had one
+    tool_choice: str = ""
+    request_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +147,9 @@ class ContextEntry:
     role: Role
     content: str
     status: MessageStatus
-    tokens: int = 0  # base tokens of content, cached; 0 = not counted yet
+    tokens: int = 0  # base tokens of content and tool calls, cached; 0 = not counted yet
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +178,7 @@ class Thread:
     update_time: datetime | None = None
     context: list[ContextEntry] = field(default_factory=list)
     summary: Summary | None = None
+    run: PendingRun | None = None
 
 
 @dataclass(slots=True)
@@ -152,10 +199,20 @@ class Message:
     create_time: datetime | None = None
     request_id: str = ""
     error: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    tool_call_id: str = ""
+    run_id: str = ""
 
     def entry(self) -> ContextEntry:
         """This message as a context entry."""
-        return ContextEntry(self.sequence, self.role, self.content, self.status)
+        return ContextEntry(
+            self.sequence,
+            self.role,
+            self.content,
+            self.status,
+            tool_calls=tuple(self.tool_calls),
+            tool_call_id=self.tool_call_id,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +259,16 @@ class MemoryRecalled:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCallsRequired:
+    """Last event of a round in which the model asked for tools."""
+
+    run_id: str
+    message_id: str
+    tool_calls: list[ToolCall]
+    expire_time: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class Completed:
     """Last event of a reply: the stored assistant message, and the memory
     operation it queued (memory AUTO)."""
@@ -210,4 +277,4 @@ class Completed:
     memory_operation_id: str = ""
 
 
-ReplyEvent = Started | MemoryRecalled | Delta | Completed
+ReplyEvent = Started | MemoryRecalled | Delta | Completed | ToolCallsRequired

@@ -18,9 +18,12 @@ from service.core.models import (
     ContextEntry,
     Message,
     MessageStatus,
+    PendingRun,
     Recalled,
     Summary,
     Thread,
+    ToolCall,
+    ToolSpec,
     Usage,
 )
 
@@ -142,9 +145,10 @@ class ThreadStore(Protocol):
         context: Sequence[ContextEntry],
         message_count: int,
         update_time: datetime,
+        run: PendingRun | None = None,
     ) -> None:
-        """Store the thread's cached context and message count (written only
-        by the holder of the thread's lease)."""
+        """Store the thread's cached context, message count and pending run
+        (written only by the holder of the thread's lease)."""
 
     async def save_summary(
         self, thread_id: str, summary: Summary, context: Sequence[ContextEntry]
@@ -174,6 +178,7 @@ class MessageStore(Protocol):
         status: MessageStatus,
         usage: Usage | None = None,
         error: str = "",
+        tool_calls: Sequence[ToolCall] = (),
     ) -> Message | None: ...
     async def save_progress(self, message_id: str, content: str) -> None: ...
     async def restart(self, tenant: str, message_id: str, model: str) -> bool:
@@ -246,6 +251,8 @@ class ChatTurn:
 
     role: str
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +263,7 @@ class ChatChunk:
     usage: Usage | None = None
     finish_reason: str | None = None
     model: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()  # complete calls, sent once at the end
 
 
 class ChatModel(Protocol):
@@ -273,7 +281,13 @@ class ChatModel(Protocol):
             Unavailable, ResourceExhausted, FailedPrecondition: as ``stream``.
         """
 
-    def stream(self, model: str, turns: Sequence[ChatTurn]) -> AsyncGenerator[ChatChunk, None]:
+    def stream(
+        self,
+        model: str,
+        turns: Sequence[ChatTurn],
+        tools: Sequence[ToolSpec] = (),
+        tool_choice: str = "",
+    ) -> AsyncGenerator[ChatChunk, None]:
         """Stream a reply. Retries transient failures until the first chunk.
 
         Raises:
@@ -353,9 +367,10 @@ class MemoryPort(Protocol):
         user_message_id: str,
         reply_message_id: str,
         model: str,
+        tool_outputs: Sequence[str] = (),
     ) -> str:
-        """Record a durable job that extracts facts from the exchange; return
-        its id."""
+        """Record a durable job that extracts facts from the exchange (and
+        ``tool_outputs``, when the assistant opted in); return its id."""
 
     async def forget_thread(self, tenant: str, assistant_id: str, thread_id: str) -> int:
         """Delete every memory learnt in the thread."""

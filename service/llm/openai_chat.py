@@ -11,13 +11,14 @@ import asyncio
 import logging
 import random
 from collections.abc import AsyncGenerator, Sequence
+from typing import Any
 
 import httpx2
 import openai
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from service.core.errors import FailedPrecondition, LoomError, ResourceExhausted, Unavailable
-from service.core.models import Usage
+from service.core.models import ToolCall, ToolSpec, Usage
 from service.core.ports import ChatChunk, ChatTurn
 
 __all__ = ["OpenAIChatModel"]
@@ -66,18 +67,28 @@ class OpenAIChatModel:
         await self._client.close()
 
     async def stream(
-        self, model: str, turns: Sequence[ChatTurn]
+        self,
+        model: str,
+        turns: Sequence[ChatTurn],
+        tools: Sequence[ToolSpec] = (),
+        tool_choice: str = "",
     ) -> AsyncGenerator[ChatChunk, None]:
-        """Stream one reply; see ``ChatModel.stream``."""
-        body = {
+        """Stream one reply; see ``ChatModel.stream``. Tool calls arrive in
+        pieces and are sent on as one final chunk, complete."""
+        body: dict[str, Any] = {
             "model": model,
-            "messages": [{"role": t.role, "content": t.content} for t in turns],
+            "messages": [_message(t) for t in turns],
             "stream": True,
             "stream_options": {"include_usage": True},
         }
+        if tools:
+            body["tools"] = [_tool(t) for t in tools]
+            if tool_choice:
+                body["tool_choice"] = _tool_choice(tool_choice)
         attempt = 0
         while True:
             sent_text = False
+            calls: dict[int, dict[str, str]] = {}
             try:
                 # The SDK's generic POST: chat.completions.create() first walks
                 # the whole prompt through its TypedDict transformer, which
@@ -99,11 +110,21 @@ class OpenAIChatModel:
                         choice = chunk.choices[0] if chunk.choices else None
                         text = (choice.delta.content or "") if choice else ""
                         finish = choice.finish_reason if choice else None
+                        if choice and choice.delta.tool_calls:
+                            sent_text = True  # a retry could not undo a half-sent call
+                            _gather(calls, choice.delta.tool_calls)
                         if text or usage or finish:
                             sent_text = sent_text or bool(text)
                             yield ChatChunk(
                                 text=text, usage=usage, finish_reason=finish, model=chunk.model
                             )
+                if calls:
+                    yield ChatChunk(
+                        tool_calls=tuple(
+                            ToolCall(c["id"] or f"call_{i}", c["name"], c["arguments"] or "{}")
+                            for i, c in sorted(calls.items())
+                        )
+                    )
                 return
             except (openai.APIError, httpx2.HTTPError) as exc:
                 error = self._translate(exc, model, sent_text, attempt)
@@ -124,7 +145,7 @@ class OpenAIChatModel:
         """One reply, not streamed; see ``ChatModel.complete``."""
         body: dict[str, object] = {
             "model": model,
-            "messages": [{"role": t.role, "content": t.content} for t in turns],
+            "messages": [_message(t) for t in turns],
         }
         if json:
             body["response_format"] = {"type": "json_object"}
@@ -200,6 +221,50 @@ class OpenAIChatModel:
             f"could not reach the model endpoint {tries}; retry later",
             reason="MODEL_UNREACHABLE",
         )
+
+
+def _gather(calls: dict[int, dict[str, str]], pieces: Sequence[Any]) -> None:
+    """Add streamed pieces of tool calls to ``calls`` (by index)."""
+    for piece in pieces:
+        call = calls.setdefault(piece.index, {"id": "", "name": "", "arguments": ""})
+        if piece.id:
+            call["id"] = piece.id
+        if piece.function and piece.function.name:
+            call["name"] += piece.function.name
+        if piece.function and piece.function.arguments:
+            call["arguments"] += piece.function.arguments
+
+
+def _message(turn: ChatTurn) -> dict[str, Any]:
+    """A prompt turn in the Chat Completions format."""
+    message: dict[str, Any] = {"role": turn.role, "content": turn.content}
+    if turn.tool_calls:
+        message["content"] = turn.content or None
+        message["tool_calls"] = [
+            {
+                "id": c.tool_call_id,
+                "type": "function",
+                "function": {"name": c.name, "arguments": c.arguments},
+            }
+            for c in turn.tool_calls
+        ]
+    if turn.tool_call_id:
+        message["tool_call_id"] = turn.tool_call_id
+    return message
+
+
+def _tool(spec: ToolSpec) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": spec.name}
+    if spec.description:
+        function["description"] = spec.description
+    function["parameters"] = spec.parameters or {"type": "object", "properties": {}}
+    return {"type": "function", "function": function}
+
+
+def _tool_choice(choice: str) -> Any:
+    if choice in ("auto", "none", "required"):
+        return choice
+    return {"type": "function", "function": {"name": choice}}
 
 
 def _retryable(exc: Exception) -> bool:

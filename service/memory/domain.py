@@ -141,6 +141,7 @@ class AssistantMemory:
         user_message_id: str,
         reply_message_id: str,
         model: str,
+        tool_outputs: Sequence[str] = (),
     ) -> str:
         job_id = ids.derived_id(ids.OPERATION, reply_message_id)
         await self._jobs.enqueue(
@@ -153,6 +154,7 @@ class AssistantMemory:
                 "user_message_id": user_message_id,
                 "reply_message_id": reply_message_id,
                 "model": self._extraction_model or model or self._default_model,
+                "tool_outputs": [o[:MAX_MEMORY_CHARS] for o in tool_outputs],
             },
             job_id=job_id,
         )
@@ -177,7 +179,9 @@ class AssistantMemory:
             # Idempotent: makes sure the episodic write landed even if the
             # inline one during the reply failed.
             await self.remember(tenant, assistant_id, user_id, p["thread_id"], user)
-            extracted = await extract_facts(self._llm, p["model"], user.content, reply.content)
+            extracted = await extract_facts(
+                self._llm, p["model"], user.content, reply.content, p.get("tool_outputs") or []
+            )
             await checkpoint({"facts": extracted})
         facts: list[str] = list(job.checkpoint["facts"])
         if "operations" not in job.checkpoint:

@@ -9,7 +9,8 @@ from pymongo import DESCENDING, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
-from service.core.models import Assistant, ContextStrategy, MemoryMode
+from service.core.models import Assistant, ContextStrategy, MemoryMode, ToolSpec
+from service.store.tooldocs import tool_doc, tool_from_doc
 
 __all__ = ["MongoAssistantStore"]
 
@@ -30,7 +31,13 @@ def _to_doc(a: Assistant) -> Doc:
         "update_time": a.update_time,
         "context_window": a.context_window,
         "context_strategy": a.context_strategy.value,
+        "tools": _tools_doc(a.tools),
+        "memory_from_tool_outputs": a.memory_from_tool_outputs,
     }
+
+
+def _tools_doc(tools: list[ToolSpec]) -> list[Doc]:
+    return [tool_doc(t) for t in tools]
 
 
 def _from_doc(d: Doc) -> Assistant:
@@ -48,6 +55,8 @@ def _from_doc(d: Doc) -> Assistant:
         context_strategy=ContextStrategy(
             d.get("context_strategy", ContextStrategy.SUMMARIZE.value)
         ),
+        tools=[tool_from_doc(t) for t in d.get("tools") or ()],
+        memory_from_tool_outputs=bool(d.get("memory_from_tool_outputs", False)),
     )
 
 
@@ -100,6 +109,8 @@ class MongoAssistantStore:
             k: (v.value if isinstance(v, MemoryMode | ContextStrategy) else v)
             for k, v in changes.items()
         }
+        if "tools" in values:
+            values["tools"] = _tools_doc(changes["tools"])  # type: ignore[arg-type]
         values["update_time"] = now
         doc = await self._c.find_one_and_update(
             {"_id": assistant_id, "tenant": tenant, **_LIVE},

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from service.core.models import MemoryMode, Message, MessageStatus, Role, Usage
+from service.core.models import MemoryMode, Message, MessageStatus, Role, ToolCall, Usage
 
 __all__ = ["MongoMessageStore"]
 
@@ -32,7 +33,15 @@ def _to_doc(m: Message) -> Doc:
         "create_time": m.create_time,
         "request_id": m.request_id,
         "error": m.error,
+        "tool_calls": _calls_doc(m.tool_calls),
+        "tool_call_id": m.tool_call_id,
+        "run_id": m.run_id,
     }
+
+
+def _calls_doc(calls: Sequence[ToolCall]) -> list[Doc]:
+    # Documents, not [id, name, arguments] arrays: FerretDB rejects nested arrays.
+    return [{"id": c.tool_call_id, "name": c.name, "arguments": c.arguments} for c in calls]
 
 
 def _usage_doc(usage: Usage | None) -> Doc | None:
@@ -58,6 +67,11 @@ def _from_doc(d: Doc) -> Message:
         create_time=d.get("create_time"),
         request_id=d.get("request_id", ""),
         error=d.get("error", ""),
+        tool_calls=[
+            ToolCall(c["id"], c["name"], c["arguments"]) for c in d.get("tool_calls") or ()
+        ],
+        tool_call_id=d.get("tool_call_id", ""),
+        run_id=d.get("run_id", ""),
     )
 
 
@@ -124,6 +138,7 @@ class MongoMessageStore:
         status: MessageStatus,
         usage: Usage | None = None,
         error: str = "",
+        tool_calls: Sequence[ToolCall] = (),
     ) -> Message | None:
         doc = await self._c.find_one_and_update(
             {"_id": message_id},
@@ -133,6 +148,7 @@ class MongoMessageStore:
                     "status": status.value,
                     "usage": _usage_doc(usage),
                     "error": error,
+                    "tool_calls": _calls_doc(tool_calls),
                 }
             },
             return_document=ReturnDocument.AFTER,

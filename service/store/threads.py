@@ -10,8 +10,17 @@ from typing import Any
 from pymongo import DESCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 
-from service.core.models import ContextEntry, MessageStatus, Role, Summary, Thread
+from service.core.models import (
+    ContextEntry,
+    MessageStatus,
+    PendingRun,
+    Role,
+    Summary,
+    Thread,
+    ToolCall,
+)
 from service.core.ports import PendingThreadDelete
+from service.store.tooldocs import tool_doc, tool_from_doc
 
 __all__ = ["MongoThreadStore"]
 
@@ -23,7 +32,18 @@ def _context_blob(entries: Sequence[ContextEntry]) -> str:
     whole, and one string is far cheaper than hundreds of sub-documents for
     FerretDB to convert (about 12 ms for 200 entries) and smaller in BSON."""
     return json.dumps(
-        [[e.sequence, e.role.value, e.content, e.status.value, e.tokens] for e in entries],
+        [
+            [
+                e.sequence,
+                e.role.value,
+                e.content,
+                e.status.value,
+                e.tokens,
+                [[c.tool_call_id, c.name, c.arguments] for c in e.tool_calls],
+                e.tool_call_id,
+            ]
+            for e in entries
+        ],
         separators=(",", ":"),
     )
 
@@ -32,9 +52,52 @@ def _context_from_blob(blob: str | None) -> list[ContextEntry]:
     if not blob:
         return []
     return [
-        ContextEntry(int(s), _ROLES[r], c, _STATUSES[st], int(t))
-        for s, r, c, st, t in json.loads(blob)
+        ContextEntry(
+            int(e[0]),
+            _ROLES[e[1]],
+            e[2],
+            _STATUSES[e[3]],
+            int(e[4]),
+            tuple(ToolCall(*c) for c in e[5]) if len(e) > 5 else (),
+            e[6] if len(e) > 6 else "",
+        )
+        for e in json.loads(blob)
     ]
+
+
+def _run_doc(run: PendingRun | None) -> Doc | None:
+    if run is None:
+        return None
+    return {
+        "run_id": run.run_id,
+        "message_id": run.message_id,
+        "user_message_id": run.user_message_id,
+        "tool_call_ids": list(run.tool_call_ids),
+        "round": run.round,
+        "model": run.model,
+        "expire_time": run.expire_time,
+        "tools": None if run.tools is None else [tool_doc(t) for t in run.tools],
+        "tool_choice": run.tool_choice,
+        "request_id": run.request_id,
+    }
+
+
+def _run_from_doc(d: Doc | None) -> PendingRun | None:
+    if not d:
+        return None
+    tools = d.get("tools")
+    return PendingRun(
+        run_id=d["run_id"],
+        message_id=d["message_id"],
+        user_message_id=d["user_message_id"],
+        tool_call_ids=tuple(d["tool_call_ids"]),
+        round=int(d["round"]),
+        model=d["model"],
+        expire_time=d["expire_time"],
+        tools=None if tools is None else tuple(tool_from_doc(t) for t in tools),
+        tool_choice=d.get("tool_choice", ""),
+        request_id=d.get("request_id", ""),
+    )
 
 
 _ROLES = {r.value: r for r in Role}
@@ -61,6 +124,7 @@ def _from_doc(d: Doc) -> Thread:
         summary=Summary(s["text"], int(s["through"]), s.get("model", ""), s.get("time"))
         if (s := d.get("summary"))
         else None,
+        run=_run_from_doc(d.get("run")),
     )
 
 
@@ -143,6 +207,7 @@ class MongoThreadStore:
         context: Sequence[ContextEntry],
         message_count: int,
         update_time: datetime,
+        run: PendingRun | None = None,
     ) -> None:
         await self._c.update_one(
             {"_id": thread_id},
@@ -151,6 +216,7 @@ class MongoThreadStore:
                     "context": _context_blob(context),
                     "message_count": message_count,
                     "update_time": update_time,
+                    "run": _run_doc(run),
                 }
             },
         )

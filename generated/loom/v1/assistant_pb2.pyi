@@ -11,6 +11,7 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from generated.loom.v1 import common_pb2 as _common_pb2
+from generated.loom.v1 import tools_pb2 as _tools_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -90,6 +91,8 @@ class Assistant(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     CONTEXT_WINDOW_FIELD_NUMBER: _builtins.int
     CONTEXT_STRATEGY_FIELD_NUMBER: _builtins.int
+    TOOLS_FIELD_NUMBER: _builtins.int
+    MEMORY_FROM_TOOL_OUTPUTS_FIELD_NUMBER: _builtins.int
     assistant_id: _builtins.str
     """Output only. Server-assigned id, e.g. `asst_6650c3b2e1f4a9d0c1b2a3f4`."""
     name: _builtins.str
@@ -111,8 +114,10 @@ class Assistant(_message.Message):
     known models and `LOOM_CONTEXT_WINDOW`; 0 means not set.
     """
     context_strategy: Global___ContextStrategy.ValueType
-    """What happens when a thread outgrows the context window.
-    Fields 11 to 15 are kept free for tools and other profile settings.
+    """What happens when a thread outgrows the context window."""
+    memory_from_tool_outputs: _builtins.bool
+    """With memory AUTO, also extract facts from tool outputs (off by default:
+    tool outputs often hold data that is not about the user).
     """
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
@@ -128,6 +133,12 @@ class Assistant(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """Output only. When the assistant was last changed."""
 
+    @_builtins.property
+    def tools(self) -> _containers.RepeatedCompositeFieldContainer[_tools_pb2.Tool]:
+        """Tools the model may call (function tools, OpenAI format). A message may
+        narrow or replace them for itself.
+        """
+
     def __init__(
         self,
         *,
@@ -141,10 +152,12 @@ class Assistant(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         context_window: _builtins.int = ...,
         context_strategy: Global___ContextStrategy.ValueType = ...,
+        tools: _abc.Iterable[_tools_pb2.Tool] | None = ...,
+        memory_from_tool_outputs: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_id", b"assistant_id", "context_strategy", b"context_strategy", "context_window", b"context_window", "create_time", b"create_time", "instructions", b"instructions", "memory_mode", b"memory_mode", "metadata", b"metadata", "model", b"model", "name", b"name", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_id", b"assistant_id", "context_strategy", b"context_strategy", "context_window", b"context_window", "create_time", b"create_time", "instructions", b"instructions", "memory_from_tool_outputs", b"memory_from_tool_outputs", "memory_mode", b"memory_mode", "metadata", b"metadata", "model", b"model", "name", b"name", "tools", b"tools", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -317,8 +330,9 @@ class UpdateAssistantRequest(_message.Message):
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
         """Fields to change: any of `name`, `instructions`, `model`, `memory_mode`,
-        `metadata`, `context_window`, `context_strategy`, or `*` for all of them.
-        Empty means every field that is set in `assistant`.
+        `metadata`, `context_window`, `context_strategy`, `tools`,
+        `memory_from_tool_outputs`, or `*` for all of them. Empty means every
+        field that is set in `assistant`.
         """
 
     def __init__(

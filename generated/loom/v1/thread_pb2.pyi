@@ -10,6 +10,7 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from generated.loom.v1 import common_pb2 as _common_pb2
+from generated.loom.v1 import tools_pb2 as _tools_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -73,6 +74,14 @@ class _MessageStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Message
     """The model call failed. `content` holds what arrived before the failure,
     if anything.
     """
+    MESSAGE_STATUS_REQUIRES_ACTION: _MessageStatus.ValueType  # 5
+    """The model asked for tools (`tool_calls`); the run waits for
+    SubmitToolOutputs.
+    """
+    MESSAGE_STATUS_EXPIRED: _MessageStatus.ValueType  # 6
+    """The run waited for tool outputs longer than allowed."""
+    MESSAGE_STATUS_CANCELLED: _MessageStatus.ValueType  # 7
+    """The run was cancelled with CancelRun."""
 
 class MessageStatus(_MessageStatus, metaclass=_MessageStatusEnumTypeWrapper):
     """MessageStatus says whether a message is whole."""
@@ -91,6 +100,14 @@ MESSAGE_STATUS_FAILED: MessageStatus.ValueType  # 4
 """The model call failed. `content` holds what arrived before the failure,
 if anything.
 """
+MESSAGE_STATUS_REQUIRES_ACTION: MessageStatus.ValueType  # 5
+"""The model asked for tools (`tool_calls`); the run waits for
+SubmitToolOutputs.
+"""
+MESSAGE_STATUS_EXPIRED: MessageStatus.ValueType  # 6
+"""The run waited for tool outputs longer than allowed."""
+MESSAGE_STATUS_CANCELLED: MessageStatus.ValueType  # 7
+"""The run was cancelled with CancelRun."""
 Global___MessageStatus: _TypeAlias = MessageStatus  # noqa: Y015
 
 @_typing.final
@@ -127,6 +144,7 @@ class Thread(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     SUMMARY_FIELD_NUMBER: _builtins.int
+    PENDING_RUN_ID_FIELD_NUMBER: _builtins.int
     thread_id: _builtins.str
     """Output only. Server-assigned id, e.g. `thread_6650c3b2e1f4a9d0c1b2a3f4`."""
     assistant_id: _builtins.str
@@ -137,6 +155,8 @@ class Thread(_message.Message):
     """
     message_count: _builtins.int
     """Output only. Number of messages stored in the thread."""
+    pending_run_id: _builtins.str
+    """Output only. The run waiting for tool outputs, if any."""
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Caller-defined labels: at most 16 pairs, keys up to 64 characters, values
@@ -168,10 +188,11 @@ class Thread(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         summary: Global___ThreadSummary | None = ...,
+        pending_run_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "summary", b"summary", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_id", b"assistant_id", "create_time", b"create_time", "message_count", b"message_count", "metadata", b"metadata", "summary", b"summary", "thread_id", b"thread_id", "update_time", b"update_time", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_id", b"assistant_id", "create_time", b"create_time", "message_count", b"message_count", "metadata", b"metadata", "pending_run_id", b"pending_run_id", "summary", b"summary", "thread_id", b"thread_id", "update_time", b"update_time", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -254,6 +275,9 @@ class Message(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     MEMORY_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     """Output only. Server-assigned id, e.g. `msg_6650c3b2e1f4a9d0c1b2a3f4`."""
     thread_id: _builtins.str
@@ -272,6 +296,10 @@ class Message(_message.Message):
     """The memory mode the message was sent with, as resolved (never
     UNSPECIFIED on stored messages).
     """
+    tool_call_id: _builtins.str
+    """For tool messages: the call this output answers."""
+    run_id: _builtins.str
+    """The run (one reply, over one or more tool rounds) the message belongs to."""
     @_builtins.property
     def usage(self) -> _common_pb2.Usage:
         """For assistant messages: the tokens the reply cost."""
@@ -283,6 +311,10 @@ class Message(_message.Message):
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Caller-defined labels given with SendMessage (user messages only)."""
+
+    @_builtins.property
+    def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[_tools_pb2.ToolCall]:
+        """For assistant messages: the tools the model called."""
 
     def __init__(
         self,
@@ -298,10 +330,13 @@ class Message(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         memory: _common_pb2.MemoryMode.ValueType = ...,
+        tool_calls: _abc.Iterable[_tools_pb2.ToolCall] | None = ...,
+        tool_call_id: _builtins.str = ...,
+        run_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "create_time", b"create_time", "memory", b"memory", "message_id", b"message_id", "metadata", b"metadata", "model", b"model", "role", b"role", "sequence", b"sequence", "status", b"status", "thread_id", b"thread_id", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "create_time", b"create_time", "memory", b"memory", "message_id", b"message_id", "metadata", b"metadata", "model", b"model", "role", b"role", "run_id", b"run_id", "sequence", b"sequence", "status", b"status", "thread_id", b"thread_id", "tool_call_id", b"tool_call_id", "tool_calls", b"tool_calls", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -619,6 +654,8 @@ class SendMessageRequest(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    TOOLS_FIELD_NUMBER: _builtins.int
+    TOOL_CHOICE_FIELD_NUMBER: _builtins.int
     content: _builtins.str
     """The user's message. Required; at most `LOOM_MAX_MESSAGE_CHARS`
     characters (100,000 by default).
@@ -646,9 +683,19 @@ class SendMessageRequest(_message.Message):
     """Idempotency key (AIP-155), at most 128 characters: a retry with the same
     id returns the first result and never calls the model twice.
     """
+    tool_choice: _builtins.str
+    """"auto" (the default), "none", "required", or the name of one tool the
+    model must call.
+    """
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Caller-defined labels stored on the user message."""
+
+    @_builtins.property
+    def tools(self) -> _containers.RepeatedCompositeFieldContainer[_tools_pb2.Tool]:
+        """Tools for this message only, replacing the assistant's (to narrow them,
+        send the subset). Empty: the assistant's tools.
+        """
 
     def __init__(
         self,
@@ -661,10 +708,12 @@ class SendMessageRequest(_message.Message):
         model: _builtins.str = ...,
         request_id: _builtins.str = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        tools: _abc.Iterable[_tools_pb2.Tool] | None = ...,
+        tool_choice: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_id", b"assistant_id", "content", b"content", "memory", b"memory", "metadata", b"metadata", "model", b"model", "request_id", b"request_id", "thread_id", b"thread_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_id", b"assistant_id", "content", b"content", "memory", b"memory", "metadata", b"metadata", "model", b"model", "request_id", b"request_id", "thread_id", b"thread_id", "tool_choice", b"tool_choice", "tools", b"tools", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -820,10 +869,49 @@ class SendMessageResponse(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class ToolCallsRequired(_message.Message):
+        """ToolCallsRequired is the last event when the model asks for tools:
+        answer every call with SubmitToolOutputs (same `run_id`).
+        """
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        RUN_ID_FIELD_NUMBER: _builtins.int
+        MESSAGE_ID_FIELD_NUMBER: _builtins.int
+        TOOL_CALLS_FIELD_NUMBER: _builtins.int
+        EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+        run_id: _builtins.str
+        """The run to continue."""
+        message_id: _builtins.str
+        """The assistant message that holds the calls (status REQUIRES_ACTION)."""
+        @_builtins.property
+        def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[_tools_pb2.ToolCall]:
+            """The calls, possibly several at once."""
+
+        @_builtins.property
+        def expire_time(self) -> _timestamp_pb2.Timestamp:
+            """When the run expires if the outputs have not come."""
+
+        def __init__(
+            self,
+            *,
+            run_id: _builtins.str = ...,
+            message_id: _builtins.str = ...,
+            tool_calls: _abc.Iterable[_tools_pb2.ToolCall] | None = ...,
+            expire_time: _timestamp_pb2.Timestamp | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "message_id", b"message_id", "run_id", b"run_id", "tool_calls", b"tool_calls"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     STARTED_FIELD_NUMBER: _builtins.int
     DELTA_FIELD_NUMBER: _builtins.int
     COMPLETED_FIELD_NUMBER: _builtins.int
     MEMORY_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_REQUIRED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def started(self) -> Global___SendMessageResponse.Started:
         """The first event."""
@@ -834,11 +922,15 @@ class SendMessageResponse(_message.Message):
 
     @_builtins.property
     def completed(self) -> Global___SendMessageResponse.Completed:
-        """The last event."""
+        """The last event of a reply."""
 
     @_builtins.property
     def memory(self) -> Global___SendMessageResponse.MemoryRecalled:
         """The memories recalled for this reply."""
+
+    @_builtins.property
+    def tool_calls_required(self) -> Global___SendMessageResponse.ToolCallsRequired:
+        """The last event of a round that needs tool outputs."""
 
     def __init__(
         self,
@@ -847,13 +939,148 @@ class SendMessageResponse(_message.Message):
         delta: Global___SendMessageResponse.Delta | None = ...,
         completed: Global___SendMessageResponse.Completed | None = ...,
         memory: Global___SendMessageResponse.MemoryRecalled | None = ...,
+        tool_calls_required: Global___SendMessageResponse.ToolCallsRequired | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["completed", b"completed", "delta", b"delta", "event", b"event", "memory", b"memory", "started", b"started"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["completed", b"completed", "delta", b"delta", "event", b"event", "memory", b"memory", "started", b"started", "tool_calls_required", b"tool_calls_required"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed", b"completed", "delta", b"delta", "event", b"event", "memory", b"memory", "started", b"started"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed", b"completed", "delta", b"delta", "event", b"event", "memory", b"memory", "started", b"started", "tool_calls_required", b"tool_calls_required"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["started", "delta", "completed", "memory"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["started", "delta", "completed", "memory", "tool_calls_required"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___SendMessageResponse: _TypeAlias = SendMessageResponse  # noqa: Y015
+
+@_typing.final
+class SubmitToolOutputsRequest(_message.Message):
+    """SubmitToolOutputsRequest answers the tool calls of a run's current round."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    THREAD_ID_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    TOOL_OUTPUTS_FIELD_NUMBER: _builtins.int
+    thread_id: _builtins.str
+    """The thread of the run."""
+    run_id: _builtins.str
+    """The run, from `tool_calls_required`."""
+    @_builtins.property
+    def tool_outputs(self) -> _containers.RepeatedCompositeFieldContainer[_tools_pb2.ToolOutput]:
+        """One output per pending tool call, all in one submission."""
+
+    def __init__(
+        self,
+        *,
+        thread_id: _builtins.str = ...,
+        run_id: _builtins.str = ...,
+        tool_outputs: _abc.Iterable[_tools_pb2.ToolOutput] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id", "thread_id", b"thread_id", "tool_outputs", b"tool_outputs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitToolOutputsRequest: _TypeAlias = SubmitToolOutputsRequest  # noqa: Y015
+
+@_typing.final
+class SubmitToolOutputsResponse(_message.Message):
+    """SubmitToolOutputsResponse is one event of the continued reply; the same
+    events, with the same field numbers, as SendMessageResponse.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STARTED_FIELD_NUMBER: _builtins.int
+    DELTA_FIELD_NUMBER: _builtins.int
+    COMPLETED_FIELD_NUMBER: _builtins.int
+    MEMORY_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_REQUIRED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def started(self) -> Global___SendMessageResponse.Started:
+        """The first event: `assistant_message_id` is the new reply's."""
+
+    @_builtins.property
+    def delta(self) -> Global___SendMessageResponse.Delta:
+        """A piece of reply text."""
+
+    @_builtins.property
+    def completed(self) -> Global___SendMessageResponse.Completed:
+        """The last event of a reply."""
+
+    @_builtins.property
+    def memory(self) -> Global___SendMessageResponse.MemoryRecalled:
+        """Memories recalled (not sent for continued replies today)."""
+
+    @_builtins.property
+    def tool_calls_required(self) -> Global___SendMessageResponse.ToolCallsRequired:
+        """The last event of a round that needs tool outputs again."""
+
+    def __init__(
+        self,
+        *,
+        started: Global___SendMessageResponse.Started | None = ...,
+        delta: Global___SendMessageResponse.Delta | None = ...,
+        completed: Global___SendMessageResponse.Completed | None = ...,
+        memory: Global___SendMessageResponse.MemoryRecalled | None = ...,
+        tool_calls_required: Global___SendMessageResponse.ToolCallsRequired | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["completed", b"completed", "delta", b"delta", "event", b"event", "memory", b"memory", "started", b"started", "tool_calls_required", b"tool_calls_required"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed", b"completed", "delta", b"delta", "event", b"event", "memory", b"memory", "started", b"started", "tool_calls_required", b"tool_calls_required"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["started", "delta", "completed", "memory", "tool_calls_required"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___SubmitToolOutputsResponse: _TypeAlias = SubmitToolOutputsResponse  # noqa: Y015
+
+@_typing.final
+class CancelRunRequest(_message.Message):
+    """CancelRunRequest names the run to cancel."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    THREAD_ID_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    thread_id: _builtins.str
+    """The thread of the run."""
+    run_id: _builtins.str
+    """The run."""
+    def __init__(
+        self,
+        *,
+        thread_id: _builtins.str = ...,
+        run_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id", "thread_id", b"thread_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelRunRequest: _TypeAlias = CancelRunRequest  # noqa: Y015
+
+@_typing.final
+class CancelRunResponse(_message.Message):
+    """CancelRunResponse returns the cancelled run's message."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def message(self) -> Global___Message:
+        """The assistant message that held the tool calls, now CANCELLED."""
+
+    def __init__(
+        self,
+        *,
+        message: Global___Message | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelRunResponse: _TypeAlias = CancelRunResponse  # noqa: Y015

@@ -68,6 +68,16 @@ class ThreadServiceStub:
                 request_serializer=loom_dot_v1_dot_thread__pb2.SendMessageRequest.SerializeToString,
                 response_deserializer=loom_dot_v1_dot_thread__pb2.SendMessageResponse.FromString,
                 _registered_method=True)
+        self.SubmitToolOutputs = channel.unary_stream(
+                '/loom.v1.ThreadService/SubmitToolOutputs',
+                request_serializer=loom_dot_v1_dot_thread__pb2.SubmitToolOutputsRequest.SerializeToString,
+                response_deserializer=loom_dot_v1_dot_thread__pb2.SubmitToolOutputsResponse.FromString,
+                _registered_method=True)
+        self.CancelRun = channel.unary_unary(
+                '/loom.v1.ThreadService/CancelRun',
+                request_serializer=loom_dot_v1_dot_thread__pb2.CancelRunRequest.SerializeToString,
+                response_deserializer=loom_dot_v1_dot_thread__pb2.CancelRunResponse.FromString,
+                _registered_method=True)
 
 
 class ThreadServiceServicer:
@@ -116,9 +126,28 @@ class ThreadServiceServicer:
     def SendMessage(self, request, context):
         """SendMessage stores a user message, then streams the assistant's reply.
         Without `thread_id` a new thread is created. The stream is `started`,
-        any number of `delta`s, then `completed`; or it ends with an error
-        status. Only one reply runs per thread at a time: a message sent while
-        another reply is streaming gets ABORTED (reason THREAD_BUSY).
+        any number of `delta`s, then `completed`; or, when the model asks for
+        tools, `tool_calls_required` (answer with SubmitToolOutputs); or it ends
+        with an error status. Only one reply runs per thread at a time: a
+        message sent while another reply is streaming, or while a run waits for
+        tool outputs, gets ABORTED (reason THREAD_BUSY).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitToolOutputs(self, request, context):
+        """SubmitToolOutputs answers every tool call of a run's current round and
+        continues the same reply, streaming the same events as SendMessage:
+        `started`, `delta`s, then `completed` or another `tool_calls_required`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelRun(self, request, context):
+        """CancelRun cancels a run that waits for tool outputs; the thread is free
+        again.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -156,6 +185,16 @@ def add_ThreadServiceServicer_to_server(servicer, server):
                     servicer.SendMessage,
                     request_deserializer=loom_dot_v1_dot_thread__pb2.SendMessageRequest.FromString,
                     response_serializer=loom_dot_v1_dot_thread__pb2.SendMessageResponse.SerializeToString,
+            ),
+            'SubmitToolOutputs': grpc.unary_stream_rpc_method_handler(
+                    servicer.SubmitToolOutputs,
+                    request_deserializer=loom_dot_v1_dot_thread__pb2.SubmitToolOutputsRequest.FromString,
+                    response_serializer=loom_dot_v1_dot_thread__pb2.SubmitToolOutputsResponse.SerializeToString,
+            ),
+            'CancelRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelRun,
+                    request_deserializer=loom_dot_v1_dot_thread__pb2.CancelRunRequest.FromString,
+                    response_serializer=loom_dot_v1_dot_thread__pb2.CancelRunResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -324,6 +363,60 @@ class ThreadService:
             '/loom.v1.ThreadService/SendMessage',
             loom_dot_v1_dot_thread__pb2.SendMessageRequest.SerializeToString,
             loom_dot_v1_dot_thread__pb2.SendMessageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitToolOutputs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/loom.v1.ThreadService/SubmitToolOutputs',
+            loom_dot_v1_dot_thread__pb2.SubmitToolOutputsRequest.SerializeToString,
+            loom_dot_v1_dot_thread__pb2.SubmitToolOutputsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.v1.ThreadService/CancelRun',
+            loom_dot_v1_dot_thread__pb2.CancelRunRequest.SerializeToString,
+            loom_dot_v1_dot_thread__pb2.CancelRunResponse.FromString,
             options,
             channel_credentials,
             insecure,

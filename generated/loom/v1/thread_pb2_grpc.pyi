@@ -52,9 +52,20 @@ class ThreadServiceStub:
     SendMessage: _grpc.UnaryStreamMultiCallable[_thread_pb2.SendMessageRequest, _thread_pb2.SendMessageResponse]
     """SendMessage stores a user message, then streams the assistant's reply.
     Without `thread_id` a new thread is created. The stream is `started`,
-    any number of `delta`s, then `completed`; or it ends with an error
-    status. Only one reply runs per thread at a time: a message sent while
-    another reply is streaming gets ABORTED (reason THREAD_BUSY).
+    any number of `delta`s, then `completed`; or, when the model asks for
+    tools, `tool_calls_required` (answer with SubmitToolOutputs); or it ends
+    with an error status. Only one reply runs per thread at a time: a
+    message sent while another reply is streaming, or while a run waits for
+    tool outputs, gets ABORTED (reason THREAD_BUSY).
+    """
+    SubmitToolOutputs: _grpc.UnaryStreamMultiCallable[_thread_pb2.SubmitToolOutputsRequest, _thread_pb2.SubmitToolOutputsResponse]
+    """SubmitToolOutputs answers every tool call of a run's current round and
+    continues the same reply, streaming the same events as SendMessage:
+    `started`, `delta`s, then `completed` or another `tool_calls_required`.
+    """
+    CancelRun: _grpc.UnaryUnaryMultiCallable[_thread_pb2.CancelRunRequest, _thread_pb2.CancelRunResponse]
+    """CancelRun cancels a run that waits for tool outputs; the thread is free
+    again.
     """
 
 @_typing.type_check_only
@@ -81,9 +92,20 @@ class ThreadServiceAsyncStub(ThreadServiceStub):
     SendMessage: _aio.UnaryStreamMultiCallable[_thread_pb2.SendMessageRequest, _thread_pb2.SendMessageResponse]  # type: ignore[assignment]
     """SendMessage stores a user message, then streams the assistant's reply.
     Without `thread_id` a new thread is created. The stream is `started`,
-    any number of `delta`s, then `completed`; or it ends with an error
-    status. Only one reply runs per thread at a time: a message sent while
-    another reply is streaming gets ABORTED (reason THREAD_BUSY).
+    any number of `delta`s, then `completed`; or, when the model asks for
+    tools, `tool_calls_required` (answer with SubmitToolOutputs); or it ends
+    with an error status. Only one reply runs per thread at a time: a
+    message sent while another reply is streaming, or while a run waits for
+    tool outputs, gets ABORTED (reason THREAD_BUSY).
+    """
+    SubmitToolOutputs: _aio.UnaryStreamMultiCallable[_thread_pb2.SubmitToolOutputsRequest, _thread_pb2.SubmitToolOutputsResponse]  # type: ignore[assignment]
+    """SubmitToolOutputs answers every tool call of a run's current round and
+    continues the same reply, streaming the same events as SendMessage:
+    `started`, `delta`s, then `completed` or another `tool_calls_required`.
+    """
+    CancelRun: _aio.UnaryUnaryMultiCallable[_thread_pb2.CancelRunRequest, _thread_pb2.CancelRunResponse]  # type: ignore[assignment]
+    """CancelRun cancels a run that waits for tool outputs; the thread is free
+    again.
     """
 
 class ThreadServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -143,9 +165,32 @@ class ThreadServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_thread_pb2.SendMessageResponse], _abc.AsyncIterator[_thread_pb2.SendMessageResponse]]:
         """SendMessage stores a user message, then streams the assistant's reply.
         Without `thread_id` a new thread is created. The stream is `started`,
-        any number of `delta`s, then `completed`; or it ends with an error
-        status. Only one reply runs per thread at a time: a message sent while
-        another reply is streaming gets ABORTED (reason THREAD_BUSY).
+        any number of `delta`s, then `completed`; or, when the model asks for
+        tools, `tool_calls_required` (answer with SubmitToolOutputs); or it ends
+        with an error status. Only one reply runs per thread at a time: a
+        message sent while another reply is streaming, or while a run waits for
+        tool outputs, gets ABORTED (reason THREAD_BUSY).
+        """
+
+    @_abc_1.abstractmethod
+    def SubmitToolOutputs(
+        self,
+        request: _thread_pb2.SubmitToolOutputsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_thread_pb2.SubmitToolOutputsResponse], _abc.AsyncIterator[_thread_pb2.SubmitToolOutputsResponse]]:
+        """SubmitToolOutputs answers every tool call of a run's current round and
+        continues the same reply, streaming the same events as SendMessage:
+        `started`, `delta`s, then `completed` or another `tool_calls_required`.
+        """
+
+    @_abc_1.abstractmethod
+    def CancelRun(
+        self,
+        request: _thread_pb2.CancelRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_thread_pb2.CancelRunResponse, _abc.Awaitable[_thread_pb2.CancelRunResponse]]:
+        """CancelRun cancels a run that waits for tool outputs; the thread is free
+        again.
         """
 
 def add_ThreadServiceServicer_to_server(servicer: ThreadServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
