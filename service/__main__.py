@@ -5,6 +5,7 @@ manages API keys.
     python -m service api-keys create --tenant acme   # prints the key last
     python -m service api-keys list [--tenant acme]
     python -m service api-keys revoke KEY_ID
+    python -m service memory reindex [--all]          # after changing LOOM_EMBEDDING
 """
 
 from __future__ import annotations
@@ -89,6 +90,27 @@ async def _api_keys(args: argparse.Namespace, settings: Settings) -> int:
         await store.close()
 
 
+async def _reindex(settings: Settings, *, force: bool) -> int:
+    from service.memory.embeddings import EmbeddingError, embedder_from_settings
+    from service.memory.index import open_index, reindex_all
+
+    key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
+    try:
+        embedder = embedder_from_settings(
+            settings.embedding,
+            str(settings.embedding_model_dir) if settings.embedding_model_dir else None,
+            openai_base_url=settings.llm_base_url,
+            openai_api_key=key,
+        )
+    except EmbeddingError as exc:
+        sys.stderr.write(f"loom: {exc.message}\n")
+        return 1
+    index = open_index(settings.data_dir, settings.chroma_url, embedder)
+    count = await reindex_all(index, force=force)
+    print(f"re-embedded {count} memories with {embedder.model_name}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
@@ -103,6 +125,13 @@ def main(argv: list[str] | None = None) -> int:
     listing.add_argument("--tenant")
     revoke = key_cmds.add_parser("revoke", help="revoke a key by its id")
     revoke.add_argument("key_id")
+    memory = sub.add_parser("memory", help="maintain assistant memory")
+    memory_cmds = memory.add_subparsers(dest="command", required=True)
+    reindex = memory_cmds.add_parser(
+        "reindex",
+        help="re-embed memories written with another embedding model than LOOM_EMBEDDING",
+    )
+    reindex.add_argument("--all", action="store_true", help="re-embed every assistant's memory")
     args = parser.parse_args(argv)
 
     settings = _settings()
@@ -114,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx2").setLevel(logging.WARNING)
     if args.group == "api-keys":
         return asyncio.run(_api_keys(args, settings))
+    if args.group == "memory":
+        return asyncio.run(_reindex(settings, force=args.all))
     from service.server import serve
 
     try:
