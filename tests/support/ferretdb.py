@@ -27,7 +27,11 @@ def free_port() -> int:
 class FerretDB:
     """Start with ``start()``; ``uri`` is then a MongoDB URI to it."""
 
-    def __init__(self, binary: str | None = None) -> None:
+    def __init__(self, binary: str | None = None, *, synchronous: str = "") -> None:
+        """``synchronous`` sets SQLite's synchronous pragma (FerretDB's default
+        is FULL: an fsync per commit); "normal" trades durability on power
+        loss for speed, for benchmarks that want Loom's cost, not the disk's."""
+        self.url_query = f"?_pragma=synchronous({synchronous})" if synchronous else ""
         self.binary = binary or os.environ.get(
             "LOOM_FERRETDB_BIN", str(REPO / ".tools" / "bin" / "ferretdb")
         )
@@ -54,7 +58,7 @@ class FerretDB:
             [
                 self.binary,
                 "--handler=sqlite",
-                f"--sqlite-url=file:{self.dir}/",
+                f"--sqlite-url=file:{self.dir}/{self.url_query}",
                 f"--state-dir={self.dir}",
                 "--telemetry=disable",
                 f"--listen-addr=127.0.0.1:{self.port}",
