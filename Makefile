@@ -10,7 +10,7 @@ FERRETDB := $(TOOLS)/bin/ferretdb
 GRPCURL := $(TOOLS)/bin/grpcurl
 STAMP := $(VENV)/.installed
 
-.PHONY: setup proto proto-check lint test bench run clean
+.PHONY: setup proto proto-check lint test bench bench-memory run clean
 
 setup: $(STAMP) $(FERRETDB) $(GRPCURL)
 
@@ -54,8 +54,17 @@ lint: $(STAMP)
 test: setup
 	LOOM_FERRETDB_BIN=$(FERRETDB) LOOM_GRPCURL_BIN=$(GRPCURL) $(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
+# The embedding model for offline machines: ../shared beside the clone, if present.
+MODEL_DIR ?= $(abspath ../shared/models/all-MiniLM-L6-v2/onnx)
+BENCH_ENV = LOOM_FERRETDB_BIN=$(FERRETDB) ORT_DISABLE_TELEMETRY=1 \
+	$(if $(wildcard $(MODEL_DIR)/model.onnx),LOOM_EMBEDDING_MODEL_DIR=$(MODEL_DIR))
+
 bench: setup
-	LOOM_FERRETDB_BIN=$(FERRETDB) $(PY) -m bench.messages
+	$(BENCH_ENV) $(PY) -m bench.messages
+	$(BENCH_ENV) $(PY) -m bench.context
+
+bench-memory: setup
+	$(BENCH_ENV) $(PY) -m bench.memory
 
 run: setup
 	FERRETDB=$(FERRETDB) PY=$(PY) ./scripts/run.sh
