@@ -11,6 +11,7 @@ from service.memory.embeddings import (
     Vectors,
     default_model_dir,
     embedder_from_settings,
+    ensure_default_model,
 )
 from service.memory.index import (
     MODES,
@@ -43,6 +44,7 @@ __all__ = [
     "collection_name",
     "default_model_dir",
     "embedder_from_settings",
+    "ensure_default_model",
     "open_index",
     "reindex_all",
 ]

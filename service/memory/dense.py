@@ -72,14 +72,16 @@ class VectorSet:
         if size == 0 or not codes or limit <= 0:
             return []
         mask = self._alive[:size] & np.isin(self._scope[:size], np.asarray(codes, np.int32))
-        candidates = np.flatnonzero(mask)
-        if len(candidates) == 0:
+        count = int(np.count_nonzero(mask))
+        if count == 0:
             return []
-        sims = self._vectors[candidates] @ query
-        n = min(limit, len(candidates))
-        top = np.argpartition(-sims, n - 1)[:n] if n < len(sims) else np.arange(len(sims))
+        # One product over every slot beats gathering the scope's rows first
+        # (a copy of the matrix); out-of-scope slots are then masked out.
+        sims = np.where(mask, self._vectors[:size] @ query, -np.inf)
+        n = min(limit, count)
+        top = np.argpartition(-sims, n - 1)[:n] if n < size else np.arange(size)
         top = top[np.argsort(-sims[top], kind="stable")]
-        return [(self._ids[candidates[i]], float(sims[i])) for i in top]
+        return [(self._ids[i], float(sims[i])) for i in top if mask[i]]
 
     def cosine(self, query: npt.NDArray[np.float32], doc_ids: Iterable[str]) -> dict[str, float]:
         """Cosine of ``query`` with each stored id; unknown ids are left out."""

@@ -22,9 +22,9 @@ specific_model_path=...)``) and is as fast when handed length-sorted texts
 turns/s when fastembed gets them unsorted), but it truncates at the
 tokenizer's ``model_max_length`` (512), not at the model's 256, so texts
 longer than 256 tokens get other vectors than Chroma's and
-sentence-transformers' (cosine 0.85 on a 1,429-token text), and it would add
-four packages (huggingface-hub, loguru, pillow, py-rust-stemmers) to do what
-80 lines here do.
+sentence-transformers' (cosine 0.85 on a 1,429-token text); and it pins
+huggingface-hub below 2 (downgrading the 2.4 that tokenizers brings) and adds
+loguru, pillow and py-rust-stemmers, to do what 80 lines here do.
 
 Errors: ``EmbeddingError`` (a ``FailedPrecondition``) when the model folder
 is missing or incomplete; ``Unavailable`` when the OpenAI endpoint cannot be
@@ -54,6 +54,7 @@ __all__ = [
     "Vectors",
     "default_model_dir",
     "embedder_from_settings",
+    "ensure_default_model",
 ]
 
 Vectors = npt.NDArray[np.float32]
@@ -172,6 +173,10 @@ class OnnxMiniLM:
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        # Idle pool threads sleep instead of spinning: a spinning pool holds
+        # the cores for a while after each run, which on 2 cores slowed the
+        # rest of a search (ranking, Chroma) by several milliseconds.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session: Any = ort.InferenceSession(
             str(folder / "model.onnx"), sess_options=options, providers=["CPUExecutionProvider"]
         )

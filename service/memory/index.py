@@ -5,7 +5,7 @@ Layout. One Chroma collection per (tenant, assistant), named
 ``loom-mem-`` + the first 40 hex digits of sha256(tenant, assistant id), so
 any id is a valid name, two tenants never share a collection, and dropping
 an assistant is one ``delete_collection``. Cosine space
-(``configuration={"hnsw": {"space": "cosine"}}``, what 1.5.9 reads; the
+(``configuration={"hnsw": {"space": "cosine"}}``, which 1.5.9 reads; the
 ``hnsw:space`` metadata key is the legacy form). The collection's metadata
 records ``tenant``, ``assistant_id``, ``embedding_model``,
 ``embedding_dim`` and ``loom_version`` (a write counter). Each memory is one
@@ -13,43 +13,52 @@ record: id = memory id, document = text, embedding = given by Loom (Chroma
 never embeds: ``embedding_function=None``), metadata = ``tenant``,
 ``assistant_id``, ``user_id``, ``kind``, ``source_thread_id``,
 ``source_message_id``, ``context``, ``create_us``/``update_us`` (UTC
-microseconds) and the caller's metadata under ``m.<key>``. Every read and
-write filters on ``tenant`` and ``assistant_id`` as well, though the
-collection already implies them.
+microseconds), ``write_us`` (when it was written) and the caller's metadata
+under ``m.<key>``. Every read checks ``tenant`` and ``assistant_id`` on what
+Chroma returns (``list`` and ``delete_where`` filter on them in Chroma), though
+the collection already implies them.
 
 Vector spaces. A collection keeps the model it was built with; searching or
 writing it with another embedder raises ``EmbeddingMismatch`` (run
 ``python -m service memory reindex``, which calls ``reindex_all``). Reads
-that need no vectors (get, list, delete) still work.
+that need no vectors (get, list, count, delete) still work.
 
-Hybrid search. Chroma gives the ``candidates`` nearest records in scope, the
-in-process BM25 index (``lexical.py``; Chroma 1.5.9 has no local sparse
-index) gives its ``candidates`` best; every candidate gets both signals
-exactly (the cosine of a lexical-only candidate from its stored vector, the
-BM25 of a dense-only one from the index) and the score
+Search. Chroma 1.5.9 cannot serve it fast: any ``where`` filter (and a
+user's scope needs one) makes a query scan the metadata, 30-50 ms with
+10,000 records on 2 cores, ``get(ids, where)`` over 100 ms; and it has no
+sparse index outside Chroma Cloud ("Sparse vector indexing is not enabled
+in local", embedded and ``chroma run`` alike). So each process keeps, per
+collection it searches, a cache built from Chroma: the vectors
+(``dense.VectorSet``, exact cosine by one matrix product) and a BM25 index
+(``lexical.BM25Index``), both with the user id of each memory as its scope.
+The ``candidates`` best of each side are pooled, every candidate gets both
+signals and the score
 
     score = dense_weight * max(cosine, 0) + (1 - dense_weight) * bm25 / bm25_max(query)
 
 where ``bm25_max`` is the most the query could score (every term,
 saturated). Both parts are absolute, so ``min_score`` is a relevance floor
-that means the same for every query (reciprocal rank fusion gives the top
-hit the same score however poor it is, and ranked worse on LoCoMo: see
-docs/benchmarks.md). The records returned always come from Chroma in the
-same call, so a memory deleted or moved out of scope is never returned, even
-by a lexical index that has not seen the change yet.
+that means the same for every query (reciprocal rank fusion, ``fusion="rrf"``,
+gives the top hit the same score however poor it is, and ranked worse on
+LoCoMo: see docs/benchmarks.md). The records returned are then read from
+Chroma by id and checked there (tenant, assistant, scope), so a memory that
+was deleted or moved is never returned, whatever a cache still holds.
 
-Freshness of the lexical index across replicas. Each process builds a
-collection's BM25 index from Chroma on first use and applies its own writes
-to it. Every write bumps the collection's version (``VersionSource``; by
-default ``loom_version`` in the collection metadata, a read-modify-write that
-two replicas writing at the same instant can both miss); a search that sees
-another version than its index rebuilds it, and no index is used longer than
-``lexical_max_age`` seconds. Back ``VersionSource`` with an atomic counter
-(MongoDB ``$inc``) to make the check exact.
+Freshness across replicas. A process applies its own writes to its cache.
+Every write bumps the collection's version (``VersionSource``; by default
+``loom_version`` in the collection metadata, a read-modify-write that two
+replicas writing at the same instant can both miss); a search that sees
+another version than its cache re-reads the records written since its last
+read (``write_us``, minus ``refresh_margin``), and a cache older than
+``cache_max_age`` seconds is rebuilt whole (that is when other replicas'
+deletions leave it; until then they are only filtered out of results). Back
+``VersionSource`` with an atomic counter (MongoDB ``$inc``) to make the
+check exact.
 
 Threads. Chroma's client is synchronous: every call runs in a worker thread
 (``asyncio.to_thread``), for the embedded ``PersistentClient`` and the
-``HttpClient`` alike (one code path; the HTTP client pools connections).
+``HttpClient`` alike (one code path; the HTTP client pools connections). So
+does the ranking over the caches.
 
 Errors: ``EmbeddingMismatch`` (FAILED_PRECONDITION), ``Unavailable`` when
 the Chroma server cannot be reached, ``ValueError`` for a bad argument
@@ -373,6 +382,9 @@ class ChromaMemoryIndex:
     dropped first and rebuilt from Chroma when searched again.
     ``refresh_margin`` is how far back (seconds) a refresh after another
     replica's write looks, to cover clocks that disagree and writes in flight.
+    ``context_vectors=False`` embeds a record's text alone, ignoring its
+    context on the dense side (about four times faster ingest of records
+    with a context; BM25 still indexes the context).
     """
 
     def __init__(
@@ -385,6 +397,8 @@ class ChromaMemoryIndex:
         cache_max_age: float = 300.0,
         refresh_margin: float = 30.0,
         max_cached_records: int = 500_000,
+        context_vectors: bool = True,
+        owns_client: bool = False,
     ) -> None:
         self._client = client
         self.embedder = embedder
@@ -394,9 +408,12 @@ class ChromaMemoryIndex:
         self._margin_us = int(refresh_margin * 1_000_000)
         self._max_cached = max_cached_records
         self._caches: OrderedDict[str, _Cache] = OrderedDict()
+        self._handles: OrderedDict[str, tuple[Any, int]] = OrderedDict()
         self._caches_lock = threading.Lock()
         self._build_locks: dict[str, threading.Lock] = {}
-        self._batch = min(int(client.get_max_batch_size()), 1000)
+        self._batch = 1000  # records a Chroma call; 1.5.9 takes up to 5,461
+        self._owns_client = owns_client
+        self._context_vectors = context_vectors
 
     @property
     def client(self) -> Any:
@@ -462,6 +479,34 @@ class ChromaMemoryIndex:
         collection.modify(metadata=meta)
         return int(meta["loom_version"])
 
+    async def _open_versioned(self, tenant: str, assistant_id: str) -> tuple[Any | None, int]:
+        """The collection checked against the embedder, and its version, for
+        a search. With a ``VersionSource`` the collection handle is reused
+        while the version stands still (every write, reindex and drop moves
+        it), which saves a Chroma round trip a search."""
+        if self._versions is None:
+            collection = await self._open(tenant, assistant_id)
+            if collection is None:
+                return None, 0
+            return collection, await self._version(collection, tenant, assistant_id)
+        version = await self._versions.current(tenant, assistant_id)
+        name = collection_name(tenant, assistant_id)
+        with self._caches_lock:
+            known = self._handles.get(name)
+        if known is not None and known[1] == version:
+            collection = known[0]
+        else:
+            collection = await self._call(self._get_collection, tenant, assistant_id)
+            if collection is None:
+                return None, version
+            with self._caches_lock:
+                self._handles[name] = (collection, version)
+                self._handles.move_to_end(name)
+                while len(self._handles) > 10_000:
+                    self._handles.popitem(last=False)
+        self._check_model(collection, tenant, assistant_id)
+        return collection, version
+
     async def _open(self, tenant: str, assistant_id: str) -> Any | None:
         """The collection (fresh metadata), checked against the embedder."""
         collection = await self._call(self._get_collection, tenant, assistant_id)
@@ -475,6 +520,8 @@ class ChromaMemoryIndex:
         """One vector per record: the text's, or with a context the
         normalised sum of the text's and the context-and-text's."""
         vectors = await self.embedder.embed([r.text for r in records])
+        if not self._context_vectors:
+            return vectors
         with_context = [i for i, r in enumerate(records) if r.context.strip()]
         if with_context:
             extra = await self.embedder.embed(
@@ -517,12 +564,11 @@ class ChromaMemoryIndex:
                 metadatas=metadatas[start : start + len(chunk)],
             )
         after = await self._bump(tenant, assistant_id)
-        entry = self._cached(collection)
-        if entry is not None:
-            with entry.lock:
-                for r, meta, vector in zip(records, metadatas, vectors, strict=True):
-                    entry.put(r.memory_id, meta, r.text, vector)
-                self._advance(entry, before, after)
+        puts = [
+            (r.memory_id, meta, r.text, vector)
+            for r, meta, vector in zip(records, metadatas, vectors, strict=True)
+        ]
+        await asyncio.to_thread(self._apply, collection, before, after, puts, [])
 
     def _cached(self, collection: Any) -> _Cache | None:
         with self._caches_lock:
@@ -531,12 +577,28 @@ class ChromaMemoryIndex:
             return None
         return entry
 
-    @staticmethod
-    def _advance(entry: _Cache, before: int, after: int) -> None:
-        """After this process's own write: the cache is current if nobody
-        else wrote since it was (otherwise the next search refreshes it)."""
-        if entry.version == before and after == before + 1:
-            entry.version = after
+    def _apply(
+        self,
+        collection: Any,
+        before: int,
+        after: int,
+        puts: builtins.list[tuple[str, Any, str, Any]],
+        drops: builtins.list[str],
+    ) -> None:
+        """Bring this process's cache up to date with its own write. It is
+        current afterwards if nobody else wrote since it was (the version
+        went from ``before`` to ``after`` = before + 1); otherwise its version
+        stays behind and the next search refreshes it."""
+        entry = self._cached(collection)
+        if entry is None:
+            return
+        with entry.lock:
+            for memory_id, meta, text, vector in puts:
+                entry.put(memory_id, meta, text, vector)
+            for memory_id in drops:
+                entry.drop(memory_id)
+            if entry.version == before and after == before + 1:
+                entry.version = after
 
     async def delete(self, tenant: str, assistant_id: str, memory_ids: Sequence[str]) -> int:
         collection = await self._call(self._get_collection, tenant, assistant_id)
@@ -578,12 +640,7 @@ class ChromaMemoryIndex:
         for start in range(0, len(ids), self._batch):
             await self._call(collection.delete, ids=ids[start : start + self._batch])
         after = await self._bump(tenant, assistant_id)
-        entry = self._cached(collection)
-        if entry is not None:
-            with entry.lock:
-                for memory_id in ids:
-                    entry.drop(memory_id)
-                self._advance(entry, before, after)
+        await asyncio.to_thread(self._apply, collection, before, after, [], ids)
         return len(ids)
 
     async def drop_assistant(self, tenant: str, assistant_id: str) -> None:
@@ -601,6 +658,7 @@ class ChromaMemoryIndex:
     def _forget(self, name: str) -> None:
         with self._caches_lock:
             self._caches.pop(name, None)
+            self._handles.pop(name, None)
 
     # -- reads ---------------------------------------------------------------
 
@@ -647,14 +705,18 @@ class ChromaMemoryIndex:
     async def nearest(
         self, tenant: str, assistant_id: str, user_id: str, text: str, k: int
     ) -> builtins.list[MemoryHit]:
-        collection, vectors = await asyncio.gather(
-            self._open(tenant, assistant_id), self.embedder.embed([text])
+        (collection, version), vectors = await asyncio.gather(
+            self._open_versioned(tenant, assistant_id), self.embedder.embed([text])
         )
         if collection is None or k <= 0:
             return []
-        cache = await self._cache(collection, tenant, assistant_id)
-        ranked = await asyncio.to_thread(self._nearest, cache, vectors[0], user_id, k)
-        return await self._resolve(collection, tenant, assistant_id, [user_id], ranked, k)
+        cache = await self._cache(collection, tenant, assistant_id, version)
+
+        def run() -> builtins.list[MemoryHit]:
+            ranked = self._nearest(cache, vectors[0], user_id, k)
+            return self._resolve(collection, tenant, assistant_id, [user_id], ranked, k)
+
+        return await self._call(run)
 
     @staticmethod
     def _nearest(cache: _Cache, vector: Vectors, user_id: str, k: int) -> builtins.list[_Ranked]:
@@ -679,21 +741,26 @@ class ChromaMemoryIndex:
             return []
         vector: Vectors | None = None
         if mode == "lexical":
-            collection = await self._open(tenant, assistant_id)
+            collection, version = await self._open_versioned(tenant, assistant_id)
         else:
-            collection, vectors = await asyncio.gather(
-                self._open(tenant, assistant_id), self.embedder.embed([query])
+            (collection, version), vectors = await asyncio.gather(
+                self._open_versioned(tenant, assistant_id), self.embedder.embed([query])
             )
             vector = vectors[0]
         if collection is None:
             return []
-        cache = await self._cache(collection, tenant, assistant_id)
+        cache = await self._cache(collection, tenant, assistant_id, version)
         scopes = _scopes(user_id)
-        ranked = await asyncio.to_thread(
-            self._rank, cache, query, vector, scopes, max(self.tuning.candidates, limit), mode
-        )
-        ranked = [r for r in ranked if r.score >= min_score]
-        return await self._resolve(collection, tenant, assistant_id, scopes, ranked, limit)
+        n = max(self.tuning.candidates, limit)
+
+        def run() -> builtins.list[MemoryHit]:
+            # Ranking and reading the winners from Chroma share one worker
+            # thread: a hop less, which is a millisecond on a busy 2-core box.
+            ranked = self._rank(cache, query, vector, scopes, n, mode)
+            ranked = [r for r in ranked if r.score >= min_score]
+            return self._resolve(collection, tenant, assistant_id, scopes, ranked, limit)
+
+        return await self._call(run)
 
     def _rank(
         self,
@@ -738,7 +805,7 @@ class ChromaMemoryIndex:
             out.append(_Ranked(memory_id, score, cos, raw))
         return sorted(out, key=lambda r: (-r.score, r.memory_id))
 
-    async def _resolve(
+    def _resolve(
         self,
         collection: Any,
         tenant: str,
@@ -755,8 +822,8 @@ class ChromaMemoryIndex:
         step = max(2 * limit, 20)
         for start in range(0, len(ranked), step):
             chunk = ranked[start : start + step]
-            rows = await self._call(
-                collection.get, ids=[r.memory_id for r in chunk], include=["documents", "metadatas"]
+            rows = collection.get(
+                ids=[r.memory_id for r in chunk], include=["documents", "metadatas"]
             )
             found = {
                 i: (d, m)
@@ -778,11 +845,10 @@ class ChromaMemoryIndex:
 
     # -- the search cache ----------------------------------------------------
 
-    async def _cache(self, collection: Any, tenant: str, assistant_id: str) -> _Cache:
+    async def _cache(self, collection: Any, tenant: str, assistant_id: str, version: int) -> _Cache:
         """This collection's cache: built on first use, refreshed when
         another writer moved the version, rebuilt when older than
         ``cache_max_age`` or the collection was re-created."""
-        version = await self._version(collection, tenant, assistant_id)
         name = collection.name
         with self._caches_lock:
             entry = self._caches.get(name)
@@ -895,6 +961,7 @@ class ChromaMemoryIndex:
             configuration={"hnsw": {"space": "cosine"}},
             metadata=meta,
         )
+        written = _now_us()
         for start in range(0, len(records), self._batch):
             chunk = records[start : start + self._batch]
             await self._call(
@@ -902,7 +969,7 @@ class ChromaMemoryIndex:
                 ids=[r.memory_id for r in chunk],
                 embeddings=vectors[start : start + len(chunk)],
                 documents=[r.text for r in chunk],
-                metadatas=[_to_metadata(r) for r in chunk],
+                metadatas=[_to_metadata(r) | {"write_us": written} for r in chunk],
             )
         self._forget(name)
         await self._call(self._client.delete_collection, name)
@@ -915,11 +982,21 @@ class ChromaMemoryIndex:
         return len(records)
 
     async def assistants(self) -> builtins.list[tuple[str, str, str]]:
-        """(tenant, assistant_id, embedding model) of every memory collection."""
+        """(tenant, assistant_id, embedding model) of every memory collection.
+
+        A re-embedded copy left by a ``reindex`` that stopped between
+        dropping the old collection and renaming the copy is renamed here,
+        which finishes that reindex."""
         collections = await self._call(self._client.list_collections)
+        names = {c.name for c in collections}
         out = []
         for c in collections:
-            if not re.fullmatch(rf"{COLLECTION_PREFIX}[0-9a-f]{{40}}", c.name):
+            orphan = re.fullmatch(rf"({COLLECTION_PREFIX}[0-9a-f]{{40}})-reindex-[0-9a-f]+", c.name)
+            if orphan and orphan.group(1) not in names:
+                log.warning("finishing an interrupted reindex of %s", orphan.group(1))
+                await self._call(c.modify, name=orphan.group(1))
+                names.add(orphan.group(1))
+            elif not re.fullmatch(rf"{COLLECTION_PREFIX}[0-9a-f]{{40}}", c.name):
                 continue
             meta = c.metadata or {}
             out.append(
@@ -932,9 +1009,13 @@ class ChromaMemoryIndex:
         return out
 
     async def close(self) -> None:
-        """Forget this process's search caches."""
+        """Forget this process's search caches and, if ``open_index`` made
+        the client, close it."""
         with self._caches_lock:
             self._caches.clear()
+        if self._owns_client:
+            self._owns_client = False
+            await asyncio.to_thread(_close_client, self._client)
 
 
 async def reindex_all(index: ChromaMemoryIndex, *, force: bool = False) -> int:
@@ -948,15 +1029,37 @@ async def reindex_all(index: ChromaMemoryIndex, *, force: bool = False) -> int:
     return total
 
 
+def _close_client(client: Any) -> None:
+    """Release a chromadb client, and the connection pools of an HTTP client
+    (its own and its admin client's), which chromadb 1.5.9 leaves open."""
+    import httpx
+
+    admin = getattr(client, "_admin_client", None)
+    servers = [getattr(client, "_server", None), getattr(admin, "_server", None)]
+    client.close()
+    for server in servers:
+        session = getattr(server, "_session", None)
+        if isinstance(session, httpx.Client):
+            session.close()
+
+
 def open_index(
-    data_dir: Path, chroma_url: str | None, embedder: Embedder, **options: Any
+    data_dir: Path,
+    chroma_url: str | None,
+    embedder: Embedder,
+    *,
+    wrap_client: Callable[[Any], Any] | None = None,
+    **options: Any,
 ) -> ChromaMemoryIndex:
     """The index over an embedded Chroma in ``data_dir/chroma``, or over the
     Chroma server at ``chroma_url`` (``http://host:port``); ``options`` go to
-    ``ChromaMemoryIndex``. Chroma's own telemetry is turned off.
+    ``ChromaMemoryIndex``, which closes the client in ``close()``.
+    ``wrap_client`` may wrap the chromadb client first (tracing does). Chroma's
+    own telemetry is turned off.
 
     Raises:
         ValueError: ``chroma_url`` is not an http(s) URL.
+        Unavailable: no Chroma server answers at ``chroma_url``.
     """
     import chromadb
     from chromadb.config import Settings as ChromaSettings
@@ -966,14 +1069,21 @@ def open_index(
         url = urlsplit(chroma_url)
         if url.scheme not in {"http", "https"} or not url.hostname:
             raise ValueError(f"LOOM_CHROMA_URL must be http(s)://host:port, got {chroma_url!r}")
-        client: Any = chromadb.HttpClient(
-            host=url.hostname,
-            port=url.port or (443 if url.scheme == "https" else 8000),
-            ssl=url.scheme == "https",
-            settings=settings,
-        )
+        try:
+            client: Any = chromadb.HttpClient(
+                host=url.hostname,
+                port=url.port or (443 if url.scheme == "https" else 8000),
+                ssl=url.scheme == "https",
+                settings=settings,
+            )
+        except ValueError as exc:  # chromadb's word for "no server there"
+            raise Unavailable(
+                f"the memory store (Chroma) at {chroma_url} cannot be reached: {exc}"
+            ) from exc
     else:
         path = Path(data_dir) / "chroma"
         path.mkdir(parents=True, exist_ok=True)
         client = chromadb.PersistentClient(path=str(path), settings=settings)
-    return ChromaMemoryIndex(client, embedder, **options)
+    if wrap_client is not None:
+        client = wrap_client(client)
+    return ChromaMemoryIndex(client, embedder, owns_client=True, **options)

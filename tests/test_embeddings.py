@@ -1,0 +1,89 @@
+"""The embedders: MiniLM through onnxruntime equals Chroma's own MiniLM."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from chromadb.utils.embedding_functions import ONNXMiniLM_L6_V2
+
+from service.memory import (
+    EmbeddingError,
+    OnnxMiniLM,
+    OpenAIEmbedder,
+    default_model_dir,
+    embedder_from_settings,
+)
+from tests.support.embedding import model_dir
+
+TEXTS = [
+    "hello",
+    "Caroline: I went to a LGBTQ support group yesterday and it was so powerful.",
+    "The user is allergic to peanuts and prefers vegetarian restaurants.",
+    "Unicode too: café, naïve, 東京, emoji 🎉.",
+    " ".join(["a long text that goes past the 256 token truncation"] * 60),
+    "",
+]
+
+
+@pytest.fixture(scope="module")
+def minilm() -> Iterator[OnnxMiniLM]:
+    model = OnnxMiniLM(model_dir())
+    yield model
+    model.close()
+
+
+@pytest.fixture
+def chroma_minilm(monkeypatch: pytest.MonkeyPatch) -> ONNXMiniLM_L6_V2:
+    # Chroma reads the model from DOWNLOAD_PATH/onnx; point it at ours.
+    monkeypatch.setattr(ONNXMiniLM_L6_V2, "DOWNLOAD_PATH", model_dir().parent)
+    return ONNXMiniLM_L6_V2(preferred_providers=["CPUExecutionProvider"])
+
+
+async def test_same_vectors_as_chromas_minilm(
+    minilm: OnnxMiniLM, chroma_minilm: ONNXMiniLM_L6_V2
+) -> None:
+    ours = await minilm.embed(TEXTS)
+    theirs = np.asarray(chroma_minilm(TEXTS), dtype=np.float32)
+    assert ours.shape == (len(TEXTS), 384)
+    assert ours.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+    cosine = (ours * theirs).sum(axis=1)
+    assert cosine.min() >= 0.9999, cosine
+
+
+async def test_batching_and_order_do_not_change_vectors(minilm: OnnxMiniLM) -> None:
+    alone = np.vstack([await minilm.embed([t]) for t in TEXTS])
+    together = await minilm.embed(TEXTS)
+    np.testing.assert_allclose(alone, together, atol=1e-5)
+    assert (await minilm.embed([])).shape == (0, 384)
+    # Concurrent callers share one session.
+    results = await asyncio.gather(*(minilm.embed([t]) for t in TEXTS))
+    np.testing.assert_allclose(np.vstack(results), together, atol=1e-5)
+    assert minilm.embed_sync(TEXTS[:2]) == pytest.approx(together[:2], abs=1e-5)
+
+
+def test_model_folder_errors(tmp_path: Path) -> None:
+    with pytest.raises(EmbeddingError, match="LOOM_EMBEDDING_MODEL_DIR"):
+        OnnxMiniLM(tmp_path)
+
+
+def test_embedder_from_settings() -> None:
+    default = embedder_from_settings("default", str(model_dir()))
+    assert isinstance(default, OnnxMiniLM)
+    assert (default.model_name, default.dim) == ("all-MiniLM-L6-v2", 384)
+    default.close()
+    remote = embedder_from_settings(
+        "openai:text-embedding-3-small", None, openai_base_url="http://127.0.0.1:9/v1"
+    )
+    assert isinstance(remote, OpenAIEmbedder)
+    assert (remote.model_name, remote.dim) == ("openai:text-embedding-3-small", 1536)
+    with pytest.raises(ValueError, match="unknown embedding"):
+        embedder_from_settings("bert", None)
+    with pytest.raises(ValueError, match="unknown embedding"):
+        embedder_from_settings("openai:", None)
+    # Chroma's cache layout when no folder is configured.
+    assert default_model_dir().parts[-4:] == ("chroma", "onnx_models", "all-MiniLM-L6-v2", "onnx")

@@ -1,0 +1,71 @@
+"""BM25 and exact cosine over the in-process caches."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from service.memory.dense import VectorSet
+from service.memory.lexical import Analyzer, BM25Index
+
+
+def test_analyzer_stems_and_drops_stopwords() -> None:
+    terms = Analyzer().terms("When did Caroline's kids go running? She doesn't run!")
+    assert terms == ["carolin", "kid", "go", "run", "doesnt", "run"]
+
+
+def test_bm25_ranks_scopes_and_forgets() -> None:
+    index = BM25Index()
+    index.add("a", "The user adopted a cat.", "alice")
+    index.add("b", "The user's cats and dogs sleep inside.", "bob")
+    index.add("c", "Shop policy: no pets inside.", "")
+    index.add("d", "Nothing related here.", "alice", context="they talked about a cat")
+    hits = index.search("cats", ["alice", ""], 10)
+    assert [h.doc_id for h in hits] == ["a", "d"]  # the context counts a fifth of the text
+    assert all(0 < h.normalized < 1 for h in hits)
+    assert hits[0].score > hits[1].score
+    assert [h.doc_id for h in index.search("cats", ["bob"], 10)] == ["b"]
+    assert index.search("cats", ["carol"], 10) == []
+    assert index.search("the and of", ["alice"], 10) == []  # stopwords only
+    assert index.remove("a")
+    assert not index.remove("a")
+    assert [h.doc_id for h in index.search("cat", ["alice", ""], 10)] == ["d"]
+    index.add("d", "A dog now.", "alice")  # replaced: the old words are gone
+    assert index.search("cat", ["alice"], 10) == []
+    scores = index.score("dog", ["d", "b", "zzz"])
+    assert set(scores) == {"d", "b"}
+    assert scores["d"].score > 0
+
+
+def test_bm25_compacts_after_many_removals() -> None:
+    index = BM25Index()
+    for i in range(3000):
+        index.add(f"m{i}", f"memory {i} about topic{i % 5}", "u")
+    for i in range(2500):
+        index.remove(f"m{i}")
+    assert len(index) == 500
+    hits = index.search("topic3", ["u"], 1000)
+    assert len(hits) == 100
+    assert all(int(h.doc_id[1:]) >= 2500 for h in hits)
+
+
+def test_vector_set_scopes_and_exactness() -> None:
+    rng = np.random.default_rng(7)
+    vectors = rng.standard_normal((2000, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    store = VectorSet(16)
+    for i, v in enumerate(vectors):
+        store.add(f"v{i}", v, "alice" if i % 2 else "")
+    query = vectors[11]
+    found = store.search(query, ["alice"], 5)
+    assert found[0] == ("v11", found[0][1])
+    assert found[0][1] == np.float32(1.0) or abs(found[0][1] - 1.0) < 1e-5
+    expected = sorted(
+        ((float(vectors[i] @ query), f"v{i}") for i in range(1, 2000, 2)), reverse=True
+    )[:5]
+    assert [d for d, _ in found] == [d for _, d in expected]
+    assert all(int(d[1:]) % 2 == 0 for d, _ in store.search(query, [""], 50))
+    for i in range(1500):
+        store.remove(f"v{i}")
+    assert len(store) == 500
+    assert store.search(query, ["alice"], 3)[0][0] != "v11"
+    assert set(store.cosine(query, ["v1999", "v3"])) == {"v1999"}

@@ -1,0 +1,404 @@
+"""The memory index against real Chroma: embedded (PersistentClient in a
+temporary folder) and a ``chroma run`` server, every behaviour in both."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from service.core.errors import Unavailable
+from service.memory import (
+    ChromaMemoryIndex,
+    EmbeddingMismatch,
+    MemoryRecord,
+    OnnxMiniLM,
+    Vectors,
+    collection_name,
+    open_index,
+    reindex_all,
+)
+from tests.support.chroma import ChromaServer
+from tests.support.embedding import model_dir
+
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+MODES = ("hybrid", "dense", "lexical")
+
+
+@pytest.fixture(scope="session")
+def embedder() -> Iterator[OnnxMiniLM]:
+    model = OnnxMiniLM(model_dir())
+    yield model
+    model.close()
+
+
+@pytest.fixture(scope="session")
+def chroma_server() -> Iterator[ChromaServer]:
+    server = ChromaServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["embedded", "server"])
+def where(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, str | None]:
+    """(data_dir, chroma_url) of one Chroma: a fresh embedded one, or the server."""
+    if request.param == "server":
+        server: ChromaServer = request.getfixturevalue("chroma_server")
+        return tmp_path_factory.mktemp("unused"), server.url
+    return tmp_path_factory.mktemp("chroma"), None
+
+
+@pytest.fixture
+async def index(
+    where: tuple[Path, str | None], embedder: OnnxMiniLM
+) -> AsyncIterator[ChromaMemoryIndex]:
+    idx = open_index(where[0], where[1], embedder)
+    yield idx
+    await idx.close()
+
+
+@pytest.fixture
+def tenant() -> str:
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def rec(
+    tenant: str,
+    memory_id: str,
+    text: str,
+    *,
+    user: str = "",
+    assistant: str = "asst_1",
+    thread: str = "",
+    minute: int = 0,
+    context: str = "",
+    **metadata: str,
+) -> MemoryRecord:
+    return MemoryRecord(
+        memory_id=memory_id,
+        tenant=tenant,
+        assistant_id=assistant,
+        user_id=user,
+        text=text,
+        kind="fact",
+        source_thread_id=thread,
+        create_time=T0 + timedelta(minutes=minute),
+        update_time=T0 + timedelta(minutes=minute),
+        metadata=dict(metadata),
+        context=context,
+    )
+
+
+async def ids_of(
+    index: ChromaMemoryIndex,
+    tenant: str,
+    query: str,
+    *,
+    user: str = "",
+    assistant: str = "asst_1",
+    mode: str = "hybrid",
+    limit: int = 10,
+    min_score: float = 0.0,
+) -> list[str]:
+    hits = await index.search(
+        tenant, assistant, query, user_id=user, limit=limit, mode=mode, min_score=min_score
+    )
+    return [h.record.memory_id for h in hits]
+
+
+PETS = [
+    ("m_cat", "The user has a cat called Miso.", "alice"),
+    ("m_dog", "The user walks a dog named Rex every morning.", "bob"),
+    ("m_peanut", "The user is allergic to peanuts.", "alice"),
+    ("m_policy", "Refunds are accepted within thirty days of purchase.", ""),
+]
+
+
+async def test_upsert_get_list_count(index: ChromaMemoryIndex, tenant: str) -> None:
+    records = [
+        rec(tenant, mid, text, user=user, minute=i, source="test")
+        for i, (mid, text, user) in enumerate(PETS)
+    ]
+    await index.upsert(records)
+    assert await index.count(tenant, "asst_1") == 4
+    got = await index.get(tenant, "asst_1", "m_cat")
+    assert got == records[0]
+    assert await index.get(tenant, "asst_1", "missing") is None
+    assert await index.get(tenant, "asst_2", "m_cat") is None
+    assert await index.get("other-tenant", "asst_1", "m_cat") is None
+
+    everything = await index.list(tenant, "asst_1", None, 10, 0)
+    assert [r.memory_id for r in everything] == ["m_cat", "m_dog", "m_peanut", "m_policy"]
+    assert [r.memory_id for r in await index.list(tenant, "asst_1", None, 2, 1)] == [
+        "m_dog",
+        "m_peanut",
+    ]
+    assert [r.memory_id for r in await index.list(tenant, "asst_1", "alice", 10, 0)] == [
+        "m_cat",
+        "m_peanut",
+    ]
+    assert [r.memory_id for r in await index.list(tenant, "asst_1", "", 10, 0)] == ["m_policy"]
+
+    # Replacing by id re-embeds: the new words find it, the old ones do not.
+    await index.upsert([rec(tenant, "m_cat", "The user has a parrot called Kiwi.", user="alice")])
+    assert await index.count(tenant, "asst_1") == 4
+    assert (await index.get(tenant, "asst_1", "m_cat")).text.startswith("The user has a parrot")  # type: ignore[union-attr]
+    for mode in MODES:
+        assert (await ids_of(index, tenant, "parrot Kiwi", user="alice", mode=mode))[0] == "m_cat"
+    assert "m_cat" not in await ids_of(index, tenant, "Miso", user="alice", mode="lexical")
+
+
+async def test_scope_isolation(index: ChromaMemoryIndex, tenant: str) -> None:
+    other = f"{tenant}-other"
+    same_text = "The user's favourite colour is teal."
+    await index.upsert(
+        [
+            rec(tenant, "a1", same_text, user="alice"),
+            rec(tenant, "b1", same_text + " Also blue.", user="bob"),
+            rec(tenant, "w1", "Everyone: the shop's favourite colour is teal.", user=""),
+            rec(tenant, "x1", same_text, user="alice", assistant="asst_2"),
+            rec(other, "o1", same_text, user="alice"),
+        ]
+    )
+    for mode in MODES:
+        alice = await ids_of(index, tenant, "favourite colour teal", user="alice", mode=mode)
+        bob = await ids_of(index, tenant, "favourite colour teal", user="bob", mode=mode)
+        nobody = await ids_of(index, tenant, "favourite colour teal", user="", mode=mode)
+        assert sorted(alice) == ["a1", "w1"], mode
+        assert sorted(bob) == ["b1", "w1"], mode
+        assert nobody == ["w1"], mode
+        assert await ids_of(index, other, "favourite colour teal", user="alice", mode=mode) == [
+            "o1"
+        ]
+        assert await ids_of(
+            index, tenant, "favourite colour teal", user="alice", assistant="asst_2", mode=mode
+        ) == ["x1"]
+    near = await index.nearest(tenant, "asst_1", "alice", same_text, 5)
+    assert [h.record.memory_id for h in near] == ["a1"]
+    assert near[0].dense == pytest.approx(1.0, abs=1e-3)
+    near = await index.nearest(tenant, "asst_1", "", same_text, 5)
+    assert [h.record.memory_id for h in near] == ["w1"]
+    assert await index.count(tenant, "asst_1") == 3
+    assert await index.count(other, "asst_1") == 1
+
+
+async def test_read_your_writes_and_deletes(index: ChromaMemoryIndex, tenant: str) -> None:
+    # The first search builds the caches; every later write must show at once.
+    assert await ids_of(index, tenant, "anything") == []
+    await index.upsert([rec(tenant, "m_policy", PETS[3][1])])
+    assert await ids_of(index, tenant, "refund window") == ["m_policy"]
+    for i, (mid, text, user) in enumerate(PETS[:3]):
+        await index.upsert([rec(tenant, mid, text, user=user, thread=f"th{i % 2}")])
+        for mode in MODES:
+            assert mid in await ids_of(index, tenant, text, user=user, mode=mode), mode
+
+    assert await index.delete(tenant, "asst_1", ["m_cat", "nope"]) == 1
+    assert await index.delete(f"{tenant}-x", "asst_1", ["m_dog"]) == 0
+    assert await index.delete_where(tenant, "asst_1", source_thread_id="th1") == 1  # m_dog
+    assert await index.delete_where(tenant, "asst_1", user_id="nobody") == 0
+    with pytest.raises(ValueError, match="needs user_id or source_thread_id"):
+        await index.delete_where(tenant, "asst_1")
+    for mid, text, user in PETS[:2]:
+        for mode in MODES:
+            assert mid not in await ids_of(index, tenant, text, user=user, mode=mode), mode
+        assert await index.get(tenant, "asst_1", mid) is None
+    assert [r.memory_id for r in await index.list(tenant, "asst_1", None, 10, 0)] == [
+        "m_peanut",
+        "m_policy",
+    ]
+    assert await index.delete_where(tenant, "asst_1", user_id="alice") == 1
+    assert await ids_of(index, tenant, "peanuts allergy", user="alice", mode="lexical") == []
+
+    await index.drop_assistant(tenant, "asst_1")
+    assert await index.count(tenant, "asst_1") == 0
+    assert await index.list(tenant, "asst_1", None, 10, 0) == []
+    for mode in MODES:
+        assert await ids_of(index, tenant, "refund window", mode=mode) == []
+    await index.drop_assistant(tenant, "asst_1")  # a second drop is a no-op
+
+
+class Counters:
+    """A shared write counter per assistant, as MongoDB backs it in Loom."""
+
+    def __init__(self) -> None:
+        self.values: dict[tuple[str, str], int] = {}
+
+    async def current(self, tenant: str, assistant_id: str) -> int:
+        return self.values.get((tenant, assistant_id), 0)
+
+    async def bump(self, tenant: str, assistant_id: str) -> int:
+        key = (tenant, assistant_id)
+        self.values[key] = self.values.get(key, 0) + 1
+        return self.values[key]
+
+
+@pytest.mark.parametrize("versions", ["collection metadata", "VersionSource"])
+async def test_other_replica_writes_are_seen(
+    where: tuple[Path, str | None], embedder: OnnxMiniLM, tenant: str, versions: str
+) -> None:
+    """Two indexes over one Chroma stand for two Loom replicas: what one
+    writes or deletes, the other's warm caches reflect on its next search."""
+    shared = Counters() if versions == "VersionSource" else None
+    first = open_index(where[0], where[1], embedder, versions=shared)
+    second = open_index(where[0], where[1], embedder, versions=shared)
+    await first.upsert([rec(tenant, "m_policy", PETS[3][1])])
+    assert await ids_of(first, tenant, "refund") == ["m_policy"]
+    assert await ids_of(second, tenant, "refund") == ["m_policy"]
+    await second.upsert([rec(tenant, "m_cat", PETS[0][1], user="alice")])
+    await second.delete(tenant, "asst_1", ["m_policy"])
+    for mode in MODES:
+        assert await ids_of(first, tenant, "cat Miso", user="alice", mode=mode) == ["m_cat"]
+        assert await ids_of(first, tenant, "refund", mode=mode) == []
+    await second.upsert([rec(tenant, "m_cat", "The user has a parrot.", user="alice")])
+    hits = await first.search(tenant, "asst_1", "parrot", user_id="alice", limit=5)
+    assert [h.record.text for h in hits] == ["The user has a parrot."]
+    await second.drop_assistant(tenant, "asst_1")
+    assert await ids_of(first, tenant, "parrot", user="alice") == []
+    await second.upsert([rec(tenant, "m_new", "The user now has a hamster.", user="alice")])
+    assert await ids_of(first, tenant, "hamster", user="alice") == ["m_new"]
+    await first.close()
+    await second.close()
+
+
+async def test_relevance_floor_and_scores(index: ChromaMemoryIndex, tenant: str) -> None:
+    await index.upsert([rec(tenant, mid, text, user=user) for mid, text, user in PETS])
+    hits = await index.search(
+        tenant, "asst_1", "Is the user allergic to peanuts?", user_id="alice", limit=10
+    )
+    assert hits[0].record.memory_id == "m_peanut"
+    assert hits[0].dense is not None
+    assert hits[0].lexical is not None
+    assert all(0.0 <= h.score < 1.0 for h in hits)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    floor = hits[0].score - 1e-6
+    assert await ids_of(
+        index, tenant, "Is the user allergic to peanuts?", user="alice", min_score=floor
+    ) == ["m_peanut"]
+    # A question about nothing stored clears no sensible floor.
+    assert (
+        await ids_of(
+            index, tenant, "quantum chromodynamics lecture schedule", user="alice", min_score=0.3
+        )
+        == []
+    )
+    lexical = await index.search(
+        tenant, "asst_1", "peanuts", user_id="alice", limit=10, mode="lexical"
+    )
+    assert [h.record.memory_id for h in lexical] == ["m_peanut"]
+    assert lexical[0].dense is None
+    assert lexical[0].lexical is not None
+    with pytest.raises(ValueError, match="unknown search mode"):
+        await index.search(tenant, "asst_1", "x", user_id="", limit=1, mode="fuzzy")
+    assert await index.search(tenant, "asst_1", "  ", user_id="", limit=5) == []
+
+
+async def test_duplicates_and_context(index: ChromaMemoryIndex, tenant: str) -> None:
+    await index.upsert(
+        [
+            rec(tenant, "d1", "The user likes jazz."),
+            rec(tenant, "d2", "the user  likes JAZZ."),
+            rec(tenant, "c1", "Yes, it was wonderful!", context="Did you enjoy the Lisbon trip?"),
+        ]
+    )
+    hits = await index.search(tenant, "asst_1", "jazz", user_id="", limit=10)
+    assert [h.record.memory_id for h in hits].count("d1") + [
+        h.record.memory_id for h in hits
+    ].count("d2") == 1
+    # The context finds a memory whose own words would not.
+    hits = await index.search(tenant, "asst_1", "Lisbon trip", user_id="", limit=1)
+    assert hits[0].record.memory_id == "c1"
+    assert hits[0].record.context == "Did you enjoy the Lisbon trip?"
+
+
+class Renamed:
+    """The same vectors under another model name: stands for a new model."""
+
+    def __init__(self, inner: OnnxMiniLM, name: str) -> None:
+        self._inner = inner
+        self._name = name
+
+    @property
+    def model_name(self) -> str:
+        return self._name
+
+    @property
+    def dim(self) -> int:
+        return self._inner.dim
+
+    async def embed(self, texts: Sequence[str]) -> Vectors:
+        return await self._inner.embed(texts)
+
+
+async def test_mixed_vector_spaces_refused_and_reindex(
+    where: tuple[Path, str | None], embedder: OnnxMiniLM, tenant: str
+) -> None:
+    old = open_index(where[0], where[1], embedder)
+    await old.upsert([rec(tenant, mid, text, user=user) for mid, text, user in PETS])
+    await old.upsert([rec(tenant, "z1", "Another assistant's memory.", assistant="asst_9")])
+    new = open_index(where[0], where[1], Renamed(embedder, "test-model-v2"))
+    for call in (
+        new.search(tenant, "asst_1", "cat", user_id="alice", limit=3),
+        new.nearest(tenant, "asst_1", "alice", "cat", 3),
+        new.upsert([rec(tenant, "m_new", "A new fact.")]),
+    ):
+        with pytest.raises(EmbeddingMismatch, match="python -m service memory reindex"):
+            await call
+    # Reads that need no vectors still work, so memories can be listed and deleted.
+    assert await new.count(tenant, "asst_1") == 4
+    assert (await new.get(tenant, "asst_1", "m_cat")) is not None
+
+    assert await new.reindex(tenant, "asst_1") == 4
+    assert (await ids_of(new, tenant, "cat Miso", user="alice"))[0] == "m_cat"
+    with pytest.raises(EmbeddingMismatch):
+        await old.search(tenant, "asst_1", "cat", user_id="alice", limit=3)
+    assert (await new.get(tenant, "asst_1", "m_cat")) == rec(
+        tenant, "m_cat", PETS[0][1], user="alice"
+    )
+    # reindex_all re-embeds what is not in the current model (asst_9 here,
+    # and whatever other tests left in a shared server), not asst_1 again.
+    assert await reindex_all(new) >= 1
+    assert await ids_of(new, tenant, "another memory", assistant="asst_9") == ["z1"]
+    # A reindex that stopped after dropping the old collection is finished
+    # by the next reindex_all (which renames the re-embedded copy back).
+    name = collection_name(tenant, "asst_1")
+    new.client.get_collection(name).modify(name=f"{name}-reindex-0badf00d")
+    assert await new.count(tenant, "asst_1") == 0
+    await reindex_all(new)
+    assert await new.count(tenant, "asst_1") == 4
+    await old.close()
+    await new.close()
+
+
+async def test_concurrent_writes_and_searches(index: ChromaMemoryIndex, tenant: str) -> None:
+    records = [rec(tenant, f"m{i:03d}", f"Fact number {i} about topic {i % 7}.") for i in range(60)]
+    writes = [index.upsert(records[i : i + 10]) for i in range(0, 60, 10)]
+    searches = [index.search(tenant, "asst_1", "topic 3", user_id="", limit=5) for _ in range(6)]
+    await asyncio.gather(*writes, *searches)
+    assert await index.count(tenant, "asst_1") == 60
+    hits = await ids_of(index, tenant, "Fact number 17", mode="lexical", limit=3)
+    assert hits[0] == "m017"
+
+
+async def test_lost_server_is_unavailable(
+    embedder: OnnxMiniLM, tmp_path: Path, tenant: str
+) -> None:
+    server = ChromaServer().start()
+    index = open_index(tmp_path, server.url, embedder)
+    await index.upsert([rec(tenant, "m1", "The user likes tea.")])
+    server.stop()
+    with pytest.raises(Unavailable, match="cannot be reached"):
+        await index.search(tenant, "asst_1", "tea", user_id="", limit=3)
+    await index.close()
+    with pytest.raises(Unavailable, match="cannot be reached"):
+        open_index(tmp_path, server.url, embedder)
