@@ -6,13 +6,15 @@ PY := $(VENV)/bin/python
 TOOLS := $(CURDIR)/.tools
 FERRETDB_VERSION := v1.24.2
 GRPCURL_VERSION := v1.9.4
+JAEGER_VERSION := v1.76.0
 FERRETDB := $(TOOLS)/bin/ferretdb
 GRPCURL := $(TOOLS)/bin/grpcurl
+JAEGER := $(TOOLS)/bin/jaeger-all-in-one
 STAMP := $(VENV)/.installed
 
-.PHONY: setup proto proto-check lint test bench bench-memory run clean
+.PHONY: setup jaeger proto proto-check lint test bench bench-memory bench-tracing run clean
 
-setup: $(STAMP) $(FERRETDB) $(GRPCURL)
+setup: $(STAMP) $(FERRETDB) $(GRPCURL) $(JAEGER)
 
 # The venv is rebuilt only when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -37,6 +39,19 @@ $(GRPCURL):
 	@mkdir -p $(TOOLS)/bin
 	GOBIN=$(TOOLS)/bin go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
 
+# Jaeger all-in-one, the OpenTelemetry backend the tracing tests export to
+# (OTLP in, query API out). `go install .../cmd/all-in-one@v1.76.0` is refused
+# (the module's go.mod has a replace directive), so the module is fetched
+# from the Go module proxy and the same command is built inside it: 4-5
+# minutes on 2 cores with empty Go caches, 20 s with warm ones. The binary
+# has no web UI (its assets are built with npm; see the README).
+jaeger: $(JAEGER)
+
+$(JAEGER):
+	@mkdir -p $(TOOLS)/bin
+	@src=$$(go mod download -json github.com/jaegertracing/jaeger@$(JAEGER_VERSION) | $(PY_VERSION) -c 'import json,sys; print(json.load(sys.stdin)["Dir"])') && \
+	  cd "$$src" && go build -o $(JAEGER) ./cmd/all-in-one
+
 proto: $(STAMP)
 	./scripts/gen_proto.sh
 
@@ -52,7 +67,8 @@ lint: $(STAMP)
 	$(VENV)/bin/buf format --diff --exit-code
 
 test: setup
-	LOOM_FERRETDB_BIN=$(FERRETDB) LOOM_GRPCURL_BIN=$(GRPCURL) $(VENV)/bin/pytest -q $(PYTEST_ARGS)
+	LOOM_FERRETDB_BIN=$(FERRETDB) LOOM_GRPCURL_BIN=$(GRPCURL) LOOM_JAEGER_BIN=$(JAEGER) \
+	  $(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 # The embedding model for offline machines: ../shared beside the clone, if present.
 MODEL_DIR ?= $(abspath ../shared/models/all-MiniLM-L6-v2/onnx)
@@ -65,6 +81,9 @@ bench: setup
 
 bench-memory: setup
 	$(BENCH_ENV) $(PY) -m bench.memory
+
+bench-tracing: setup
+	$(BENCH_ENV) LOOM_JAEGER_BIN=$(JAEGER) $(PY) -m bench.tracing
 
 run: setup
 	FERRETDB=$(FERRETDB) PY=$(PY) ./scripts/run.sh

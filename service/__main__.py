@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 
@@ -21,6 +20,7 @@ from pymongo.errors import PyMongoError
 
 from service.config import Settings
 from service.core.errors import LoomError
+from service.telemetry import TelemetryConfig, TelemetryConfigError, configure_logging
 
 __all__ = ["main"]
 
@@ -41,13 +41,24 @@ def _variable(loc: tuple[int | str, ...]) -> str:
     return name
 
 
-def _settings() -> Settings:
+def _settings() -> tuple[Settings, TelemetryConfig]:
+    """Loom's settings and the OTEL_ variables; every bad value is reported
+    at once, then the process exits with status 2."""
+    lines: list[str] = []
+    settings: Settings | None = None
+    telemetry: TelemetryConfig | None = None
     try:
-        return Settings()
+        settings = Settings()
     except ValidationError as exc:
-        lines = [f"  {_variable(e['loc'])}: {e['msg']}" for e in exc.errors()]
+        lines += [f"  {_variable(e['loc'])}: {e['msg']}" for e in exc.errors()]
+    try:
+        telemetry = TelemetryConfig.from_env()
+    except TelemetryConfigError as exc:
+        lines += [f"  {name}: {message}" for name, message in exc.problems]
+    if settings is None or telemetry is None:
         sys.stderr.write("loom: invalid configuration:\n" + "\n".join(lines) + "\n")
-        raise SystemExit(2) from None
+        raise SystemExit(2)
+    return settings, telemetry
 
 
 async def _api_keys(args: argparse.Namespace, settings: Settings) -> int:
@@ -134,21 +145,17 @@ def main(argv: list[str] | None = None) -> int:
     reindex.add_argument("--all", action="store_true", help="re-embed every assistant's memory")
     args = parser.parse_args(argv)
 
-    settings = _settings()
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("pymongo").setLevel(logging.WARNING)
-    logging.getLogger("httpx2").setLevel(logging.WARNING)
+    settings, telemetry_config = _settings()
+    configure_logging(settings.log_level, capture_content=telemetry_config.capture_content)
     if args.group == "api-keys":
         return asyncio.run(_api_keys(args, settings))
     if args.group == "memory":
         return asyncio.run(_reindex(settings, force=args.all))
     from service.server import serve
+    from service.telemetry import setup
 
     try:
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, setup(telemetry_config)))
     except OSError as exc:
         sys.stderr.write(f"loom: {exc}\n")
         return 1

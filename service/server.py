@@ -1,5 +1,5 @@
-"""Wiring: settings, store, model client, servicers, interceptor, health,
-reflection and graceful shutdown."""
+"""Wiring: settings, telemetry, store, model client, servicers,
+interceptors, health, reflection and graceful shutdown."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -23,6 +24,7 @@ from generated.loom.v1 import (
 )
 from service.api import errors as api_errors
 from service.api.assistants import AssistantServicer
+from service.api.context import current_tenant
 from service.api.interceptor import LoomInterceptor
 from service.api.memory import MemoryServicer
 from service.api.threads import ThreadServicer
@@ -40,8 +42,13 @@ from service.llm import OpenAIChatModel
 from service.llm.tokens import TokenBudgets
 from service.memory.domain import AssistantMemory
 from service.memory.embeddings import EmbeddingError, embedder_from_settings
-from service.memory.index import open_index
+from service.memory.index import ChromaMemoryIndex, open_index
 from service.store import MongoStore, connect
+from service.telemetry import Telemetry, TelemetryConfigError, setup, span, tracer
+from service.telemetry.chroma import TracedChromaClient
+from service.telemetry.embeddings import TracedEmbedder
+from service.telemetry.jobs import BacklogSampler
+from service.telemetry.rpc import server_interceptors
 
 __all__ = ["Loom", "build", "serve"]
 
@@ -73,17 +80,25 @@ class Loom:
     shield: Shield
     conversation: Conversation
     jobs: JobRunner
+    memory_index: ChromaMemoryIndex
     port: int
+    telemetry: Telemetry
+    backlog: BacklogSampler | None = None
 
     async def start(self) -> None:
         """Prepare the database, then start serving."""
-        await self.store.ensure_indexes()
-        if self.settings.dev_api_key is not None:
-            await self.keys.register(self.settings.dev_api_key.get_secret_value(), "dev")
-        await self.assistants.resume_deletes()
-        await self.threads.resume_deletes()
+        # One trace for the start-up work (not a trace per MongoDB command).
+        # Only around it: the server's tasks must not inherit this span.
+        with span(tracer("loom.server"), "loom.start"):
+            await self.store.ensure_indexes()
+            if self.settings.dev_api_key is not None:
+                await self.keys.register(self.settings.dev_api_key.get_secret_value(), "dev")
+            await self.assistants.resume_deletes()
+            await self.threads.resume_deletes()
         await self.server.start()
         self.jobs.start()
+        if self.backlog is not None:
+            self.backlog.start()
         for name in (
             "",
             "loom.v1.AssistantService",
@@ -98,17 +113,30 @@ class Loom:
         period, then cancel what is left (their replies are stored
         INCOMPLETE) and close connections."""
         await self.health.enter_graceful_shutdown()
+        if self.backlog is not None:
+            await self.backlog.stop()
         await self.jobs.stop()
         await self.server.stop(self.settings.shutdown_grace if grace is None else grace)
         if not await self.conversation.drain(5.0):
             log.warning("replies still running at shutdown; their final state may be lost")
         await self.shield.drain()
+        await self.memory_index.close()
         await self.llm.close()
         await self.store.close()
 
 
-def build(settings: Settings) -> Loom:
-    """Assemble a server from settings (nothing is started)."""
+def _chroma_server(url: str | None) -> tuple[str, int] | None:
+    if not url:
+        return None
+    parts = urlsplit(url)
+    return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 8000)
+
+
+def build(settings: Settings, telemetry: Telemetry | None = None) -> Loom:
+    """Assemble a server from settings (nothing is started); ``telemetry``
+    (from ``service.telemetry.setup``, before this call so that MongoDB is
+    traced) defaults to off."""
+    telemetry = telemetry or Telemetry()
     store = connect(settings.mongodb_uri.get_secret_value(), settings.mongodb_db)
     llm = OpenAIChatModel(
         base_url=settings.llm_base_url,
@@ -116,6 +144,7 @@ def build(settings: Settings) -> Loom:
         timeout=settings.llm_timeout,
         max_retries=settings.llm_max_retries,
         retry_base_delay=settings.llm_retry_delay,
+        capture_content=telemetry.capture_content,
     )
     keys = KeyService(store.keys)
     assistants = Assistants(store.assistants, store.threads, store.messages)
@@ -146,8 +175,21 @@ def build(settings: Settings) -> Loom:
         openai_base_url=settings.llm_base_url,
         openai_api_key=settings.llm_api_key.get_secret_value() if settings.llm_api_key else None,
     )
+    if telemetry.tracing:
+        remote = settings.embedding.startswith("openai:")
+        embedder = TracedEmbedder(
+            embedder, provider="openai" if remote else "onnxruntime", remote=remote
+        )
+    chroma_server = _chroma_server(settings.chroma_url)
     index = open_index(
-        settings.data_dir, settings.chroma_url, embedder, versions=store.memory_versions
+        settings.data_dir,
+        settings.chroma_url,
+        embedder,
+        versions=store.memory_versions,
+        # A span per Chroma call, when tracing.
+        wrap_client=(lambda client: TracedChromaClient(client, chroma_server))
+        if telemetry.tracing
+        else None,
     )
     memory = AssistantMemory(
         index=index,
@@ -182,8 +224,11 @@ def build(settings: Settings) -> Loom:
         max_content=settings.max_message_chars,
         lease_ttl=settings.lease_seconds,
     )
+    # Order matters: the tracing interceptor's span is the parent of all the
+    # call's work and records the status code Loom's interceptor sets.
+    interceptors = server_interceptors(telemetry.tracer_provider, lambda: current_tenant.get(None))
     server = aio.server(
-        interceptors=[LoomInterceptor(keys.authenticate)],
+        interceptors=[*interceptors, LoomInterceptor(keys.authenticate)],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -224,14 +269,33 @@ def build(settings: Settings) -> Loom:
         shield,
         conversation,
         jobs,
+        index,
         port,
+        telemetry,
+        BacklogSampler(store.jobs.backlog, telemetry.config.metric_interval)
+        if telemetry.metrics
+        else None,
     )
 
 
-async def serve(settings: Settings) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+async def serve(settings: Settings, telemetry: Telemetry | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully; ``telemetry``
+    defaults to what the OTEL_ variables ask for, and is flushed at the end."""
+    if telemetry is None:
+        try:
+            telemetry = setup()
+        except TelemetryConfigError as exc:
+            raise SystemExit(f"loom: invalid configuration: {exc}") from None
     try:
-        loom = build(settings)
+        await _serve(settings, telemetry)
+    finally:
+        # Exports what is buffered (blocking, up to the exporter's timeout).
+        await asyncio.to_thread(telemetry.shutdown)
+
+
+async def _serve(settings: Settings, telemetry: Telemetry) -> None:
+    try:
+        loom = build(settings, telemetry)
     except EmbeddingError as exc:
         raise SystemExit(f"loom: the memory embedding model is unavailable: {exc}") from None
     try:

@@ -19,6 +19,7 @@ from grpc import aio
 
 from service.api.context import current_tenant
 from service.api.errors import classify, status_details
+from service.telemetry import annotate
 
 __all__ = ["LoomInterceptor"]
 
@@ -26,6 +27,17 @@ log = logging.getLogger(__name__)
 
 _OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 API_KEY_HEADER = "x-api-key"
+# Codes the RPC semantic conventions count as server errors on a server span.
+_SERVER_ERRORS = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
 
 Authenticate = Callable[[str | None], Awaitable[str]]
 
@@ -39,6 +51,14 @@ def _api_key(context: aio.ServicerContext[Any, Any]) -> str | None:
 
 async def _abort(context: aio.ServicerContext[Any, Any], exc: BaseException) -> None:
     code, error = classify(exc)
+    # The RPC's span (when traced) gets the reason, and error.type for the
+    # codes that are server errors; the tracing interceptor records the
+    # status code from the abort below.
+    annotate(error_reason=error.reason)
+    if code in _SERVER_ERRORS:
+        annotate({"error.type": code.name})
+    if code is grpc.StatusCode.INTERNAL:  # the detail is in the log, with the trace id
+        annotate(exception_type=type(exc).__qualname__)
     await context.abort(
         code,
         error.message,

@@ -79,6 +79,7 @@ from service.core.summaries import Summarizer
 from service.core.threads import MAX_USER_ID, Threads
 from service.core.tools import check_outputs, check_tool_choice, check_tools
 from service.core.validation import check_metadata, check_text
+from service.telemetry import annotate
 
 __all__ = ["Conversation", "RunSpec", "SendRequest"]
 
@@ -593,6 +594,10 @@ class Conversation:
             counter=self._counter,
         )
         if fitted.dropped:
+            annotate(
+                prompt_dropped_messages=fitted.dropped,
+                prompt_summary_ready=thread.summary is not None,
+            )
             log.info(
                 "prompt for %s left out the %d oldest messages of %s to fit %d tokens",
                 reply.message_id,

@@ -7,6 +7,11 @@ lease that guards threads), so two replicas never run one job at once, and a
 runner that dies loses its claim when the lease expires. Handlers must be
 idempotent: they may run again after a crash, and can keep what an attempt
 worked out in the job's checkpoint.
+
+Tracing: queueing a job stores the current trace context with it
+(``Job.trace_context``), and each run is a span that is a child of, and
+linked to, the span that queued it (``service.telemetry.jobs``), so a
+message's trace shows the work it caused. Polling is not traced.
 """
 
 from __future__ import annotations
@@ -19,9 +24,13 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
+from opentelemetry.trace import Span
+
 from service.core.clock import now
 from service.core.ports import Job, JobState, JobStore, LeaseOutcome, LeaseStore
 from service.core.shield import Shield
+from service.telemetry import record_error
+from service.telemetry.jobs import enqueue_span, job_span, untraced
 
 __all__ = ["Checkpoint", "Handler", "JobRunner", "PermanentError", "RetryLater"]
 
@@ -92,21 +101,23 @@ class JobRunner:
     ) -> Job | None:
         """Record a job; it runs soon after. The job is durable once this
         returns. None if a job with that id exists already (the id makes
-        enqueueing idempotent)."""
-        t = now()
-        job = Job(
-            job_id=job_id,
-            kind=kind,
-            tenant=tenant,
-            payload=payload,
-            state=JobState.PENDING,
-            create_time=t,
-            update_time=t,
-            next_run_time=t,
-            trace_context=dict(trace_context or {}),
-        )
-        if not await self._store.insert(job):
-            return None
+        enqueueing idempotent). ``trace_context`` defaults to the current
+        span's (W3C ``traceparent``)."""
+        with enqueue_span(kind, job_id, tenant) as current:
+            t = now()
+            job = Job(
+                job_id=job_id,
+                kind=kind,
+                tenant=tenant,
+                payload=payload,
+                state=JobState.PENDING,
+                create_time=t,
+                update_time=t,
+                next_run_time=t,
+                trace_context=dict(current if trace_context is None else trace_context),
+            )
+            if not await self._store.insert(job):
+                return None
         self._wake.set()
         return job
 
@@ -158,7 +169,8 @@ class JobRunner:
     async def _loop(self) -> None:
         while True:
             try:
-                await self.run_due()
+                with untraced():
+                    await self.run_due()
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -169,6 +181,10 @@ class JobRunner:
             self._wake.clear()
 
     async def _run(self, job: Job, owner: str) -> None:
+        with job_span(job.kind, job.job_id, job.tenant, job.trace_context) as span:
+            await self._run_traced(job, owner, span)
+
+    async def _run_traced(self, job: Job, owner: str, span: Span) -> None:
         lease_id = f"job:{job.job_id}"
         try:
             fresh = await self._store.get(job.tenant, job.job_id)
@@ -178,6 +194,7 @@ class JobRunner:
             job.state = JobState.RUNNING
             job.attempts += 1
             job.update_time = now()
+            span.set_attribute("loom.job.attempt", job.attempts)
             await self._store.save(job)
 
             async def checkpoint(values: dict[str, Any]) -> None:
@@ -199,11 +216,13 @@ class JobRunner:
                 job.next_run_time = now() + timedelta(seconds=later.delay)
                 log.debug("job %s deferred: %s", job.job_id, later)
             except Exception as exc:  # noqa: BLE001 - any handler failure is recorded on the job
+                record_error(span, exc)
                 self._failed(job, exc)
             else:
                 job.state = JobState.SUCCEEDED
                 job.error = ""
             job.update_time = now()
+            span.set_attribute("loom.job.state", job.state.value)
             await self._shield.run(self._store.save(job))
             if job.state in (JobState.SUCCEEDED, JobState.FAILED):
                 for listener in self._listeners:

@@ -27,10 +27,12 @@ from service.core.jobs import Checkpoint, JobRunner, RetryLater
 from service.core.leases import BRIEF, Leases
 from service.core.models import ContextEntry, MessageStatus, Role, Summary, Thread
 from service.core.ports import ChatModel, ChatTurn, Job, ThreadStore, TokenCounter
+from service.telemetry import span, tracer
 
 __all__ = ["FOLD_JOB", "HIGH_WATER", "LOW_WATER", "Summarizer"]
 
 log = logging.getLogger(__name__)
+_tracer = tracer("loom.summaries")
 
 FOLD_JOB = "context.fold"
 HIGH_WATER = 0.7
@@ -135,7 +137,16 @@ class Summarizer:
             block = self._block(self._tail(thread), limit)
             if not block:
                 return {"skipped": "nothing to fold"}
-            text = await self._summarise(p["model"], thread.summary, block, limit)
+            with span(
+                _tracer,
+                "summarize",
+                attributes={
+                    "loom.thread.id": thread_id,
+                    "loom.summary.messages": len(block),
+                    "loom.summary.through_sequence": block[-1].sequence,
+                },
+            ):
+                text = await self._summarise(p["model"], thread.summary, block, limit)
             await checkpoint({"text": text, "through": block[-1].sequence})
         text, through = str(job.checkpoint["text"]), int(job.checkpoint["through"])
         try:

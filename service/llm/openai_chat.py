@@ -3,11 +3,16 @@
 Retries (429, 5xx, timeouts, dropped connections) happen only before the
 first piece of text reaches the caller: after that a retry would repeat text
 the caller already has, so a failure ends the reply instead.
+
+Every call (with its retries) is one span and a few metrics following the
+OpenTelemetry GenAI conventions (``service.telemetry.genai``); prompt and
+completion text are recorded only when ``capture_content`` is set.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import AsyncGenerator, Sequence
@@ -20,6 +25,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from service.core.errors import FailedPrecondition, LoomError, ResourceExhausted, Unavailable
 from service.core.models import ToolCall, ToolSpec, Usage
 from service.core.ports import ChatChunk, ChatTurn
+from service.telemetry.genai import GenAITelemetry, ModelCall
 
 __all__ = ["OpenAIChatModel"]
 
@@ -43,7 +49,9 @@ class OpenAIChatModel:
         max_retries: int,
         retry_base_delay: float,
         retry_max_delay: float = 10.0,
+        capture_content: bool = False,
     ) -> None:
+        self._telemetry = GenAITelemetry(base_url, capture_content=capture_content)
         self._configured = bool(base_url or api_key)
         self._max_retries = max_retries
         self._base_delay = retry_base_delay
@@ -85,6 +93,20 @@ class OpenAIChatModel:
             body["tools"] = [_tool(t) for t in tools]
             if tool_choice:
                 body["tool_choice"] = _tool_choice(tool_choice)
+        call = self._telemetry.start("chat", model, body["messages"], stream=True)
+        try:
+            async with contextlib.aclosing(self._stream(call, model, body)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+        except BaseException as exc:
+            call.fail(_error_type(exc), _error_message(exc))
+            raise
+        finally:
+            call.end()
+
+    async def _stream(
+        self, call: ModelCall, model: str, body: dict[str, Any]
+    ) -> AsyncGenerator[ChatChunk, None]:
         attempt = 0
         while True:
             sent_text = False
@@ -93,13 +115,14 @@ class OpenAIChatModel:
                 # The SDK's generic POST: chat.completions.create() first walks
                 # the whole prompt through its TypedDict transformer, which
                 # costs ~1 ms per message of history on every call.
-                response = await self._client.post(
-                    "/chat/completions",
-                    cast_to=ChatCompletionChunk,
-                    body=body,
-                    stream=True,
-                    stream_cls=openai.AsyncStream[ChatCompletionChunk],
-                )
+                with call.current():
+                    response = await self._client.post(
+                        "/chat/completions",
+                        cast_to=ChatCompletionChunk,
+                        body=body,
+                        stream=True,
+                        stream_cls=openai.AsyncStream[ChatCompletionChunk],
+                    )
                 async with response:
                     async for chunk in response:
                         usage = (
@@ -113,12 +136,21 @@ class OpenAIChatModel:
                         if choice and choice.delta.tool_calls:
                             sent_text = True  # a retry could not undo a half-sent call
                             _gather(calls, choice.delta.tool_calls)
+                        call.chunk(
+                            text=text,
+                            first=bool(text) or sent_text,
+                            model=chunk.model,
+                            response_id=chunk.id,
+                            finish_reason=finish,
+                            usage=(usage.input_tokens, usage.output_tokens) if usage else None,
+                        )
                         if text or usage or finish:
                             sent_text = sent_text or bool(text)
                             yield ChatChunk(
                                 text=text, usage=usage, finish_reason=finish, model=chunk.model
                             )
                 if calls:
+                    call.tool_calls([(c["id"], c["name"], c["arguments"]) for c in calls.values()])
                     yield ChatChunk(
                         tool_calls=tuple(
                             ToolCall(c["id"] or f"call_{i}", c["name"], c["arguments"] or "{}")
@@ -129,8 +161,10 @@ class OpenAIChatModel:
             except (openai.APIError, httpx2.HTTPError) as exc:
                 error = self._translate(exc, model, sent_text, attempt)
                 if sent_text or not _retryable(exc) or attempt >= self._max_retries:
+                    call.fail(type(exc).__qualname__, error.message)
                     raise error from None
                 delay = self._delay(exc, attempt)
+                call.retry(type(exc).__qualname__, delay)
                 log.info(
                     "model call failed (%s); retry %d of %d in %.2fs",
                     error.reason,
@@ -143,25 +177,48 @@ class OpenAIChatModel:
 
     async def complete(self, model: str, turns: Sequence[ChatTurn], *, json: bool = False) -> str:
         """One reply, not streamed; see ``ChatModel.complete``."""
-        body: dict[str, object] = {
+        body: dict[str, Any] = {
             "model": model,
             "messages": [_message(t) for t in turns],
         }
         if json:
             body["response_format"] = {"type": "json_object"}
+        call = self._telemetry.start("chat", model, body["messages"], stream=False)
+        try:
+            return await self._complete(call, model, body)
+        except BaseException as exc:
+            call.fail(_error_type(exc), _error_message(exc))
+            raise
+        finally:
+            call.end()
+
+    async def _complete(self, call: ModelCall, model: str, body: dict[str, Any]) -> str:
         attempt = 0
         while True:
             try:
-                response = await self._client.post(
-                    "/chat/completions", cast_to=ChatCompletion, body=body
-                )
+                with call.current():
+                    response = await self._client.post(
+                        "/chat/completions", cast_to=ChatCompletion, body=body
+                    )
                 choice = response.choices[0] if response.choices else None
-                return (choice.message.content or "") if choice else ""
+                text = (choice.message.content or "") if choice else ""
+                usage = response.usage
+                call.chunk(
+                    text=text,
+                    model=response.model,
+                    response_id=response.id,
+                    finish_reason=choice.finish_reason if choice else None,
+                    usage=(usage.prompt_tokens, usage.completion_tokens) if usage else None,
+                )
+                return text
             except (openai.APIError, httpx2.HTTPError) as exc:
                 error = self._translate(exc, model, False, attempt)
                 if not _retryable(exc) or attempt >= self._max_retries:
+                    call.fail(type(exc).__qualname__, error.message)
                     raise error from None
-                await asyncio.sleep(self._delay(exc, attempt))
+                delay = self._delay(exc, attempt)
+                call.retry(type(exc).__qualname__, delay)
+                await asyncio.sleep(delay)
                 attempt += 1
 
     def _delay(self, exc: Exception, attempt: int) -> float:
@@ -265,6 +322,21 @@ def _tool_choice(choice: str) -> Any:
     if choice in ("auto", "none", "required"):
         return choice
     return {"type": "function", "function": {"name": choice}}
+
+
+def _error_type(exc: BaseException) -> str:
+    """``error.type`` of a failure that did not come from the endpoint."""
+    if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+        return "cancelled"
+    return type(exc).__qualname__
+
+
+def _error_message(exc: BaseException) -> str:
+    if isinstance(exc, LoomError):
+        return exc.message
+    if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+        return "the caller stopped the reply"
+    return type(exc).__name__
 
 
 def _retryable(exc: Exception) -> bool:

@@ -11,9 +11,12 @@ index filters on both.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 from typing import Any
+
+from opentelemetry import metrics
 
 from service.core import ids
 from service.core.assistants import Assistants
@@ -26,10 +29,17 @@ from service.core.ports import ChatModel, Job, JobStore, MessageStore
 from service.core.validation import check_metadata, check_page_size, check_text
 from service.memory.extraction import Candidate, Operation, extract_facts, reconcile
 from service.memory.index import MemoryHit, MemoryIndex, MemoryRecord
+from service.telemetry import span, tracer
 
 __all__ = ["EXTRACTION_JOB", "AssistantMemory", "MemoryDraft"]
 
 log = logging.getLogger(__name__)
+_tracer = tracer("loom.memory")
+_recall_duration = metrics.get_meter("loom").create_histogram(
+    "loom.memory.recall.duration",
+    unit="s",
+    description="Time to recall an assistant's memories for a reply.",
+)
 
 EXTRACTION_JOB = "memory.extract"
 MAX_MEMORY_CHARS = 4000
@@ -94,43 +104,54 @@ class AssistantMemory:
     async def recall(
         self, tenant: str, assistant_id: str, user_id: str, thread_id: str, query: str
     ) -> list[Recalled]:
-        hits = await self._index.search(
-            tenant,
-            assistant_id,
-            query,
-            user_id=user_id,
-            limit=self._recall_limit * 2,
-            min_score=self._min_score,
-        )
-        recalled = []
-        for hit in hits:
-            record = hit.record
-            # The thread's own messages are already in its prompt.
-            if record.kind == EPISODIC and record.source_thread_id == thread_id:
-                continue
-            recalled.append(Recalled(record.memory_id, record.text, hit.score))
-        return recalled[: self._recall_limit]
+        started = time.perf_counter()
+        outcome = "error"
+        with span(_tracer, "memory.recall") as current:
+            try:
+                hits = await self._index.search(
+                    tenant,
+                    assistant_id,
+                    query,
+                    user_id=user_id,
+                    limit=self._recall_limit * 2,
+                    min_score=self._min_score,
+                )
+                recalled = []
+                for hit in hits:
+                    record = hit.record
+                    # The thread's own messages are already in its prompt.
+                    if record.kind == EPISODIC and record.source_thread_id == thread_id:
+                        continue
+                    recalled.append(Recalled(record.memory_id, record.text, hit.score))
+                recalled = recalled[: self._recall_limit]
+                current.set_attribute("loom.memory.hits", len(hits))
+                current.set_attribute("loom.memory.recalled", len(recalled))
+                outcome = "ok"
+                return recalled
+            finally:
+                _recall_duration.record(time.perf_counter() - started, {"loom.outcome": outcome})
 
     async def remember(
         self, tenant: str, assistant_id: str, user_id: str, thread_id: str, message: Message
     ) -> None:
         t = message.create_time or now()
-        await self._index.upsert(
-            [
-                MemoryRecord(
-                    memory_id=episodic_id(message.message_id),
-                    tenant=tenant,
-                    assistant_id=assistant_id,
-                    user_id=user_id,
-                    text=message.content[:MAX_MEMORY_CHARS],
-                    kind=EPISODIC,
-                    source_thread_id=thread_id,
-                    source_message_id=message.message_id,
-                    create_time=t,
-                    update_time=t,
-                )
-            ]
-        )
+        with span(_tracer, "memory.remember"):
+            await self._index.upsert(
+                [
+                    MemoryRecord(
+                        memory_id=episodic_id(message.message_id),
+                        tenant=tenant,
+                        assistant_id=assistant_id,
+                        user_id=user_id,
+                        text=message.content[:MAX_MEMORY_CHARS],
+                        kind=EPISODIC,
+                        source_thread_id=thread_id,
+                        source_message_id=message.message_id,
+                        create_time=t,
+                        update_time=t,
+                    )
+                ]
+            )
 
     async def schedule_extraction(
         self,
@@ -172,38 +193,47 @@ class AssistantMemory:
         p = job.payload
         tenant, assistant_id, user_id = job.tenant, p["assistant_id"], p["user_id"]
         if "facts" not in job.checkpoint:
-            user = await self._messages.get(tenant, p["user_message_id"])
-            reply = await self._messages.get(tenant, p["reply_message_id"])
-            if user is None or reply is None:  # the thread was deleted meanwhile
-                return {"added": [], "updated": [], "deleted": []}
-            # Idempotent: makes sure the episodic write landed even if the
-            # inline one during the reply failed.
-            await self.remember(tenant, assistant_id, user_id, p["thread_id"], user)
-            extracted = await extract_facts(
-                self._llm, p["model"], user.content, reply.content, p.get("tool_outputs") or []
-            )
+            with span(_tracer, "memory.extract") as current:
+                user = await self._messages.get(tenant, p["user_message_id"])
+                reply = await self._messages.get(tenant, p["reply_message_id"])
+                if user is None or reply is None:  # the thread was deleted meanwhile
+                    current.set_attribute("loom.memory.skipped", "messages deleted")
+                    return {"added": [], "updated": [], "deleted": []}
+                # Idempotent: makes sure the episodic write landed even if the
+                # inline one during the reply failed.
+                await self.remember(tenant, assistant_id, user_id, p["thread_id"], user)
+                extracted = await extract_facts(
+                    self._llm, p["model"], user.content, reply.content, p.get("tool_outputs") or []
+                )
+                current.set_attribute("loom.memory.facts", len(extracted))
             await checkpoint({"facts": extracted})
         facts: list[str] = list(job.checkpoint["facts"])
         if "operations" not in job.checkpoint:
-            candidates = []
-            for fact in facts:
-                hits = await self._index.nearest(
-                    tenant, assistant_id, user_id, fact, self._neighbours
-                )
-                candidates.append(
-                    Candidate(
-                        fact,
-                        [
-                            (h.record.memory_id, h.record.text, h.dense or 0.0)
-                            for h in hits
-                            if h.record.kind != EPISODIC
-                        ],
+            with span(_tracer, "memory.reconcile") as current:
+                candidates = []
+                for fact in facts:
+                    hits = await self._index.nearest(
+                        tenant, assistant_id, user_id, fact, self._neighbours
                     )
-                )
-            ops = await reconcile(self._llm, p["model"], candidates)
+                    candidates.append(
+                        Candidate(
+                            fact,
+                            [
+                                (h.record.memory_id, h.record.text, h.dense or 0.0)
+                                for h in hits
+                                if h.record.kind != EPISODIC
+                            ],
+                        )
+                    )
+                ops = await reconcile(self._llm, p["model"], candidates)
+                for action in ("add", "update", "delete", "none"):
+                    current.set_attribute(
+                        f"loom.memory.{action}", sum(o.action == action for o in ops)
+                    )
             await checkpoint({"operations": [asdict(o) for o in ops]})
         ops = [Operation(**o) for o in job.checkpoint["operations"]]
-        return await self._apply(job, facts, ops)
+        with span(_tracer, "memory.apply"):
+            return await self._apply(job, facts, ops)
 
     async def _apply(self, job: Job, facts: list[str], ops: list[Operation]) -> dict[str, Any]:
         p = job.payload

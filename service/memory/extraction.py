@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.core.ports import ChatModel, ChatTurn
+from service.telemetry import annotate
 
 __all__ = [
     "Candidate",
@@ -177,6 +178,7 @@ async def extract_facts(
     facts = parse_facts(raw)
     if facts is None:
         log.warning("fact extraction answer was malformed; skipped (%d chars)", len(raw))
+        annotate(memory_malformed_answer=True)
         return []
     return facts
 
@@ -187,7 +189,9 @@ async def reconcile(llm: ChatModel, model: str, candidates: list[Candidate]) -> 
     if not candidates:
         return []
     if all(not c.neighbours for c in candidates):
+        annotate(memory_model_asked=False)
         return [Operation(i, "add") for i in range(len(candidates))]
+    annotate(memory_model_asked=True)
     lines = []
     for index, candidate in enumerate(candidates):
         lines.append(f"New fact {index}: {candidate.text}")
@@ -203,5 +207,6 @@ async def reconcile(llm: ChatModel, model: str, candidates: list[Candidate]) -> 
     ops = parse_operations(raw, candidates)
     if ops is None:
         log.warning("memory reconciliation answer was malformed; using the duplicate rule")
+        annotate(memory_malformed_answer=True)
         return fallback_operations(candidates)
     return ops
