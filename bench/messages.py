@@ -68,6 +68,33 @@ async def _new_thread(stub: thread_pb2_grpc.ThreadServiceStub, tag: str) -> str:
     return thread_id
 
 
+async def throughput(
+    stub: thread_pb2_grpc.ThreadServiceStub, threads: list[str], seconds: float
+) -> tuple[int, int, float]:
+    """Send messages on every thread at once, each thread one at a time, for
+    ``seconds``; return (messages completed, calls failed, seconds taken)."""
+    done = 0
+    errors = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def worker(tid: str) -> None:
+        nonlocal done, errors
+        while time.perf_counter() < stop_at:
+            try:
+                async for _ in stub.SendMessage(
+                    thread_pb2.SendMessageRequest(content="ping", thread_id=tid),
+                    metadata=METADATA,
+                ):
+                    pass
+                done += 1
+            except grpc.RpcError:
+                errors += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(t) for t in threads))
+    return done, errors, time.perf_counter() - started
+
+
 async def run(samples: int, concurrency: int, seconds: float) -> None:
     ferretdb = FerretDB().start()
     model = start_model()
@@ -104,26 +131,8 @@ async def run(samples: int, concurrency: int, seconds: float) -> None:
                 overhead.append((lt - d) * 1000)
 
             threads = [await _new_thread(stub, f"worker {i}") for i in range(concurrency)]
-            done = 0
-            errors = 0
-            stop_at = time.perf_counter() + seconds
-
-            async def worker(tid: str) -> None:
-                nonlocal done, errors
-                while time.perf_counter() < stop_at:
-                    try:
-                        async for _ in stub.SendMessage(
-                            thread_pb2.SendMessageRequest(content="ping", thread_id=tid),
-                            metadata=METADATA,
-                        ):
-                            pass
-                        done += 1
-                    except grpc.RpcError:
-                        errors += 1
-
-            started = time.perf_counter()
-            await asyncio.gather(*(worker(t) for t in threads))
-            loom_rate = done / (time.perf_counter() - started)
+            done, errors, elapsed = await throughput(stub, threads, seconds)
+            loom_rate = done / elapsed
 
             direct_done = 0
             stop_at = time.perf_counter() + seconds

@@ -23,44 +23,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import time
 import urllib.request
 
-import grpc
 from grpc import aio
 
 from bench.common import FerretDB, machine, pct, start_loom, start_model
-from bench.messages import METADATA, _loom_ttfd, _new_thread
-from generated.loom.v1 import thread_pb2, thread_pb2_grpc
+from bench.messages import _loom_ttfd, _new_thread, throughput
+from generated.loom.v1 import thread_pb2_grpc
 from tests.support.jaeger import Jaeger, jaeger_bin
 
 SETTINGS = ("off", "on")
 SERVICE = "loom-bench"
-
-
-async def _throughput(
-    stub: thread_pb2_grpc.ThreadServiceStub, threads: list[str], seconds: float
-) -> tuple[int, int, float]:
-    done = 0
-    errors = 0
-    stop_at = time.perf_counter() + seconds
-
-    async def worker(tid: str) -> None:
-        nonlocal done, errors
-        while time.perf_counter() < stop_at:
-            try:
-                async for _ in stub.SendMessage(
-                    thread_pb2.SendMessageRequest(content="ping", thread_id=tid),
-                    metadata=METADATA,
-                ):
-                    pass
-                done += 1
-            except grpc.RpcError:
-                errors += 1
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker(t) for t in threads))
-    return done, errors, time.perf_counter() - started
 
 
 def _spans_received(jaeger: Jaeger) -> int:
@@ -125,7 +98,7 @@ async def run(rounds: int, samples: int, concurrency: int, seconds: float) -> No
                 for s in SETTINGS
             }
             for s in order:
-                done, failed, elapsed = await _throughput(stubs[s], workers[s], seconds)
+                done, failed, elapsed = await throughput(stubs[s], workers[s], seconds)
                 messages[s] += done
                 errors[s] += failed
                 busy[s] += elapsed

@@ -195,11 +195,19 @@ class Conversation:
                 rejected the request.
             Unavailable, ResourceExhausted: the model endpoint failed.
         """
+        async for event in self._tracked(self._send(tenant, req)):
+            yield event
+
+    async def _tracked(
+        self, events: AsyncGenerator[ReplyEvent, None]
+    ) -> AsyncGenerator[ReplyEvent, None]:
+        """Count ``events`` as a reply in flight until it ends, for ``drain``."""
         self._active += 1
         self._idle.clear()
         try:
-            async for event in self._send(tenant, req):
-                yield event
+            async with contextlib.aclosing(events) as stream:
+                async for event in stream:
+                    yield event
         finally:
             self._active -= 1
             if not self._active:
@@ -427,15 +435,8 @@ class Conversation:
             FailedPrecondition: the run expired.
             ThreadBusy: a reply is streaming on the thread.
         """
-        self._active += 1
-        self._idle.clear()
-        try:
-            async for event in self._submit(tenant, thread_id, run_id, outputs):
-                yield event
-        finally:
-            self._active -= 1
-            if not self._active:
-                self._idle.set()
+        async for event in self._tracked(self._submit(tenant, thread_id, run_id, outputs)):
+            yield event
 
     async def _submit(
         self, tenant: str, thread_id: str, run_id: str, outputs: list[tuple[str, str]]
