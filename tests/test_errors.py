@@ -562,3 +562,24 @@ async def test_create_thread_with_a_field_over_its_limit_is_invalid(
         field=field,
     )
     assert await _thread_ids(api) == []
+
+
+async def test_database_down_is_unavailable_with_a_clear_message(llm: ScriptedLLM) -> None:
+    database = FerretDB().start()
+    server = await start_loom(make_settings(database, llm, mongodb_db="loom_db_down"))
+    try:
+        key = await new_tenant_key(server)
+        async with aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            api = Api(channel, key)
+            await api.call(api.threads.ListThreads, thread_pb2.ListThreadsRequest())
+            database.stop()
+            error = await expect_error(
+                api.call(api.threads.ListThreads, thread_pb2.ListThreadsRequest()),
+                grpc.StatusCode.UNAVAILABLE,
+                "DATABASE_UNAVAILABLE",
+            )
+            assert "database" in error.details()
+            assert "Traceback" not in error.details()
+    finally:
+        database.stop()
+        await server.stop(0)
