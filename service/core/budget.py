@@ -18,7 +18,7 @@ from service.core.models import ContextEntry, MessageStatus, Recalled, Role, Sum
 from service.core.ports import ChatTurn, TokenCounter
 from service.core.prompt import memory_block, summary_block
 
-__all__ = ["Fitted", "fit", "plan_budget", "truncate_middle", "with_tokens"]
+__all__ = ["Fitted", "fit", "plan_budget", "replayable", "truncate_middle", "with_tokens"]
 
 MEMORY_SHARE = 0.15
 MIN_RESERVE = 256
@@ -59,7 +59,9 @@ def truncate_middle(text: str, keep_chars: int) -> str:
     return text[:head] + marker + text[-tail:]
 
 
-def _replayable(entry: ContextEntry) -> bool:
+def replayable(entry: ContextEntry) -> bool:
+    """Whether a message belongs in prompts: not one still streaming, nor a
+    reply that produced neither text nor tool calls."""
     if entry.status is MessageStatus.IN_PROGRESS:
         return False
     return not (entry.role is Role.ASSISTANT and not entry.content and not entry.tool_calls)
@@ -165,11 +167,11 @@ def fit(
 
     # The rest of the current turn (tool calls and outputs of this run) is
     # kept whole, like the new message itself.
-    pinned = [e for e in history if e.sequence > new.sequence and _replayable(e)]
+    pinned = [e for e in history if e.sequence > new.sequence and replayable(e)]
     used += sum(_cost(e, counter) + per_message for e in pinned)
 
     through = summary.through_sequence if summary_text and summary else -1
-    candidates = [e for e in history if through < e.sequence < new.sequence and _replayable(e)]
+    candidates = [e for e in history if through < e.sequence < new.sequence and replayable(e)]
     kept: list[ContextEntry] = []
     for entry in reversed(candidates):
         cost = _cost(entry, counter) + per_message

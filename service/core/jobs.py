@@ -32,16 +32,12 @@ from service.core.shield import Shield
 from service.telemetry import record_error
 from service.telemetry.jobs import enqueue_span, job_span, untraced
 
-__all__ = ["Checkpoint", "Handler", "JobRunner", "PermanentError", "RetryLater"]
+__all__ = ["Checkpoint", "Handler", "JobRunner", "RetryLater"]
 
 log = logging.getLogger(__name__)
 
 Checkpoint = Callable[[dict[str, Any]], Awaitable[None]]
 Handler = Callable[[Job, Checkpoint], Awaitable[dict[str, Any]]]
-
-
-class PermanentError(Exception):
-    """A handler failure that retrying cannot fix (bad input, say)."""
 
 
 class RetryLater(Exception):
@@ -80,15 +76,10 @@ class JobRunner:
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
-        self._listeners: list[Callable[[Job], None]] = []
 
     def register(self, kind: str, handler: Handler) -> None:
         """Run ``handler`` for jobs of ``kind``."""
         self._handlers[kind] = handler
-
-    def on_finish(self, listener: Callable[[Job], None]) -> None:
-        """Call ``listener`` with each job that succeeds or fails for good."""
-        self._listeners.append(listener)
 
     async def enqueue(
         self,
@@ -224,9 +215,6 @@ class JobRunner:
             job.update_time = now()
             span.set_attribute("loom.job.state", job.state.value)
             await self._shield.run(self._store.save(job))
-            if job.state in (JobState.SUCCEEDED, JobState.FAILED):
-                for listener in self._listeners:
-                    listener(job)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -237,8 +225,7 @@ class JobRunner:
 
     def _failed(self, job: Job, exc: Exception) -> None:
         job.error = f"{type(exc).__name__}: {exc}"[:1000]
-        permanent = isinstance(exc, PermanentError)
-        if permanent or job.attempts >= self._max_attempts:
+        if job.attempts >= self._max_attempts:
             job.state = JobState.FAILED
             log.warning("job %s (%s) failed for good: %s", job.job_id, job.kind, job.error)
             return
