@@ -165,6 +165,25 @@ async def test_readme_node_example_runs_as_written(
     assert _saw_history(llm, "What did I just tell you?", "My favorite color is blue.")
 
 
+async def test_readme_node_client_example_runs(
+    node: Path, loom: Loom, api: Api, llm: ScriptedLLM, tmp_path: Path
+) -> None:
+    """The README's client snippet, importing the client from its sources."""
+    snippet = _readme_block("ts", "@loom/client")
+    source = (node / "src" / "index.js").as_posix()
+    script = tmp_path / "snippet.mts"
+    script.write_text(snippet.replace('"@loom/client"', json.dumps(source)))
+    llm.set_default(_route)
+    out = await _run_against(loom, api, ["node", "--import", "tsx", str(script)], node)
+    lines = out.splitlines()
+    assert lines[:2] == [
+        "You said: My favorite color is blue.",
+        "You said: What did I just tell you?",
+    ]
+    assert lines[2].startswith("thread_")
+    assert lines[3] == f"{{ thread_id: '{MISSING_THREAD}' }}"
+
+
 def test_buf_gen_yaml_generates_the_typescript_the_client_compiles(
     node: Path, tmp_path: Path
 ) -> None:
