@@ -75,11 +75,15 @@ export class Caller {
     request: Req,
     settings?: CallSettings,
   ): Promise<Res> {
+    const signal = settings?.signal;
     return new Promise<Res>((resolve, reject) => {
-      const call = method(request, this.#metadata, this.#options(settings), (error, response) =>
-        error ? reject(toLoomError(error)) : resolve(response),
-      );
-      settings?.signal?.addEventListener("abort", () => call.cancel(), { once: true });
+      const cancel = (): void => call.cancel();
+      const call = method(request, this.#metadata, this.#options(settings), (error, response) => {
+        signal?.removeEventListener("abort", cancel);
+        if (error) reject(toLoomError(error));
+        else resolve(response);
+      });
+      signal?.addEventListener("abort", cancel, { once: true });
     });
   }
 
@@ -90,7 +94,12 @@ export class Caller {
     settings?: CallSettings,
   ): ClientReadableStream<Res> {
     const call = method(request, this.#metadata, this.#options(settings));
-    settings?.signal?.addEventListener("abort", () => call.cancel(), { once: true });
+    const signal = settings?.signal;
+    if (signal) {
+      const cancel = (): void => call.cancel();
+      signal.addEventListener("abort", cancel, { once: true });
+      call.on("close", () => signal.removeEventListener("abort", cancel));
+    }
     return call;
   }
 }

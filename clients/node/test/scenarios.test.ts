@@ -211,6 +211,14 @@ describe("tools, errors and deadlines", () => {
     }
   });
 
+  test("an AbortSignal cancels the reply", async () => {
+    const controller = new AbortController();
+    const stream = loom.sendMessage("[slow] hello", { signal: controller.signal });
+    setTimeout(() => controller.abort(), 200);
+    const cancelled = await rejection(stream.finalReply());
+    assert.equal(cancelled.code, status.CANCELLED);
+  });
+
   test("a deadline ends the call with DEADLINE_EXCEEDED", async () => {
     const late = await rejection(loom.sendMessage("[slow] hello", { timeoutMs: 300 }).finalReply());
     assert.equal(late.code, status.DEADLINE_EXCEEDED);
