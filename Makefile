@@ -7,14 +7,18 @@ TOOLS := $(CURDIR)/.tools
 FERRETDB_VERSION := v1.24.2
 GRPCURL_VERSION := v1.9.4
 JAEGER_VERSION := v1.76.0
+PROTOC_GEN_GO_VERSION := v1.36.12
+PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 FERRETDB := $(TOOLS)/bin/ferretdb
 GRPCURL := $(TOOLS)/bin/grpcurl
 JAEGER := $(TOOLS)/bin/jaeger-all-in-one
+PROTOC_GEN_GO := $(TOOLS)/bin/protoc-gen-go
+PROTOC_GEN_GO_GRPC := $(TOOLS)/bin/protoc-gen-go-grpc
 STAMP := $(VENV)/.installed
 
-.PHONY: setup jaeger proto proto-check lint test bench bench-memory bench-tracing run clean
+.PHONY: setup jaeger go-plugins proto proto-check lint test bench bench-memory bench-tracing run clean
 
-setup: $(STAMP) $(FERRETDB) $(GRPCURL) $(JAEGER)
+setup: $(STAMP) $(FERRETDB) $(GRPCURL) $(JAEGER) go-plugins
 
 # The venv is rebuilt only when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -51,6 +55,18 @@ $(JAEGER):
 	@mkdir -p $(TOOLS)/bin
 	@src=$$(go mod download -json github.com/jaegertracing/jaeger@$(JAEGER_VERSION) | $(PY_VERSION) -c 'import json,sys; print(json.load(sys.stdin)["Dir"])') && \
 	  cd "$$src" && go build -o $(JAEGER) ./cmd/all-in-one
+
+# The protoc plugins buf.gen.yaml runs for Go (the tests generate a Go client
+# from proto/ and `go vet` it).
+go-plugins: $(PROTOC_GEN_GO) $(PROTOC_GEN_GO_GRPC)
+
+$(PROTOC_GEN_GO):
+	@mkdir -p $(TOOLS)/bin
+	GOBIN=$(TOOLS)/bin go install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+
+$(PROTOC_GEN_GO_GRPC):
+	@mkdir -p $(TOOLS)/bin
+	GOBIN=$(TOOLS)/bin go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
 
 proto: $(STAMP)
 	./scripts/gen_proto.sh

@@ -6,6 +6,7 @@ manages API keys.
     python -m service api-keys list [--tenant acme]
     python -m service api-keys revoke KEY_ID
     python -m service memory reindex [--all]          # after changing LOOM_EMBEDDING
+    python -m service error-reasons [--write README.md]  # the table of ErrorInfo reasons
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 import asyncio
 import os
 import sys
+from pathlib import Path
 
 from pydantic import ValidationError
 from pymongo.errors import PyMongoError
@@ -122,6 +124,18 @@ async def _reindex(settings: Settings, *, force: bool) -> int:
     return 0
 
 
+def _error_reasons(write: str | None) -> int:
+    from service.api.reasons import render, scan, update_readme
+
+    table = render(scan())
+    if write is None:
+        sys.stdout.write(table)
+        return 0
+    path = Path(write)
+    path.write_text(update_readme(path.read_text(), table))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
@@ -143,7 +157,11 @@ def main(argv: list[str] | None = None) -> int:
         help="re-embed memories written with another embedding model than LOOM_EMBEDDING",
     )
     reindex.add_argument("--all", action="store_true", help="re-embed every assistant's memory")
+    reasons = sub.add_parser("error-reasons", help="print every ErrorInfo reason (Markdown)")
+    reasons.add_argument("--write", metavar="FILE", help="replace the table between its markers")
     args = parser.parse_args(argv)
+    if args.group == "error-reasons":  # reads the source only: needs no settings
+        return _error_reasons(args.write)
 
     settings, telemetry_config = _settings()
     configure_logging(settings.log_level, capture_content=telemetry_config.capture_content)

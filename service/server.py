@@ -11,7 +11,6 @@ from urllib.parse import urlsplit
 
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from pymongo import errors as mongo_errors
 
 from generated.loom.v1 import (
@@ -27,6 +26,7 @@ from service.api.assistants import AssistantServicer
 from service.api.context import current_tenant
 from service.api.interceptor import LoomInterceptor
 from service.api.memory import MemoryServicer
+from service.api.reflection import enable_reflection
 from service.api.threads import ThreadServicer
 from service.config import Settings
 from service.core.assistants import Assistants
@@ -241,13 +241,12 @@ def build(settings: Settings, telemetry: Telemetry | None = None) -> Loom:
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
+    enable_reflection(
         (
             assistant_pb2.DESCRIPTOR.services_by_name["AssistantService"].full_name,
             thread_pb2.DESCRIPTOR.services_by_name["ThreadService"].full_name,
             memory_pb2.DESCRIPTOR.services_by_name["MemoryService"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
         ),
         server,
     )

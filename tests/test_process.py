@@ -406,7 +406,7 @@ GREEK = "alpha beta gamma delta epsilon zeta eta theta iota kappa"
 
 def _cut_off_by_sigterm(
     spawn: Spawn, env_for: Callable[..., dict[str, str]], llm: ScriptedLLM
-) -> tuple[str, thread_pb2.SendMessageResponse.Started, str]:
+) -> tuple[str, thread_pb2.ReplyStarted, str]:
     """Start a reply that takes ~4.5 s, SIGTERM the process (grace 0.5 s)
     after two deltas; return the database, the started event and the text the
     client received. Asserts the stream fails and the process exits 0."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
+from typing import TypeVar, assert_never
 
 from google.protobuf import json_format, struct_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -22,6 +23,11 @@ __all__ = [
     "timestamp",
     "tools_from_pb",
 ]
+
+# The two reply streams: one conversion serves both.
+_Response = TypeVar(
+    "_Response", thread_pb2.SendMessageResponse, thread_pb2.SubmitToolOutputsResponse
+)
 
 _MEMORY_TO_PB = {
     models.MemoryMode.UNSPECIFIED: common_pb2.MEMORY_MODE_UNSPECIFIED,
@@ -176,46 +182,49 @@ def message_to_pb(m: models.Message) -> thread_pb2.Message:
     )
 
 
-def event_to_pb(event: models.ReplyEvent) -> thread_pb2.SendMessageResponse:
-    """One reply event as a stream message."""
-    if isinstance(event, models.Delta):
-        return thread_pb2.SendMessageResponse(
-            delta=thread_pb2.SendMessageResponse.Delta(text=event.text)
-        )
-    if isinstance(event, models.MemoryRecalled):
-        return thread_pb2.SendMessageResponse(
-            memory=thread_pb2.SendMessageResponse.MemoryRecalled(
-                memories=[
-                    thread_pb2.SendMessageResponse.RecalledMemory(
-                        memory_id=m.memory_id, content=m.content, score=m.score
-                    )
-                    for m in event.memories
-                ]
+def event_to_pb(event: models.ReplyEvent, response: type[_Response]) -> _Response:
+    """One reply event as a message of either reply stream (SendMessage or
+    SubmitToolOutputs: their events share types, field names and numbers)."""
+    match event:
+        case models.Started():
+            return response(
+                started=thread_pb2.ReplyStarted(
+                    thread_id=event.thread_id,
+                    thread_created=event.thread_created,
+                    user_message_id=event.user_message_id,
+                    assistant_message_id=event.assistant_message_id,
+                    model=event.model,
+                    assistant_id=event.assistant_id,
+                )
             )
-        )
-    if isinstance(event, models.ToolCallsRequired):
-        return thread_pb2.SendMessageResponse(
-            tool_calls_required=thread_pb2.SendMessageResponse.ToolCallsRequired(
-                run_id=event.run_id,
-                message_id=event.message_id,
-                tool_calls=_calls_to_pb(event.tool_calls),
-                expire_time=timestamp(event.expire_time),
+        case models.MemoryRecalled():
+            return response(
+                memory=thread_pb2.MemoryRecalled(
+                    memories=[
+                        thread_pb2.RecalledMemory(
+                            memory_id=m.memory_id, content=m.content, score=m.score
+                        )
+                        for m in event.memories
+                    ]
+                )
             )
-        )
-    if isinstance(event, models.Started):
-        return thread_pb2.SendMessageResponse(
-            started=thread_pb2.SendMessageResponse.Started(
-                thread_id=event.thread_id,
-                thread_created=event.thread_created,
-                user_message_id=event.user_message_id,
-                assistant_message_id=event.assistant_message_id,
-                model=event.model,
-                assistant_id=event.assistant_id,
+        case models.Delta():
+            return response(delta=thread_pb2.ReplyDelta(text=event.text))
+        case models.Completed():
+            return response(
+                completed=thread_pb2.ReplyCompleted(
+                    message=message_to_pb(event.message),
+                    memory_operation_id=event.memory_operation_id,
+                )
             )
-        )
-    return thread_pb2.SendMessageResponse(
-        completed=thread_pb2.SendMessageResponse.Completed(
-            message=message_to_pb(event.message),
-            memory_operation_id=event.memory_operation_id,
-        )
-    )
+        case models.ToolCallsRequired():
+            return response(
+                tool_calls_required=thread_pb2.ToolCallsRequired(
+                    run_id=event.run_id,
+                    message_id=event.message_id,
+                    tool_calls=_calls_to_pb(event.tool_calls),
+                    expire_time=timestamp(event.expire_time),
+                )
+            )
+        case _:
+            assert_never(event)

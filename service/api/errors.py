@@ -11,7 +11,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from service.core import errors
 
-__all__ = ["DOMAIN", "classify", "register", "status_details"]
+__all__ = ["DOMAIN", "classify", "register", "status_code", "status_details"]
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +50,22 @@ def classify(exc: BaseException) -> tuple[grpc.StatusCode, errors.LoomError]:
                 exc = translate(exc)
                 break
     if isinstance(exc, errors.LoomError):
-        for kind, code in _CODES:
-            if isinstance(exc, kind):
-                return code, exc
+        code = status_code(type(exc))
+        if code is not grpc.StatusCode.INTERNAL:
+            return code, exc
     log.error("unexpected error", exc_info=exc)
     return grpc.StatusCode.INTERNAL, errors.LoomError(
         "internal error; it has been logged", reason="INTERNAL"
     )
+
+
+def status_code(kind: type[errors.LoomError]) -> grpc.StatusCode:
+    """The status code errors of ``kind`` are reported with; INTERNAL for a
+    LoomError outside the table."""
+    for base, code in _CODES:
+        if issubclass(kind, base):
+            return code
+    return grpc.StatusCode.INTERNAL
 
 
 def status_details(code: grpc.StatusCode, error: errors.LoomError) -> bytes:

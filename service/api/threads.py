@@ -90,7 +90,7 @@ class ThreadServicer(thread_pb2_grpc.ThreadServiceServicer):
         )
         async with contextlib.aclosing(self._conversation.send(tenant(), send)) as events:
             async for event in events:
-                yield event_to_pb(event)
+                yield event_to_pb(event, thread_pb2.SendMessageResponse)
 
     async def SubmitToolOutputs(
         self, request: thread_pb2.SubmitToolOutputsRequest, context: Context
@@ -99,10 +99,7 @@ class ThreadServicer(thread_pb2_grpc.ThreadServiceServicer):
         events = self._conversation.submit(tenant(), request.thread_id, request.run_id, outputs)
         async with contextlib.aclosing(events) as stream:
             async for event in stream:
-                # The two responses share their fields and numbers: same bytes.
-                yield thread_pb2.SubmitToolOutputsResponse.FromString(
-                    event_to_pb(event).SerializeToString()
-                )
+                yield event_to_pb(event, thread_pb2.SubmitToolOutputsResponse)
 
     async def CancelRun(
         self, request: thread_pb2.CancelRunRequest, context: Context
