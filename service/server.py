@@ -30,7 +30,7 @@ from service.api.memory import MemoryServicer
 from service.api.threads import ThreadServicer
 from service.config import Settings
 from service.core.assistants import Assistants
-from service.core.conversation import Conversation
+from service.core.conversation import Conversation, ReplyPolicy, ReplyServices, ReplyStores
 from service.core.errors import Unavailable
 from service.core.jobs import JobRunner
 from service.core.keys import KeyService
@@ -206,23 +206,24 @@ def build(settings: Settings, telemetry: Telemetry | None = None) -> Loom:
     assistants.use_memory(memory)
     threads.use_memory(memory)
     conversation = Conversation(
-        assistants=assistants,
-        threads=threads,
-        thread_store=store.threads,
-        messages=store.messages,
-        requests=store.requests,
-        leases=leases,
-        shield=shield,
-        context_chars=settings.context_cache_chars,
-        counter=counter,
-        summarizer=summarizer,
-        memory=memory,
-        max_tool_rounds=settings.max_tool_rounds,
-        run_expiry=settings.run_expiry_seconds,
-        llm=llm,
-        default_model=settings.llm_model,
-        max_content=settings.max_message_chars,
-        lease_ttl=settings.lease_seconds,
+        stores=ReplyStores(
+            assistants=assistants,
+            threads=threads,
+            thread_store=store.threads,
+            messages=store.messages,
+            requests=store.requests,
+            leases=leases,
+            shield=shield,
+        ),
+        services=ReplyServices(llm=llm, counter=counter, memory=memory, summarizer=summarizer),
+        policy=ReplyPolicy(
+            default_model=settings.llm_model,
+            max_content=settings.max_message_chars,
+            lease_ttl=settings.lease_seconds,
+            context_chars=settings.context_cache_chars,
+            max_tool_rounds=settings.max_tool_rounds,
+            run_expiry=settings.run_expiry_seconds,
+        ),
     )
     # Order matters: the tracing interceptor's span is the parent of all the
     # call's work and records the status code Loom's interceptor sets.
