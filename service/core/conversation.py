@@ -78,16 +78,19 @@ class Conversation:
                 rejected the request.
             Unavailable, ResourceExhausted: the model endpoint failed.
         """
-        async for event in self._tracked(self._send(tenant, req)):
-            yield event
+        async with contextlib.aclosing(self._tracked(self._send(tenant, req))) as events:
+            async for event in events:
+                yield event
 
     async def submit(
         self, tenant: str, thread_id: str, run_id: str, outputs: list[tuple[str, str]]
     ) -> AsyncGenerator[ReplyEvent, None]:
         """Answer a run's pending tool calls and continue its reply (see
         ``ToolRuns.submit`` for the errors)."""
-        async for event in self._tracked(self._runs.submit(tenant, thread_id, run_id, outputs)):
-            yield event
+        events = self._tracked(self._runs.submit(tenant, thread_id, run_id, outputs))
+        async with contextlib.aclosing(events) as stream:
+            async for event in stream:
+                yield event
 
     async def cancel(self, tenant: str, thread_id: str, run_id: str) -> Message:
         """Cancel a run that waits for tool outputs; return its message (see
