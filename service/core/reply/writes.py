@@ -35,7 +35,8 @@ __all__ = ["Received", "ReplyWriter", "ThreadWrites"]
 class ThreadWrites:
     """The writes to one thread while its lease is held: appending messages,
     a message's progress and final state, and the thread's cached context,
-    message count and pending run. ``thread`` is kept as written."""
+    message count and pending run. ``thread`` is kept as written; ``lease``
+    is the lease they are made under (what a fence will check)."""
 
     def __init__(
         self,
