@@ -21,20 +21,21 @@ from generated.loom.v1 import (
     thread_pb2,
     thread_pb2_grpc,
 )
-from service.api import errors as api_errors
 from service.api.assistants import AssistantServicer
 from service.api.context import current_tenant
+from service.api.errors import Translator
 from service.api.interceptor import LoomInterceptor
 from service.api.memory import MemoryServicer
 from service.api.reflection import enable_reflection
 from service.api.threads import ThreadServicer
 from service.config import Settings
 from service.core.assistants import Assistants
-from service.core.conversation import Conversation
+from service.core.conversation import Conversation, ReplyPolicy, ReplyServices, ReplyStores
 from service.core.errors import Unavailable
 from service.core.jobs import JobRunner
 from service.core.keys import KeyService
 from service.core.leases import Leases
+from service.core.ports import ChatModel, MemoryPort
 from service.core.shield import Shield
 from service.core.summaries import Summarizer
 from service.core.threads import Threads
@@ -50,22 +51,24 @@ from service.telemetry.embeddings import TracedEmbedder
 from service.telemetry.jobs import BacklogSampler
 from service.telemetry.rpc import server_interceptors
 
-__all__ = ["Loom", "build", "serve"]
+__all__ = [
+    "TRANSLATORS",
+    "Loom",
+    "build",
+    "build_conversation",
+    "build_grpc_server",
+    "build_jobs",
+    "build_memory",
+    "build_model",
+    "serve",
+]
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
-# ConnectionFailure covers server-selection timeouts and dropped connections.
-api_errors.register(
-    mongo_errors.ConnectionFailure,
-    lambda _: Unavailable(
-        "the database is unreachable; retry later", reason="DATABASE_UNAVAILABLE"
-    ),
-)
 
-
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class Loom:
     """A built, not yet started, Loom server."""
 
@@ -132,13 +135,70 @@ def _chroma_server(url: str | None) -> tuple[str, int] | None:
     return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 8000)
 
 
+def _database_unavailable(_: BaseException) -> Unavailable:
+    return Unavailable("the database is unreachable; retry later", reason="DATABASE_UNAVAILABLE")
+
+
+# Adapter exceptions that mean something to a caller. ConnectionFailure
+# covers server-selection timeouts and dropped connections.
+TRANSLATORS: tuple[Translator, ...] = ((mongo_errors.ConnectionFailure, _database_unavailable),)
+
+
 def build(settings: Settings, telemetry: Telemetry | None = None) -> Loom:
     """Assemble a server from settings (nothing is started); ``telemetry``
     (from ``service.telemetry.setup``, before this call so that MongoDB is
     traced) defaults to off."""
     telemetry = telemetry or Telemetry()
     store = connect(settings.mongodb_uri.get_secret_value(), settings.mongodb_db)
-    llm = OpenAIChatModel(
+    llm = build_model(settings, telemetry)
+    shield = Shield()
+    jobs = build_jobs(settings, store, shield)
+    index, memory = build_memory(settings, telemetry, store=store, jobs=jobs, llm=llm)
+    assistants = Assistants(store.assistants, store.threads, store.messages, memory=memory)
+    threads = Threads(assistants, store.threads, store.messages, memory=memory)
+    conversation = build_conversation(
+        settings,
+        store=store,
+        llm=llm,
+        shield=shield,
+        jobs=jobs,
+        assistants=assistants,
+        threads=threads,
+        memory=memory,
+    )
+    keys = KeyService(store.keys)
+    server, health_servicer, port = build_grpc_server(
+        settings,
+        telemetry,
+        keys,
+        assistants=AssistantServicer(assistants),
+        threads=ThreadServicer(threads, conversation),
+        memory=MemoryServicer(memory),
+    )
+    return Loom(
+        settings=settings,
+        store=store,
+        llm=llm,
+        keys=keys,
+        assistants=assistants,
+        threads=threads,
+        server=server,
+        health=health_servicer,
+        shield=shield,
+        conversation=conversation,
+        jobs=jobs,
+        memory_index=index,
+        port=port,
+        telemetry=telemetry,
+        backlog=BacklogSampler(store.jobs.backlog, telemetry.config.metric_interval)
+        if telemetry.metrics
+        else None,
+    )
+
+
+def build_model(settings: Settings, telemetry: Telemetry) -> OpenAIChatModel:
+    """The client of the OpenAI-compatible endpoint the settings name."""
+    return OpenAIChatModel(
         base_url=settings.llm_base_url,
         api_key=settings.llm_api_key.get_secret_value() if settings.llm_api_key else None,
         timeout=settings.llm_timeout,
@@ -146,12 +206,11 @@ def build(settings: Settings, telemetry: Telemetry | None = None) -> Loom:
         retry_base_delay=settings.llm_retry_delay,
         capture_content=telemetry.capture_content,
     )
-    keys = KeyService(store.keys)
-    assistants = Assistants(store.assistants, store.threads, store.messages)
-    threads = Threads(assistants, store.threads, store.messages)
-    shield = Shield()
-    counter = TokenBudgets(window_override=settings.context_window)
-    jobs = JobRunner(
+
+
+def build_jobs(settings: Settings, store: MongoStore, shield: Shield) -> JobRunner:
+    """The runner of durable background jobs (fact extraction, summaries)."""
+    return JobRunner(
         store.jobs,
         store.leases,
         shield,
@@ -160,15 +219,22 @@ def build(settings: Settings, telemetry: Telemetry | None = None) -> Loom:
         retry_delay=settings.job_retry_delay,
         lease_seconds=settings.job_lease_seconds,
     )
-    leases = Leases(store.leases, settings.lease_seconds, shield)
-    summarizer = Summarizer(
-        threads=store.threads,
-        leases=leases,
-        llm=llm,
-        jobs=jobs,
-        counter=counter,
-        summary_model=settings.summary_model,
-    )
+
+
+def build_memory(
+    settings: Settings,
+    telemetry: Telemetry,
+    *,
+    store: MongoStore,
+    jobs: JobRunner,
+    llm: OpenAIChatModel,
+) -> tuple[ChromaMemoryIndex, AssistantMemory]:
+    """The memory index (Chroma, with spans per call when tracing) and the
+    assistant memory over it.
+
+    Raises:
+        EmbeddingError: the embedding model cannot be loaded.
+    """
     embedder = embedder_from_settings(
         settings.embedding,
         str(settings.embedding_model_dir) if settings.embedding_model_dir else None,
@@ -195,7 +261,7 @@ def build(settings: Settings, telemetry: Telemetry | None = None) -> Loom:
         index=index,
         jobs=jobs,
         job_store=store.jobs,
-        assistants=assistants,
+        assistants=store.assistants,
         messages=store.messages,
         llm=llm,
         default_model=settings.llm_model,
@@ -203,42 +269,81 @@ def build(settings: Settings, telemetry: Telemetry | None = None) -> Loom:
         recall_limit=settings.memory_recall_limit,
         recall_min_score=settings.memory_min_score,
     )
-    assistants.use_memory(memory)
-    threads.use_memory(memory)
-    conversation = Conversation(
-        assistants=assistants,
-        threads=threads,
-        thread_store=store.threads,
-        messages=store.messages,
-        requests=store.requests,
+    return index, memory
+
+
+def build_conversation(
+    settings: Settings,
+    *,
+    store: MongoStore,
+    llm: ChatModel,
+    shield: Shield,
+    jobs: JobRunner,
+    assistants: Assistants,
+    threads: Threads,
+    memory: MemoryPort | None,
+) -> Conversation:
+    """The reply loop, with rolling summaries run as jobs."""
+    counter = TokenBudgets(window_override=settings.context_window)
+    leases = Leases(store.leases, settings.lease_seconds, shield)
+    summarizer = Summarizer(
+        threads=store.threads,
         leases=leases,
-        shield=shield,
-        context_chars=settings.context_cache_chars,
-        counter=counter,
-        summarizer=summarizer,
-        memory=memory,
-        max_tool_rounds=settings.max_tool_rounds,
-        run_expiry=settings.run_expiry_seconds,
         llm=llm,
-        default_model=settings.llm_model,
-        max_content=settings.max_message_chars,
-        lease_ttl=settings.lease_seconds,
+        jobs=jobs,
+        counter=counter,
+        summary_model=settings.summary_model,
     )
+    return Conversation(
+        stores=ReplyStores(
+            assistants=assistants,
+            threads=threads,
+            thread_store=store.threads,
+            messages=store.messages,
+            requests=store.requests,
+            leases=leases,
+            shield=shield,
+        ),
+        services=ReplyServices(llm=llm, counter=counter, memory=memory, summarizer=summarizer),
+        policy=ReplyPolicy(
+            default_model=settings.llm_model,
+            max_content=settings.max_message_chars,
+            lease_ttl=settings.lease_seconds,
+            context_chars=settings.context_cache_chars,
+            max_tool_rounds=settings.max_tool_rounds,
+            run_expiry=settings.run_expiry_seconds,
+        ),
+    )
+
+
+def build_grpc_server(
+    settings: Settings,
+    telemetry: Telemetry,
+    keys: KeyService,
+    *,
+    assistants: AssistantServicer,
+    threads: ThreadServicer,
+    memory: MemoryServicer,
+) -> tuple[aio.Server, health.aio.HealthServicer, int]:
+    """The gRPC server with Loom's services, health and reflection, bound to
+    ``LOOM_LISTEN``; and its health servicer and port.
+
+    Raises:
+        OSError: the address cannot be listened on.
+    """
     # Order matters: the tracing interceptor's span is the parent of all the
     # call's work and records the status code Loom's interceptor sets.
     interceptors = server_interceptors(telemetry.tracer_provider, lambda: current_tenant.get(None))
     server = aio.server(
-        interceptors=[*interceptors, LoomInterceptor(keys.authenticate)],
+        interceptors=[*interceptors, LoomInterceptor(keys.authenticate, TRANSLATORS)],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ],
     )
-    assistant_pb2_grpc.add_AssistantServiceServicer_to_server(AssistantServicer(assistants), server)
-    memory_pb2_grpc.add_MemoryServiceServicer_to_server(MemoryServicer(memory), server)
-    thread_pb2_grpc.add_ThreadServiceServicer_to_server(
-        ThreadServicer(threads, conversation), server
-    )
+    assistant_pb2_grpc.add_AssistantServiceServicer_to_server(assistants, server)
+    memory_pb2_grpc.add_MemoryServiceServicer_to_server(memory, server)
+    thread_pb2_grpc.add_ThreadServiceServicer_to_server(threads, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     enable_reflection(
@@ -256,25 +361,7 @@ def build(settings: Settings, telemetry: Telemetry | None = None) -> Loom:
         raise OSError(f"could not listen on LOOM_LISTEN={settings.listen}: {exc}") from None
     if port == 0:
         raise OSError(f"could not listen on LOOM_LISTEN={settings.listen}")
-    return Loom(
-        settings,
-        store,
-        llm,
-        keys,
-        assistants,
-        threads,
-        server,
-        health_servicer,
-        shield,
-        conversation,
-        jobs,
-        index,
-        port,
-        telemetry,
-        BacklogSampler(store.jobs.backlog, telemetry.config.metric_interval)
-        if telemetry.metrics
-        else None,
-    )
+    return server, health_servicer, port
 
 
 async def serve(settings: Settings, telemetry: Telemetry | None = None) -> None:

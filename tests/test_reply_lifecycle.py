@@ -4,13 +4,25 @@ with a request_id, crashed lease holders and restarts."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import uuid
+from collections.abc import AsyncGenerator
 from datetime import UTC, datetime, timedelta
 
 import grpc
+import pytest
 from grpc import aio
 
 from generated.loom.v1 import thread_pb2
-from service.server import Loom
+from service.core.assistants import Assistants
+from service.core.conversation import SendRequest
+from service.core.errors import LoomError
+from service.core.models import Delta, MemoryMode, Recalled, ReplyEvent
+from service.core.shield import Shield
+from service.core.threads import Threads
+from service.server import Loom, build_conversation, build_jobs, build_model
+from service.store import connect
+from service.telemetry import Telemetry
 from tests.conftest import Api, eventually, expect_error, make_settings, new_tenant_key, start_loom
 from tests.scripted_llm import Fail, Reply, ScriptedLLM
 from tests.support.ferretdb import FerretDB
@@ -322,3 +334,75 @@ async def test_restart_on_same_database_keeps_everything(
             assert "And I live in Lisbon." in contents
     finally:
         await second.stop(0)
+
+
+class _FailingMemory:
+    """A memory port whose episodic writes fail (and recall finds nothing):
+    the reply loop must observe the failure however the reply ends."""
+
+    async def recall(self, *_: object) -> list[Recalled]:
+        return []
+
+    async def remember(self, *_: object) -> None:
+        raise RuntimeError("the memory index is down")
+
+    async def schedule_extraction(self, *_: object) -> str:
+        return ""
+
+    async def forget_thread(self, *_: object) -> int:
+        return 0
+
+    async def forget_assistant(self, *_: object) -> None:
+        return None
+
+
+async def _end_reply(events: AsyncGenerator[ReplyEvent, None], ending: str) -> None:
+    """Read the reply until it ends as ``ending`` says."""
+    if ending == "model failed":
+        with pytest.raises(LoomError):
+            async for _ in events:
+                pass
+        return
+    async for event in events:
+        if ending == "caller went away" and isinstance(event, Delta):
+            break
+    await events.aclose()
+
+
+@pytest.mark.parametrize("ending", ["completed", "model failed", "caller went away"])
+async def test_a_failed_episodic_write_is_observed_however_the_reply_ends(
+    ferretdb: FerretDB, llm: ScriptedLLM, caplog: pytest.LogCaptureFixture, ending: str
+) -> None:
+    settings = make_settings(ferretdb, llm)
+    store = connect(settings.mongodb_uri.get_secret_value(), settings.mongodb_db)
+    model = build_model(settings, Telemetry())
+    shield = Shield()
+    memory = _FailingMemory()
+    assistants = Assistants(store.assistants, store.threads, store.messages, memory=memory)
+    threads = Threads(assistants, store.threads, store.messages, memory=memory)
+    conversation = build_conversation(
+        settings,
+        store=store,
+        llm=model,
+        shield=shield,
+        jobs=build_jobs(settings, store, shield),
+        assistants=assistants,
+        threads=threads,
+        memory=memory,
+    )
+    llm.script(
+        Fail(status=400)
+        if ending == "model failed"
+        else Reply(chunks=["one ", "two ", "three"], chunk_delay=0.2)
+    )
+    request = SendRequest(content="My cat is called Miso.", memory=MemoryMode.AUTO)
+    events = conversation.send(f"t-{uuid.uuid4().hex[:12]}", request)
+    try:
+        with caplog.at_level(logging.WARNING, logger="service.core.reply.hooks"):
+            await _end_reply(events, ending)
+        failed = [r for r in caplog.records if "episodic memory write failed" in r.getMessage()]
+        assert len(failed) == 1, f"the failed write went unobserved when the reply {ending}"
+    finally:
+        await shield.drain()
+        await model.close()
+        await store.close()

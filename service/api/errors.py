@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TypeAlias
 
 import grpc
 from google.protobuf import any_pb2
@@ -11,7 +12,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from service.core import errors
 
-__all__ = ["DOMAIN", "classify", "register", "status_code", "status_details"]
+__all__ = ["DOMAIN", "Translator", "classify", "status_code", "status_details"]
 
 log = logging.getLogger(__name__)
 
@@ -28,24 +29,21 @@ _CODES: list[tuple[type[errors.LoomError], grpc.StatusCode]] = [
     (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
 ]
 
-# Exceptions from adapters that are not domain errors but mean something to
-# the caller (database down, say); registered by the wiring in server.py so
-# this layer need not import the driver.
-_TRANSLATORS: list[tuple[type[BaseException], Callable[[BaseException], errors.LoomError]]] = []
+Translator: TypeAlias = tuple[type[BaseException], Callable[[BaseException], errors.LoomError]]
+"""An adapter exception type that means something to the caller (the
+database is down, say) and the domain error it becomes. The wiring builds
+the table and hands it to the interceptor, so this layer need not import
+the drivers."""
 
 
-def register(
-    kind: type[BaseException], translate: Callable[[BaseException], errors.LoomError]
-) -> None:
-    """Map an adapter exception type to a domain error."""
-    _TRANSLATORS.append((kind, translate))
-
-
-def classify(exc: BaseException) -> tuple[grpc.StatusCode, errors.LoomError]:
-    """The status code and the domain error to report for ``exc``; anything
-    unknown is INTERNAL with a generic message (the detail is logged)."""
+def classify(
+    exc: BaseException, translators: Sequence[Translator] = ()
+) -> tuple[grpc.StatusCode, errors.LoomError]:
+    """The status code and the domain error to report for ``exc``, after the
+    first of ``translators`` that matches it; anything unknown is INTERNAL
+    with a generic message (the detail is logged)."""
     if not isinstance(exc, errors.LoomError):
-        for kind, translate in _TRANSLATORS:
+        for kind, translate in translators:
             if isinstance(exc, kind):
                 exc = translate(exc)
                 break

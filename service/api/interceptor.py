@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
 from grpc import aio
 
 from service.api.context import current_tenant
-from service.api.errors import classify, status_details
+from service.api.errors import Translator, classify, status_details
 from service.telemetry import annotate
 
 __all__ = ["LoomInterceptor"]
@@ -49,8 +49,10 @@ def _api_key(context: aio.ServicerContext[Any, Any]) -> str | None:
     return None
 
 
-async def _abort(context: aio.ServicerContext[Any, Any], exc: BaseException) -> None:
-    code, error = classify(exc)
+async def _abort(
+    context: aio.ServicerContext[Any, Any], exc: BaseException, translators: Sequence[Translator]
+) -> None:
+    code, error = classify(exc, translators)
     # The RPC's span (when traced) gets the reason, and error.type for the
     # codes that are server errors; the tracing interceptor records the
     # status code from the abort below.
@@ -67,10 +69,12 @@ async def _abort(context: aio.ServicerContext[Any, Any], exc: BaseException) -> 
 
 
 class LoomInterceptor(aio.ServerInterceptor):
-    """Authenticates every RPC but health and reflection, and maps errors."""
+    """Authenticates every RPC but health and reflection, and maps errors
+    (adapter exceptions through ``translators`` first)."""
 
-    def __init__(self, authenticate: Authenticate) -> None:
+    def __init__(self, authenticate: Authenticate, translators: Sequence[Translator] = ()) -> None:
         self._authenticate = authenticate
+        self._translators = tuple(translators)
 
     async def intercept_service(
         self,
@@ -98,7 +102,7 @@ class LoomInterceptor(aio.ServerInterceptor):
         return handler  # Loom has no client-streaming RPCs
 
     def _unary(self, behavior: Any) -> Any:
-        authenticate = self._authenticate
+        authenticate, translators = self._authenticate, self._translators
 
         async def unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
             try:
@@ -107,12 +111,12 @@ class LoomInterceptor(aio.ServerInterceptor):
             except aio.AbortError:
                 raise
             except Exception as exc:  # noqa: BLE001 - every error becomes a status
-                await _abort(context, exc)
+                await _abort(context, exc, translators)
 
         return unary
 
     def _stream(self, behavior: Any) -> Any:
-        authenticate = self._authenticate
+        authenticate, translators = self._authenticate, self._translators
 
         async def stream(
             request: Any, context: aio.ServicerContext[Any, Any]
@@ -125,6 +129,6 @@ class LoomInterceptor(aio.ServerInterceptor):
             except aio.AbortError:
                 raise
             except Exception as exc:  # noqa: BLE001 - every error becomes a status
-                await _abort(context, exc)
+                await _abort(context, exc, translators)
 
         return stream

@@ -16,7 +16,13 @@ from service.core.ports import AssistantStore, MemoryPort, MessageStore, ThreadS
 from service.core.tools import check_tools
 from service.core.validation import check_metadata, check_page_size, check_text
 
-__all__ = ["DEFAULT_INSTRUCTIONS", "UPDATABLE_FIELDS", "AssistantDraft", "Assistants"]
+__all__ = [
+    "DEFAULT_INSTRUCTIONS",
+    "UPDATABLE_FIELDS",
+    "AssistantDraft",
+    "Assistants",
+    "get_assistant",
+]
 
 log = logging.getLogger(__name__)
 
@@ -92,16 +98,36 @@ def _checked(
     return {name: checks[name]() for name in fields}
 
 
+async def get_assistant(store: AssistantStore, tenant: str, assistant_id: str) -> Assistant:
+    """The assistant, read from ``store``.
+
+    Raises:
+        InvalidArgument: malformed id.
+        NotFound: no such assistant for this tenant.
+    """
+    ids.check_id(ids.ASSISTANT, assistant_id, "assistant_id")
+    assistant = await store.get(tenant, assistant_id)
+    if assistant is None:
+        raise NotFound("assistant", assistant_id)
+    return assistant
+
+
 class Assistants:
-    """The assistant use cases; every call is scoped to one tenant."""
+    """The assistant use cases; every call is scoped to one tenant. With
+    ``memory``, deleting an assistant deletes its memories too."""
 
     def __init__(
-        self, assistants: AssistantStore, threads: ThreadStore, messages: MessageStore
+        self,
+        assistants: AssistantStore,
+        threads: ThreadStore,
+        messages: MessageStore,
+        *,
+        memory: MemoryPort | None = None,
     ) -> None:
         self._assistants = assistants
         self._threads = threads
         self._messages = messages
-        self._memory: MemoryPort | None = None
+        self._memory = memory
 
     async def create(self, tenant: str, draft: AssistantDraft) -> Assistant:
         """Create an assistant.
@@ -126,11 +152,7 @@ class Assistants:
             InvalidArgument: malformed id.
             NotFound: no such assistant for this tenant.
         """
-        ids.check_id(ids.ASSISTANT, assistant_id, "assistant_id")
-        assistant = await self._assistants.get(tenant, assistant_id)
-        if assistant is None:
-            raise NotFound("assistant", assistant_id)
-        return assistant
+        return await get_assistant(self._assistants, tenant, assistant_id)
 
     async def default(self, tenant: str) -> Assistant:
         """The tenant's default assistant, created on first use (and again if
@@ -225,10 +247,6 @@ class Assistants:
         if not await self._assistants.mark_deleting(tenant, assistant_id):
             raise NotFound("assistant", assistant_id)
         return await self._cascade(tenant, assistant_id)
-
-    def use_memory(self, memory: MemoryPort) -> None:
-        """Let deletions reach the assistant's memory too."""
-        self._memory = memory
 
     async def _cascade(self, tenant: str, assistant_id: str) -> int:
         thread_ids = await self._threads.ids_of_assistant(tenant, assistant_id)

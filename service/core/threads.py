@@ -22,15 +22,21 @@ _ORDERS = {"": False, "sequence": False, "sequence asc": False, "sequence desc":
 
 
 class Threads:
-    """The thread use cases; every call is scoped to one tenant."""
+    """The thread use cases; every call is scoped to one tenant. With
+    ``memory``, deleting a thread can delete the memories learnt in it."""
 
     def __init__(
-        self, assistants: Assistants, threads: ThreadStore, messages: MessageStore
+        self,
+        assistants: Assistants,
+        threads: ThreadStore,
+        messages: MessageStore,
+        *,
+        memory: MemoryPort | None = None,
     ) -> None:
         self._assistants = assistants
         self._threads = threads
         self._messages = messages
-        self._memory: MemoryPort | None = None
+        self._memory = memory
 
     async def create(
         self, tenant: str, assistant_id: str, user_id: str, metadata: dict[str, str]
@@ -100,10 +106,6 @@ class Threads:
         more = len(items) > limit
         items = items[:limit]
         return Page(items, encode_token(items[-1].thread_id, filters) if more else "")
-
-    def use_memory(self, memory: MemoryPort) -> None:
-        """Let deletions reach the assistant's memory too."""
-        self._memory = memory
 
     async def delete(self, tenant: str, thread_id: str, *, forget: bool = False) -> int:
         """Delete the thread and its messages (and, with ``forget``, the

@@ -19,13 +19,13 @@ from typing import Any
 from opentelemetry import metrics
 
 from service.core import ids
-from service.core.assistants import Assistants
+from service.core.assistants import get_assistant
 from service.core.clock import now
 from service.core.errors import InvalidArgument, NotFound
 from service.core.jobs import Checkpoint, JobRunner
 from service.core.models import Message, Page, Recalled
 from service.core.paging import decode_token, encode_token
-from service.core.ports import ChatModel, Job, JobStore, MessageStore
+from service.core.ports import AssistantStore, ChatModel, Job, JobStore, MessageStore
 from service.core.validation import check_metadata, check_page_size, check_text
 from service.memory.extraction import Candidate, Operation, extract_facts, reconcile
 from service.memory.index import MemoryHit, MemoryIndex, MemoryRecord
@@ -77,7 +77,7 @@ class AssistantMemory:
         index: MemoryIndex,
         jobs: JobRunner,
         job_store: JobStore,
-        assistants: Assistants,
+        assistants: AssistantStore,
         messages: MessageStore,
         llm: ChatModel,
         default_model: str,
@@ -277,7 +277,7 @@ class AssistantMemory:
     # -- MemoryService ------------------------------------------------------
 
     async def _assistant(self, tenant: str, assistant_id: str) -> None:
-        await self._assistants.get(tenant, assistant_id)
+        await get_assistant(self._assistants, tenant, assistant_id)
 
     def _check_user(self, user_id: str) -> str:
         return check_text(user_id, "user_id", MAX_USER_ID)

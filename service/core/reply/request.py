@@ -1,0 +1,326 @@
+"""A SendMessage request: its checks, the thread and assistant it names, and
+its idempotency record (AIP-155): the claim on its ``request_id``, the
+replay of a repeat, and the release of the claim when the first attempt
+fails before it stored anything."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import TypeAlias
+
+from service.core import ids
+from service.core.assistants import MAX_MODEL
+from service.core.clock import now
+from service.core.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
+from service.core.models import (
+    Assistant,
+    Completed,
+    Delta,
+    MemoryMode,
+    Message,
+    MessageStatus,
+    ReplyEvent,
+    Started,
+    Thread,
+    ToolSpec,
+)
+from service.core.ports import RequestRecord
+from service.core.reply.build import started
+from service.core.reply.collaborators import ReplyPolicy, ReplyStores
+from service.core.reply.generate import Replier, RunSpec
+from service.core.reply.recovery import Recovery
+from service.core.threads import MAX_USER_ID
+from service.core.tools import check_tool_choice, check_tools
+from service.core.validation import check_metadata, check_text
+
+__all__ = ["MAX_REQUEST_ID", "Idempotency", "SendRequest", "check_request", "resolve", "run_for"]
+
+MAX_REQUEST_ID = 128
+
+Events: TypeAlias = AsyncGenerator[ReplyEvent, None]
+
+
+@dataclass(slots=True)
+class SendRequest:
+    """What the caller sent with SendMessage."""
+
+    content: str
+    thread_id: str = ""
+    assistant_id: str = ""
+    user_id: str = ""
+    memory: MemoryMode = MemoryMode.UNSPECIFIED
+    model: str = ""
+    request_id: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+    tools: list[ToolSpec] | None = None  # None: the assistant's
+    tool_choice: str = ""
+
+    def fingerprint(self) -> str:
+        """A digest of everything but the request id, to spot a reused id."""
+        body = asdict(self)
+        body.pop("request_id")
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def check_request(req: SendRequest, max_content: int) -> None:
+    """Check the request's fields on their own.
+
+    Raises:
+        InvalidArgument: a malformed, missing or oversized field.
+    """
+    check_text(req.content, "content", max_content, required=True)
+    if req.thread_id:
+        ids.check_id(ids.THREAD, req.thread_id, "thread_id")
+    if req.assistant_id:
+        ids.check_id(ids.ASSISTANT, req.assistant_id, "assistant_id")
+    check_text(req.user_id, "user_id", MAX_USER_ID)
+    check_text(req.model, "model", MAX_MODEL)
+    check_text(req.request_id, "request_id", MAX_REQUEST_ID)
+    check_metadata(req.metadata)
+    if req.tools is not None:
+        check_tools(req.tools, "tools")
+
+
+async def resolve(
+    stores: ReplyStores, tenant: str, req: SendRequest
+) -> tuple[Thread, bool, Assistant]:
+    """The thread the request continues, or a new one under the assistant it
+    names (the tenant's default if none); whether it is new; its assistant.
+
+    Raises:
+        NotFound: no such thread or assistant.
+        InvalidArgument: the thread belongs to another assistant or user.
+    """
+    if not req.thread_id:
+        assistant = (
+            await stores.assistants.get(tenant, req.assistant_id)
+            if req.assistant_id
+            else await stores.assistants.default(tenant)
+        )
+        thread = await stores.threads.create(tenant, assistant.assistant_id, req.user_id, {})
+        return thread, True, assistant
+    thread = await stores.threads.get(tenant, req.thread_id)
+    if req.assistant_id and req.assistant_id != thread.assistant_id:
+        raise InvalidArgument(
+            f"thread {thread.thread_id!r} belongs to assistant {thread.assistant_id!r}, not "
+            f"{req.assistant_id!r}; omit assistant_id when continuing a thread",
+            field="assistant_id",
+        )
+    if req.user_id and req.user_id != thread.user_id:
+        raise InvalidArgument(
+            f"thread {thread.thread_id!r} belongs to another user; omit user_id when "
+            "continuing a thread, or start a new thread for this user",
+            field="user_id",
+        )
+    try:
+        assistant = await stores.assistants.get(tenant, thread.assistant_id)
+    except NotFound:  # the assistant is being deleted, and the thread with it
+        raise NotFound("thread", thread.thread_id) from None
+    return thread, False, assistant
+
+
+def run_for(req: SendRequest, assistant: Assistant) -> RunSpec:
+    """A new run for the request: its own tools if it sent some, else the
+    assistant's.
+
+    Raises:
+        InvalidArgument: ``tool_choice`` names no tool on offer.
+    """
+    tools = assistant.tools if req.tools is None else req.tools
+    return RunSpec(
+        run_id=ids.new_id(ids.RUN),
+        round=1,
+        tools=tools,
+        own_tools=None if req.tools is None else tuple(req.tools),
+        tool_choice=check_tool_choice(req.tool_choice, tools),
+        request_id=req.request_id,
+    )
+
+
+class Idempotency:
+    """SendMessage's request ids: a repeat of a request returns the first
+    result and never calls the model for it twice."""
+
+    def __init__(
+        self, stores: ReplyStores, policy: ReplyPolicy, recovery: Recovery, replier: Replier
+    ) -> None:
+        self._stores = stores
+        self._requests = stores.requests
+        self._lease_ttl = policy.lease_ttl
+        self._recovery = recovery
+        self._replier = replier
+
+    async def serve(self, tenant: str, req: SendRequest, fresh: Callable[[], Events]) -> Events:
+        """The events of ``req``: ``fresh()``'s when its id is new (or its
+        first claimant died before storing anything), else a replay of the
+        first attempt.
+
+        Raises:
+            InvalidArgument: the id was used for a different request.
+            Aborted: the first attempt is still running.
+            FailedPrecondition: the first attempt failed and the thread has
+                moved on since.
+        """
+        if not req.request_id:
+            events = fresh()
+        else:
+            record = await self._requests.claim(tenant, req.request_id, req.fingerprint(), now())
+            if record is None:
+                events = self._released_on_failure(tenant, req, fresh())
+            else:
+                events = self._repeat(tenant, req, record, fresh)
+        async with contextlib.aclosing(events) as stream:
+            async for event in stream:
+                yield event
+
+    async def bind(self, tenant: str, req: SendRequest, first: Started, when: datetime) -> None:
+        """Record where the first attempt at ``req`` stored its messages
+        (``first``), so that repeats replay it."""
+        if not req.request_id:
+            return
+        await self._requests.bind(
+            tenant,
+            req.request_id,
+            RequestRecord(
+                fingerprint=req.fingerprint(),
+                create_time=when,
+                thread_id=first.thread_id,
+                thread_created=first.thread_created,
+                assistant_id=first.assistant_id,
+                user_message_id=first.user_message_id,
+                assistant_message_id=first.assistant_message_id,
+                model=first.model,
+            ),
+        )
+
+    async def _released_on_failure(self, tenant: str, req: SendRequest, events: Events) -> Events:
+        """A fresh run under a claimed request id: if it fails before any
+        message is stored, the claim is dropped so the caller can retry."""
+        bound = False
+        try:
+            async with contextlib.aclosing(events) as stream:
+                async for event in stream:
+                    bound = True
+                    yield event
+        finally:
+            if not bound:
+                await self._stores.shield.run(self._requests.release(tenant, req.request_id))
+
+    async def _repeat(
+        self, tenant: str, req: SendRequest, record: RequestRecord, fresh: Callable[[], Events]
+    ) -> Events:
+        """Serve a request id seen before: replay its result, or finish what a
+        dead attempt left, without ever calling the model for it twice."""
+        if record.fingerprint != req.fingerprint():
+            raise InvalidArgument(
+                f"request_id {req.request_id!r} was already used for a different request; "
+                "use a new request_id for a new message",
+                field="request_id",
+                reason="REQUEST_ID_REUSED",
+            )
+        if not record.assistant_message_id:
+            stale = record.create_time < now() - timedelta(seconds=2 * self._lease_ttl)
+            if stale and await self._requests.take_over(
+                tenant, req.request_id, record.create_time, now()
+            ):
+                events = self._released_on_failure(tenant, req, fresh())
+            else:
+                raise Aborted(
+                    f"a request with request_id {req.request_id!r} is still being processed; "
+                    "retry shortly",
+                    reason="REQUEST_IN_PROGRESS",
+                )
+        else:
+            reply = await self._first_reply(tenant, req, record)
+            if reply.status is MessageStatus.FAILED and not reply.content:
+                # The model was never heard from: run it now, in the same slot.
+                events = self._retry_failed(tenant, record, reply)
+            else:
+                events = _replay(record, reply)
+        async with contextlib.aclosing(events) as stream:
+            async for event in stream:
+                yield event
+
+    async def _first_reply(self, tenant: str, req: SendRequest, record: RequestRecord) -> Message:
+        """The reply the first attempt stored, settled if its writer died.
+
+        Raises:
+            NotFound: the thread is gone.
+            Aborted: the reply is still streaming.
+        """
+        reply = await self._stores.messages.get(tenant, record.assistant_message_id)
+        if reply is None:
+            raise NotFound("thread", record.thread_id)
+        if reply.status is not MessageStatus.IN_PROGRESS:
+            return reply
+        if not await self._stores.leases.expired(record.thread_id):
+            raise Aborted(
+                f"the reply to request_id {req.request_id!r} is still streaming; "
+                "retry once it has completed",
+                reason="REQUEST_IN_PROGRESS",
+            )
+        # Its writer died: taking its lease over settles the reply INCOMPLETE.
+        async with self._recovery.hold(tenant, record.thread_id):
+            pass
+        return await self._stores.messages.get(tenant, record.assistant_message_id) or reply
+
+    async def _retry_failed(self, tenant: str, record: RequestRecord, reply: Message) -> Events:
+        """Run the model again for a first attempt that failed before the
+        model sent anything, if the thread has not moved on since.
+
+        Raises:
+            FailedPrecondition: the thread has moved on.
+            NotFound: the thread or its assistant is gone.
+        """
+        async with self._recovery.hold(tenant, record.thread_id) as writes:
+            user = await self._stores.messages.get(tenant, record.user_message_id)
+            if (
+                user is None
+                or writes.thread.message_count != reply.sequence + 1
+                or not await writes.restart(tenant, reply.message_id, reply.model)
+            ):
+                raise FailedPrecondition(
+                    "the first attempt with this request_id failed and the thread has moved on "
+                    "since; send the message again with a new request_id",
+                    reason="REQUEST_FAILED",
+                )
+            try:
+                assistant = await self._stores.assistants.get(tenant, record.assistant_id)
+            except NotFound:
+                raise NotFound("thread", record.thread_id) from None
+            run = RunSpec(
+                run_id=reply.run_id or ids.new_id(ids.RUN),
+                round=1,
+                tools=assistant.tools,
+                own_tools=None,
+                tool_choice="",
+                request_id=user.request_id,
+            )
+            yield _started(record, reply)
+            events = self._replier.generate(tenant, assistant, writes, user, reply, run)
+            async with contextlib.aclosing(events) as stream:
+                async for event in stream:
+                    yield event
+
+
+def _started(record: RequestRecord, reply: Message) -> Started:
+    return started(
+        thread_id=record.thread_id,
+        thread_created=record.thread_created,
+        assistant_id=record.assistant_id,
+        user_message_id=record.user_message_id,
+        reply=reply,
+    )
+
+
+async def _replay(record: RequestRecord, reply: Message) -> Events:
+    """The events of a finished first attempt, replayed from what it stored."""
+    yield _started(record, reply)
+    if reply.content:
+        yield Delta(reply.content)
+    yield Completed(reply)
