@@ -13,16 +13,15 @@ from pathlib import Path
 import pytest
 
 from service.core.errors import Unavailable
-from service.memory import (
+from service.memory.embeddings import OnnxMiniLM, Vectors
+from service.memory.index import (
     ChromaMemoryIndex,
     EmbeddingMismatch,
-    MemoryRecord,
-    OnnxMiniLM,
-    Vectors,
     collection_name,
     open_index,
     reindex_all,
 )
+from service.memory.ports import MemoryRecord
 from tests.support.chroma import ChromaServer
 from tests.support.embedding import model_dir
 
@@ -138,17 +137,18 @@ async def test_upsert_get_list_count(index: ChromaMemoryIndex, tenant: str) -> N
     assert await index.get(tenant, "asst_2", "m_cat") is None
     assert await index.get("other-tenant", "asst_1", "m_cat") is None
 
-    everything = await index.list(tenant, "asst_1", None, 10, 0)
+    everything = await index.list_records(tenant, "asst_1", None, 10, 0)
     assert [r.memory_id for r in everything] == ["m_cat", "m_dog", "m_peanut", "m_policy"]
-    assert [r.memory_id for r in await index.list(tenant, "asst_1", None, 2, 1)] == [
+    assert [r.memory_id for r in await index.list_records(tenant, "asst_1", None, 2, 1)] == [
         "m_dog",
         "m_peanut",
     ]
-    assert [r.memory_id for r in await index.list(tenant, "asst_1", "alice", 10, 0)] == [
+    assert [r.memory_id for r in await index.list_records(tenant, "asst_1", "alice", 10, 0)] == [
         "m_cat",
         "m_peanut",
     ]
-    assert [r.memory_id for r in await index.list(tenant, "asst_1", "", 10, 0)] == ["m_policy"]
+    wide = await index.list_records(tenant, "asst_1", "", 10, 0)
+    assert [r.memory_id for r in wide] == ["m_policy"]
 
     # Replacing by id re-embeds: the new words find it, the old ones do not.
     await index.upsert([rec(tenant, "m_cat", "The user has a parrot called Kiwi.", user="alice")])
@@ -213,7 +213,7 @@ async def test_read_your_writes_and_deletes(index: ChromaMemoryIndex, tenant: st
         for mode in MODES:
             assert mid not in await ids_of(index, tenant, text, user=user, mode=mode), mode
         assert await index.get(tenant, "asst_1", mid) is None
-    assert [r.memory_id for r in await index.list(tenant, "asst_1", None, 10, 0)] == [
+    assert [r.memory_id for r in await index.list_records(tenant, "asst_1", None, 10, 0)] == [
         "m_peanut",
         "m_policy",
     ]
@@ -222,7 +222,7 @@ async def test_read_your_writes_and_deletes(index: ChromaMemoryIndex, tenant: st
 
     await index.drop_assistant(tenant, "asst_1")
     assert await index.count(tenant, "asst_1") == 0
-    assert await index.list(tenant, "asst_1", None, 10, 0) == []
+    assert await index.list_records(tenant, "asst_1", None, 10, 0) == []
     for mode in MODES:
         assert await ids_of(index, tenant, "refund window", mode=mode) == []
     await index.drop_assistant(tenant, "asst_1")  # a second drop is a no-op

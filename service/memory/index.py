@@ -15,7 +15,7 @@ never embeds: ``embedding_function=None``), metadata = ``tenant``,
 ``source_message_id``, ``context``, ``create_us``/``update_us`` (UTC
 microseconds), ``write_us`` (when it was written) and the caller's metadata
 under ``m.<key>``. Every read checks ``tenant`` and ``assistant_id`` on what
-Chroma returns (``list`` and ``delete_where`` filter on them in Chroma), though
+Chroma returns (``list_records`` and ``delete_where`` filter on them in Chroma), though
 the collection already implies them.
 
 Vector spaces. A collection keeps the model it was built with; searching or
@@ -68,7 +68,6 @@ the Chroma server cannot be reached, ``ValueError`` for a bad argument
 from __future__ import annotations
 
 import asyncio
-import builtins
 import hashlib
 import logging
 import re
@@ -80,7 +79,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -89,16 +88,12 @@ from service.core.errors import FailedPrecondition, Unavailable
 from service.memory.dense import VectorSet
 from service.memory.embeddings import Embedder, Vectors
 from service.memory.lexical import BM25Index
+from service.memory.ports import MODES, MemoryHit, MemoryRecord, VersionSource
 
 __all__ = [
-    "MODES",
     "ChromaMemoryIndex",
     "EmbeddingMismatch",
-    "MemoryHit",
-    "MemoryIndex",
-    "MemoryRecord",
     "SearchTuning",
-    "VersionSource",
     "collection_name",
     "open_index",
     "reindex_all",
@@ -106,7 +101,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MODES = ("hybrid", "dense", "lexical")
 COLLECTION_PREFIX = "loom-mem-"
 _META_PREFIX = "m."
 _RESERVED = frozenset(
@@ -123,105 +117,6 @@ _RESERVED = frozenset(
     }
 )
 _T = TypeVar("_T")
-
-
-@dataclass(frozen=True, slots=True)
-class MemoryRecord:
-    """One memory as stored.
-
-    ``context`` is text indexed with the memory to help find it but never
-    part of it (for an episodic message: the turns around it); search
-    returns it on the record but callers inject ``text`` only.
-    """
-
-    memory_id: str
-    tenant: str
-    assistant_id: str
-    user_id: str  # "" = assistant-wide
-    text: str
-    kind: str  # "episodic" or "fact"
-    source_thread_id: str = ""
-    source_message_id: str = ""
-    create_time: datetime | None = None
-    update_time: datetime | None = None
-    metadata: dict[str, str] = field(default_factory=dict)
-    context: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class MemoryHit:
-    """A memory found by a search, with the signals that ranked it."""
-
-    record: MemoryRecord
-    score: float  # the ranking score, higher is better (see the module docstring)
-    dense: float | None  # cosine similarity (None in lexical mode)
-    lexical: float | None  # raw BM25 when the query shares a term with it, else None
-
-
-class MemoryIndex(Protocol):
-    """What the memory domain needs from the index; every call is scoped to
-    one tenant and assistant."""
-
-    async def upsert(self, records: Sequence[MemoryRecord]) -> None:
-        """Add or replace records by memory id (re-embedding them)."""
-
-    async def get(self, tenant: str, assistant_id: str, memory_id: str) -> MemoryRecord | None:
-        """The record, or None."""
-
-    async def list(
-        self, tenant: str, assistant_id: str, user_id: str | None, limit: int, offset: int
-    ) -> builtins.list[MemoryRecord]:
-        """A page in (create_time, memory_id) order; user_id None = every
-        user, "" = assistant-wide only, else that user's only."""
-
-    async def delete(self, tenant: str, assistant_id: str, memory_ids: Sequence[str]) -> int:
-        """Delete those records; how many existed."""
-
-    async def delete_where(
-        self,
-        tenant: str,
-        assistant_id: str,
-        *,
-        user_id: str | None = None,
-        source_thread_id: str | None = None,
-    ) -> int:
-        """Delete every record matching all the given filters (at least one)."""
-
-    async def drop_assistant(self, tenant: str, assistant_id: str) -> None:
-        """Delete every record of the assistant."""
-
-    async def search(
-        self,
-        tenant: str,
-        assistant_id: str,
-        query: str,
-        *,
-        user_id: str,
-        limit: int,
-        min_score: float = 0.0,
-        mode: str = "hybrid",
-    ) -> builtins.list[MemoryHit]:
-        """The best ``limit`` memories of ``user_id`` and assistant-wide ones
-        (only assistant-wide ones when user_id is "") scoring at least
-        ``min_score``, best first."""
-
-    async def nearest(
-        self, tenant: str, assistant_id: str, user_id: str, text: str, k: int
-    ) -> builtins.list[MemoryHit]:
-        """The ``k`` memories of exactly ``user_id`` nearest to ``text`` by cosine."""
-
-    async def count(self, tenant: str, assistant_id: str) -> int:
-        """How many memories the assistant has."""
-
-
-class VersionSource(Protocol):
-    """A write counter per (tenant, assistant), shared by every replica."""
-
-    async def current(self, tenant: str, assistant_id: str) -> int:
-        """The counter (0 before any write)."""
-
-    async def bump(self, tenant: str, assistant_id: str) -> int:
-        """Add one and return the new value."""
 
 
 class EmbeddingMismatch(FailedPrecondition):
@@ -317,12 +212,12 @@ def _to_record(memory_id: str, document: str | None, meta: Any) -> MemoryRecord:
 
 
 def _where(tenant: str, assistant_id: str, **equal: Any) -> dict[str, Any]:
-    clauses: builtins.list[dict[str, Any]] = [{"tenant": tenant}, {"assistant_id": assistant_id}]
+    clauses: list[dict[str, Any]] = [{"tenant": tenant}, {"assistant_id": assistant_id}]
     clauses += [{key: value} for key, value in equal.items() if value is not None]
     return {"$and": clauses}
 
 
-def _scopes(user_id: str) -> builtins.list[str]:
+def _scopes(user_id: str) -> list[str]:
     return [""] if user_id == "" else [user_id, ""]
 
 
@@ -538,10 +433,10 @@ class ChromaMemoryIndex:
         for record in records:
             groups.setdefault((record.tenant, record.assistant_id), {})[record.memory_id] = record
         for (tenant, assistant_id), by_id in groups.items():
-            await self._upsert_group(tenant, assistant_id, builtins.list(by_id.values()))
+            await self._upsert_group(tenant, assistant_id, list(by_id.values()))
 
     async def _upsert_group(
-        self, tenant: str, assistant_id: str, records: builtins.list[MemoryRecord]
+        self, tenant: str, assistant_id: str, records: list[MemoryRecord]
     ) -> None:
         existing = await self._open(tenant, assistant_id)
         before = 0 if existing is None else await self._version(existing, tenant, assistant_id)
@@ -582,8 +477,8 @@ class ChromaMemoryIndex:
         collection: Any,
         before: int,
         after: int,
-        puts: builtins.list[tuple[str, Any, str, Any]],
-        drops: builtins.list[str],
+        puts: list[tuple[str, Any, str, Any]],
+        drops: list[str],
     ) -> None:
         """Bring this process's cache up to date with its own write. It is
         current afterwards if nobody else wrote since it was (the version
@@ -605,7 +500,7 @@ class ChromaMemoryIndex:
         if collection is None or not memory_ids:
             return 0
         found = await self._call(
-            collection.get, ids=builtins.list(dict.fromkeys(memory_ids)), include=["metadatas"]
+            collection.get, ids=list(dict.fromkeys(memory_ids)), include=["metadatas"]
         )
         ids = [
             i
@@ -629,10 +524,10 @@ class ChromaMemoryIndex:
             return 0
         where = _where(tenant, assistant_id, user_id=user_id, source_thread_id=source_thread_id)
         found = await self._call(collection.get, where=where, include=[])
-        return await self._delete_ids(collection, tenant, assistant_id, builtins.list(found["ids"]))
+        return await self._delete_ids(collection, tenant, assistant_id, list(found["ids"]))
 
     async def _delete_ids(
-        self, collection: Any, tenant: str, assistant_id: str, ids: builtins.list[str]
+        self, collection: Any, tenant: str, assistant_id: str, ids: list[str]
     ) -> int:
         if not ids:
             return 0
@@ -673,9 +568,9 @@ class ChromaMemoryIndex:
             return None
         return _to_record(found["ids"][0], found["documents"][0], found["metadatas"][0])
 
-    async def list(
+    async def list_records(
         self, tenant: str, assistant_id: str, user_id: str | None, limit: int, offset: int
-    ) -> builtins.list[MemoryRecord]:
+    ) -> list[MemoryRecord]:
         collection = await self._call(self._get_collection, tenant, assistant_id)
         if collection is None or limit <= 0:
             return []
@@ -704,7 +599,7 @@ class ChromaMemoryIndex:
 
     async def nearest(
         self, tenant: str, assistant_id: str, user_id: str, text: str, k: int
-    ) -> builtins.list[MemoryHit]:
+    ) -> list[MemoryHit]:
         (collection, version), vectors = await asyncio.gather(
             self._open_versioned(tenant, assistant_id), self.embedder.embed([text])
         )
@@ -712,14 +607,14 @@ class ChromaMemoryIndex:
             return []
         cache = await self._cache(collection, tenant, assistant_id, version)
 
-        def run() -> builtins.list[MemoryHit]:
+        def run() -> list[MemoryHit]:
             ranked = self._nearest(cache, vectors[0], user_id, k)
             return self._resolve(collection, tenant, assistant_id, [user_id], ranked, k)
 
         return await self._call(run)
 
     @staticmethod
-    def _nearest(cache: _Cache, vector: Vectors, user_id: str, k: int) -> builtins.list[_Ranked]:
+    def _nearest(cache: _Cache, vector: Vectors, user_id: str, k: int) -> list[_Ranked]:
         with cache.lock:
             found = cache.vectors.search(vector, [user_id], k)
         return [_Ranked(i, cos, cos, None) for i, cos in found]
@@ -734,7 +629,7 @@ class ChromaMemoryIndex:
         limit: int,
         min_score: float = 0.0,
         mode: str = "hybrid",
-    ) -> builtins.list[MemoryHit]:
+    ) -> list[MemoryHit]:
         if mode not in MODES:
             raise ValueError(f"unknown search mode {mode!r}: use one of {', '.join(MODES)}")
         if limit <= 0 or not query.strip():
@@ -753,7 +648,7 @@ class ChromaMemoryIndex:
         scopes = _scopes(user_id)
         n = max(self.tuning.candidates, limit)
 
-        def run() -> builtins.list[MemoryHit]:
+        def run() -> list[MemoryHit]:
             # Ranking and reading the winners from Chroma share one worker
             # thread: a hop less, which is a millisecond on a busy 2-core box.
             ranked = self._rank(cache, query, vector, scopes, n, mode)
@@ -767,10 +662,10 @@ class ChromaMemoryIndex:
         cache: _Cache,
         query: str,
         vector: Vectors | None,
-        scopes: builtins.list[str],
+        scopes: list[str],
         n: int,
         mode: str,
-    ) -> builtins.list[_Ranked]:
+    ) -> list[_Ranked]:
         """Candidates of the mode's sides, each with every signal, best first."""
         with cache.lock:
             if mode == "dense" and vector is not None:
@@ -779,7 +674,7 @@ class ChromaMemoryIndex:
             if mode == "lexical" or vector is None:
                 return [_Ranked(h.doc_id, h.normalized, None, h.score) for h in found]
             dense = cache.vectors.search(vector, scopes, n)
-            ids = builtins.list(dict.fromkeys([i for i, _ in dense] + [h.doc_id for h in found]))
+            ids = list(dict.fromkeys([i for i, _ in dense] + [h.doc_id for h in found]))
             cosine = cache.vectors.cosine(vector, ids)
             lex = {h.doc_id: h for h in found}
             missing = [i for i in ids if i not in lex]
@@ -810,14 +705,14 @@ class ChromaMemoryIndex:
         collection: Any,
         tenant: str,
         assistant_id: str,
-        scopes: builtins.list[str],
-        ranked: builtins.list[_Ranked],
+        scopes: list[str],
+        ranked: list[_Ranked],
         limit: int,
-    ) -> builtins.list[MemoryHit]:
+    ) -> list[MemoryHit]:
         """The records of the best ``limit`` ranked ids, read from Chroma and
         checked there: a memory deleted, moved to another scope or of another
         tenant or assistant is skipped, whatever the cache said."""
-        hits: builtins.list[MemoryHit] = []
+        hits: list[MemoryHit] = []
         seen: set[str] = set()
         step = max(2 * limit, 20)
         for start in range(0, len(ranked), step):
@@ -910,7 +805,7 @@ class ChromaMemoryIndex:
                 where: dict[str, Any] = _where(tenant, assistant_id)
             else:
                 where = {"write_us": {"$gte": entry.refreshed_us - self._margin_us}}
-            rows = builtins.list(self._rows(collection, where))
+            rows = list(self._rows(collection, where))
             with entry.lock:
                 for i, d, m, e in rows:
                     if _belongs(m, tenant, assistant_id):
@@ -981,7 +876,7 @@ class ChromaMemoryIndex:
         )
         return len(records)
 
-    async def assistants(self) -> builtins.list[tuple[str, str, str]]:
+    async def assistants(self) -> list[tuple[str, str, str]]:
         """(tenant, assistant_id, embedding model) of every memory collection.
 
         A re-embedded copy left by a ``reindex`` that stopped between
