@@ -35,8 +35,9 @@ from pathlib import Path
 from bench.common import machine, pct
 from bench.locomo import CATEGORIES, Conversation, Turn, load
 from service.memory.embeddings import OnnxMiniLM
-from service.memory.index import ChromaMemoryIndex, SearchTuning, open_index
+from service.memory.index import ChromaMemoryIndex, open_index
 from service.memory.ports import MemoryRecord
+from service.memory.ranking import SearchTuning
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 

@@ -31,18 +31,11 @@ in local", embedded and ``chroma run`` alike). So each process keeps, per
 collection it searches, a cache built from Chroma: the vectors
 (``dense.VectorSet``, exact cosine by one matrix product) and a BM25 index
 (``lexical.BM25Index``), both with the user id of each memory as its scope.
-The ``candidates`` best of each side are pooled, every candidate gets both
-signals and the score
-
-    score = dense_weight * max(cosine, 0) + (1 - dense_weight) * bm25 / bm25_max(query)
-
-where ``bm25_max`` is the most the query could score (every term,
-saturated). Both parts are absolute, so ``min_score`` is a relevance floor
-that means the same for every query (reciprocal rank fusion, ``fusion="rrf"``,
-gives the top hit the same score however poor it is, and ranked worse on
-LoCoMo: see docs/benchmarks.md). The records returned are then read from
-Chroma by id and checked there (tenant, assistant, scope), so a memory that
-was deleted or moved is never returned, whatever a cache still holds.
+The ``candidates`` best of each side are pooled and ranked by
+``ranking.py`` (the score, and why it is absolute). The records returned
+are then read from Chroma by id and checked there (tenant, assistant,
+scope), so a memory that was deleted or moved is never returned, whatever
+a cache still holds.
 
 Freshness across replicas. A process applies its own writes to its cache.
 Every write bumps the collection's version (``VersionSource``; by default
@@ -85,15 +78,16 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from service.core.errors import FailedPrecondition, Unavailable
+from service.memory import ranking
 from service.memory.dense import VectorSet
 from service.memory.embeddings import Embedder, Vectors
-from service.memory.lexical import BM25Index
+from service.memory.lexical import BM25Index, LexicalHit
 from service.memory.ports import MODES, MemoryHit, MemoryRecord, VersionSource
+from service.memory.ranking import Candidates, Ranked, SearchTuning
 
 __all__ = [
     "ChromaMemoryIndex",
     "EmbeddingMismatch",
-    "SearchTuning",
     "collection_name",
     "open_index",
     "reindex_all",
@@ -132,21 +126,6 @@ class EmbeddingMismatch(FailedPrecondition):
             metadata={"assistant_id": assistant_id, "stored": stored, "configured": configured},
         )
         self.tenant = tenant
-
-
-@dataclass(frozen=True, slots=True)
-class SearchTuning:
-    """Ranking parameters; the defaults were chosen on LoCoMo conversations
-    1-2 (docs/benchmarks.md)."""
-
-    dense_weight: float = 0.3
-    candidates: int = 50  # from each side before fusion
-    k1: float = 1.2
-    b: float = 0.5
-    context_weight: float = 0.2  # BM25: a context word counts this much of a text word
-    dedupe_text: bool = True  # hits with the same text (case, spaces aside) collapse
-    fusion: str = "linear"  # or "rrf": reciprocal rank fusion, sum of 1 / (rrf_k + rank)
-    rrf_k: int = 60
 
 
 def collection_name(tenant: str, assistant_id: str) -> str:
@@ -226,10 +205,6 @@ def _belongs(meta: Any, tenant: str, assistant_id: str) -> bool:
     return bool(meta) and meta.get("tenant") == tenant and meta.get("assistant_id") == assistant_id
 
 
-def _text_key(text: str) -> str:
-    return " ".join(text.lower().split())
-
-
 @dataclass(slots=True)
 class _Cache:
     """One collection's memories as this process searches them: the BM25
@@ -255,13 +230,28 @@ class _Cache:
     def __len__(self) -> int:
         return len(self.vectors)
 
+    def nearest(self, vector: Vectors, scopes: list[str], n: int) -> list[tuple[str, float]]:
+        """The ``n`` nearest memories of those scopes: (id, cosine), nearest first."""
+        with self.lock:
+            return self.vectors.search(vector, scopes, n)
 
-@dataclass(frozen=True, slots=True)
-class _Ranked:
-    memory_id: str
-    score: float
-    dense: float | None
-    lexical: float | None
+    def matching(self, query: str, scopes: list[str], n: int) -> list[LexicalHit]:
+        """The ``n`` best BM25 matches of those scopes, best first."""
+        with self.lock:
+            return self.lexical.search(query, scopes, n)
+
+    def candidates(self, query: str, vector: Vectors, scopes: list[str], n: int) -> Candidates:
+        """The ``n`` best of each side and both signals of every one of them."""
+        with self.lock:
+            found = self.lexical.search(query, scopes, n)
+            dense = self.vectors.search(vector, scopes, n)
+            ids = Candidates.pool(dense, found)
+            cosine = self.vectors.cosine(vector, ids)
+            bm25 = {h.doc_id: h for h in found}
+            missing = [i for i in ids if i not in bm25]
+            if missing:
+                bm25.update(self.lexical.score(query, missing))
+        return Candidates(dense, found, cosine, bm25)
 
 
 def _now_us() -> int:
@@ -608,16 +598,10 @@ class ChromaMemoryIndex:
         cache = await self._cache(collection, tenant, assistant_id, version)
 
         def run() -> list[MemoryHit]:
-            ranked = self._nearest(cache, vectors[0], user_id, k)
+            ranked = ranking.by_dense(cache.nearest(vectors[0], [user_id], k))
             return self._resolve(collection, tenant, assistant_id, [user_id], ranked, k)
 
         return await self._call(run)
-
-    @staticmethod
-    def _nearest(cache: _Cache, vector: Vectors, user_id: str, k: int) -> list[_Ranked]:
-        with cache.lock:
-            found = cache.vectors.search(vector, [user_id], k)
-        return [_Ranked(i, cos, cos, None) for i, cos in found]
 
     async def search(
         self,
@@ -665,40 +649,13 @@ class ChromaMemoryIndex:
         scopes: list[str],
         n: int,
         mode: str,
-    ) -> list[_Ranked]:
+    ) -> list[Ranked]:
         """Candidates of the mode's sides, each with every signal, best first."""
-        with cache.lock:
-            if mode == "dense" and vector is not None:
-                return [_Ranked(i, c, c, None) for i, c in cache.vectors.search(vector, scopes, n)]
-            found = cache.lexical.search(query, scopes, n)
-            if mode == "lexical" or vector is None:
-                return [_Ranked(h.doc_id, h.normalized, None, h.score) for h in found]
-            dense = cache.vectors.search(vector, scopes, n)
-            ids = list(dict.fromkeys([i for i, _ in dense] + [h.doc_id for h in found]))
-            cosine = cache.vectors.cosine(vector, ids)
-            lex = {h.doc_id: h for h in found}
-            missing = [i for i in ids if i not in lex]
-            if missing:
-                lex.update(cache.lexical.score(query, missing))
-        t = self.tuning
-        dense_rank = {i: rank for rank, (i, _) in enumerate(dense, 1)}
-        lexical_rank = {h.doc_id: rank for rank, h in enumerate(found, 1)}
-        out = []
-        for memory_id in ids:
-            cos = cosine.get(memory_id, 0.0)
-            h = lex.get(memory_id)
-            if t.fusion == "rrf":
-                score = sum(
-                    1.0 / (t.rrf_k + ranks[memory_id])
-                    for ranks in (dense_rank, lexical_rank)
-                    if memory_id in ranks
-                )
-            else:
-                norm = h.normalized if h is not None else 0.0
-                score = t.dense_weight * max(cos, 0.0) + (1.0 - t.dense_weight) * norm
-            raw = h.score if h is not None and h.score > 0 else None
-            out.append(_Ranked(memory_id, score, cos, raw))
-        return sorted(out, key=lambda r: (-r.score, r.memory_id))
+        if mode == "dense" and vector is not None:
+            return ranking.by_dense(cache.nearest(vector, scopes, n))
+        if mode == "lexical" or vector is None:
+            return ranking.by_lexical(cache.matching(query, scopes, n))
+        return ranking.fuse(cache.candidates(query, vector, scopes, n), self.tuning)
 
     def _resolve(
         self,
@@ -706,7 +663,7 @@ class ChromaMemoryIndex:
         tenant: str,
         assistant_id: str,
         scopes: list[str],
-        ranked: list[_Ranked],
+        ranked: list[Ranked],
         limit: int,
     ) -> list[MemoryHit]:
         """The records of the best ``limit`` ranked ids, read from Chroma and
@@ -729,7 +686,7 @@ class ChromaMemoryIndex:
                 if r.memory_id not in found:
                     continue
                 record = _to_record(r.memory_id, *found[r.memory_id])
-                key = _text_key(record.text) if self.tuning.dedupe_text else r.memory_id
+                key = ranking.text_key(record.text) if self.tuning.dedupe_text else r.memory_id
                 if key in seen:
                     continue
                 seen.add(key)
