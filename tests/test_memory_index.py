@@ -13,15 +13,11 @@ from pathlib import Path
 import pytest
 
 from service.core.errors import Unavailable
+from service.memory.collection import EmbeddingMismatch, collection_name
 from service.memory.embeddings import OnnxMiniLM, Vectors
-from service.memory.index import (
-    ChromaMemoryIndex,
-    EmbeddingMismatch,
-    collection_name,
-    open_index,
-    reindex_all,
-)
+from service.memory.index import ChromaMemoryIndex, open_index
 from service.memory.ports import MemoryRecord
+from service.memory.reindex import reindex, reindex_all
 from tests.support.chroma import ChromaServer
 from tests.support.embedding import model_dir
 
@@ -358,7 +354,7 @@ async def test_mixed_vector_spaces_refused_and_reindex(
     assert await new.count(tenant, "asst_1") == 4
     assert (await new.get(tenant, "asst_1", "m_cat")) is not None
 
-    assert await new.reindex(tenant, "asst_1") == 4
+    assert await reindex(new, tenant, "asst_1") == 4
     assert (await ids_of(new, tenant, "cat Miso", user="alice"))[0] == "m_cat"
     with pytest.raises(EmbeddingMismatch):
         await old.search(tenant, "asst_1", "cat", user_id="alice", limit=3)
