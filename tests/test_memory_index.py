@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,6 +21,7 @@ from service.memory.embeddings import OnnxMiniLM, Vectors
 from service.memory.index import ChromaMemoryIndex, open_index
 from service.memory.ports import MemoryRecord
 from service.memory.reindex import reindex, reindex_all
+from tests.conftest import eventually
 from tests.support.chroma import ChromaServer
 from tests.support.embedding import model_dir
 
@@ -384,6 +388,84 @@ async def test_concurrent_writes_and_searches(index: ChromaMemoryIndex, tenant: 
     assert await index.count(tenant, "asst_1") == 60
     hits = await ids_of(index, tenant, "Fact number 17", mode="lexical", limit=3)
     assert hits[0] == "m017"
+
+
+class Gate:
+    """Holds the reads that build a search cache (the ones that fetch the
+    embeddings) until it is opened, and counts the collection lookups and
+    those reads: a slow Chroma, as the index sees it."""
+
+    def __init__(self) -> None:
+        self.opened = threading.Event()
+        self.lookups = 0
+        self.reads = 0
+        self._lock = threading.Lock()
+
+    def count(self, what: str) -> None:
+        with self._lock:
+            setattr(self, what, getattr(self, what) + 1)
+
+
+class GatedCollection:
+    def __init__(self, collection: Any, gate: Gate) -> None:
+        self._collection = collection
+        self._gate = gate
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._collection, name)
+
+    def get(self, *args: Any, **kwargs: Any) -> Any:
+        if "embeddings" in kwargs.get("include", ()):
+            self._gate.count("reads")
+            if not self._gate.opened.wait(timeout=30):
+                raise RuntimeError("the gate was never opened: no worker thread was free")
+        return self._collection.get(*args, **kwargs)
+
+
+class GatedClient:
+    def __init__(self, client: Any, gate: Gate) -> None:
+        self._client = client
+        self._gate = gate
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def get_collection(self, name: str) -> GatedCollection:
+        collection = GatedCollection(self._client.get_collection(name), self._gate)
+        self._gate.count("lookups")
+        return collection
+
+
+def test_cold_searches_share_one_read_and_hold_no_worker_thread(
+    where: tuple[Path, str | None], embedder: OnnxMiniLM, tenant: str
+) -> None:
+    """Searches of a collection whose cache this process has not built yet
+    wait for one read of it on the event loop: while that read is held, the
+    other searches still get worker threads for their own Chroma calls, and
+    a worker is free to open the gate (with the two workers this loop has,
+    searches that each waited in a thread would leave none)."""
+
+    async def scenario() -> None:
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=2))
+        writer = open_index(where[0], where[1], embedder)
+        await writer.upsert([rec(tenant, mid, text, user=user) for mid, text, user in PETS])
+        await writer.close()
+        gate = Gate()
+        index = open_index(where[0], where[1], embedder, wrap_client=lambda c: GatedClient(c, gate))
+        searches = [
+            asyncio.ensure_future(ids_of(index, tenant, "refund window", mode="lexical"))
+            for _ in range(6)
+        ]
+        try:
+            assert await eventually(lambda: gate.lookups == 6 and gate.reads == 1)
+            await asyncio.to_thread(gate.opened.set)
+        finally:
+            gate.opened.set()  # a failed check leaves no worker held at the gate
+        assert await asyncio.gather(*searches) == [["m_policy"]] * 6
+        assert gate.reads == 1
+        await index.close()
+
+    asyncio.run(scenario())
 
 
 async def test_lost_server_is_unavailable(

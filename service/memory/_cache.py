@@ -19,12 +19,16 @@ last read (``write_us``, minus ``refresh_margin``), and a cache older than
 ``max_age`` seconds is rebuilt whole (that is when other replicas'
 deletions leave it; until then they are only filtered out of results).
 
-Concurrency. The caches are built, searched and updated in worker threads,
-each under its lock.
+Concurrency. Concurrent searches of a collection whose cache is missing or
+stale wait on the event loop for one build (its read runs in one worker
+thread), rather than each holding a worker thread while it waits; the
+caches are then searched and updated from worker threads under their locks.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import threading
 import time
@@ -120,7 +124,8 @@ class SearchCaches:
         self._max_records = max_records
         self._entries: OrderedDict[str, CollectionCache] = OrderedDict()
         self._lock = threading.Lock()  # the entries are read and written from worker threads
-        self._build_locks: dict[str, threading.Lock] = {}
+        # The build in flight of each collection; touched on the event loop only.
+        self._builds: dict[str, asyncio.Task[CollectionCache]] = {}
 
     async def get(
         self, collection: Collection, tenant: str, assistant_id: str, version: int, *, dim: int
@@ -133,12 +138,27 @@ class SearchCaches:
         Raises:
             Unavailable: the Chroma server cannot be reached.
         """
-        entry = self._current(collection, version)
-        if entry is not None:
-            return entry
-        with self._lock:
-            lock = self._build_locks.setdefault(collection.name, threading.Lock())
-        return await call(self._refresh, collection, tenant, assistant_id, version, dim, lock)
+        name = collection.name
+        while (entry := self._current(collection, version)) is None:
+            build = self._builds.get(name)
+            if build is None or build.done():
+                build = asyncio.ensure_future(
+                    call(self._refresh, collection, tenant, assistant_id, version, dim)
+                )
+                self._builds[name] = build
+                build.add_done_callback(functools.partial(self._built, name))
+                return await asyncio.shield(build)
+            # Another search is reading this collection: wait for it here,
+            # holding no worker thread, then look again (it may have read
+            # another version than this search's).
+            await asyncio.shield(build)
+        return entry
+
+    def _built(self, name: str, build: asyncio.Task[CollectionCache]) -> None:
+        if self._builds.get(name) is build:
+            del self._builds[name]
+        if not build.cancelled():
+            build.exception()  # observed, even when every search that awaited it is gone
 
     def _current(self, collection: Collection, version: int) -> CollectionCache | None:
         with self._lock:
@@ -156,25 +176,10 @@ class SearchCaches:
         )
 
     def _refresh(
-        self,
-        collection: Collection,
-        tenant: str,
-        assistant_id: str,
-        version: int,
-        dim: int,
-        lock: threading.Lock,
+        self, collection: Collection, tenant: str, assistant_id: str, version: int, dim: int
     ) -> CollectionCache:
         """Read what the cache lacks from Chroma (everything, or the records
         written since its last read) and keep it (blocking)."""
-        with lock:
-            current = self._current(collection, version)
-            if current is not None:
-                return current
-            return self._read_missing(collection, tenant, assistant_id, version, dim)
-
-    def _read_missing(
-        self, collection: Collection, tenant: str, assistant_id: str, version: int, dim: int
-    ) -> CollectionCache:
         began = now_us()
         with self._lock:
             entry = self._entries.get(collection.name)
@@ -244,7 +249,8 @@ class SearchCaches:
             self._entries.pop(name, None)
 
     async def close(self) -> None:
-        """Drop every cache."""
+        """Let the builds in flight end, then drop every cache."""
+        await asyncio.gather(*self._builds.values(), return_exceptions=True)
         with self._lock:
             self._entries.clear()
 
