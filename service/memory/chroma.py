@@ -47,7 +47,9 @@ BATCH = 1000  # records a Chroma call; 1.5.9 takes up to 5,461
 
 
 class Collection(Protocol):
-    """The calls Loom makes on a chromadb collection."""
+    """The calls Loom makes on a chromadb collection. ``open_client``
+    returns chromadb's own client as a ``Client``, so mypy checks these
+    Protocols against chromadb's classes (with chromadb's own types)."""
 
     @property
     def name(self) -> str: ...
