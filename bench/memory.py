@@ -34,13 +34,10 @@ from pathlib import Path
 
 from bench.common import machine, pct
 from bench.locomo import CATEGORIES, Conversation, Turn, load
-from service.memory import (
-    ChromaMemoryIndex,
-    MemoryRecord,
-    OnnxMiniLM,
-    SearchTuning,
-    open_index,
-)
+from service.memory.embeddings import OnnxMiniLM
+from service.memory.index import ChromaMemoryIndex, open_index
+from service.memory.ports import MemoryRecord
+from service.memory.ranking import SearchTuning
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 

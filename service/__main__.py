@@ -105,7 +105,8 @@ async def _api_keys(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _reindex(settings: Settings, *, force: bool) -> int:
     from service.memory.embeddings import EmbeddingError, embedder_from_settings
-    from service.memory.index import open_index, reindex_all
+    from service.memory.index import open_index
+    from service.memory.reindex import reindex_all
 
     key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
     try:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from chromadb.utils.embedding_functions import ONNXMiniLM_L6_V2
 
-from service.memory import (
+from service.memory.embeddings import (
     EmbeddingError,
     OnnxMiniLM,
     OpenAIEmbedder,

@@ -5,24 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from service.core.errors import Unavailable
-from service.memory import (
-    ChromaMemoryIndex,
-    EmbeddingMismatch,
-    MemoryRecord,
-    OnnxMiniLM,
-    Vectors,
-    collection_name,
-    open_index,
-    reindex_all,
-)
+from service.memory.collection import EmbeddingMismatch, collection_name
+from service.memory.embeddings import OnnxMiniLM, Vectors
+from service.memory.index import ChromaMemoryIndex, open_index
+from service.memory.ports import MemoryRecord
+from service.memory.reindex import reindex, reindex_all
+from tests.conftest import eventually
 from tests.support.chroma import ChromaServer
 from tests.support.embedding import model_dir
 
@@ -138,17 +137,18 @@ async def test_upsert_get_list_count(index: ChromaMemoryIndex, tenant: str) -> N
     assert await index.get(tenant, "asst_2", "m_cat") is None
     assert await index.get("other-tenant", "asst_1", "m_cat") is None
 
-    everything = await index.list(tenant, "asst_1", None, 10, 0)
+    everything = await index.list_records(tenant, "asst_1", None, 10, 0)
     assert [r.memory_id for r in everything] == ["m_cat", "m_dog", "m_peanut", "m_policy"]
-    assert [r.memory_id for r in await index.list(tenant, "asst_1", None, 2, 1)] == [
+    assert [r.memory_id for r in await index.list_records(tenant, "asst_1", None, 2, 1)] == [
         "m_dog",
         "m_peanut",
     ]
-    assert [r.memory_id for r in await index.list(tenant, "asst_1", "alice", 10, 0)] == [
+    assert [r.memory_id for r in await index.list_records(tenant, "asst_1", "alice", 10, 0)] == [
         "m_cat",
         "m_peanut",
     ]
-    assert [r.memory_id for r in await index.list(tenant, "asst_1", "", 10, 0)] == ["m_policy"]
+    wide = await index.list_records(tenant, "asst_1", "", 10, 0)
+    assert [r.memory_id for r in wide] == ["m_policy"]
 
     # Replacing by id re-embeds: the new words find it, the old ones do not.
     await index.upsert([rec(tenant, "m_cat", "The user has a parrot called Kiwi.", user="alice")])
@@ -213,7 +213,7 @@ async def test_read_your_writes_and_deletes(index: ChromaMemoryIndex, tenant: st
         for mode in MODES:
             assert mid not in await ids_of(index, tenant, text, user=user, mode=mode), mode
         assert await index.get(tenant, "asst_1", mid) is None
-    assert [r.memory_id for r in await index.list(tenant, "asst_1", None, 10, 0)] == [
+    assert [r.memory_id for r in await index.list_records(tenant, "asst_1", None, 10, 0)] == [
         "m_peanut",
         "m_policy",
     ]
@@ -222,7 +222,7 @@ async def test_read_your_writes_and_deletes(index: ChromaMemoryIndex, tenant: st
 
     await index.drop_assistant(tenant, "asst_1")
     assert await index.count(tenant, "asst_1") == 0
-    assert await index.list(tenant, "asst_1", None, 10, 0) == []
+    assert await index.list_records(tenant, "asst_1", None, 10, 0) == []
     for mode in MODES:
         assert await ids_of(index, tenant, "refund window", mode=mode) == []
     await index.drop_assistant(tenant, "asst_1")  # a second drop is a no-op
@@ -358,7 +358,7 @@ async def test_mixed_vector_spaces_refused_and_reindex(
     assert await new.count(tenant, "asst_1") == 4
     assert (await new.get(tenant, "asst_1", "m_cat")) is not None
 
-    assert await new.reindex(tenant, "asst_1") == 4
+    assert await reindex(new, tenant, "asst_1") == 4
     assert (await ids_of(new, tenant, "cat Miso", user="alice"))[0] == "m_cat"
     with pytest.raises(EmbeddingMismatch):
         await old.search(tenant, "asst_1", "cat", user_id="alice", limit=3)
@@ -388,6 +388,84 @@ async def test_concurrent_writes_and_searches(index: ChromaMemoryIndex, tenant: 
     assert await index.count(tenant, "asst_1") == 60
     hits = await ids_of(index, tenant, "Fact number 17", mode="lexical", limit=3)
     assert hits[0] == "m017"
+
+
+class Gate:
+    """Holds the reads that build a search cache (the ones that fetch the
+    embeddings) until it is opened, and counts the collection lookups and
+    those reads: a slow Chroma, as the index sees it."""
+
+    def __init__(self) -> None:
+        self.opened = threading.Event()
+        self.lookups = 0
+        self.reads = 0
+        self._lock = threading.Lock()
+
+    def count(self, what: str) -> None:
+        with self._lock:
+            setattr(self, what, getattr(self, what) + 1)
+
+
+class GatedCollection:
+    def __init__(self, collection: Any, gate: Gate) -> None:
+        self._collection = collection
+        self._gate = gate
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._collection, name)
+
+    def get(self, *args: Any, **kwargs: Any) -> Any:
+        if "embeddings" in kwargs.get("include", ()):
+            self._gate.count("reads")
+            if not self._gate.opened.wait(timeout=30):
+                raise RuntimeError("the gate was never opened: no worker thread was free")
+        return self._collection.get(*args, **kwargs)
+
+
+class GatedClient:
+    def __init__(self, client: Any, gate: Gate) -> None:
+        self._client = client
+        self._gate = gate
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def get_collection(self, name: str) -> GatedCollection:
+        collection = GatedCollection(self._client.get_collection(name), self._gate)
+        self._gate.count("lookups")
+        return collection
+
+
+def test_cold_searches_share_one_read_and_hold_no_worker_thread(
+    where: tuple[Path, str | None], embedder: OnnxMiniLM, tenant: str
+) -> None:
+    """Searches of a collection whose cache this process has not built yet
+    wait for one read of it on the event loop: while that read is held, the
+    other searches still get worker threads for their own Chroma calls, and
+    a worker is free to open the gate (with the two workers this loop has,
+    searches that each waited in a thread would leave none)."""
+
+    async def scenario() -> None:
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=2))
+        writer = open_index(where[0], where[1], embedder)
+        await writer.upsert([rec(tenant, mid, text, user=user) for mid, text, user in PETS])
+        await writer.close()
+        gate = Gate()
+        index = open_index(where[0], where[1], embedder, wrap_client=lambda c: GatedClient(c, gate))
+        searches = [
+            asyncio.ensure_future(ids_of(index, tenant, "refund window", mode="lexical"))
+            for _ in range(6)
+        ]
+        try:
+            assert await eventually(lambda: gate.lookups == 6 and gate.reads == 1)
+            await asyncio.to_thread(gate.opened.set)
+        finally:
+            gate.opened.set()  # a failed check leaves no worker held at the gate
+        assert await asyncio.gather(*searches) == [["m_policy"]] * 6
+        assert gate.reads == 1
+        await index.close()
+
+    asyncio.run(scenario())
 
 
 async def test_lost_server_is_unavailable(

@@ -11,7 +11,7 @@ from service.api.context import tenant
 from service.api.convert import timestamp
 from service.core.ports import Job, JobState
 from service.memory.domain import AssistantMemory, MemoryDraft
-from service.memory.index import MemoryRecord
+from service.memory.ports import MemoryRecord
 
 __all__ = ["MemoryServicer", "memory_to_pb"]
 

@@ -54,6 +54,12 @@ class LoomError(Exception):
             self.reason = reason
         self.metadata = dict(metadata or {})
 
+    @property
+    def explanation(self) -> str:
+        """The message, for telemetry (``service.telemetry.spans.Explained``):
+        written for callers, so a span may record it."""
+        return self.message
+
 
 class InvalidArgument(LoomError):
     """The request itself is wrong; retrying it unchanged will fail again."""

@@ -1,50 +1,17 @@
-"""Long-term memory of assistants: embeddings, the BM25 side and the Chroma
-index (``index.py`` documents the collection layout and the ranking). The
-memory domain (``domain.py``, ``jobs.py``, ``extraction.py``) is built on
-this surface."""
+"""Long-term memory of assistants.
 
-from service.memory.embeddings import (
-    Embedder,
-    EmbeddingError,
-    OnnxMiniLM,
-    OpenAIEmbedder,
-    Vectors,
-    default_model_dir,
-    embedder_from_settings,
-    ensure_default_model,
-)
-from service.memory.index import (
-    MODES,
-    ChromaMemoryIndex,
-    EmbeddingMismatch,
-    MemoryHit,
-    MemoryIndex,
-    MemoryRecord,
-    SearchTuning,
-    VersionSource,
-    collection_name,
-    open_index,
-    reindex_all,
-)
+- ``domain.py``: recall before a reply, episodic writes, fact extraction
+  jobs and the MemoryService use cases, built on the port in ``ports.py``;
+- ``extraction.py``: how the model's proposed facts are extracted and
+  settled against the memories already stored;
+- ``index.py``: the port over Chroma, searched by hybrid dense + BM25
+  ranking (``ranking.py``, pure) over this process's caches
+  (``_cache.py``); ``collection.py`` (an assistant's collection, its model
+  and version), ``_codec.py`` (a record as Chroma metadata) and
+  ``chroma.py`` (the client's calls, typed) serve it; ``reindex.py``
+  re-embeds after a change of embedding model;
+- ``embeddings.py``, ``dense.py``, ``lexical.py``: the embedders, and the
+  vectors and BM25 index the search caches hold.
 
-__all__ = [
-    "MODES",
-    "ChromaMemoryIndex",
-    "Embedder",
-    "EmbeddingError",
-    "EmbeddingMismatch",
-    "MemoryHit",
-    "MemoryIndex",
-    "MemoryRecord",
-    "OnnxMiniLM",
-    "OpenAIEmbedder",
-    "SearchTuning",
-    "Vectors",
-    "VersionSource",
-    "collection_name",
-    "default_model_dir",
-    "embedder_from_settings",
-    "ensure_default_model",
-    "open_index",
-    "reindex_all",
-]
+The package re-exports nothing: import from the module that defines a name.
+"""

@@ -28,7 +28,7 @@ from service.core.paging import decode_token, encode_token
 from service.core.ports import AssistantStore, ChatModel, Job, JobStore, MessageStore
 from service.core.validation import check_metadata, check_page_size, check_text
 from service.memory.extraction import Candidate, Operation, extract_facts, reconcile
-from service.memory.index import MemoryHit, MemoryIndex, MemoryRecord
+from service.memory.ports import MemoryHit, MemoryIndex, MemoryRecord
 from service.telemetry import span, tracer
 
 __all__ = ["EXTRACTION_JOB", "AssistantMemory", "MemoryDraft"]
@@ -355,7 +355,7 @@ class AssistantMemory:
             raise InvalidArgument("page_token is malformed", field="page_token")
         offset = after or 0
         scope: str | None = "" if assistant_wide_only else (user_id or None)
-        items = await self._index.list(tenant, assistant_id, scope, limit + 1, offset)
+        items = await self._index.list_records(tenant, assistant_id, scope, limit + 1, offset)
         more = len(items) > limit
         items = items[:limit]
         return Page(items, encode_token(offset + limit, filters) if more else "")

@@ -5,8 +5,8 @@ Why in-process: Chroma 1.5.9 refuses sparse-vector indexes (and with them
 single-node ``chroma run`` server ("Sparse vector indexing is not enabled in
 local"); they exist only in Chroma Cloud. So the lexical side lives here: an
 inverted index per collection, built from Chroma on first use and kept up to
-date by the writes of this process (``service.memory.index`` decides when it
-is stale and rebuilds it).
+date by the writes of this process (``service.memory._cache`` decides when
+it is stale and rebuilds it).
 
 Analysis: lowercase, split on anything that is not a letter or digit, drop
 English stopwords, Snowball (Porter 2) stemming with PyStemmer. Scoring is
@@ -16,7 +16,7 @@ highest score the query could reach (every query term, saturated), a number
 in [0, 1) that says how much of the query's information a memory matches and
 that can be compared across queries (the fused score and its floor use it).
 
-Not thread-safe: the owner serialises calls (``index.py`` holds a lock).
+Not thread-safe: the owner serialises calls (``_cache.py`` holds a lock).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ def _key(tenant: str, assistant_id: str) -> str:
 
 
 class MongoMemoryVersions:
-    """``service.memory.index.VersionSource`` over one collection: ``$inc`` is
+    """``service.memory.ports.VersionSource`` over one collection: ``$inc`` is
     atomic on MongoDB, so every replica sees every other's writes and rebuilds
     its lexical index when they happen."""
 

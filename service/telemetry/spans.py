@@ -3,7 +3,8 @@
 Domain modules get their tracer from ``tracer()`` (the global provider that
 ``setup()`` installs; a no-op until then), so no constructor changes are
 needed to trace them, and ``annotate`` lets any code add a fact to the span
-it runs in without knowing which one that is.
+it runs in without knowing which one that is. Telemetry knows no domain: an
+error says its message may be recorded by being ``Explained``.
 """
 
 from __future__ import annotations
@@ -11,14 +12,21 @@ from __future__ import annotations
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import Protocol, runtime_checkable
 
 from opentelemetry import trace
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
-from service.core.errors import LoomError
-
-__all__ = ["ERROR_TYPE", "annotate", "record_error", "safe_message", "span", "tracer"]
+__all__ = [
+    "ERROR_TYPE",
+    "Explained",
+    "annotate",
+    "record_error",
+    "safe_message",
+    "span",
+    "tracer",
+]
 
 ERROR_TYPE = "error.type"
 _PREFIX = "loom."
@@ -50,12 +58,22 @@ def annotate(
         span.set_attributes({_PREFIX + key: value for key, value in named.items()})
 
 
+@runtime_checkable
+class Explained(Protocol):
+    """An exception whose message was written for people to read and holds
+    no data (Loom's domain errors, ``service.core.errors``)."""
+
+    @property
+    def explanation(self) -> str:
+        """The message, safe to record on a span."""
+
+
 def safe_message(exc: BaseException) -> str:
-    """What a span may say about ``exc``: a Loom error's message (written by
-    Loom for callers), else only the exception's class, since a library's
-    message may quote the data it failed on (a prompt, a document)."""
-    if isinstance(exc, LoomError):
-        return exc.message[:500]
+    """What a span may say about ``exc``: an ``Explained`` error's
+    explanation, else only the exception's class, since a library's message
+    may quote the data it failed on (a prompt, a document)."""
+    if isinstance(exc, Explained):
+        return exc.explanation[:500]
     return type(exc).__name__
 
 

@@ -1,0 +1,137 @@
+"""How a memory is stored in Chroma: a ``MemoryRecord`` as a record's
+metadata and back, and the filters that scope a read.
+
+A memory is one record: id = memory id, document = text, embedding = given
+by Loom, metadata = ``tenant``, ``assistant_id``, ``user_id``, ``kind``,
+``source_thread_id``, ``source_message_id``, ``context``,
+``create_us``/``update_us`` (UTC microseconds), ``write_us`` (when it was
+written) and the caller's metadata under ``m.<key>``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, TypeGuard
+
+from service.memory.ports import MemoryRecord
+
+if TYPE_CHECKING:
+    from chromadb.api.types import Where
+    from chromadb.base_types import LiteralValue, LogicalOperator, WhereOperator
+
+__all__ = [
+    "belongs",
+    "created_us",
+    "now_us",
+    "scopes_of",
+    "to_metadata",
+    "to_record",
+    "where",
+    "written_since",
+]
+
+_META_PREFIX = "m."
+
+
+def now_us() -> int:
+    """The wall clock in UTC microseconds (a record's ``write_us``)."""
+    return time.time_ns() // 1000
+
+
+def _micros(moment: datetime | None) -> int | None:
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return round(moment.timestamp() * 1_000_000)
+
+
+def _moment(value: object) -> datetime | None:
+    if not isinstance(value, int | float):
+        return None
+    return datetime.fromtimestamp(value / 1_000_000, tz=UTC)
+
+
+def to_metadata(record: MemoryRecord) -> dict[str, str | int]:
+    """The record's Chroma metadata, ``write_us`` aside."""
+    meta: dict[str, str | int] = {
+        _META_PREFIX + key: value for key, value in record.metadata.items()
+    }
+    meta.update(
+        tenant=record.tenant,
+        assistant_id=record.assistant_id,
+        user_id=record.user_id,
+        kind=record.kind,
+        source_thread_id=record.source_thread_id,
+        source_message_id=record.source_message_id,
+        context=record.context,
+    )
+    for key, moment in (("create_us", record.create_time), ("update_us", record.update_time)):
+        micros = _micros(moment)
+        if micros is not None:
+            meta[key] = micros
+    return meta
+
+
+def to_record(
+    memory_id: str, document: str | None, meta: Mapping[str, object] | None
+) -> MemoryRecord:
+    """The record Chroma holds under ``memory_id``."""
+    meta = meta or {}
+    return MemoryRecord(
+        memory_id=memory_id,
+        tenant=str(meta.get("tenant", "")),
+        assistant_id=str(meta.get("assistant_id", "")),
+        user_id=str(meta.get("user_id", "")),
+        text=document or "",
+        kind=str(meta.get("kind", "")),
+        source_thread_id=str(meta.get("source_thread_id", "")),
+        source_message_id=str(meta.get("source_message_id", "")),
+        create_time=_moment(meta.get("create_us")),
+        update_time=_moment(meta.get("update_us")),
+        metadata={
+            key[len(_META_PREFIX) :]: str(value)
+            for key, value in meta.items()
+            if key.startswith(_META_PREFIX)
+        },
+        context=str(meta.get("context", "")),
+    )
+
+
+def created_us(meta: Mapping[str, object] | None) -> int:
+    """A record's ``create_us`` (0 if it has none): what listings sort on."""
+    value = (meta or {}).get("create_us", 0)
+    return int(value) if isinstance(value, int | float) else 0
+
+
+def where(tenant: str, assistant_id: str, **equal: str | None) -> Where:
+    """A Chroma filter: the tenant's and assistant's records whose fields
+    equal the given values (a None value is no condition)."""
+    clauses: list[Where] = [{"tenant": tenant}, {"assistant_id": assistant_id}]
+    clauses += [{key: value} for key, value in equal.items() if value is not None]
+    return {"$and": clauses}
+
+
+def written_since(micros: int) -> Where:
+    """A Chroma filter: the records written at ``micros`` or later."""
+    at_least: dict[WhereOperator | LogicalOperator, LiteralValue] = {"$gte": micros}
+    return {"write_us": at_least}
+
+
+def scopes_of(user_id: str) -> list[str]:
+    """The user ids a search in ``user_id``'s scope sees: theirs and the
+    assistant-wide "" (only "" for a search without a user)."""
+    return [""] if user_id == "" else [user_id, ""]
+
+
+def belongs(
+    meta: Mapping[str, object] | None, tenant: str, assistant_id: str
+) -> TypeGuard[Mapping[str, object]]:
+    """Whether a record's metadata says it is of that tenant and assistant."""
+    return (
+        meta is not None
+        and meta.get("tenant") == tenant
+        and meta.get("assistant_id") == assistant_id
+    )

@@ -1,0 +1,113 @@
+"""The memory index as the memory domain sees it: the ``MemoryIndex`` port,
+the records it stores and the hits it finds, and the shared write counter
+an index may be backed by (``VersionSource``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+__all__ = ["MODES", "MemoryHit", "MemoryIndex", "MemoryRecord", "VersionSource"]
+
+MODES = ("hybrid", "dense", "lexical")  # a search's ``mode``: both signals, or one
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryRecord:
+    """One memory as stored.
+
+    ``context`` is text indexed with the memory to help find it but never
+    part of it (for an episodic message: the turns around it); search
+    returns it on the record but callers inject ``text`` only.
+    """
+
+    memory_id: str
+    tenant: str
+    assistant_id: str
+    user_id: str  # "" = assistant-wide
+    text: str
+    kind: str  # "episodic" or "fact"
+    source_thread_id: str = ""
+    source_message_id: str = ""
+    create_time: datetime | None = None
+    update_time: datetime | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    context: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryHit:
+    """A memory found by a search, with the signals that ranked it."""
+
+    record: MemoryRecord
+    score: float  # the ranking score, higher is better (``service.memory.ranking``)
+    dense: float | None  # cosine similarity (None in lexical mode)
+    lexical: float | None  # raw BM25 when the query shares a term with it, else None
+
+
+class MemoryIndex(Protocol):
+    """What the memory domain needs from the index; every call is scoped to
+    one tenant and assistant."""
+
+    async def upsert(self, records: Sequence[MemoryRecord]) -> None:
+        """Add or replace records by memory id (re-embedding them)."""
+
+    async def get(self, tenant: str, assistant_id: str, memory_id: str) -> MemoryRecord | None:
+        """The record, or None."""
+
+    async def list_records(
+        self, tenant: str, assistant_id: str, user_id: str | None, limit: int, offset: int
+    ) -> list[MemoryRecord]:
+        """A page in (create_time, memory_id) order; user_id None = every
+        user, "" = assistant-wide only, else that user's only."""
+
+    async def delete(self, tenant: str, assistant_id: str, memory_ids: Sequence[str]) -> int:
+        """Delete those records; how many existed."""
+
+    async def delete_where(
+        self,
+        tenant: str,
+        assistant_id: str,
+        *,
+        user_id: str | None = None,
+        source_thread_id: str | None = None,
+    ) -> int:
+        """Delete every record matching all the given filters (at least one)."""
+
+    async def drop_assistant(self, tenant: str, assistant_id: str) -> None:
+        """Delete every record of the assistant."""
+
+    async def search(
+        self,
+        tenant: str,
+        assistant_id: str,
+        query: str,
+        *,
+        user_id: str,
+        limit: int,
+        min_score: float = 0.0,
+        mode: str = "hybrid",
+    ) -> list[MemoryHit]:
+        """The best ``limit`` memories of ``user_id`` and assistant-wide ones
+        (only assistant-wide ones when user_id is "") scoring at least
+        ``min_score``, best first; ``mode`` is one of ``MODES``."""
+
+    async def nearest(
+        self, tenant: str, assistant_id: str, user_id: str, text: str, k: int
+    ) -> list[MemoryHit]:
+        """The ``k`` memories of exactly ``user_id`` nearest to ``text`` by cosine."""
+
+    async def count(self, tenant: str, assistant_id: str) -> int:
+        """How many memories the assistant has."""
+
+
+class VersionSource(Protocol):
+    """A write counter per (tenant, assistant), shared by every replica."""
+
+    async def current(self, tenant: str, assistant_id: str) -> int:
+        """The counter (0 before any write)."""
+
+    async def bump(self, tenant: str, assistant_id: str) -> int:
+        """Add one and return the new value."""
