@@ -10,6 +10,13 @@ from dataclasses import dataclass, field
 from service.core import ids
 from service.core.clock import now
 from service.core.errors import InvalidArgument, NotFound
+from service.core.limits import (
+    MAX_ASSISTANT_NAME,
+    MAX_CONTEXT_WINDOW,
+    MAX_INSTRUCTIONS,
+    MAX_MODEL,
+    MIN_CONTEXT_WINDOW,
+)
 from service.core.models import Assistant, ContextStrategy, MemoryMode, Page, ToolSpec
 from service.core.paging import decode_token, encode_token
 from service.core.ports import AssistantStore, MemoryPort, MessageStore, ThreadStore
@@ -20,9 +27,6 @@ __all__ = ["DEFAULT_INSTRUCTIONS", "UPDATABLE_FIELDS", "AssistantDraft", "Assist
 
 log = logging.getLogger(__name__)
 
-MAX_NAME = 256
-MAX_INSTRUCTIONS = 256_000
-MAX_MODEL = 256
 DEFAULT_INSTRUCTIONS = "You are a helpful assistant."
 UPDATABLE_FIELDS = (
     "name",
@@ -35,7 +39,6 @@ UPDATABLE_FIELDS = (
     "tools",
     "memory_from_tool_outputs",
 )
-MAX_CONTEXT_WINDOW = 100_000_000
 
 
 @dataclass(slots=True)
@@ -60,10 +63,10 @@ def _check_window(window: int, prefix: str) -> int:
             "tokens",
             field=prefix + "context_window",
         )
-    if 0 < window < 512:
+    if 0 < window < MIN_CONTEXT_WINDOW:
         raise InvalidArgument(
             f"{prefix}context_window of {window} tokens is too small to hold a prompt and a "
-            "reply; use at least 512",
+            f"reply; use at least {MIN_CONTEXT_WINDOW}",
             field=prefix + "context_window",
         )
     return window
@@ -75,7 +78,7 @@ def _checked(
     """The named fields of ``draft``, validated (fields outside an update
     mask are neither read nor checked, as AIP-134 asks)."""
     checks: dict[str, Callable[[], object]] = {
-        "name": lambda: check_text(draft.name, prefix + "name", MAX_NAME),
+        "name": lambda: check_text(draft.name, prefix + "name", MAX_ASSISTANT_NAME),
         "instructions": lambda: check_text(
             draft.instructions, prefix + "instructions", MAX_INSTRUCTIONS
         ),

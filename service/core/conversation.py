@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 
 from service.core import ids
-from service.core.assistants import MAX_MODEL, Assistants
+from service.core.assistants import Assistants
 from service.core.budget import Fitted, fit, plan_budget, with_tokens
 from service.core.clock import now
 from service.core.context import merge
@@ -44,6 +44,7 @@ from service.core.errors import (
     ThreadBusy,
 )
 from service.core.leases import Leases
+from service.core.limits import MAX_MODEL, MAX_REQUEST_ID, MAX_USER_ID
 from service.core.models import (
     Assistant,
     Completed,
@@ -76,7 +77,7 @@ from service.core.ports import (
 )
 from service.core.shield import Shield
 from service.core.summaries import Summarizer
-from service.core.threads import MAX_USER_ID, Threads
+from service.core.threads import Threads
 from service.core.tools import check_outputs, check_tool_choice, check_tools
 from service.core.validation import check_metadata, check_text
 from service.telemetry import annotate
@@ -84,8 +85,6 @@ from service.telemetry import annotate
 __all__ = ["Conversation", "RunSpec", "SendRequest"]
 
 log = logging.getLogger(__name__)
-
-MAX_REQUEST_ID = 128
 
 
 @dataclass(slots=True)

@@ -8,16 +8,16 @@ from service.core import ids
 from service.core.assistants import Assistants
 from service.core.clock import now
 from service.core.errors import InvalidArgument, NotFound
+from service.core.limits import MAX_USER_ID
 from service.core.models import Message, Page, Thread
 from service.core.paging import decode_token, encode_token
 from service.core.ports import MemoryPort, MessageStore, ThreadStore
 from service.core.validation import check_metadata, check_page_size, check_text
 
-__all__ = ["MAX_USER_ID", "Threads"]
+__all__ = ["Threads"]
 
 log = logging.getLogger(__name__)
 
-MAX_USER_ID = 256
 _ORDERS = {"": False, "sequence": False, "sequence asc": False, "sequence desc": True}
 
 

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 from service.core.errors import InvalidArgument
+from service.core.limits import (
+    DEFAULT_PAGE_SIZE,
+    MAX_METADATA_KEY,
+    MAX_METADATA_PAIRS,
+    MAX_METADATA_VALUE,
+    MAX_PAGE_SIZE,
+)
 
 __all__ = [
-    "DEFAULT_PAGE_SIZE",
-    "MAX_PAGE_SIZE",
     "check_metadata",
     "check_page_size",
     "check_text",
 ]
-
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 1000
-MAX_METADATA_PAIRS = 16
-MAX_METADATA_KEY = 64
-MAX_METADATA_VALUE = 512
 
 
 def check_text(value: str, field: str, limit: int, *, required: bool = False) -> str:

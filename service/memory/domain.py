@@ -23,6 +23,13 @@ from service.core.assistants import Assistants
 from service.core.clock import now
 from service.core.errors import InvalidArgument, NotFound
 from service.core.jobs import Checkpoint, JobRunner
+from service.core.limits import (
+    DEFAULT_SEARCH_LIMIT,
+    MAX_MEMORY_CHARS,
+    MAX_QUERY_CHARS,
+    MAX_SEARCH_LIMIT,
+    MAX_USER_ID,
+)
 from service.core.models import Message, Page, Recalled
 from service.core.paging import decode_token, encode_token
 from service.core.ports import ChatModel, Job, JobStore, MessageStore
@@ -42,10 +49,6 @@ _recall_duration = metrics.get_meter("loom").create_histogram(
 )
 
 EXTRACTION_JOB = "memory.extract"
-MAX_MEMORY_CHARS = 4000
-MAX_QUERY_CHARS = 4000
-MAX_SEARCH_LIMIT = 100
-MAX_USER_ID = 256
 EPISODIC = "episodic"
 FACT = "fact"
 MANUAL = "manual"
@@ -385,7 +388,7 @@ class AssistantMemory:
             assistant_id,
             query,
             user_id=user_id,
-            limit=min(limit or 10, MAX_SEARCH_LIMIT),
+            limit=min(limit or DEFAULT_SEARCH_LIMIT, MAX_SEARCH_LIMIT),
             min_score=max(min_score, 0.0),
         )
 
