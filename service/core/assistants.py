@@ -21,7 +21,12 @@ from service.core.models import Assistant, ContextStrategy, MemoryMode, Page, To
 from service.core.paging import decode_token, encode_token
 from service.core.ports import AssistantStore, MemoryPort, MessageStore, ThreadStore
 from service.core.tools import check_tools
-from service.core.validation import check_metadata, check_page_size, check_text
+from service.core.validation import (
+    check_metadata,
+    check_page_size,
+    check_text,
+    check_update_mask,
+)
 
 __all__ = ["DEFAULT_INSTRUCTIONS", "UPDATABLE_FIELDS", "AssistantDraft", "Assistants"]
 
@@ -180,33 +185,15 @@ class Assistants:
     async def update(
         self, tenant: str, assistant_id: str, draft: AssistantDraft, paths: builtins.list[str]
     ) -> Assistant:
-        """Change the fields in ``paths`` (AIP-134); ``*`` means all of them.
+        """Change the fields in ``paths``; ``*`` alone replaces them all
+        (``check_update_mask``).
 
         Raises:
-            InvalidArgument: malformed id, unknown path, or a bad value.
+            InvalidArgument: malformed id, a bad mask, or a bad value.
             NotFound: no such assistant.
         """
         ids.check_id(ids.ASSISTANT, assistant_id, "assistant.assistant_id")
-        if not paths:
-            raise InvalidArgument(
-                "update_mask names no field to change; list fields such as 'name' or "
-                "'instructions', or '*' for all",
-                field="update_mask",
-            )
-        if "*" in paths:
-            if len(paths) > 1:
-                raise InvalidArgument(
-                    "update_mask '*' cannot be combined with other paths", field="update_mask"
-                )
-            paths = list(UPDATABLE_FIELDS)
-        unknown = [p for p in paths if p not in UPDATABLE_FIELDS]
-        if unknown:
-            raise InvalidArgument(
-                f"update_mask path {unknown[0]!r} cannot be updated; updatable fields are "
-                + ", ".join(UPDATABLE_FIELDS),
-                field="update_mask",
-            )
-        changes = _checked(draft, dict.fromkeys(paths))
+        changes = _checked(draft, check_update_mask(paths, UPDATABLE_FIELDS))
         updated = await self._assistants.update(tenant, assistant_id, changes, now())
         if updated is None:
             raise NotFound("assistant", assistant_id)

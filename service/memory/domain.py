@@ -33,12 +33,17 @@ from service.core.limits import (
 from service.core.models import Message, Page, Recalled
 from service.core.paging import decode_token, encode_token
 from service.core.ports import ChatModel, Job, JobStore, MessageStore
-from service.core.validation import check_metadata, check_page_size, check_text
+from service.core.validation import (
+    check_metadata,
+    check_page_size,
+    check_text,
+    check_update_mask,
+)
 from service.memory.extraction import Candidate, Operation, extract_facts, reconcile
 from service.memory.index import MemoryHit, MemoryIndex, MemoryRecord
 from service.telemetry import span, tracer
 
-__all__ = ["EXTRACTION_JOB", "AssistantMemory", "MemoryDraft"]
+__all__ = ["EXTRACTION_JOB", "UPDATABLE_FIELDS", "AssistantMemory", "MemoryDraft"]
 
 log = logging.getLogger(__name__)
 _tracer = tracer("loom.memory")
@@ -52,6 +57,7 @@ EXTRACTION_JOB = "memory.extract"
 EPISODIC = "episodic"
 FACT = "fact"
 MANUAL = "manual"
+UPDATABLE_FIELDS = ("content", "metadata")
 
 
 def episodic_id(message_id: str) -> str:
@@ -400,25 +406,14 @@ class AssistantMemory:
         draft: MemoryDraft,
         paths: Sequence[str],
     ) -> MemoryRecord:
-        """Change a memory's content and/or metadata.
+        """Change a memory's content and/or metadata; ``*`` alone replaces
+        both (``check_update_mask``).
 
         Raises:
-            InvalidArgument: unknown paths, bad values.
+            InvalidArgument: a bad mask, bad values.
             NotFound: no such assistant or memory.
         """
-        allowed = ("content", "metadata")
-        if not paths:
-            raise InvalidArgument(
-                "update_mask names no field to change; use 'content', 'metadata' or '*'",
-                field="update_mask",
-            )
-        wanted = list(allowed) if list(paths) == ["*"] else list(paths)
-        unknown = [p for p in wanted if p not in allowed]
-        if unknown:
-            raise InvalidArgument(
-                f"update_mask path {unknown[0]!r} cannot be updated; use 'content' or 'metadata'",
-                field="update_mask",
-            )
+        wanted = check_update_mask(paths, UPDATABLE_FIELDS)
         existing = await self.get(tenant, assistant_id, memory_id)
         changes: dict[str, Any] = {"update_time": now()}
         if "content" in wanted:
