@@ -18,12 +18,11 @@ from service.core.limits import (
     MIN_CONTEXT_WINDOW,
 )
 from service.core.models import Assistant, ContextStrategy, MemoryMode, Page, ToolSpec
-from service.core.paging import decode_token, encode_token
+from service.core.paging import open_cursor
 from service.core.ports import AssistantStore, MemoryPort, MessageStore, ThreadStore
 from service.core.tools import check_tools
 from service.core.validation import (
     check_metadata,
-    check_page_size,
     check_text,
     check_update_mask,
 )
@@ -171,16 +170,9 @@ class Assistants:
         Raises:
             InvalidArgument: negative page size or a bad page token.
         """
-        limit = check_page_size(page_size)
-        filters: dict[str, object] = {"list": "assistants"}
-        after = decode_token(page_token, filters)
-        if after is not None and not isinstance(after, str):
-            raise InvalidArgument("page_token is malformed", field="page_token")
-        items = await self._assistants.find_page(tenant, limit + 1, after)
-        more = len(items) > limit
-        items = items[:limit]
-        token = encode_token(items[-1].assistant_id, filters) if more else ""
-        return Page(items, token)
+        cursor = open_cursor(page_size, page_token, {"list": "assistants"}, str)
+        items = await self._assistants.find_page(tenant, cursor.fetch, cursor.after)
+        return cursor.page(items, lambda a: a.assistant_id)
 
     async def update(
         self, tenant: str, assistant_id: str, draft: AssistantDraft, paths: builtins.list[str]

@@ -31,11 +31,10 @@ from service.core.limits import (
     MAX_USER_ID,
 )
 from service.core.models import Message, Page, Recalled
-from service.core.paging import decode_token, encode_token
+from service.core.paging import open_cursor
 from service.core.ports import ChatModel, Job, JobStore, MessageStore
 from service.core.validation import (
     check_metadata,
-    check_page_size,
     check_text,
     check_update_mask,
 )
@@ -351,23 +350,20 @@ class AssistantMemory:
             raise InvalidArgument(
                 "user_id and assistant_wide_only cannot be combined", field="assistant_wide_only"
             )
-        limit = check_page_size(page_size)
-        await self._assistant(tenant, assistant_id)
         filters: dict[str, object] = {
             "list": "memories",
             "a": assistant_id,
             "u": user_id,
             "w": assistant_wide_only,
         }
-        after = decode_token(page_token, filters)
-        if after is not None and not isinstance(after, int):
-            raise InvalidArgument("page_token is malformed", field="page_token")
-        offset = after or 0
+        cursor = open_cursor(page_size, page_token, filters, int)
+        await self._assistant(tenant, assistant_id)
+        # The index pages by offset: the key a page resumes after is the
+        # number of items before it.
+        offset = cursor.after or 0
         scope: str | None = "" if assistant_wide_only else (user_id or None)
-        items = await self._index.list(tenant, assistant_id, scope, limit + 1, offset)
-        more = len(items) > limit
-        items = items[:limit]
-        return Page(items, encode_token(offset + limit, filters) if more else "")
+        items = await self._index.list(tenant, assistant_id, scope, cursor.fetch, offset)
+        return cursor.page(items, lambda _: offset + cursor.limit)
 
     async def search(
         self,
