@@ -62,7 +62,8 @@ class AssistantStore(Protocol):
     async def claim_default(self, tenant: str, assistant_id: str, replacing: str | None) -> str:
         """Make ``assistant_id`` the tenant's default unless another claim got
         there first (or the default is no longer ``replacing``); return the
-        default's id as it now stands."""
+        default's id as it now stands. Concurrent claims that replace the
+        same default agree on one winner."""
 
     async def find_page(self, tenant: str, limit: int, after: str | None) -> list[Assistant]: ...
     async def update(
