@@ -6,7 +6,8 @@ the whole budget is truncated with a marker, never rejected). Then, in this
 order, as room allows: recalled memories (capped at a share of the budget),
 the thread's rolling summary, and as many of the most recent messages,
 verbatim and in order, as fit. Counting is in the token counter's base
-tokens, scaled by the model's calibrated ratio.
+tokens, scaled by the model's calibrated ratio; texts that may be long are
+counted with ``count_async``, so fitting never holds the event loop for long.
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ def _paired(turns: list[ChatTurn]) -> list[ChatTurn]:
     return out
 
 
-def _pick_memories(
+async def _pick_memories(
     memories: Sequence[Recalled], counter: TokenCounter, limit: int, used: int
 ) -> tuple[str, int]:
     """The memory block for the most relevant memories that fit both the
@@ -111,7 +112,7 @@ def _pick_memories(
     cap = int(limit * MEMORY_SHARE)
     for memory in memories:
         candidate = memory_block([*chosen, memory])
-        cost = counter.count(candidate)
+        cost = await counter.count_async(candidate)
         if cost > cap or used + cost > limit:
             break
         chosen.append(memory)
@@ -119,17 +120,17 @@ def _pick_memories(
     return text, len(chosen)
 
 
-def _pick_summary(summary: Summary | None, counter: TokenCounter, room: int) -> str:
+async def _pick_summary(summary: Summary | None, counter: TokenCounter, room: int) -> str:
     """The summary block, cut to ``room`` tokens if need be ("" if none fits)."""
     if summary is None or not summary.text:
         return ""
     block = summary_block(summary.text)
-    if counter.count(block) > room:
+    if await counter.count_async(block) > room:
         block = summary_block(truncate_middle(summary.text, max(room, 0) * 3))
-    return block if counter.count(block) <= room else ""
+    return block if await counter.count_async(block) <= room else ""
 
 
-def fit(
+async def fit(
     *,
     instructions: str,
     memories: Sequence[Recalled],
@@ -146,9 +147,9 @@ def fit(
     per_message = counter.message_overhead()
     used = counter.prompt_overhead() + per_message  # the system message
 
-    base_system = counter.count(instructions)
+    base_system = await counter.count_async(instructions)
     new_content = new.content
-    new_cost = counter.count(new_content) + per_message
+    new_cost = await counter.count_async(new_content) + per_message
     truncated = False
     room_for_new = limit - used - base_system
     if new_cost > room_for_new:
@@ -156,25 +157,25 @@ def fit(
         chars_per_token = len(new_content) / max(new_cost, 1)
         keep = int(max(room_for_new - per_message - 32, 16) * chars_per_token)
         new_content = truncate_middle(new_content, keep)
-        new_cost = counter.count(new_content) + per_message
+        new_cost = await counter.count_async(new_content) + per_message
         truncated = True
     used += base_system + new_cost
 
-    memory_text, memories_used = _pick_memories(memories, counter, limit, used)
-    used += counter.count(memory_text)
-    summary_text = _pick_summary(summary, counter, limit - used)
-    used += counter.count(summary_text)
+    memory_text, memories_used = await _pick_memories(memories, counter, limit, used)
+    used += await counter.count_async(memory_text)
+    summary_text = await _pick_summary(summary, counter, limit - used)
+    used += await counter.count_async(summary_text)
 
     # The rest of the current turn (tool calls and outputs of this run) is
     # kept whole, like the new message itself.
     pinned = [e for e in history if e.sequence > new.sequence and replayable(e)]
-    used += sum(_cost(e, counter) + per_message for e in pinned)
+    used += sum([await _cost(e, counter) + per_message for e in pinned])
 
     through = summary.through_sequence if summary_text and summary else -1
     candidates = [e for e in history if through < e.sequence < new.sequence and replayable(e)]
     kept: list[ContextEntry] = []
     for entry in reversed(candidates):
-        cost = _cost(entry, counter) + per_message
+        cost = await _cost(entry, counter) + per_message
         if used + cost > limit:
             break
         kept.append(entry)
@@ -199,13 +200,15 @@ def fit(
     )
 
 
-def _cost(entry: ContextEntry, counter: TokenCounter) -> int:
-    return entry.tokens or with_tokens(entry, counter).tokens
+async def _cost(entry: ContextEntry, counter: TokenCounter) -> int:
+    return entry.tokens or (await with_tokens(entry, counter)).tokens
 
 
-def with_tokens(entry: ContextEntry, counter: TokenCounter) -> ContextEntry:
+async def with_tokens(entry: ContextEntry, counter: TokenCounter) -> ContextEntry:
     """``entry`` with its base token count (content and tool calls) filled in."""
     if entry.tokens:
         return entry
-    calls = sum(counter.count(c.name) + counter.count(c.arguments) + 4 for c in entry.tool_calls)
-    return replace(entry, tokens=counter.count(entry.content) + calls)
+    calls = 0
+    for call in entry.tool_calls:
+        calls += counter.count(call.name) + await counter.count_async(call.arguments) + 4
+    return replace(entry, tokens=await counter.count_async(entry.content) + calls)

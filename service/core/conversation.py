@@ -352,7 +352,9 @@ class Conversation:
                 # the next one (see _settle).
                 thread.message_count = reply.sequence + 1
                 thread.context = merge(
-                    thread.context, [with_tokens(user.entry(), self._counter)], self._context_chars
+                    thread.context,
+                    [await with_tokens(user.entry(), self._counter)],
+                    self._context_chars,
                 )
                 if req.request_id:
                     await self._requests.bind(
@@ -542,7 +544,7 @@ class Conversation:
             return await self._close_run(tenant, thread, thread.run, MessageStatus.CANCELLED)
 
     async def _save_context(self, thread: Thread, entries: list[ContextEntry]) -> None:
-        counted = [with_tokens(e, self._counter) for e in entries]
+        counted = [await with_tokens(e, self._counter) for e in entries]
         thread.context = merge(thread.context, counted, self._context_chars)
         await self._thread_store.save_context(
             thread.thread_id, thread.context, thread.message_count, now(), thread.run
@@ -572,7 +574,7 @@ class Conversation:
         await self._save_context(thread, entries)
         return thread
 
-    def _fit(
+    async def _fit(
         self,
         assistant: Assistant,
         thread: Thread,
@@ -583,7 +585,7 @@ class Conversation:
         """The reply's prompt, within the window of the model that answers."""
         window = self._counter.context_window(reply.model, assistant.context_window)
         summarize = assistant.context_strategy is ContextStrategy.SUMMARIZE
-        fitted = fit(
+        fitted = await fit(
             instructions=assistant.instructions,
             memories=recalled,
             summary=thread.summary if summarize else None,
@@ -740,7 +742,7 @@ class Conversation:
         recalled = await self._recall(tenant, thread, user) if first_round else []
         if recalled:
             yield MemoryRecalled(recalled)
-        fitted = self._fit(assistant, thread, user, reply, recalled)
+        fitted = await self._fit(assistant, thread, user, reply, recalled)
         got = _Received()
 
         async def finish(

@@ -384,7 +384,11 @@ class TokenCounter(Protocol):
     """Counts tokens offline, and knows models' context windows."""
 
     def count(self, text: str) -> int:
-        """Tokens of ``text`` in the counter's base encoding."""
+        """Tokens of ``text`` in the counter's base encoding, counted in one go."""
+
+    async def count_async(self, text: str) -> int:
+        """Tokens of ``text``, as ``count``, without holding the event loop
+        for long however long the text (up to 100,000 characters and more)."""
 
     def message_overhead(self) -> int:
         """Tokens each chat message costs beyond its text."""
