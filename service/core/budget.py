@@ -105,19 +105,32 @@ def _paired(turns: list[ChatTurn]) -> list[ChatTurn]:
 async def _pick_memories(
     memories: Sequence[Recalled], counter: TokenCounter, limit: int, used: int
 ) -> tuple[str, int]:
-    """The memory block for the most relevant memories that fit both the
-    memory share of the budget and what is left of it."""
-    chosen: list[Recalled] = []
-    text = ""
-    cap = int(limit * MEMORY_SHARE)
-    for memory in memories:
-        candidate = memory_block([*chosen, memory])
-        cost = await counter.count_async(candidate)
-        if cost > cap or used + cost > limit:
-            break
-        chosen.append(memory)
-        text = candidate
-    return text, len(chosen)
+    """The memory block for the most relevant memories (the longest run
+    from the first) that fit both the memory share of the budget and what is
+    left of it.
+
+    A block of more memories never counts fewer tokens, so the run is found
+    by doubling its length until a block does not fit, then halving the gap:
+    O(log n) counts of blocks at most about twice the size of the answer
+    (adding one memory at a time counted a block per memory, O(n^2) text)."""
+    room = min(int(limit * MEMORY_SHARE), limit - used)
+
+    async def fits(n: int) -> bool:
+        return await counter.count_async(memory_block(memories[:n])) <= room
+
+    if not memories or not await fits(1):
+        return "", 0
+    good, bad = 1, 2  # the first ``good`` fit; ``bad`` do not, or run past the end
+    while bad <= len(memories) and await fits(bad):
+        good, bad = bad, bad * 2
+    bad = min(bad, len(memories) + 1)
+    while bad - good > 1:
+        middle = (good + bad) // 2
+        if await fits(middle):
+            good = middle
+        else:
+            bad = middle
+    return memory_block(memories[:good]), good
 
 
 async def _pick_summary(summary: Summary | None, counter: TokenCounter, room: int) -> str:
