@@ -143,6 +143,37 @@ async def _pick_summary(summary: Summary | None, counter: TokenCounter, room: in
     return block if await counter.count_async(block) <= room else ""
 
 
+async def _fit_new(
+    content: str, counter: TokenCounter, room: int, per_message: int
+) -> tuple[str, int, bool]:
+    """The new message's content, its cost, and whether it was cut to fit
+    ``room`` (by the characters per token its own count gives)."""
+    cost = await counter.count_async(content) + per_message
+    if cost <= room:
+        return content, cost, False
+    chars_per_token = len(content) / max(cost, 1)
+    keep = int(max(room - per_message - 32, 16) * chars_per_token)
+    cut = truncate_middle(content, keep)
+    return cut, await counter.count_async(cut) + per_message, True
+
+
+async def _pick_history(
+    candidates: Sequence[ContextEntry], counter: TokenCounter, per_message: int, room: int
+) -> tuple[list[ContextEntry], int]:
+    """The most recent of ``candidates`` that fit ``room``, in order, and
+    what they cost."""
+    kept: list[ContextEntry] = []
+    used = 0
+    for entry in reversed(candidates):
+        cost = await _cost(entry, counter) + per_message
+        if used + cost > room:
+            break
+        kept.append(entry)
+        used += cost
+    kept.reverse()
+    return kept, used
+
+
 async def fit(
     *,
     instructions: str,
@@ -161,17 +192,10 @@ async def fit(
     used = counter.prompt_overhead() + per_message  # the system message
 
     base_system = await counter.count_async(instructions)
-    new_content = new.content
-    new_cost = await counter.count_async(new_content) + per_message
-    truncated = False
     room_for_new = limit - used - base_system
-    if new_cost > room_for_new:
-        # Cut the message to what is left; characters per token from its count.
-        chars_per_token = len(new_content) / max(new_cost, 1)
-        keep = int(max(room_for_new - per_message - 32, 16) * chars_per_token)
-        new_content = truncate_middle(new_content, keep)
-        new_cost = await counter.count_async(new_content) + per_message
-        truncated = True
+    new_content, new_cost, truncated = await _fit_new(
+        new.content, counter, room_for_new, per_message
+    )
     used += base_system + new_cost
 
     memory_text, memories_used = await _pick_memories(memories, counter, limit, used)
@@ -186,14 +210,8 @@ async def fit(
 
     through = summary.through_sequence if summary_text and summary else -1
     candidates = [e for e in history if through < e.sequence < new.sequence and replayable(e)]
-    kept: list[ContextEntry] = []
-    for entry in reversed(candidates):
-        cost = await _cost(entry, counter) + per_message
-        if used + cost > limit:
-            break
-        kept.append(entry)
-        used += cost
-    kept.reverse()
+    kept, history_cost = await _pick_history(candidates, counter, per_message, limit - used)
+    used += history_cost
 
     system = "\n\n".join(p for p in (instructions, memory_text, summary_text) if p)
     turns = [ChatTurn("system", system)] if system else []
