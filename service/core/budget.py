@@ -165,7 +165,9 @@ async def _pick_history(
     kept: list[ContextEntry] = []
     used = 0
     for entry in reversed(candidates):
-        cost = await _cost(entry, counter) + per_message
+        # Entries carry their count; awaiting one per entry would double
+        # the cost of fitting a long history.
+        cost = (entry.tokens or await _cost(entry, counter)) + per_message
         if used + cost > room:
             break
         kept.append(entry)
@@ -206,7 +208,7 @@ async def fit(
     # The rest of the current turn (tool calls and outputs of this run) is
     # kept whole, like the new message itself.
     pinned = [e for e in history if e.sequence > new.sequence and replayable(e)]
-    used += sum([await _cost(e, counter) + per_message for e in pinned])
+    used += sum([(e.tokens or await _cost(e, counter)) + per_message for e in pinned])
 
     through = summary.through_sequence if summary_text and summary else -1
     candidates = [e for e in history if through < e.sequence < new.sequence and replayable(e)]
@@ -232,7 +234,8 @@ async def fit(
 
 
 async def _cost(entry: ContextEntry, counter: TokenCounter) -> int:
-    return entry.tokens or (await with_tokens(entry, counter)).tokens
+    """The entry's base tokens (those it carries, else counted)."""
+    return (await with_tokens(entry, counter)).tokens
 
 
 async def with_tokens(entry: ContextEntry, counter: TokenCounter) -> ContextEntry:
