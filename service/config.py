@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.core.limits import MIN_CONTEXT_WINDOW
+
 __all__ = ["Settings"]
 
 
@@ -38,7 +40,9 @@ class Settings(BaseSettings):
         400_000, gt=0, description="characters of recent history cached on each thread"
     )
     context_window: int | None = Field(
-        None, ge=512, description="context window for every model, overriding the registry"
+        None,
+        ge=MIN_CONTEXT_WINDOW,
+        description="context window for every model, overriding the registry",
     )
     summary_model: str = Field("", description="model that writes thread summaries")
     chroma_url: str | None = Field(

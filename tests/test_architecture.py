@@ -50,12 +50,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
 # below fails once an exception is no longer needed).
 KNOWN_DOORS: set[tuple[str, str]] = set()
 KNOWN_LONG_MODULES: set[str] = set()
-KNOWN_LONG_FUNCTIONS = {
-    # one-way: the model client's two retry loops become one.
-    "service/llm/openai_chat.py::_stream",
-    # one-way: budget.py is reworked there (_pick_memories); fit is 68 lines.
-    "service/core/budget.py::fit",
-}
+KNOWN_LONG_FUNCTIONS: set[str] = set()
 
 
 @dataclass(frozen=True, slots=True)

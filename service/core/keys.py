@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from service.core.clock import now
 from service.core.errors import InvalidArgument, Unauthenticated
+from service.core.limits import MAX_TENANT
 from service.core.ports import ApiKey, ApiKeyStore
 
 __all__ = ["CreatedKey", "KeyService"]
@@ -53,9 +54,9 @@ class KeyService:
         Raises:
             InvalidArgument: the tenant name is empty, long or has odd characters.
         """
-        if not tenant or len(tenant) > 64 or not set(tenant) <= _TENANT_CHARS:
+        if not tenant or len(tenant) > MAX_TENANT or not set(tenant) <= _TENANT_CHARS:
             raise InvalidArgument(
-                "tenant must be 1 to 64 characters of letters, digits, '-', '_' or '.'",
+                f"tenant must be 1 to {MAX_TENANT} characters of letters, digits, '-', '_' or '.'",
                 field="tenant",
             )
         key_id = secrets.token_hex(6)

@@ -62,7 +62,8 @@ class AssistantStore(Protocol):
     async def claim_default(self, tenant: str, assistant_id: str, replacing: str | None) -> str:
         """Make ``assistant_id`` the tenant's default unless another claim got
         there first (or the default is no longer ``replacing``); return the
-        default's id as it now stands."""
+        default's id as it now stands. Concurrent claims that replace the
+        same default agree on one winner."""
 
     async def find_page(self, tenant: str, limit: int, after: str | None) -> list[Assistant]: ...
     async def update(
@@ -383,7 +384,11 @@ class TokenCounter(Protocol):
     """Counts tokens offline, and knows models' context windows."""
 
     def count(self, text: str) -> int:
-        """Tokens of ``text`` in the counter's base encoding."""
+        """Tokens of ``text`` in the counter's base encoding, counted in one go."""
+
+    async def count_async(self, text: str) -> int:
+        """Tokens of ``text``, as ``count``, without holding the event loop
+        for long however long the text (up to 100,000 characters and more)."""
 
     def message_overhead(self) -> int:
         """Tokens each chat message costs beyond its text."""
