@@ -23,7 +23,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "llm": frozenset({"core", "telemetry"}),
     "memory": frozenset({"core", "telemetry"}),
     "telemetry": frozenset(),
-    "config": frozenset(),
+    "config": frozenset({"core"}),  # the contract's bounds (core/limits.py)
 }
 WIRING = frozenset({"server", "__main__"})  # may import every room
 
