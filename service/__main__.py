@@ -6,6 +6,8 @@ manages API keys.
     python -m service api-keys list [--tenant acme]
     python -m service api-keys revoke KEY_ID
     python -m service memory reindex [--all]          # after changing LOOM_EMBEDDING
+    python -m service jobs list [--state failed] [--tenant T]
+    python -m service jobs retry JOB_ID | --all-failed
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import sys
 from pydantic import ValidationError
 from pymongo.errors import PyMongoError
 
+from service import jobs_cli
 from service.config import Settings
 from service.core.errors import LoomError
 from service.telemetry import TelemetryConfig, TelemetryConfigError, configure_logging
@@ -143,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         help="re-embed memories written with another embedding model than LOOM_EMBEDDING",
     )
     reindex.add_argument("--all", action="store_true", help="re-embed every assistant's memory")
+    jobs_cli.add_parser(sub)
     args = parser.parse_args(argv)
 
     settings, telemetry_config = _settings()
@@ -151,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_api_keys(args, settings))
     if args.group == "memory":
         return asyncio.run(_reindex(settings, force=args.all))
+    if args.group == "jobs":
+        return asyncio.run(jobs_cli.run(args, settings))
     from service.server import serve
     from service.telemetry import setup
 
