@@ -25,13 +25,13 @@ from generated.loom.v1 import (
 from service.api import errors as api_errors
 from service.api.assistants import AssistantServicer
 from service.api.context import current_tenant
+from service.api.health import DatabaseHealth
 from service.api.interceptor import LoomInterceptor
 from service.api.memory import MemoryServicer
 from service.api.threads import ThreadServicer
 from service.config import Settings
 from service.core.assistants import Assistants
 from service.core.conversation import Conversation
-from service.core.errors import Unavailable
 from service.core.jobs import JobRunner
 from service.core.keys import KeyService
 from service.core.leases import Leases
@@ -44,6 +44,7 @@ from service.memory.domain import AssistantMemory
 from service.memory.embeddings import EmbeddingError, embedder_from_settings
 from service.memory.index import ChromaMemoryIndex, open_index
 from service.store import MongoStore, connect
+from service.store import errors as store_errors
 from service.telemetry import Telemetry, TelemetryConfigError, setup, span, tracer
 from service.telemetry.chroma import TracedChromaClient
 from service.telemetry.embeddings import TracedEmbedder
@@ -56,13 +57,11 @@ log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
-# ConnectionFailure covers server-selection timeouts and dropped connections.
-api_errors.register(
-    mongo_errors.ConnectionFailure,
-    lambda _: Unavailable(
-        "the database is unreachable; retry later", reason="DATABASE_UNAVAILABLE"
-    ),
-)
+# Database errors that waiting cures (down, failing over, busy) are UNAVAILABLE.
+for _kind, _translate in store_errors.translations():
+    api_errors.register(_kind, _translate)
+
+SERVICES = ("", "loom.v1.AssistantService", "loom.v1.ThreadService", "loom.v1.MemoryService")
 
 
 @dataclass(slots=True)
@@ -84,6 +83,7 @@ class Loom:
     port: int
     telemetry: Telemetry
     backlog: BacklogSampler | None = None
+    database_health: DatabaseHealth | None = None
 
     async def start(self) -> None:
         """Prepare the database, then start serving."""
@@ -99,19 +99,17 @@ class Loom:
         self.jobs.start()
         if self.backlog is not None:
             self.backlog.start()
-        for name in (
-            "",
-            "loom.v1.AssistantService",
-            "loom.v1.ThreadService",
-            "loom.v1.MemoryService",
-        ):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.database_health is not None:
+            await self.database_health.set(True)
+            self.database_health.start()
         log.info("loom listening on %s", self.settings.listen.rsplit(":", 1)[0] + f":{self.port}")
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting calls, let streams in flight finish within the grace
         period, then cancel what is left (their replies are stored
         INCOMPLETE) and close connections."""
+        if self.database_health is not None:
+            await self.database_health.stop()
         await self.health.enter_graceful_shutdown()
         if self.backlog is not None:
             await self.backlog.stop()
@@ -137,7 +135,11 @@ def build(settings: Settings, telemetry: Telemetry | None = None) -> Loom:
     (from ``service.telemetry.setup``, before this call so that MongoDB is
     traced) defaults to off."""
     telemetry = telemetry or Telemetry()
-    store = connect(settings.mongodb_uri.get_secret_value(), settings.mongodb_db)
+    store = connect(
+        settings.mongodb_uri.get_secret_value(),
+        settings.mongodb_db,
+        timeout=settings.mongodb_timeout,
+    )
     llm = OpenAIChatModel(
         base_url=settings.llm_base_url,
         api_key=settings.llm_api_key.get_secret_value() if settings.llm_api_key else None,
@@ -156,9 +158,13 @@ def build(settings: Settings, telemetry: Telemetry | None = None) -> Loom:
         store.leases,
         shield,
         poll_interval=settings.job_poll_seconds,
+        concurrency=settings.job_concurrency,
+        tenant_concurrency=settings.job_tenant_concurrency,
         max_attempts=settings.job_max_attempts,
         retry_delay=settings.job_retry_delay,
+        max_retry_delay=settings.job_max_retry_delay,
         lease_seconds=settings.job_lease_seconds,
+        translate=store_errors.translate,
     )
     leases = Leases(store.leases, settings.lease_seconds, shield)
     summarizer = Summarizer(
@@ -275,6 +281,9 @@ def build(settings: Settings, telemetry: Telemetry | None = None) -> Loom:
         BacklogSampler(store.jobs.backlog, telemetry.config.metric_interval)
         if telemetry.metrics
         else None,
+        DatabaseHealth(
+            health_servicer, store.ping, SERVICES, timeout=settings.mongodb_timeout + 1.0
+        ),
     )
 
 

@@ -31,13 +31,13 @@ _CODES: list[tuple[type[errors.LoomError], grpc.StatusCode]] = [
 # Exceptions from adapters that are not domain errors but mean something to
 # the caller (database down, say); registered by the wiring in server.py so
 # this layer need not import the driver.
-_TRANSLATORS: list[tuple[type[BaseException], Callable[[BaseException], errors.LoomError]]] = []
+Translator = Callable[[BaseException], errors.LoomError | None]
+_TRANSLATORS: list[tuple[type[BaseException], Translator]] = []
 
 
-def register(
-    kind: type[BaseException], translate: Callable[[BaseException], errors.LoomError]
-) -> None:
-    """Map an adapter exception type to a domain error."""
+def register(kind: type[BaseException], translate: Translator) -> None:
+    """Map an adapter exception type to a domain error (``translate`` may
+    answer None: not one it knows, left to the next entry or INTERNAL)."""
     _TRANSLATORS.append((kind, translate))
 
 
@@ -46,8 +46,9 @@ def classify(exc: BaseException) -> tuple[grpc.StatusCode, errors.LoomError]:
     unknown is INTERNAL with a generic message (the detail is logged)."""
     if not isinstance(exc, errors.LoomError):
         for kind, translate in _TRANSLATORS:
-            if isinstance(exc, kind):
-                exc = translate(exc)
+            translated = translate(exc) if isinstance(exc, kind) else None
+            if translated is not None:
+                exc = translated
                 break
     if isinstance(exc, errors.LoomError):
         for kind, code in _CODES:
