@@ -12,7 +12,7 @@ GRPCURL := $(TOOLS)/bin/grpcurl
 JAEGER := $(TOOLS)/bin/jaeger-all-in-one
 STAMP := $(VENV)/.installed
 
-.PHONY: setup jaeger proto proto-check lint test bench bench-memory bench-tracing run clean
+.PHONY: setup jaeger proto proto-check lint test bench bench-memory bench-tracing run fleet clean
 
 setup: $(STAMP) $(FERRETDB) $(GRPCURL) $(JAEGER)
 
@@ -87,6 +87,13 @@ bench-tracing: setup
 
 run: setup
 	FERRETDB=$(FERRETDB) PY=$(PY) ./scripts/run.sh
+
+# FerretDB, a Chroma server, the scripted model and REPLICAS Loom replicas
+# (tests/support/fleet.py, the harness the fault tests use); Ctrl-C stops all.
+REPLICAS ?= 3
+TOKEN_DELAY ?= 0.02
+fleet: setup
+	$(BENCH_ENV) $(PY) -m tests.support.fleet --replicas $(REPLICAS) --token-delay $(TOKEN_DELAY)
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .data .pytest_cache .mypy_cache .ruff_cache *.egg-info
