@@ -12,7 +12,7 @@ GRPCURL := $(TOOLS)/bin/grpcurl
 JAEGER := $(TOOLS)/bin/jaeger-all-in-one
 STAMP := $(VENV)/.installed
 
-.PHONY: setup jaeger proto proto-check lint test bench bench-memory bench-tracing run fleet clean
+.PHONY: setup jaeger proto proto-check lint test bench bench-memory bench-tracing bench-outage run fleet clean
 
 setup: $(STAMP) $(FERRETDB) $(GRPCURL) $(JAEGER)
 
@@ -84,6 +84,9 @@ bench-memory: setup
 
 bench-tracing: setup
 	$(BENCH_ENV) LOOM_JAEGER_BIN=$(JAEGER) $(PY) -m bench.tracing
+
+bench-outage: setup
+	$(BENCH_ENV) $(PY) -m bench.outage
 
 run: setup
 	FERRETDB=$(FERRETDB) PY=$(PY) ./scripts/run.sh

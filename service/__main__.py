@@ -68,7 +68,11 @@ async def _api_keys(args: argparse.Namespace, settings: Settings) -> int:
     from service.core.keys import KeyService
     from service.store import connect
 
-    store = connect(settings.mongodb_uri.get_secret_value(), settings.mongodb_db)
+    store = connect(
+        settings.mongodb_uri.get_secret_value(),
+        settings.mongodb_db,
+        timeout=settings.mongodb_timeout,
+    )
     try:
         await store.ensure_indexes()
         keys = KeyService(store.keys)
