@@ -199,10 +199,13 @@ async def test_one_tenants_burst_does_not_hold_back_another(store: MongoStore) -
     running: dict[str, int] = {}
     peak: dict[str, int] = {}
     finished: list[str] = []
+    two_busy = asyncio.Event()
 
     async def work(job: Job, _: Checkpoint) -> dict[str, Any]:
         running[job.tenant] = running.get(job.tenant, 0) + 1
         peak[job.tenant] = max(peak.get(job.tenant, 0), running[job.tenant])
+        if running.get("busy") == 2:
+            two_busy.set()
         try:
             if job.tenant == "busy":
                 await release.wait()
@@ -222,6 +225,8 @@ async def test_one_tenants_burst_does_not_hold_back_another(store: MongoStore) -
         assert job.state is JobState.SUCCEEDED
         # The quiet tenant's job ran while the busy tenant's burst waited.
         assert finished == ["job_quiet"]
+        await asyncio.wait_for(two_busy.wait(), 10)
+        await asyncio.sleep(0.5)  # polls go on; the cap holds
         assert peak["busy"] == 2
         release.set()
         for i in range(12):

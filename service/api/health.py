@@ -4,7 +4,6 @@ be reached, SERVING again once it answers."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -67,8 +66,8 @@ class DatabaseHealth:
         """Stop watching."""
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Bounded: shutdown must not hang on a ping the driver holds on to.
+            await asyncio.wait({self._task}, timeout=self._timeout)
             self._task = None
 
     async def check(self) -> bool:

@@ -167,8 +167,7 @@ class JobRunner:
         (they are retried after the next start)."""
         if self._loop_task is not None:
             self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+            await asyncio.wait({self._loop_task}, timeout=max(grace, 1.0))
             self._loop_task = None
         if self._running:
             _, late = await asyncio.wait(set(self._running), timeout=grace)
