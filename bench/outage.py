@@ -32,8 +32,8 @@ def _until(address: str, status: int, limit: float = 60.0) -> float:
 
 
 def _round(timeout: str) -> tuple[float, str, float, float]:
-    """(seconds a call took to fail, its code, seconds to NOT_SERVING,
-    seconds to SERVING after the database came back)."""
+    """(seconds a call took to fail, its code, seconds from the kill to
+    NOT_SERVING, seconds to SERVING after the database came back)."""
     database = FerretDB().start()
     model = start_model()
     loom = start_loom(database, model, "bench_outage", LOOM_MONGODB_TIMEOUT=timeout)
@@ -44,6 +44,7 @@ def _round(timeout: str) -> tuple[float, str, float, float]:
             stub = thread_pb2_grpc.ThreadServiceStub(channel)
             stub.ListThreads(thread_pb2.ListThreadsRequest(), metadata=MD, timeout=DEADLINE)
             database.kill()
+            down = _until(address, health_pb2.HealthCheckResponse.NOT_SERVING)
             started = time.monotonic()
             try:
                 stub.ListThreads(thread_pb2.ListThreadsRequest(), metadata=MD, timeout=DEADLINE)
@@ -51,7 +52,6 @@ def _round(timeout: str) -> tuple[float, str, float, float]:
             except grpc.RpcError as exc:
                 code = exc.code().name  # type: ignore[attr-defined]
             failed = time.monotonic() - started
-            down = _until(address, health_pb2.HealthCheckResponse.NOT_SERVING)
             database.restart()
             up = _until(address, health_pb2.HealthCheckResponse.SERVING)
         return failed, code, down, up
