@@ -7,6 +7,8 @@ manages API keys.
     python -m service api-keys revoke KEY_ID
     python -m service memory reindex [--all]          # after changing LOOM_EMBEDDING
     python -m service error-reasons [--write README.md]  # the table of ErrorInfo reasons
+    python -m service jobs list [--state failed] [--tenant T]
+    python -m service jobs retry JOB_ID | --all-failed
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 from pydantic import ValidationError
 from pymongo.errors import PyMongoError
 
+from service import jobs_cli
 from service.config import Settings
 from service.core.errors import LoomError
 from service.telemetry import TelemetryConfig, TelemetryConfigError, configure_logging
@@ -67,7 +70,11 @@ async def _api_keys(args: argparse.Namespace, settings: Settings) -> int:
     from service.core.keys import KeyService
     from service.store import connect
 
-    store = connect(settings.mongodb_uri.get_secret_value(), settings.mongodb_db)
+    store = connect(
+        settings.mongodb_uri.get_secret_value(),
+        settings.mongodb_db,
+        timeout=settings.mongodb_timeout,
+    )
     try:
         await store.ensure_indexes()
         keys = KeyService(store.keys)
@@ -160,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     reindex.add_argument("--all", action="store_true", help="re-embed every assistant's memory")
     reasons = sub.add_parser("error-reasons", help="print every ErrorInfo reason (Markdown)")
     reasons.add_argument("--write", metavar="FILE", help="replace the table between its markers")
+    jobs_cli.add_parser(sub)
     args = parser.parse_args(argv)
     if args.group == "error-reasons":  # reads the source only: needs no settings
         return _error_reasons(args.write)
@@ -170,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_api_keys(args, settings))
     if args.group == "memory":
         return asyncio.run(_reindex(settings, force=args.all))
+    if args.group == "jobs":
+        return asyncio.run(jobs_cli.run(args, settings))
     from service.server import serve
     from service.telemetry import setup
 

@@ -22,6 +22,12 @@ class Settings(BaseSettings):
     listen: str = Field("127.0.0.1:50051", description="host:port the gRPC server binds")
     mongodb_uri: SecretStr = Field(SecretStr("mongodb://127.0.0.1:27017"))
     mongodb_db: str = "loom"
+    mongodb_timeout: float = Field(
+        2.0,
+        gt=0,
+        le=600,
+        description="seconds to find the database or connect to it before a call fails",
+    )
     data_dir: Path = Path("./.data")
     llm_base_url: str | None = Field(
         None, validation_alias=AliasChoices("LOOM_LLM_BASE_URL", "OPENAI_BASE_URL")
@@ -62,6 +68,13 @@ class Settings(BaseSettings):
     job_poll_seconds: float = Field(1.0, gt=0)
     job_max_attempts: int = Field(5, ge=1, le=100)
     job_retry_delay: float = Field(2.0, ge=0)
+    job_max_retry_delay: float = Field(
+        60.0, gt=0, description="longest back-off of a job waiting for a dependency, seconds"
+    )
+    job_concurrency: int = Field(4, ge=1, le=256, description="jobs run at once per replica")
+    job_tenant_concurrency: int = Field(
+        2, ge=1, le=256, description="jobs of one tenant run at once per replica"
+    )
     job_lease_seconds: float = Field(
         60.0, gt=0, description="how long a dead replica can hold a background job"
     )

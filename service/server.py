@@ -24,6 +24,7 @@ from generated.loom.v1 import (
 from service.api.assistants import AssistantServicer
 from service.api.context import current_tenant
 from service.api.errors import Translator
+from service.api.health import DatabaseHealth
 from service.api.interceptor import LoomInterceptor
 from service.api.memory import MemoryServicer
 from service.api.reflection import enable_reflection
@@ -31,7 +32,6 @@ from service.api.threads import ThreadServicer
 from service.config import Settings
 from service.core.assistants import Assistants
 from service.core.conversation import Conversation, ReplyPolicy, ReplyServices, ReplyStores
-from service.core.errors import Unavailable
 from service.core.jobs import JobRunner
 from service.core.keys import KeyService
 from service.core.leases import Leases
@@ -45,6 +45,7 @@ from service.memory.domain import AssistantMemory
 from service.memory.embeddings import EmbeddingError, embedder_from_settings
 from service.memory.index import ChromaMemoryIndex, open_index
 from service.store import MongoStore, connect
+from service.store import errors as store_errors
 from service.telemetry import Telemetry, TelemetryConfigError, setup, span, tracer
 from service.telemetry.chroma import TracedChromaClient
 from service.telemetry.embeddings import TracedEmbedder
@@ -86,6 +87,7 @@ class Loom:
     memory_index: ChromaMemoryIndex
     port: int
     telemetry: Telemetry
+    database_health: DatabaseHealth
     backlog: BacklogSampler | None = None
 
     async def start(self) -> None:
@@ -102,19 +104,15 @@ class Loom:
         self.jobs.start()
         if self.backlog is not None:
             self.backlog.start()
-        for name in (
-            "",
-            "loom.v1.AssistantService",
-            "loom.v1.ThreadService",
-            "loom.v1.MemoryService",
-        ):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self.database_health.set(True)
+        self.database_health.start()
         log.info("loom listening on %s", self.settings.listen.rsplit(":", 1)[0] + f":{self.port}")
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting calls, let streams in flight finish within the grace
         period, then cancel what is left (their replies are stored
         INCOMPLETE) and close connections."""
+        await self.database_health.stop()
         await self.health.enter_graceful_shutdown()
         if self.backlog is not None:
             await self.backlog.stop()
@@ -135,13 +133,11 @@ def _chroma_server(url: str | None) -> tuple[str, int] | None:
     return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 8000)
 
 
-def _database_unavailable(_: BaseException) -> Unavailable:
-    return Unavailable("the database is unreachable; retry later", reason="DATABASE_UNAVAILABLE")
+# Adapter exceptions that mean something to a caller: database errors that
+# waiting cures (down, failing over, busy) are UNAVAILABLE.
+TRANSLATORS: tuple[Translator, ...] = tuple(store_errors.translations())
 
-
-# Adapter exceptions that mean something to a caller. ConnectionFailure
-# covers server-selection timeouts and dropped connections.
-TRANSLATORS: tuple[Translator, ...] = ((mongo_errors.ConnectionFailure, _database_unavailable),)
+SERVICES = ("", "loom.v1.AssistantService", "loom.v1.ThreadService", "loom.v1.MemoryService")
 
 
 def build(settings: Settings, telemetry: Telemetry | None = None) -> Loom:
@@ -149,7 +145,11 @@ def build(settings: Settings, telemetry: Telemetry | None = None) -> Loom:
     (from ``service.telemetry.setup``, before this call so that MongoDB is
     traced) defaults to off."""
     telemetry = telemetry or Telemetry()
-    store = connect(settings.mongodb_uri.get_secret_value(), settings.mongodb_db)
+    store = connect(
+        settings.mongodb_uri.get_secret_value(),
+        settings.mongodb_db,
+        timeout=settings.mongodb_timeout,
+    )
     llm = build_model(settings, telemetry)
     shield = Shield()
     jobs = build_jobs(settings, store, shield)
@@ -190,6 +190,9 @@ def build(settings: Settings, telemetry: Telemetry | None = None) -> Loom:
         memory_index=index,
         port=port,
         telemetry=telemetry,
+        database_health=DatabaseHealth(
+            health_servicer, store.ping, SERVICES, timeout=settings.mongodb_timeout + 1.0
+        ),
         backlog=BacklogSampler(store.jobs.backlog, telemetry.config.metric_interval)
         if telemetry.metrics
         else None,
@@ -215,9 +218,13 @@ def build_jobs(settings: Settings, store: MongoStore, shield: Shield) -> JobRunn
         store.leases,
         shield,
         poll_interval=settings.job_poll_seconds,
+        concurrency=settings.job_concurrency,
+        tenant_concurrency=settings.job_tenant_concurrency,
         max_attempts=settings.job_max_attempts,
         retry_delay=settings.job_retry_delay,
+        max_retry_delay=settings.job_max_retry_delay,
         lease_seconds=settings.job_lease_seconds,
+        translate=store_errors.translate,
     )
 
 

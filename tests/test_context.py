@@ -373,8 +373,13 @@ async def test_restart_mid_fold_finishes_the_fold(loom: Loom, llm: ScriptedLLM) 
                 await asyncio.sleep(0.05)
             thread = await _thread(b, thread_id)
             assert thread.summary.text.startswith("Summary number")
-        done = await second.store.db["jobs"].find_one({"_id": job["_id"]})
-        assert done is not None
+        # The job is recorded a moment after the summary it stored.
+        for _ in range(200):
+            done = await second.store.db["jobs"].find_one({"_id": job["_id"]})
+            assert done is not None
+            if done["state"] == "succeeded":
+                break
+            await asyncio.sleep(0.05)
         assert done["state"] == "succeeded"
     finally:
         await second.stop(0)

@@ -29,9 +29,12 @@ _CODES: list[tuple[type[errors.LoomError], grpc.StatusCode]] = [
     (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
 ]
 
-Translator: TypeAlias = tuple[type[BaseException], Callable[[BaseException], errors.LoomError]]
+Translator: TypeAlias = tuple[
+    type[BaseException], Callable[[BaseException], errors.LoomError | None]
+]
 """An adapter exception type that means something to the caller (the
-database is down, say) and the domain error it becomes. The wiring builds
+database is down, say) and the domain error it becomes (None: not one the
+translator knows, left to the next entry or INTERNAL). The wiring builds
 the table and hands it to the interceptor, so this layer need not import
 the drivers."""
 
@@ -44,8 +47,9 @@ def classify(
     with a generic message (the detail is logged)."""
     if not isinstance(exc, errors.LoomError):
         for kind, translate in translators:
-            if isinstance(exc, kind):
-                exc = translate(exc)
+            translated = translate(exc) if isinstance(exc, kind) else None
+            if translated is not None:
+                exc = translated
                 break
     if isinstance(exc, errors.LoomError):
         code = status_code(type(exc))

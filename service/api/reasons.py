@@ -42,6 +42,8 @@ WHEN: dict[str, str] = {
     "API_KEY_INVALID": "the `x-api-key` is unknown or revoked",
     "THREAD_BUSY": "another reply, or a run waiting for tool outputs, holds the thread "
     "(metadata `thread_id`); retry when it has completed",
+    "LEASE_LOST": "the replica serving the call lost the thread's lease to another (it "
+    "stopped writing at once); retry, and another replica serves it",
     "REQUEST_IN_PROGRESS": "the first attempt with this `request_id` is still running; retry "
     "shortly",
     "MODEL_NOT_CONFIGURED": "Loom has no model endpoint (`LOOM_LLM_BASE_URL`)",

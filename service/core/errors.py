@@ -8,6 +8,8 @@ The tree (the API layer maps each class to one gRPC status code):
   - ``Unauthenticated``: missing, unknown or revoked API key (UNAUTHENTICATED)
   - ``ThreadBusy``: another reply is streaming on the thread (ABORTED)
   - ``Aborted``: a concurrency conflict the caller may retry (ABORTED)
+    - ``LeaseLost``: the lease this work ran under lapsed or was taken over
+      (ABORTED)
   - ``FailedPrecondition``: the system is not in a state to serve this
     (FAILED_PRECONDITION)
   - ``Unavailable``: a dependency (model endpoint, database) is down
@@ -25,6 +27,7 @@ __all__ = [
     "DeadlineExceeded",
     "FailedPrecondition",
     "InvalidArgument",
+    "LeaseLost",
     "LoomError",
     "NotFound",
     "ResourceExhausted",
@@ -110,6 +113,20 @@ class ThreadBusy(Aborted):
             else f"thread {thread_id!r} is busy with another reply; send the message again "
             "once that reply has completed",
             metadata={"thread_id": thread_id},
+        )
+
+
+class LeaseLost(Aborted):
+    """The lease a reply or job ran under lapsed or was taken by another
+    replica, so its work stopped before writing anything more."""
+
+    reason = "LEASE_LOST"
+
+    def __init__(self, key: str) -> None:
+        super().__init__(
+            f"{key!r} was taken over by another replica while this work ran; "
+            "nothing more was written: send the request again",
+            metadata={"lease": key},
         )
 
 

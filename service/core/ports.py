@@ -37,6 +37,7 @@ __all__ = [
     "Job",
     "JobState",
     "JobStore",
+    "LeaseGrant",
     "LeaseOutcome",
     "LeaseState",
     "LeaseStore",
@@ -87,17 +88,36 @@ class LeaseOutcome(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class LeaseState:
-    """A lease as stored: who holds it, until when, and why."""
+    """A lease as stored: who holds it, until when, why, and its epoch."""
 
     owner: str
     expires: datetime
     purpose: str = ""
+    epoch: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseGrant:
+    """What ``LeaseStore.acquire`` did: with ACQUIRED or TAKEN_OVER, ``epoch``
+    is the new holder's; ``other`` is the dead holder's state (TAKEN_OVER)
+    or the live holder's (BUSY, None when unknown)."""
+
+    outcome: LeaseOutcome
+    epoch: int = 0
+    other: LeaseState | None = None
 
 
 class LeaseStore(Protocol):
-    """One lease document per busy thread, created by a unique insert (the one
-    write that is atomic on MongoDB and FerretDB alike) and deleted on
-    release, so the collection only ever holds the replies in flight."""
+    """One lease document per busy thread (or running job), created by a
+    unique insert (the one write that is atomic on MongoDB and FerretDB
+    alike) and deleted on release, so the collection only ever holds the
+    work in flight.
+
+    Epochs: a lease taken fresh gets the acquisition time in milliseconds; a
+    takeover gets at least the dead holder's epoch plus one. So epochs only
+    grow along a chain of takeovers, and (as long as replicas' clocks agree
+    to within a lease's lifetime, which expiry already assumes) across
+    releases too: a fencing check can trust a larger epoch to be newer."""
 
     async def acquire(
         self,
@@ -107,11 +127,14 @@ class LeaseStore(Protocol):
         expires: datetime,
         now: datetime,
         purpose: str = "",
-    ) -> tuple[LeaseOutcome, LeaseState | None]:
-        """Take the lease; with TAKEN_OVER the dead holder's state, with BUSY
-        the live holder's."""
+    ) -> LeaseGrant:
+        """Take the lease, or take over an expired one; never leaves the
+        thread blocked for longer than a lease's lifetime if the caller dies
+        part-way."""
 
-    async def renew(self, thread_id: str, owner: str, expires: datetime) -> bool: ...
+    async def renew(self, thread_id: str, owner: str, expires: datetime) -> bool:
+        """Extend ``owner``'s lease; False if it no longer holds it."""
+
     async def release(self, thread_id: str, owner: str) -> None: ...
     async def current(self, thread_id: str) -> LeaseState | None: ...
 
@@ -310,7 +333,10 @@ class JobState(enum.StrEnum):
 class Job:
     """A durable background job (memory extraction, summarising). ``payload``
     says what to do; ``checkpoint`` keeps what an attempt already worked out
-    (a model's answer, say) so a retry after a crash need not redo it."""
+    (a model's answer, say) so a retry after a crash need not redo it.
+    ``attempts`` counts runs that failed through the job's own fault (or
+    succeeded); ``waits`` counts consecutive runs that found a dependency
+    down. ``owner`` is the runner that last claimed it."""
 
     job_id: str
     kind: str
@@ -325,6 +351,8 @@ class Job:
     result: dict[str, Any] = field(default_factory=dict)
     error: str = ""
     trace_context: dict[str, str] = field(default_factory=dict)
+    owner: str = ""
+    waits: int = 0
 
 
 class JobStore(Protocol):
@@ -334,15 +362,31 @@ class JobStore(Protocol):
         """Record a new job; False if one with its id exists already."""
 
     async def get(self, tenant: str, job_id: str) -> Job | None: ...
-    async def save(self, job: Job) -> None:
-        """Write the job's state, attempts, checkpoint, result and error."""
+    async def save(self, job: Job, *, claim: bool = False) -> bool:
+        """Write the job's state, attempts, checkpoint, result and error, only
+        if ``job.owner`` is still the runner the store has; False when another
+        runner claimed it since. ``claim`` writes unconditionally, making
+        ``job.owner`` the runner (its caller has just taken the job's lease).
+        On FerretDB 1.x the condition is checked just before the write, not
+        with it (see ``MongoLeaseStore``): the lease is the real guard."""
 
-    async def due(self, now: datetime, stale_before: datetime, limit: int) -> list[Job]:
+    async def due(
+        self, now: datetime, stale_before: datetime, limit: int, skip_tenants: Sequence[str] = ()
+    ) -> list[Job]:
         """PENDING jobs whose time has come, and RUNNING ones not touched
-        since ``stale_before`` (their runner died)."""
+        since ``stale_before`` (their runner may have died), oldest first,
+        leaving out the tenants in ``skip_tenants``."""
 
     async def backlog(self) -> tuple[int, datetime | None]:
         """How many jobs are PENDING or RUNNING, and the oldest one's creation time."""
+
+    async def find(self, state: JobState | None, tenant: str | None, limit: int) -> list[Job]:
+        """Jobs in ``state`` (any when None) of ``tenant`` (any when None),
+        most recently updated first."""
+
+    async def requeue(self, job_id: str, now: datetime) -> bool:
+        """Put a FAILED job back to PENDING, due now, with its attempts
+        reset; False if there is no FAILED job with that id."""
 
 
 class MemoryPort(Protocol):

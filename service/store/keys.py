@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime
 from typing import Any
 
 from pymongo import ASCENDING
 from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import DuplicateKeyError
 
 from service.core.ports import ApiKey
 
@@ -47,7 +49,11 @@ class MongoApiKeyStore:
     async def upsert(self, key: ApiKey, digest: str) -> None:
         doc = self._doc(key, digest)
         doc.pop("_id")
-        await self._c.update_one({"_id": key.key_id}, {"$setOnInsert": doc}, upsert=True)
+        # Replicas starting together each upsert the dev key; FerretDB 1.x runs
+        # an upsert as a read then an insert, so the losers of that race get
+        # the winner's duplicate key. The key is there either way.
+        with contextlib.suppress(DuplicateKeyError):
+            await self._c.update_one({"_id": key.key_id}, {"$setOnInsert": doc}, upsert=True)
 
     async def find(self, digest: str) -> tuple[ApiKey, str] | None:
         doc = await self._c.find_one({"digest": digest})
