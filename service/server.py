@@ -28,6 +28,7 @@ from service.api.context import current_tenant
 from service.api.interceptor import LoomInterceptor
 from service.api.memory import MemoryServicer
 from service.api.threads import ThreadServicer
+from service.api.transport import bind, describe, server_options
 from service.config import Settings
 from service.core.assistants import Assistants
 from service.core.conversation import Conversation
@@ -53,8 +54,6 @@ from service.telemetry.rpc import server_interceptors
 __all__ = ["Loom", "build", "serve"]
 
 log = logging.getLogger(__name__)
-
-MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
 # ConnectionFailure covers server-selection timeouts and dropped connections.
 api_errors.register(
@@ -84,6 +83,7 @@ class Loom:
     port: int
     telemetry: Telemetry
     backlog: BacklogSampler | None = None
+    transport: str = "plaintext"
 
     async def start(self) -> None:
         """Prepare the database, then start serving."""
@@ -106,7 +106,7 @@ class Loom:
             "loom.v1.MemoryService",
         ):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("loom listening on %s", self.settings.listen.rsplit(":", 1)[0] + f":{self.port}")
+        log.log(*describe(self.transport, self.settings.listen.rsplit(":", 1)[0] + f":{self.port}"))
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting calls, let streams in flight finish within the grace
@@ -229,10 +229,7 @@ def build(settings: Settings, telemetry: Telemetry | None = None) -> Loom:
     interceptors = server_interceptors(telemetry.tracer_provider, lambda: current_tenant.get(None))
     server = aio.server(
         interceptors=[*interceptors, LoomInterceptor(keys.authenticate)],
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ],
+        options=server_options(settings),
     )
     assistant_pb2_grpc.add_AssistantServiceServicer_to_server(AssistantServicer(assistants), server)
     memory_pb2_grpc.add_MemoryServiceServicer_to_server(MemoryServicer(memory), server)
@@ -251,12 +248,7 @@ def build(settings: Settings, telemetry: Telemetry | None = None) -> Loom:
         ),
         server,
     )
-    try:
-        port = server.add_insecure_port(settings.listen)
-    except RuntimeError as exc:  # grpc raises this when the address is taken
-        raise OSError(f"could not listen on LOOM_LISTEN={settings.listen}: {exc}") from None
-    if port == 0:
-        raise OSError(f"could not listen on LOOM_LISTEN={settings.listen}")
+    port, transport = bind(server, settings)
     return Loom(
         settings,
         store,
@@ -275,6 +267,7 @@ def build(settings: Settings, telemetry: Telemetry | None = None) -> Loom:
         BacklogSampler(store.jobs.backlog, telemetry.config.metric_interval)
         if telemetry.metrics
         else None,
+        transport,
     )
 
 
