@@ -26,6 +26,7 @@ from service.api import errors as api_errors
 from service.api.assistants import AssistantServicer
 from service.api.context import current_tenant
 from service.api.interceptor import LoomInterceptor
+from service.api.limits import LimitsInterceptor
 from service.api.memory import MemoryServicer
 from service.api.threads import ThreadServicer
 from service.api.transport import bind, describe, server_options
@@ -36,6 +37,7 @@ from service.core.errors import Unavailable
 from service.core.jobs import JobRunner
 from service.core.keys import KeyService
 from service.core.leases import Leases
+from service.core.limits import Limiter, Limits
 from service.core.shield import Shield
 from service.core.summaries import Summarizer
 from service.core.threads import Threads
@@ -84,6 +86,7 @@ class Loom:
     telemetry: Telemetry
     backlog: BacklogSampler | None = None
     transport: str = "plaintext"
+    limiter: Limiter | None = None
 
     async def start(self) -> None:
         """Prepare the database, then start serving."""
@@ -227,8 +230,20 @@ def build(settings: Settings, telemetry: Telemetry | None = None) -> Loom:
     # Order matters: the tracing interceptor's span is the parent of all the
     # call's work and records the status code Loom's interceptor sets.
     interceptors = server_interceptors(telemetry.tracer_provider, lambda: current_tenant.get(None))
+    limiter = Limiter(
+        Limits(
+            rate=settings.rate_limit_per_key,
+            burst=settings.rate_limit_burst,
+            streams=settings.max_streams_per_tenant,
+        )
+    )
     server = aio.server(
-        interceptors=[*interceptors, LoomInterceptor(keys.authenticate)],
+        # The limits apply to the caller Loom's interceptor has authenticated.
+        interceptors=[
+            *interceptors,
+            LoomInterceptor(keys.authenticate),
+            LimitsInterceptor(limiter),
+        ],
         options=server_options(settings),
     )
     assistant_pb2_grpc.add_AssistantServiceServicer_to_server(AssistantServicer(assistants), server)
@@ -268,6 +283,7 @@ def build(settings: Settings, telemetry: Telemetry | None = None) -> Loom:
         if telemetry.metrics
         else None,
         transport,
+        limiter,
     )
 
 

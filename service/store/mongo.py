@@ -98,7 +98,7 @@ def connect(uri: str, database: str, *, timeout_ms: int = 5000) -> MongoStore:
         leases=MongoLeaseStore(db["leases"]),
         messages=MongoMessageStore(db["messages"]),
         requests=MongoRequestStore(db["requests"]),
-        keys=MongoApiKeyStore(db["api_keys"]),
+        keys=MongoApiKeyStore(db["api_keys"], db["tenants"]),
         jobs=MongoJobStore(db["jobs"]),
         memory_versions=MongoMemoryVersions(db["memory_versions"]),
     )
