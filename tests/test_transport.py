@@ -2,13 +2,15 @@
 without a certificate from the configured CA, plaintext refused on the
 network unless allowed, settings checked at start, and the HTTP/2 limits
 (request size tied to LOOM_MAX_MESSAGE_CHARS, keepalive enforcement,
-concurrent streams per connection). Certificates are made by the test."""
+concurrent streams per connection). Certificates are made by the test, and
+once by the README's openssl commands, which are run as written."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import re
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -34,7 +36,15 @@ from tests.conftest import (
 from tests.scripted_llm import Reply, ScriptedLLM
 from tests.support.certs import Issued, Pki, make_pki
 from tests.support.ferretdb import FerretDB, free_port
-from tests.support.process import LoomProcess, clean_env, grpcurl, health_status, run_cli
+from tests.support.process import (
+    REPO,
+    LoomProcess,
+    clean_env,
+    grpcurl,
+    grpcurl_bin,
+    health_status,
+    run_cli,
+)
 
 KEY = (("x-api-key", DEV_KEY),)
 MAX_CHARS = 1000
@@ -299,6 +309,53 @@ async def test_plaintext_is_said_at_start(
     assert [(r.levelno, words in r.getMessage()) for r in started] == [(level, True)], [
         r.getMessage() for r in started
     ]
+
+
+def _readme_block(marker: str) -> str:
+    readme = (REPO / "README.md").read_text()
+    return next(b for b in re.findall(r"```sh\n(.*?)```", readme, re.DOTALL) if marker in b)
+
+
+async def _bash(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(
+        subprocess.run,
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def test_the_readme_commands_make_a_ca_and_certificates_loom_serves_mtls_with(
+    ferretdb: FerretDB, llm: ScriptedLLM, tmp_path: Path
+) -> None:
+    made = await _bash(_readme_block("openssl req -x509"), tmp_path)
+    assert made.returncode == 0, made.stderr
+    loom = await start_loom(
+        make_settings(
+            ferretdb,
+            llm,
+            tls_cert=tmp_path / "server.crt",
+            tls_key=tmp_path / "server.key",
+            tls_client_ca=tmp_path / "ca.crt",
+        )
+    )
+    try:
+        mtls = _readme_block("LOOM_TLS_CLIENT_CA=ca.crt make run").split("make run\n", 1)[1]
+        command = (
+            mtls.replace("grpcurl", grpcurl_bin(), 1)
+            .replace("127.0.0.1:50051", f"127.0.0.1:{loom.port}")
+            .replace("x-api-key: dev-key", f"x-api-key: {DEV_KEY}")
+        )
+        called = await _bash(command, tmp_path)
+        assert called.returncode == 0, called.stderr
+        assert isinstance(json.loads(called.stdout), dict)
+        refused = await _bash(command.replace("-cert client.crt -key client.key", ""), tmp_path)
+        assert refused.returncode != 0
+    finally:
+        await loom.stop(0)
 
 
 # ------------------------------------------------------------ HTTP/2 limits
