@@ -44,6 +44,11 @@ def _certificates(path: Path, what: str) -> None:
         raise ValueError(f"{str(path)!r} holds no PEM certificate ({exc.reason or exc})") from None
 
 
+# gRPC takes its channel arguments as C ints (milliseconds for times).
+_INT32 = 2**31 - 1
+_MAX_MS_SECONDS = _INT32 // 1000
+
+
 class Settings(BaseSettings):
     """Every setting Loom reads; see the README's configuration table."""
 
@@ -107,21 +112,37 @@ class Settings(BaseSettings):
     allow_plaintext: bool = Field(
         False, validate_default=True, description="serve plaintext on a non-loopback address"
     )
-    max_concurrent_streams: int = Field(100, ge=1, description="concurrent calls per connection")
+    max_concurrent_streams: int = Field(
+        100, ge=1, le=_INT32, description="concurrent calls per connection"
+    )
     keepalive_seconds: float = Field(
-        120.0, gt=0, description="ping a connection idle this long, to find dead peers"
+        120.0,
+        gt=0,
+        le=_MAX_MS_SECONDS,
+        allow_inf_nan=False,
+        description="ping a connection idle this long, to find dead peers",
     )
     keepalive_timeout_seconds: float = Field(
-        20.0, gt=0, description="close a connection whose ping is not answered in this time"
+        20.0,
+        gt=0,
+        le=_MAX_MS_SECONDS,
+        allow_inf_nan=False,
+        description="close a connection whose ping is not answered in this time",
     )
     keepalive_min_ping_seconds: float = Field(
-        10.0, ge=0, description="shortest interval between a client's pings without data"
+        10.0,
+        ge=0,
+        le=_MAX_MS_SECONDS,
+        allow_inf_nan=False,
+        description="shortest interval between a client's pings without data",
     )
     keepalive_max_ping_strikes: int = Field(
-        2, ge=0, description="pings too soon before the connection is closed (0: never)"
+        2, ge=0, le=_INT32, description="pings too soon before the connection is closed (0: never)"
     )
     # Limits per key and per tenant (service/core/limits.py); 0 is unlimited.
-    rate_limit_per_key: float = Field(100.0, ge=0, description="calls per second per API key")
+    rate_limit_per_key: float = Field(
+        100.0, ge=0, allow_inf_nan=False, description="calls per second per API key"
+    )
     rate_limit_burst: int = Field(200, ge=1, description="calls a key may make at once")
     max_streams_per_tenant: int = Field(
         100, ge=0, description="concurrent SendMessage/SubmitToolOutputs streams per tenant"

@@ -20,9 +20,11 @@ import grpc
 import pytest
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pydantic import ValidationError
 
 from generated.loom.v1 import assistant_pb2, assistant_pb2_grpc
 from service.api.transport import receive_limit
+from service.config import Settings
 from service.server import Loom
 from tests.conftest import (
     DEV_KEY,
@@ -364,6 +366,7 @@ async def test_the_readme_commands_make_a_ca_and_certificates_loom_serves_mtls_w
 def test_receive_limit_follows_the_longest_text_field() -> None:
     assert receive_limit(100_000) == receive_limit(1000)  # instructions (256,000) dominate
     assert receive_limit(1_000_000) == 4 * 1_000_000 + 1024 * 1024
+    assert receive_limit(10**9) == 2**31 - 1  # gRPC's largest
 
 
 async def test_request_size_over_loom_limit_is_invalid_argument_and_over_grpc_limit_exhausted(
@@ -440,3 +443,26 @@ async def test_a_client_pinging_too_often_is_disconnected_and_a_polite_one_is_no
         assert "ping" in (caught.value.details() or "").lower(), caught.value.details()
         assert not kept.done()
         kept.cancel()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("keepalive_seconds", float("inf")),
+        ("keepalive_seconds", 0),
+        ("keepalive_timeout_seconds", 3_000_000),  # past gRPC's int of milliseconds
+        ("keepalive_min_ping_seconds", float("nan")),
+        ("max_concurrent_streams", 0),
+        ("keepalive_max_ping_strikes", -1),
+        ("rate_limit_per_key", float("nan")),
+        ("rate_limit_per_key", -1),
+        ("rate_limit_burst", 0),
+        ("max_streams_per_tenant", -1),
+    ],
+)
+def test_limit_settings_refuse_values_grpc_or_the_limiter_cannot_take(
+    field: str, value: float
+) -> None:
+    with pytest.raises(ValidationError) as caught:
+        Settings(**{field: value})
+    assert [e["loc"] for e in caught.value.errors()] == [(field,)]

@@ -29,6 +29,7 @@ ENVELOPE_BYTES = 1024 * 1024
 MAX_SEND_BYTES = 8 * 1024 * 1024
 # UTF-8 spends at most 4 bytes on a character.
 _UTF8_WORST = 4
+_INT32 = 2**31 - 1
 
 
 def receive_limit(max_message_chars: int) -> int:
@@ -37,7 +38,8 @@ def receive_limit(max_message_chars: int) -> int:
     at 4 bytes a character, plus ``ENVELOPE_BYTES``. A request under it but
     over Loom's own limits gets INVALID_ARGUMENT saying which; one over it,
     RESOURCE_EXHAUSTED from gRPC before it is read into memory."""
-    return _UTF8_WORST * max(max_message_chars, MAX_INSTRUCTIONS) + ENVELOPE_BYTES
+    needed = _UTF8_WORST * max(max_message_chars, MAX_INSTRUCTIONS) + ENVELOPE_BYTES
+    return min(needed, _INT32)  # gRPC takes a C int
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:
