@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from grpc import aio
@@ -86,7 +86,7 @@ class Loom:
     telemetry: Telemetry
     backlog: BacklogSampler | None = None
     transport: str = "plaintext"
-    limiter: Limiter | None = None
+    limiter: Limiter = field(default_factory=lambda: Limiter(Limits()))
 
     async def start(self) -> None:
         """Prepare the database, then start serving."""

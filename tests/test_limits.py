@@ -245,7 +245,6 @@ async def test_reply_streams_past_the_tenant_cap_are_refused_until_one_ends(
     thread_id, run_id = await _pending_run(api, llm)
     llm.set_default(SLOW)
     held = [await _held(api, content=f"long story {i}") for i in range(2)]
-    assert loom.limiter is not None
     assert loom.limiter.open_streams(tenant) == 2
     for refused in (api.send(content="one more"), _submit(api, thread_id, run_id)):
         error = await expect_error(refused, grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_STREAMS")
@@ -257,20 +256,15 @@ async def test_reply_streams_past_the_tenant_cap_are_refused_until_one_ends(
     llm.script(Reply(text="quick"))
     assert (await other.send(content="meanwhile"))[-1].HasField("completed")
     held[0].cancel()
-    assert await eventually(
-        lambda: loom.limiter is not None and loom.limiter.open_streams(tenant) == 1
-    )
+    assert await eventually(lambda: loom.limiter.open_streams(tenant) == 1)
     llm.set_default(Reply(text="It is sunny."))
     events = [event async for event in _submit(api, thread_id, run_id)]
     assert events[-1].HasField("completed")
     held[1].cancel()
-    assert await eventually(
-        lambda: loom.limiter is not None and loom.limiter.open_streams(tenant) == 0
-    )
+    assert await eventually(lambda: loom.limiter.open_streams(tenant) == 0)
 
 
 async def test_the_session_server_runs_with_the_default_limits(loom: Loom) -> None:
-    assert loom.limiter is not None
     assert loom.limiter.defaults == Limits(rate=100.0, burst=200, streams=100)
 
 
@@ -324,3 +318,7 @@ async def test_api_keys_cli_sets_shows_and_resets_a_tenant_s_overrides(
         assert refused.returncode == 2, refused.stdout
         assert field in refused.stderr
         assert "Traceback" not in refused.stderr
+    bad_tenant = ["api-keys", "limits", "--tenant", "no spaces!", "--rate", "1"]
+    refused = await asyncio.to_thread(run_cli, bad_tenant, env)
+    assert refused.returncode == 2, refused.stdout
+    assert "tenant must be" in refused.stderr

@@ -31,6 +31,14 @@ def _digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def _check_tenant(tenant: str) -> None:
+    if not tenant or len(tenant) > 64 or not set(tenant) <= _TENANT_CHARS:
+        raise InvalidArgument(
+            "tenant must be 1 to 64 characters of letters, digits, '-', '_' or '.'",
+            field="tenant",
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Caller:
     """Who is calling: a verified key, its tenant and the tenant's limits."""
@@ -66,11 +74,7 @@ class KeyService:
         Raises:
             InvalidArgument: the tenant name is empty, long or has odd characters.
         """
-        if not tenant or len(tenant) > 64 or not set(tenant) <= _TENANT_CHARS:
-            raise InvalidArgument(
-                "tenant must be 1 to 64 characters of letters, digits, '-', '_' or '.'",
-                field="tenant",
-            )
+        _check_tenant(tenant)
         key_id = secrets.token_hex(6)
         secret = f"loom_{key_id}_{secrets.token_urlsafe(32)}"
         key = ApiKey(key_id=key_id, tenant=tenant, prefix=secret[:17], create_time=now())
@@ -137,9 +141,10 @@ class KeyService:
         now stored. Replicas apply them within ``CACHE_SECONDS``.
 
         Raises:
-            InvalidArgument: a negative or non-finite rate, a burst under 1,
-                a negative stream count.
+            InvalidArgument: a malformed tenant name, a negative or non-finite
+                rate, a burst under 1, a negative stream count.
         """
+        _check_tenant(tenant)
         if rate is not None and not (math.isfinite(rate) and rate >= 0):
             raise InvalidArgument(
                 "rate must be a number of calls per second, 0 or more", field="rate"
