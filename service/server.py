@@ -26,9 +26,11 @@ from service.api.context import current_tenant
 from service.api.errors import Translator
 from service.api.health import DatabaseHealth
 from service.api.interceptor import LoomInterceptor
+from service.api.limits import LimitsInterceptor
 from service.api.memory import MemoryServicer
 from service.api.reflection import enable_reflection
 from service.api.threads import ThreadServicer
+from service.api.transport import bind, describe, server_options
 from service.config import Settings
 from service.core.assistants import Assistants
 from service.core.conversation import Conversation, ReplyPolicy, ReplyServices, ReplyStores
@@ -36,6 +38,7 @@ from service.core.jobs import JobRunner
 from service.core.keys import KeyService
 from service.core.leases import Leases
 from service.core.ports import ChatModel, MemoryPort
+from service.core.ratelimit import Limiter, Limits
 from service.core.shield import Shield
 from service.core.summaries import Summarizer
 from service.core.threads import Threads
@@ -66,7 +69,16 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Served:
+    """A gRPC server built and bound, not yet started."""
+
+    server: aio.Server
+    health: health.aio.HealthServicer
+    port: int
+    transport: str  # how it serves: plaintext, TLS or mTLS
+    limiter: Limiter
 
 
 @dataclass(slots=True, kw_only=True)
@@ -89,6 +101,8 @@ class Loom:
     telemetry: Telemetry
     database_health: DatabaseHealth
     backlog: BacklogSampler | None = None
+    transport: str
+    limiter: Limiter
 
     async def start(self) -> None:
         """Prepare the database, then start serving."""
@@ -106,7 +120,7 @@ class Loom:
             self.backlog.start()
         await self.database_health.set(True)
         self.database_health.start()
-        log.info("loom listening on %s", self.settings.listen.rsplit(":", 1)[0] + f":{self.port}")
+        log.log(*describe(self.transport, self.settings.listen.rsplit(":", 1)[0] + f":{self.port}"))
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting calls, let streams in flight finish within the grace
@@ -167,7 +181,7 @@ def build(settings: Settings, telemetry: Telemetry | None = None) -> Loom:
         memory=memory,
     )
     keys = KeyService(store.keys)
-    server, health_servicer, port = build_grpc_server(
+    served = build_grpc_server(
         settings,
         telemetry,
         keys,
@@ -182,16 +196,18 @@ def build(settings: Settings, telemetry: Telemetry | None = None) -> Loom:
         keys=keys,
         assistants=assistants,
         threads=threads,
-        server=server,
-        health=health_servicer,
+        server=served.server,
+        health=served.health,
         shield=shield,
         conversation=conversation,
         jobs=jobs,
         memory_index=index,
-        port=port,
+        port=served.port,
+        transport=served.transport,
+        limiter=served.limiter,
         telemetry=telemetry,
         database_health=DatabaseHealth(
-            health_servicer, store.ping, SERVICES, timeout=settings.mongodb_timeout + 1.0
+            served.health, store.ping, SERVICES, timeout=settings.mongodb_timeout + 1.0
         ),
         backlog=BacklogSampler(store.jobs.backlog, telemetry.config.metric_interval)
         if telemetry.metrics
@@ -331,9 +347,9 @@ def build_grpc_server(
     assistants: AssistantServicer,
     threads: ThreadServicer,
     memory: MemoryServicer,
-) -> tuple[aio.Server, health.aio.HealthServicer, int]:
-    """The gRPC server with Loom's services, health and reflection, bound to
-    ``LOOM_LISTEN``; and its health servicer and port.
+) -> Served:
+    """The gRPC server with Loom's services, health, reflection and call
+    limits, bound to ``LOOM_LISTEN`` (with TLS when the settings ask).
 
     Raises:
         OSError: the address cannot be listened on.
@@ -341,12 +357,21 @@ def build_grpc_server(
     # Order matters: the tracing interceptor's span is the parent of all the
     # call's work and records the status code Loom's interceptor sets.
     interceptors = server_interceptors(telemetry.tracer_provider, lambda: current_tenant.get(None))
+    limiter = Limiter(
+        Limits(
+            rate=settings.rate_limit_per_key,
+            burst=settings.rate_limit_burst,
+            streams=settings.max_streams_per_tenant,
+        )
+    )
     server = aio.server(
-        interceptors=[*interceptors, LoomInterceptor(keys.authenticate, TRANSLATORS)],
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        # The limits apply to the caller Loom's interceptor has authenticated.
+        interceptors=[
+            *interceptors,
+            LoomInterceptor(keys.authenticate, TRANSLATORS),
+            LimitsInterceptor(limiter),
         ],
+        options=server_options(settings),
     )
     assistant_pb2_grpc.add_AssistantServiceServicer_to_server(assistants, server)
     memory_pb2_grpc.add_MemoryServiceServicer_to_server(memory, server)
@@ -362,13 +387,10 @@ def build_grpc_server(
         ),
         server,
     )
-    try:
-        port = server.add_insecure_port(settings.listen)
-    except RuntimeError as exc:  # grpc raises this when the address is taken
-        raise OSError(f"could not listen on LOOM_LISTEN={settings.listen}: {exc}") from None
-    if port == 0:
-        raise OSError(f"could not listen on LOOM_LISTEN={settings.listen}")
-    return server, health_servicer, port
+    port, transport = bind(server, settings)
+    return Served(
+        server=server, health=health_servicer, port=port, transport=transport, limiter=limiter
+    )
 
 
 async def serve(settings: Settings, telemetry: Telemetry | None = None) -> None:

@@ -1,13 +1,16 @@
-"""Domain errors to gRPC statuses with ``google.rpc.ErrorInfo`` (AIP-193)."""
+"""Domain errors to gRPC statuses with ``google.rpc.ErrorInfo`` (AIP-193),
+and ``google.rpc.RetryInfo`` when the error says when to retry."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from typing import TypeAlias
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
 from service.core import errors
@@ -70,12 +73,22 @@ def status_code(kind: type[errors.LoomError]) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+def _packed(detail: Message) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(detail)
+    return packed
+
+
 def status_details(code: grpc.StatusCode, error: errors.LoomError) -> bytes:
-    """A serialized ``google.rpc.Status`` carrying an ``ErrorInfo``, for the
-    ``grpc-status-details-bin`` trailer."""
+    """A serialized ``google.rpc.Status`` carrying an ``ErrorInfo`` (and a
+    ``RetryInfo`` for a ``ResourceExhausted`` that knows its retry delay),
+    for the ``grpc-status-details-bin`` trailer."""
     info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata)
-    detail = any_pb2.Any()
-    detail.Pack(info)
-    status = status_pb2.Status(code=code.value[0], message=error.message, details=[detail])
+    details = [_packed(info)]
+    if isinstance(error, errors.ResourceExhausted) and error.retry_after is not None:
+        delay = duration_pb2.Duration()
+        delay.FromTimedelta(timedelta(seconds=error.retry_after))
+        details.append(_packed(error_details_pb2.RetryInfo(retry_delay=delay)))
+    status = status_pb2.Status(code=code.value[0], message=error.message, details=details)
     serialized: bytes = status.SerializeToString()
     return serialized

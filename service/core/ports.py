@@ -47,6 +47,7 @@ __all__ = [
     "Recalled",
     "RequestRecord",
     "RequestStore",
+    "TenantLimits",
     "ThreadStore",
     "TokenCounter",
 ]
@@ -257,8 +258,18 @@ class ApiKey:
     revoke_time: datetime | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class TenantLimits:
+    """A tenant's overrides of the call limits; None keeps the default, 0 is
+    unlimited (see ``service.core.limits``)."""
+
+    rate: float | None = None  # calls per second per API key
+    burst: int | None = None  # calls a key may make at once
+    streams: int | None = None  # concurrent reply streams of the tenant
+
+
 class ApiKeyStore(Protocol):
-    """API keys, stored as SHA-256 digests."""
+    """API keys, stored as SHA-256 digests, and their tenants' limits."""
 
     async def insert(self, key: ApiKey, digest: str) -> None: ...
     async def upsert(self, key: ApiKey, digest: str) -> None: ...
@@ -267,6 +278,11 @@ class ApiKeyStore(Protocol):
 
     async def list_keys(self, tenant: str | None) -> list[ApiKey]: ...
     async def revoke(self, key_id: str, now: datetime) -> bool: ...
+    async def limits(self, tenant: str) -> TenantLimits:
+        """The tenant's overrides (all None when it has none)."""
+
+    async def set_limits(self, tenant: str, limits: TenantLimits) -> None:
+        """Replace the tenant's overrides (all None removes them)."""
 
 
 @dataclass(frozen=True, slots=True)

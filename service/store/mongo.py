@@ -109,7 +109,7 @@ def connect(uri: str, database: str, *, timeout: float = 2.0) -> MongoStore:
         leases=MongoLeaseStore(db["leases"]),
         messages=MongoMessageStore(db["messages"]),
         requests=MongoRequestStore(db["requests"]),
-        keys=MongoApiKeyStore(db["api_keys"]),
+        keys=MongoApiKeyStore(db["api_keys"], db["tenants"]),
         jobs=MongoJobStore(db["jobs"]),
         memory_versions=MongoMemoryVersions(db["memory_versions"]),
     )
