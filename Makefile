@@ -12,15 +12,22 @@ GRPCURL := $(TOOLS)/bin/grpcurl
 JAEGER := $(TOOLS)/bin/jaeger-all-in-one
 STAMP := $(VENV)/.installed
 
-.PHONY: setup jaeger proto proto-check lint test bench bench-memory bench-tracing run clean
+CLIENT := clients/python
+LINTED := service tests bench $(CLIENT)
 
-setup: $(STAMP) $(FERRETDB) $(GRPCURL) $(JAEGER)
+.PHONY: setup run-deps jaeger proto proto-check lint test bench bench-memory bench-tracing run clean
 
-# The venv is rebuilt only when pyproject.toml changes.
-$(STAMP): pyproject.toml
+# Everything the tests need; `make run` needs only run-deps (no grpcurl, no
+# Jaeger: a newcomer's first `make run` builds FerretDB alone).
+setup: run-deps $(GRPCURL) $(JAEGER)
+run-deps: $(STAMP) $(FERRETDB)
+
+# The venv (the service, its dev tools, and the Python client in clients/python)
+# is rebuilt only when a pyproject.toml changes.
+$(STAMP): pyproject.toml $(CLIENT)/pyproject.toml
 	@test -x $(PY) || $(PY_VERSION) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev]' -e $(CLIENT)
 	@touch $@
 
 # `go install github.com/FerretDB/FerretDB/cmd/ferretdb@v1.24.2` builds a binary
@@ -55,13 +62,15 @@ $(JAEGER):
 proto: $(STAMP)
 	./scripts/gen_proto.sh
 
-# Fails if generated/ is not what `make proto` produces from proto/.
+# Fails if generated/ (or the client's copy) is not what `make proto` produces
+# from proto/.
+GENERATED := generated/ $(CLIENT)/src/loom_client/_proto/
 proto-check: proto
-	@git status --porcelain generated/ | grep . && { echo "generated/ is stale: run make proto and commit"; exit 1; } || true
+	@git status --porcelain $(GENERATED) | grep . && { echo "$(GENERATED) stale: run make proto and commit"; exit 1; } || true
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check service tests bench
-	$(VENV)/bin/ruff format --check service tests bench
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/buf lint
 	$(VENV)/bin/buf format --diff --exit-code
@@ -85,7 +94,7 @@ bench-memory: setup
 bench-tracing: setup
 	$(BENCH_ENV) LOOM_JAEGER_BIN=$(JAEGER) $(PY) -m bench.tracing
 
-run: setup
+run: run-deps
 	FERRETDB=$(FERRETDB) PY=$(PY) ./scripts/run.sh
 
 clean:
