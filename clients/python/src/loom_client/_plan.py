@@ -258,16 +258,18 @@ class _Attempt:
 def _resend(error: LoomError, attempt: _Attempt, tries: int) -> bool:
     """Whether a reply stream that failed with ``error`` is sent again.
 
-    UNAVAILABLE before any event is; after events, only a broken connection
-    (no reason from Loom): a failure Loom reports mid-reply is already
-    settled and stored, and sending again would only replay it. A second
-    attempt may find the first still winding down (REQUEST_IN_PROGRESS).
+    UNAVAILABLE is, unless Loom reported it after reply text had arrived: that
+    reply is settled and stored, and sending again would only replay it.
+    Before any text, the same request_id runs the model again in the same
+    message slot; after a broken connection (no reason from Loom) it replays
+    the reply as stored. A second attempt may find the first still winding
+    down (REQUEST_IN_PROGRESS), which is waited out the same way.
     """
     if isinstance(error, RequestInProgress):
         return tries > 0
     if not isinstance(error, Unavailable):
         return False
-    return attempt.started is None or not error.reason
+    return not error.reason or not attempt.text
 
 
 def reply_stream(
