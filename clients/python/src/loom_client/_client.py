@@ -4,7 +4,7 @@ that hands the call's plan (``_calls.py``) to its transport."""
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Self, Unpack
 
@@ -185,6 +185,11 @@ class Loom:
         connection = _connection(address, api_key, tls, timeout, channel_options)
         self._bind(SyncTransport(connection), Plans(Retry(max_retries)))
 
+    @property
+    def address(self) -> str:
+        """The address this client calls."""
+        return self._t.connection.address
+
     def _bind(self, transport: SyncTransport, plans: Plans) -> None:
         self._t, self._p = transport, plans
         self.assistants = Assistants(transport, plans)
@@ -204,9 +209,13 @@ class Loom:
         ``thread_id`` a thread is created (``reply.thread_id``)."""
         return self._t.run(self._p.send(content, options))
 
-    def stream_message(self, content: str, **options: Unpack[SendOptions]) -> Iterator[Event]:
+    def stream_message(
+        self, content: str, **options: Unpack[SendOptions]
+    ) -> Generator[Event, None, None]:
         """As ``send_message``, yielding ``Started``, ``MemoriesRecalled`` and
-        ``TextDelta`` events as they come, then the ``Reply`` last."""
+        ``TextDelta`` events as they come, then the ``Reply`` last; closing
+        the generator early cancels the call (the reply is stored
+        INCOMPLETE)."""
         return self._t.iterate(Plans.emit_reply(self._p.send(content, options)))
 
     def submit_tool_outputs(self, thread_id: str, run_id: str, outputs: Mapping[str, Any]) -> Reply:
@@ -216,7 +225,7 @@ class Loom:
 
     def stream_tool_outputs(
         self, thread_id: str, run_id: str, outputs: Mapping[str, Any]
-    ) -> Iterator[Event]:
+    ) -> Generator[Event, None, None]:
         """As ``submit_tool_outputs``, streaming the continued reply's events."""
         return self._t.iterate(Plans.emit_reply(self._p.submit(thread_id, run_id, outputs)))
 
@@ -366,6 +375,11 @@ class AsyncLoom:
         connection = _connection(address, api_key, tls, timeout, channel_options)
         self._bind(AsyncTransport(connection), Plans(Retry(max_retries)))
 
+    @property
+    def address(self) -> str:
+        """The address this client calls."""
+        return self._t.connection.address
+
     def _bind(self, transport: AsyncTransport, plans: Plans) -> None:
         self._t, self._p = transport, plans
         self.assistants = AsyncAssistants(transport, plans)
@@ -384,7 +398,9 @@ class AsyncLoom:
     async def send_message(self, content: str, **options: Unpack[SendOptions]) -> Reply:
         return await self._t.run(self._p.send(content, options))
 
-    def stream_message(self, content: str, **options: Unpack[SendOptions]) -> AsyncIterator[Event]:
+    def stream_message(
+        self, content: str, **options: Unpack[SendOptions]
+    ) -> AsyncGenerator[Event, None]:
         return self._t.iterate(Plans.emit_reply(self._p.send(content, options)))
 
     async def submit_tool_outputs(
@@ -394,7 +410,7 @@ class AsyncLoom:
 
     def stream_tool_outputs(
         self, thread_id: str, run_id: str, outputs: Mapping[str, Any]
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         return self._t.iterate(Plans.emit_reply(self._p.submit(thread_id, run_id, outputs)))
 
     async def cancel_run(self, thread_id: str, run_id: str) -> Message:

@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import inspect
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -99,7 +99,7 @@ class SyncTransport:
                     return cast(T, item.value)
         raise AssertionError("unreachable: a drive ends with _Done")
 
-    def iterate(self, plan: Plan[Any]) -> Iterator[Any]:
+    def iterate(self, plan: Plan[Any]) -> Generator[Any, None, None]:
         """Carry out ``plan`` lazily, yielding what it emits."""
         with contextlib.closing(self._drive(plan)) as items:
             for item in items:
@@ -201,7 +201,7 @@ class AsyncTransport:
                     return cast(T, item.value)
         raise AssertionError("unreachable: a drive ends with _Done")
 
-    async def iterate(self, plan: Plan[Any]) -> AsyncIterator[Any]:
+    async def iterate(self, plan: Plan[Any]) -> AsyncGenerator[Any, None]:
         """Carry out ``plan`` lazily, yielding what it emits."""
         async with contextlib.aclosing(self._drive(plan)) as items:
             async for item in items:
