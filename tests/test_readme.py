@@ -89,15 +89,38 @@ def _run(code: str) -> str:
     return done.stdout
 
 
+# Each Python example, known by a line of it, and what its output must show.
+EXPECTED = {
+    'reply = loom.send_message("Hello, Loom!")': ["You said: Hello, Loom!"],
+    "for event in loom.stream_message(": ["You said: What did I just tell you?"],
+    'support = loom.assistants.create(name="Support"': [
+        "alice's thread:",
+        "2 messages",
+        "user: My order #123 is late.",
+        "assistant: You said: My order #123 is late.",
+        "bob ",
+    ],
+    'chef = loom.assistants.create(name="Chef"': [
+        "The user is allergic to peanuts.",
+        "reply: You told me you are allergic to peanuts.",
+    ],
+    "def get_weather(city: str) -> dict:": ['"forecast": "sunny"'],
+    "async def main():": ["You said: Hello from asyncio", "THREAD_NOT_FOUND"],
+}
+
+
 def test_every_python_example_runs(readme_server: None, routed: ScriptedLLM) -> None:
     blocks = _blocks("python")
-    assert len(blocks) == 3
-    thread, remember, weather = (_run(code) for code in blocks)
-    assert "You said: What did I just tell you?" in thread
-    remembered = next(line for line in remember.splitlines() if line.startswith("remembered:"))
+    assert len(blocks) == len(EXPECTED)
+    outputs: dict[str, str] = {}
+    for marker, lines in EXPECTED.items():
+        [code] = [b for b in blocks if marker in b]
+        outputs[marker] = output = _run(code)
+        for line in lines:
+            assert line in output, f"{marker!r} printed:\n{output}"
+    chef = outputs['chef = loom.assistants.create(name="Chef"']
+    remembered = next(line for line in chef.splitlines() if line.startswith("remembered:"))
     assert "The user is allergic to peanuts." in remembered
-    assert "You told me you are allergic to peanuts." in remember
-    assert '"forecast": "sunny"' in weather
 
 
 def test_the_first_grpcurl_example_runs_as_written(
