@@ -7,6 +7,7 @@ manages API keys.
     python -m service api-keys revoke KEY_ID
     python -m service memory reindex [--all]          # after changing LOOM_EMBEDDING
     python -m service chat [--assistant ID] [--user U] [--thread ID]   # needs loom_client
+    python -m service health                          # exit 0 if this replica is SERVING
 """
 
 from __future__ import annotations
@@ -144,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="group")
     sub.add_parser("serve", help="run the gRPC server (the default)")
     sub.add_parser("chat", help="chat with a running Loom in the terminal (chat --help)")
+    sub.add_parser("health", help="check this replica's gRPC health (for container probes)")
     keys = sub.add_parser("api-keys", help="create, list or revoke API keys")
     key_cmds = keys.add_subparsers(dest="command", required=True)
     create = key_cmds.add_parser("create", help="create a key; it is printed on the last line")
@@ -167,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_api_keys(args, settings))
     if args.group == "memory":
         return asyncio.run(_reindex(settings, force=args.all))
+    if args.group == "health":
+        from service.probe import local_address, probe
+
+        return probe(local_address(settings.listen))
     from service.server import serve
     from service.telemetry import setup
 

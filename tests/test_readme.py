@@ -65,7 +65,8 @@ def readme_server(ferretdb: FerretDB, llm: ScriptedLLM, tmp_path_factory: Any) -
         LOOM_EMBEDDING_MODEL_DIR=str(MODEL_DIR),
         LOOM_JOB_POLL_SECONDS="0.05",
     )
-    process = LoomProcess(env, tmp_path_factory.mktemp("readme"), "readme").wait_ready()
+    # A minute: the process loads the embedding model, and CI machines are shared.
+    process = LoomProcess(env, tmp_path_factory.mktemp("readme"), "readme").wait_ready(60)
     yield
     process.terminate()
 
@@ -106,6 +107,8 @@ EXPECTED = {
     ],
     "def get_weather(city: str) -> dict:": ['"forecast": "sunny"'],
     "async def main():": ["You said: Hello from asyncio", "THREAD_NOT_FOUND"],
+    # Only 50051 serves here: round_robin skips the replica that is down.
+    'balanced = [("grpc.lb_policy_name", "round_robin")]': ["You said: Hello, fleet!"],
 }
 
 
