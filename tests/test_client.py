@@ -15,11 +15,13 @@ from loom_client.errors import (
     ApiKeyInvalid,
     ApiKeyMissing,
     AssistantNotFound,
+    DeadlineExceeded,
     InvalidArgument,
     MemoryNotFound,
     RequestIdReused,
     ThreadBusy,
     ThreadNotFound,
+    Unavailable,
 )
 from loom_client.tools import function_tool
 from loom_client.types import (
@@ -35,8 +37,8 @@ from loom_client.types import (
 )
 from service.server import Loom as LoomServer
 from tests.conftest import new_tenant_key
+from tests.scripted_llm import Hang, ScriptedLLM
 from tests.scripted_llm import Reply as Scripted
-from tests.scripted_llm import ScriptedLLM
 from tests.support.clients import Uniform
 
 EXTRACT_MARK = "From the exchange below"
@@ -408,3 +410,23 @@ async def test_a_second_message_on_a_busy_thread_raises_thread_busy(
         await client.send_message("two", thread_id=thread.thread_id)
     assert caught.value.metadata == {"thread_id": thread.thread_id}
     assert (await first).status is MessageStatus.COMPLETE
+
+
+async def test_with_options_sets_a_deadline_on_the_same_channel(
+    loom: LoomServer, llm: ScriptedLLM
+) -> None:
+    llm.script(Hang())
+    async with AsyncLoom(address(loom), api_key=await new_tenant_key(loom)) as client:
+        hasty = client.with_options(timeout=0.5, max_retries=0)
+        assert hasty.address == client.address
+        with pytest.raises(DeadlineExceeded):
+            await hasty.send_message("Hello?")
+        reply = await client.send_message("Hello again?")  # the original keeps its timeout
+    assert reply.content == "Echo: Hello again?"
+
+
+async def test_tls_against_a_plaintext_server_is_unavailable(loom: LoomServer) -> None:
+    with Loom(address(loom), api_key="k", tls=True, max_retries=0) as client:
+        assert client.address == address(loom)
+        with pytest.raises(Unavailable):
+            await asyncio.to_thread(client.threads.get, "thread_000000000000000000000000")
