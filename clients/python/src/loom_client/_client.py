@@ -197,7 +197,8 @@ class Loom:
         self.memories = Memories(transport, plans)
 
     def with_options(self, *, timeout: float | None = None, max_retries: int | None = None) -> Loom:
-        """A client on the same channel with another timeout or retry budget."""
+        """A client on the same channel (closing either closes it) with another
+        timeout or retry budget."""
         clone = object.__new__(Loom)
         connection = replace(self._t.connection, timeout=timeout or self._t.connection.timeout)
         retry = Retry(self._p.retry.max_retries if max_retries is None else max_retries)
@@ -392,7 +393,7 @@ class AsyncLoom:
         clone = object.__new__(AsyncLoom)
         connection = replace(self._t.connection, timeout=timeout or self._t.connection.timeout)
         retry = Retry(self._p.retry.max_retries if max_retries is None else max_retries)
-        clone._bind(AsyncTransport(connection, self._t.channel), Plans(retry))
+        clone._bind(self._t.sharing(connection), Plans(retry))
         return clone
 
     async def send_message(self, content: str, **options: Unpack[SendOptions]) -> Reply:

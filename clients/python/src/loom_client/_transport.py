@@ -82,7 +82,7 @@ class SyncTransport:
 
     def __init__(self, connection: Connection, channel: grpc.Channel | None = None) -> None:
         self.connection = connection
-        if channel is None:
+        if channel is None:  # else shared with the client this one was copied from
             credentials = connection.credentials
             channel = (
                 grpc.secure_channel(connection.address, credentials, connection.options)
@@ -166,6 +166,8 @@ class SyncTransport:
             case Invoke(function, kwargs):
                 result = function(**kwargs)
                 if inspect.isawaitable(result):
+                    if inspect.iscoroutine(result):
+                        result.close()  # never to be awaited here
                     raise TypeError(
                         f"{function.__name__} is a coroutine function: use AsyncLoom to run it"
                     )
@@ -177,12 +179,19 @@ class AsyncTransport:
     """Runs plans with asyncio on a ``grpc.aio.Channel``, created on first use
     (so that the client can be built outside a running event loop)."""
 
-    def __init__(self, connection: Connection, channel: aio.Channel | None = None) -> None:
+    def __init__(self, connection: Connection, parent: AsyncTransport | None = None) -> None:
         self.connection = connection
-        self._channel = channel
+        self._parent = parent  # whose channel this one shares (``with_options``)
+        self._channel: aio.Channel | None = None
+
+    def sharing(self, connection: Connection) -> AsyncTransport:
+        """A transport with other options on this one's channel."""
+        return AsyncTransport(connection, self._parent or self)
 
     @property
     def channel(self) -> aio.Channel:
+        if self._parent is not None:
+            return self._parent.channel
         if self._channel is None:
             credentials = self.connection.credentials
             address, options = self.connection.address, self.connection.options
@@ -209,7 +218,10 @@ class AsyncTransport:
                     yield item
 
     async def close(self) -> None:
-        if self._channel is not None:
+        """Close the channel (shared with ``with_options`` copies)."""
+        if self._parent is not None:
+            await self._parent.close()
+        elif self._channel is not None:
             await self._channel.close()
 
     async def _drive(self, plan: Plan[Any]) -> AsyncGenerator[Any, None]:
