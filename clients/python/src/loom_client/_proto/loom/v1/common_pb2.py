@@ -24,13 +24,14 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14loom/v1/common.proto\x12\x07loom.v1\"4\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x03\x12\x15\n\routput_tokens\x18\x02 \x01(\x03*n\n\nMemoryMode\x12\x1b\n\x17MEMORY_MODE_UNSPECIFIED\x10\x00\x12\x14\n\x10MEMORY_MODE_AUTO\x10\x01\x12\x18\n\x14MEMORY_MODE_READONLY\x10\x02\x12\x13\n\x0fMEMORY_MODE_OFF\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14loom/v1/common.proto\x12\x07loom.v1\"4\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x03\x12\x15\n\routput_tokens\x18\x02 \x01(\x03*n\n\nMemoryMode\x12\x1b\n\x17MEMORY_MODE_UNSPECIFIED\x10\x00\x12\x14\n\x10MEMORY_MODE_AUTO\x10\x01\x12\x18\n\x14MEMORY_MODE_READONLY\x10\x02\x12\x13\n\x0fMEMORY_MODE_OFF\x10\x03\x42\x42\n\x0b\x63om.loom.v1B\x0b\x43ommonProtoP\x01Z\x1aloom/gen/go/loom/v1;loomv1\xaa\x02\x07Loom.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'loom.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\013com.loom.v1B\013CommonProtoP\001Z\032loom/gen/go/loom/v1;loomv1\252\002\007Loom.V1'
   _globals['_MEMORYMODE']._serialized_start=87
   _globals['_MEMORYMODE']._serialized_end=197
   _globals['_USAGE']._serialized_start=33

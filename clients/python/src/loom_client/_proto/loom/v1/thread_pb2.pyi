@@ -725,221 +725,39 @@ class SendMessageResponse(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    @_typing.final
-    class Started(_message.Message):
-        """Started is the first event: the user message is stored and the reply has
-        an id.
-        """
-
-        DESCRIPTOR: _descriptor.Descriptor
-
-        THREAD_ID_FIELD_NUMBER: _builtins.int
-        THREAD_CREATED_FIELD_NUMBER: _builtins.int
-        USER_MESSAGE_ID_FIELD_NUMBER: _builtins.int
-        ASSISTANT_MESSAGE_ID_FIELD_NUMBER: _builtins.int
-        MODEL_FIELD_NUMBER: _builtins.int
-        ASSISTANT_ID_FIELD_NUMBER: _builtins.int
-        thread_id: _builtins.str
-        """The thread the message went to."""
-        thread_created: _builtins.bool
-        """True when this request created the thread."""
-        user_message_id: _builtins.str
-        """Id of the stored user message."""
-        assistant_message_id: _builtins.str
-        """Id the assistant's reply is stored under."""
-        model: _builtins.str
-        """The model that answers."""
-        assistant_id: _builtins.str
-        """The assistant the thread talks to."""
-        def __init__(
-            self,
-            *,
-            thread_id: _builtins.str = ...,
-            thread_created: _builtins.bool = ...,
-            user_message_id: _builtins.str = ...,
-            assistant_message_id: _builtins.str = ...,
-            model: _builtins.str = ...,
-            assistant_id: _builtins.str = ...,
-        ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_id", b"assistant_id", "assistant_message_id", b"assistant_message_id", "model", b"model", "thread_created", b"thread_created", "thread_id", b"thread_id", "user_message_id", b"user_message_id"]  # noqa: Y015
-        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-        def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-    @_typing.final
-    class Delta(_message.Message):
-        """Delta is a piece of the reply's text, in order."""
-
-        DESCRIPTOR: _descriptor.Descriptor
-
-        TEXT_FIELD_NUMBER: _builtins.int
-        text: _builtins.str
-        """Text to append to what came before."""
-        def __init__(
-            self,
-            *,
-            text: _builtins.str = ...,
-        ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["text", b"text"]  # noqa: Y015
-        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-        def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-    @_typing.final
-    class Completed(_message.Message):
-        """Completed is the last event: the reply as stored."""
-
-        DESCRIPTOR: _descriptor.Descriptor
-
-        MESSAGE_FIELD_NUMBER: _builtins.int
-        MEMORY_OPERATION_ID_FIELD_NUMBER: _builtins.int
-        memory_operation_id: _builtins.str
-        """With memory AUTO: the background operation that extracts facts from
-        this exchange (see MemoryService.GetMemoryOperation). Empty otherwise.
-        """
-        @_builtins.property
-        def message(self) -> Global___Message:
-            """The stored assistant message, with its status and usage."""
-
-        def __init__(
-            self,
-            *,
-            message: Global___Message | None = ...,
-            memory_operation_id: _builtins.str = ...,
-        ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
-        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["memory_operation_id", b"memory_operation_id", "message", b"message"]  # noqa: Y015
-        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-        def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-    @_typing.final
-    class RecalledMemory(_message.Message):
-        """RecalledMemory is one memory put into the prompt."""
-
-        DESCRIPTOR: _descriptor.Descriptor
-
-        MEMORY_ID_FIELD_NUMBER: _builtins.int
-        CONTENT_FIELD_NUMBER: _builtins.int
-        SCORE_FIELD_NUMBER: _builtins.int
-        memory_id: _builtins.str
-        """Id of the memory."""
-        content: _builtins.str
-        """Its text, as given to the model."""
-        score: _builtins.float
-        """Its relevance to the message."""
-        def __init__(
-            self,
-            *,
-            memory_id: _builtins.str = ...,
-            content: _builtins.str = ...,
-            score: _builtins.float = ...,
-        ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "memory_id", b"memory_id", "score", b"score"]  # noqa: Y015
-        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-        def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-    @_typing.final
-    class MemoryRecalled(_message.Message):
-        """MemoryRecalled lists the memories given to the model for this reply
-        (memory AUTO or READONLY), so clients can show what was remembered. Sent
-        after `started`, before the first `delta`; absent when nothing was
-        recalled.
-        """
-
-        DESCRIPTOR: _descriptor.Descriptor
-
-        MEMORIES_FIELD_NUMBER: _builtins.int
-        @_builtins.property
-        def memories(self) -> _containers.RepeatedCompositeFieldContainer[Global___SendMessageResponse.RecalledMemory]:
-            """The memories, most relevant first."""
-
-        def __init__(
-            self,
-            *,
-            memories: _abc.Iterable[Global___SendMessageResponse.RecalledMemory] | None = ...,
-        ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["memories", b"memories"]  # noqa: Y015
-        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-        def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-    @_typing.final
-    class ToolCallsRequired(_message.Message):
-        """ToolCallsRequired is the last event when the model asks for tools:
-        answer every call with SubmitToolOutputs (same `run_id`).
-        """
-
-        DESCRIPTOR: _descriptor.Descriptor
-
-        RUN_ID_FIELD_NUMBER: _builtins.int
-        MESSAGE_ID_FIELD_NUMBER: _builtins.int
-        TOOL_CALLS_FIELD_NUMBER: _builtins.int
-        EXPIRE_TIME_FIELD_NUMBER: _builtins.int
-        run_id: _builtins.str
-        """The run to continue."""
-        message_id: _builtins.str
-        """The assistant message that holds the calls (status REQUIRES_ACTION)."""
-        @_builtins.property
-        def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[_tools_pb2.ToolCall]:
-            """The calls, possibly several at once."""
-
-        @_builtins.property
-        def expire_time(self) -> _timestamp_pb2.Timestamp:
-            """When the run expires if the outputs have not come."""
-
-        def __init__(
-            self,
-            *,
-            run_id: _builtins.str = ...,
-            message_id: _builtins.str = ...,
-            tool_calls: _abc.Iterable[_tools_pb2.ToolCall] | None = ...,
-            expire_time: _timestamp_pb2.Timestamp | None = ...,
-        ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
-        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "message_id", b"message_id", "run_id", b"run_id", "tool_calls", b"tool_calls"]  # noqa: Y015
-        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-        def WhichOneof(self, oneof_group: _Never) -> None: ...
-
     STARTED_FIELD_NUMBER: _builtins.int
     DELTA_FIELD_NUMBER: _builtins.int
     COMPLETED_FIELD_NUMBER: _builtins.int
     MEMORY_FIELD_NUMBER: _builtins.int
     TOOL_CALLS_REQUIRED_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def started(self) -> Global___SendMessageResponse.Started:
+    def started(self) -> Global___ReplyStarted:
         """The first event."""
 
     @_builtins.property
-    def delta(self) -> Global___SendMessageResponse.Delta:
+    def delta(self) -> Global___ReplyDelta:
         """A piece of reply text."""
 
     @_builtins.property
-    def completed(self) -> Global___SendMessageResponse.Completed:
+    def completed(self) -> Global___ReplyCompleted:
         """The last event of a reply."""
 
     @_builtins.property
-    def memory(self) -> Global___SendMessageResponse.MemoryRecalled:
+    def memory(self) -> Global___MemoryRecalled:
         """The memories recalled for this reply."""
 
     @_builtins.property
-    def tool_calls_required(self) -> Global___SendMessageResponse.ToolCallsRequired:
+    def tool_calls_required(self) -> Global___ToolCallsRequired:
         """The last event of a round that needs tool outputs."""
 
     def __init__(
         self,
         *,
-        started: Global___SendMessageResponse.Started | None = ...,
-        delta: Global___SendMessageResponse.Delta | None = ...,
-        completed: Global___SendMessageResponse.Completed | None = ...,
-        memory: Global___SendMessageResponse.MemoryRecalled | None = ...,
-        tool_calls_required: Global___SendMessageResponse.ToolCallsRequired | None = ...,
+        started: Global___ReplyStarted | None = ...,
+        delta: Global___ReplyDelta | None = ...,
+        completed: Global___ReplyCompleted | None = ...,
+        memory: Global___MemoryRecalled | None = ...,
+        tool_calls_required: Global___ToolCallsRequired | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["completed", b"completed", "delta", b"delta", "event", b"event", "memory", b"memory", "started", b"started", "tool_calls_required", b"tool_calls_required"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -950,6 +768,200 @@ class SendMessageResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___SendMessageResponse: _TypeAlias = SendMessageResponse  # noqa: Y015
+
+@_typing.final
+class ReplyStarted(_message.Message):
+    """ReplyStarted is the first event of a reply stream: the user message is
+    stored and the reply has an id.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    THREAD_ID_FIELD_NUMBER: _builtins.int
+    THREAD_CREATED_FIELD_NUMBER: _builtins.int
+    USER_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    ASSISTANT_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    ASSISTANT_ID_FIELD_NUMBER: _builtins.int
+    thread_id: _builtins.str
+    """The thread the message went to."""
+    thread_created: _builtins.bool
+    """True when this request created the thread."""
+    user_message_id: _builtins.str
+    """Id of the stored user message."""
+    assistant_message_id: _builtins.str
+    """Id the assistant's reply is stored under."""
+    model: _builtins.str
+    """The model that answers."""
+    assistant_id: _builtins.str
+    """The assistant the thread talks to."""
+    def __init__(
+        self,
+        *,
+        thread_id: _builtins.str = ...,
+        thread_created: _builtins.bool = ...,
+        user_message_id: _builtins.str = ...,
+        assistant_message_id: _builtins.str = ...,
+        model: _builtins.str = ...,
+        assistant_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_id", b"assistant_id", "assistant_message_id", b"assistant_message_id", "model", b"model", "thread_created", b"thread_created", "thread_id", b"thread_id", "user_message_id", b"user_message_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplyStarted: _TypeAlias = ReplyStarted  # noqa: Y015
+
+@_typing.final
+class ReplyDelta(_message.Message):
+    """ReplyDelta is a piece of the reply's text, in order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    """Text to append to what came before."""
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplyDelta: _TypeAlias = ReplyDelta  # noqa: Y015
+
+@_typing.final
+class ReplyCompleted(_message.Message):
+    """ReplyCompleted is the last event of a reply: the reply as stored."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    MEMORY_OPERATION_ID_FIELD_NUMBER: _builtins.int
+    memory_operation_id: _builtins.str
+    """With memory AUTO: the background operation that extracts facts from
+    this exchange (see MemoryService.GetMemoryOperation). Empty otherwise.
+    """
+    @_builtins.property
+    def message(self) -> Global___Message:
+        """The stored assistant message, with its status and usage."""
+
+    def __init__(
+        self,
+        *,
+        message: Global___Message | None = ...,
+        memory_operation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["memory_operation_id", b"memory_operation_id", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplyCompleted: _TypeAlias = ReplyCompleted  # noqa: Y015
+
+@_typing.final
+class MemoryRecalled(_message.Message):
+    """MemoryRecalled lists the memories given to the model for this reply
+    (memory AUTO or READONLY), so clients can show what was remembered. Sent
+    after `started`, before the first `delta`; absent when nothing was
+    recalled.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMORIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def memories(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecalledMemory]:
+        """The memories, most relevant first."""
+
+    def __init__(
+        self,
+        *,
+        memories: _abc.Iterable[Global___RecalledMemory] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["memories", b"memories"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MemoryRecalled: _TypeAlias = MemoryRecalled  # noqa: Y015
+
+@_typing.final
+class RecalledMemory(_message.Message):
+    """RecalledMemory is one memory put into the prompt."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMORY_ID_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    memory_id: _builtins.str
+    """Id of the memory."""
+    content: _builtins.str
+    """Its text, as given to the model."""
+    score: _builtins.float
+    """Its relevance to the message."""
+    def __init__(
+        self,
+        *,
+        memory_id: _builtins.str = ...,
+        content: _builtins.str = ...,
+        score: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "memory_id", b"memory_id", "score", b"score"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecalledMemory: _TypeAlias = RecalledMemory  # noqa: Y015
+
+@_typing.final
+class ToolCallsRequired(_message.Message):
+    """ToolCallsRequired is the last event of a round in which the model asks
+    for tools: answer every call with SubmitToolOutputs (same `run_id`).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """The run to continue."""
+    message_id: _builtins.str
+    """The assistant message that holds the calls (status REQUIRES_ACTION)."""
+    @_builtins.property
+    def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[_tools_pb2.ToolCall]:
+        """The calls, possibly several at once."""
+
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the run expires if the outputs have not come."""
+
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        tool_calls: _abc.Iterable[_tools_pb2.ToolCall] | None = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "message_id", b"message_id", "run_id", b"run_id", "tool_calls", b"tool_calls"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolCallsRequired: _TypeAlias = ToolCallsRequired  # noqa: Y015
 
 @_typing.final
 class SubmitToolOutputsRequest(_message.Message):
@@ -985,8 +997,9 @@ Global___SubmitToolOutputsRequest: _TypeAlias = SubmitToolOutputsRequest  # noqa
 
 @_typing.final
 class SubmitToolOutputsResponse(_message.Message):
-    """SubmitToolOutputsResponse is one event of the continued reply; the same
-    events, with the same field numbers, as SendMessageResponse.
+    """SubmitToolOutputsResponse is one event of the continued reply: the same
+    event types, under the same field names and numbers, as
+    SendMessageResponse, so one event handler serves both streams.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -997,33 +1010,33 @@ class SubmitToolOutputsResponse(_message.Message):
     MEMORY_FIELD_NUMBER: _builtins.int
     TOOL_CALLS_REQUIRED_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def started(self) -> Global___SendMessageResponse.Started:
+    def started(self) -> Global___ReplyStarted:
         """The first event: `assistant_message_id` is the new reply's."""
 
     @_builtins.property
-    def delta(self) -> Global___SendMessageResponse.Delta:
+    def delta(self) -> Global___ReplyDelta:
         """A piece of reply text."""
 
     @_builtins.property
-    def completed(self) -> Global___SendMessageResponse.Completed:
+    def completed(self) -> Global___ReplyCompleted:
         """The last event of a reply."""
 
     @_builtins.property
-    def memory(self) -> Global___SendMessageResponse.MemoryRecalled:
+    def memory(self) -> Global___MemoryRecalled:
         """Memories recalled (not sent for continued replies today)."""
 
     @_builtins.property
-    def tool_calls_required(self) -> Global___SendMessageResponse.ToolCallsRequired:
+    def tool_calls_required(self) -> Global___ToolCallsRequired:
         """The last event of a round that needs tool outputs again."""
 
     def __init__(
         self,
         *,
-        started: Global___SendMessageResponse.Started | None = ...,
-        delta: Global___SendMessageResponse.Delta | None = ...,
-        completed: Global___SendMessageResponse.Completed | None = ...,
-        memory: Global___SendMessageResponse.MemoryRecalled | None = ...,
-        tool_calls_required: Global___SendMessageResponse.ToolCallsRequired | None = ...,
+        started: Global___ReplyStarted | None = ...,
+        delta: Global___ReplyDelta | None = ...,
+        completed: Global___ReplyCompleted | None = ...,
+        memory: Global___MemoryRecalled | None = ...,
+        tool_calls_required: Global___ToolCallsRequired | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["completed", b"completed", "delta", b"delta", "event", b"event", "memory", b"memory", "started", b"started", "tool_calls_required", b"tool_calls_required"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...

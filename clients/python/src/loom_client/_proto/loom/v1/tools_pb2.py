@@ -25,13 +25,14 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13loom/v1/tools.proto\x12\x07loom.v1\x1a\x1cgoogle/protobuf/struct.proto\"C\n\x04Tool\x12\x0c\n\x04type\x18\x01 \x01(\t\x12-\n\x08\x66unction\x18\x02 \x01(\x0b\x32\x1b.loom.v1.FunctionDefinition\"d\n\x12\x46unctionDefinition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12+\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"A\n\x08ToolCall\x12\x14\n\x0ctool_call_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\targuments\x18\x03 \x01(\t\"2\n\nToolOutput\x12\x14\n\x0ctool_call_id\x18\x01 \x01(\t\x12\x0e\n\x06output\x18\x02 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13loom/v1/tools.proto\x12\x07loom.v1\x1a\x1cgoogle/protobuf/struct.proto\"C\n\x04Tool\x12\x0c\n\x04type\x18\x01 \x01(\t\x12-\n\x08\x66unction\x18\x02 \x01(\x0b\x32\x1b.loom.v1.FunctionDefinition\"d\n\x12\x46unctionDefinition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12+\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"A\n\x08ToolCall\x12\x14\n\x0ctool_call_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\targuments\x18\x03 \x01(\t\"2\n\nToolOutput\x12\x14\n\x0ctool_call_id\x18\x01 \x01(\t\x12\x0e\n\x06output\x18\x02 \x01(\tBA\n\x0b\x63om.loom.v1B\nToolsProtoP\x01Z\x1aloom/gen/go/loom/v1;loomv1\xaa\x02\x07Loom.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'loom.v1.tools_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\013com.loom.v1B\nToolsProtoP\001Z\032loom/gen/go/loom/v1;loomv1\252\002\007Loom.V1'
   _globals['_TOOL']._serialized_start=62
   _globals['_TOOL']._serialized_end=129
   _globals['_FUNCTIONDEFINITION']._serialized_start=131
