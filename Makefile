@@ -12,9 +12,14 @@ GRPCURL := $(TOOLS)/bin/grpcurl
 JAEGER := $(TOOLS)/bin/jaeger-all-in-one
 STAMP := $(VENV)/.installed
 
-.PHONY: setup jaeger proto proto-check lint test bench bench-memory bench-tracing run clean
+.PHONY: setup postgres jaeger proto proto-check lint test bench bench-memory bench-tracing run clean
 
-setup: $(STAMP) $(FERRETDB) $(GRPCURL) $(JAEGER)
+setup: $(STAMP) $(FERRETDB) $(GRPCURL) $(JAEGER) postgres
+
+# The local database is FerretDB over PostgreSQL (scripts/postgres.sh makes and
+# starts the cluster); LOOM_LOCAL_DB=sqlite needs no PostgreSQL.
+postgres:
+	@[ "$(LOOM_LOCAL_DB)" = sqlite ] || scripts/postgres.sh check >/dev/null
 
 # The venv is rebuilt only when pyproject.toml changes.
 $(STAMP): pyproject.toml
