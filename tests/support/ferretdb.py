@@ -11,6 +11,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from tests.support.postgres import Postgres, process_cpu_seconds
 
@@ -71,7 +72,7 @@ class FerretDB:
         if self.backend == "postgresql":
             self.postgres = Postgres.shared()
             url = self.postgres.create_database()
-            self.database = url.split("/")[-1].split("?")[0]
+            self.database = urlsplit(url).path.lstrip("/")
             return ["--handler=postgresql", f"--postgresql-url={url}"]
         query = "?_pragma=synchronous(normal)" if self.backend == "sqlite-normal" else ""
         return ["--handler=sqlite", f"--sqlite-url=file:{self.dir}/{query}"]
