@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, monitoring
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -110,13 +111,21 @@ class MongoStore:
         await self.client.close()
 
 
-def connect(uri: str, database: str, *, timeout_ms: int = 5000) -> MongoStore:
-    """Return a store over ``database`` (connections open lazily)."""
+def connect(
+    uri: str,
+    database: str,
+    *,
+    timeout_ms: int = 5000,
+    listeners: Sequence[monitoring.CommandListener] = (),
+) -> MongoStore:
+    """Return a store over ``database`` (connections open lazily);
+    ``listeners`` see every command it sends."""
     client: AsyncMongoClient[Doc] = AsyncMongoClient(
         uri,
         tz_aware=True,
         serverSelectionTimeoutMS=timeout_ms,
         appname="loom",
+        event_listeners=list(listeners),
     )
     db = client[database]
     return MongoStore(

@@ -37,7 +37,15 @@ def free_port() -> int:
 class FerretDB:
     """Start with ``start()``; ``uri`` is then a MongoDB URI to it."""
 
-    def __init__(self, binary: str | None = None, *, backend: str = "") -> None:
+    def __init__(
+        self,
+        binary: str | None = None,
+        *,
+        backend: str = "",
+        postgres_settings: dict[str, str] | None = None,
+    ) -> None:
+        """``postgres_settings`` are set on the PostgreSQL database before
+        FerretDB connects (``ALTER DATABASE ... SET``)."""
         self.backend = backend or os.environ.get("LOOM_LOCAL_DB", "") or BACKENDS[0]
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown backend {self.backend!r}; expected one of {BACKENDS}")
@@ -50,6 +58,7 @@ class FerretDB:
         self.dir = ""
         self.postgres: Postgres | None = None
         self.database = ""  # the PostgreSQL database, if any
+        self.postgres_settings = postgres_settings or {}
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -73,6 +82,10 @@ class FerretDB:
             self.postgres = Postgres.shared()
             url = self.postgres.create_database()
             self.database = urlsplit(url).path.lstrip("/")
+            for name, value in self.postgres_settings.items():
+                self.postgres.psql(
+                    "postgres", f'ALTER DATABASE "{self.database}" SET {name} = {value}'
+                )
             return ["--handler=postgresql", f"--postgresql-url={url}"]
         query = "?_pragma=synchronous(normal)" if self.backend == "sqlite-normal" else ""
         return ["--handler=sqlite", f"--sqlite-url=file:{self.dir}/{query}"]
