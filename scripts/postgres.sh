@@ -57,9 +57,14 @@ listen_addresses = ''
 # machine can lose the last few hundred milliseconds of commits, never
 # consistency (fsync stays on).
 synchronous_commit = off
+# PostgreSQL's default, kept small on a machine shared with other work: the
+# operating system's page cache holds the rest of what is read often.
 shared_buffers = 128MB
 # Loom's queries are short; compiling them would cost more than it saves.
 jit = off
+# Fresh statistics sooner after a burst of writes: without them the planner
+# can pick the GIN twin of a filter that matches every row.
+autovacuum_naptime = 10s
 EOF
 }
 
