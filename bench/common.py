@@ -72,7 +72,7 @@ class Process:
         self.proc = subprocess.Popen(
             args, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60  # Loom imports for 20 s on a busy machine
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode() if self.proc.stderr else ""

@@ -304,7 +304,7 @@ async def _measure(
     return pairs
 
 
-def report(results: list[Result], args: argparse.Namespace) -> None:
+def _header(args: argparse.Namespace) -> None:
     print(f"machine: {machine()}")
     print(
         f"{args.messages:,} messages in {args.threads:,} threads stored (full) against "
@@ -314,29 +314,30 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
         f"  {'set-up':<18}{'write msg/s':>12}  {'measure':<34}"
         f"{'empty p50':>10}{'p95':>9}{'full p50':>10}{'p95':>9}{'n':>5}"
     )
-    for r in results:
-        for i, (empty, full) in enumerate(r.measures):
-            head = f"{r.setup:<18}{r.fill_rate:>12,.0f}" if i == 0 else " " * 30
-            print(
-                f"  {head}  {empty.name:<34}{pct(empty.samples, 50):>10.2f}"
-                f"{pct(empty.samples, 95):>9.2f}{pct(full.samples, 50):>10.2f}"
-                f"{pct(full.samples, 95):>9.2f}{len(full.samples):>5}"
-            )
-        empty, full = r.measures[2]
-        ratio = pct(full.samples, 50) / pct(empty.samples, 50)
-        print(f"  {'':<30}  time to first delta, full / empty (p50): {ratio:.2f}")
-    print("targets: both lists p50 <= 10 ms when full; time to first delta full / empty <= 1.10")
+
+
+def _rows(r: Result) -> None:
+    for i, (empty, full) in enumerate(r.measures):
+        head = f"{r.setup:<18}{r.fill_rate:>12,.0f}" if i == 0 else " " * 30
+        print(
+            f"  {head}  {empty.name:<34}{pct(empty.samples, 50):>10.2f}"
+            f"{pct(empty.samples, 95):>9.2f}{pct(full.samples, 50):>10.2f}"
+            f"{pct(full.samples, 95):>9.2f}{len(full.samples):>5}"
+        )
+    empty, full = r.measures[2]
+    ratio = pct(full.samples, 50) / pct(empty.samples, 50)
+    print(f"  {'':<30}  time to first delta, full / empty (p50): {ratio:.2f}", flush=True)
 
 
 async def run(args: argparse.Namespace) -> None:
     model = start_model()
-    results = []
+    _header(args)  # each set-up's rows follow as soon as it is measured
     try:
         for setup in args.databases.split(","):
-            results.append(await run_setup(setup, model, args))
+            _rows(await run_setup(setup, model, args))
     finally:
         model.stop()
-    report(results, args)
+    print("targets: both lists p50 <= 10 ms when full; time to first delta full / empty <= 1.10")
 
 
 def main() -> None:
