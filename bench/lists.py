@@ -312,7 +312,7 @@ def _header(args: argparse.Namespace) -> None:
     )
     print(
         f"  {'set-up':<18}{'write msg/s':>12}  {'measure':<34}"
-        f"{'empty p50':>10}{'p95':>9}{'full p50':>10}{'p95':>9}{'n':>5}"
+        f"{'empty p50':>10}{'p95':>9}{'full p50':>11}{'p95':>11}{'n':>5}"
     )
 
 
@@ -321,8 +321,8 @@ def _rows(r: Result) -> None:
         head = f"{r.setup:<18}{r.fill_rate:>12,.0f}" if i == 0 else " " * 30
         print(
             f"  {head}  {empty.name:<34}{pct(empty.samples, 50):>10.2f}"
-            f"{pct(empty.samples, 95):>9.2f}{pct(full.samples, 50):>10.2f}"
-            f"{pct(full.samples, 95):>9.2f}{len(full.samples):>5}"
+            f"{pct(empty.samples, 95):>9.2f}{pct(full.samples, 50):>11.2f}"
+            f"{pct(full.samples, 95):>11.2f}{len(full.samples):>5}"
         )
     empty, full = r.measures[2]
     ratio = pct(full.samples, 50) / pct(empty.samples, 50)
