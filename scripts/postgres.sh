@@ -14,16 +14,22 @@
 # LOOM_POSTGRES_USER (default postgres, created if missing). LOOM_POSTGRES_BIN
 # names the folder of initdb and pg_ctl when they are not found by themselves.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-GIN_TWINS_SQL=$(pwd)/scripts/postgres-gin-twins.sql
+GIN_TWINS_SQL=$(cd "$(dirname "$0")" && pwd)/postgres-gin-twins.sql
 DB_USER=${LOOM_POSTGRES_USER:-postgres}
 ROLE=loom  # the superuser initdb creates; trusted on the socket only
 
 die() { echo "postgres.sh: $*" >&2; exit 1; }
 
+# The programs of the newest PostgreSQL, or of the version that made the
+# cluster in $1 if there is one (a newer server cannot open its files).
 pg_bin() {
-  local dir
+  local dir version
   if [[ -n "${LOOM_POSTGRES_BIN:-}" ]]; then echo "$LOOM_POSTGRES_BIN"; return; fi
+  version=$(cat "${1:-}/data/PG_VERSION" 2>/dev/null || true)
+  if [[ -n "$version" && -x "/usr/lib/postgresql/$version/bin/initdb" ]]; then
+    echo "/usr/lib/postgresql/$version/bin"
+    return
+  fi
   dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
   if [[ -n "$dir" && -x "$dir/initdb" ]]; then echo "$dir"; return; fi
   if command -v initdb >/dev/null; then dirname "$(command -v initdb)"; return; fi
@@ -75,7 +81,7 @@ psql_in() {
 }
 
 start() {
-  local dir=$1 fresh=""
+  local dir=$1
   mkdir -p "$dir"
   dir=$(cd "$dir" && pwd)
   prepare_owner "$dir"
@@ -83,14 +89,17 @@ start() {
     as_owner "$BIN/initdb" -D "$dir/data" -U "$ROLE" --auth=trust -E UTF8 --locale=C --no-sync \
       >"$dir/initdb.log" 2>&1 || die "initdb failed; see $dir/initdb.log"
     write_settings "$dir/data"
-    fresh=1
   fi
   if ! as_owner "$BIN/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
     as_owner "$BIN/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -o "-k '$dir'" -w -t 60 -s start ||
       die "PostgreSQL did not start; see $dir/postgres.log"
   fi
-  if [[ -n "$fresh" ]]; then
+  # Checked on every start, not only after initdb: a first start may have
+  # been cut short between the two.
+  if [[ -z $(psql_in "$dir" template1 -At -c "SELECT 1 FROM pg_event_trigger LIMIT 1") ]]; then
     psql_in "$dir" template1 -f "$GIN_TWINS_SQL" >/dev/null
+  fi
+  if [[ -z $(psql_in "$dir" postgres -At -c "SELECT 1 FROM pg_database WHERE datname = 'ferretdb'") ]]; then
     psql_in "$dir" postgres -c "CREATE DATABASE ferretdb"
   fi
   url "$dir" ferretdb
@@ -113,7 +122,7 @@ stop() {
   fi
 }
 
-BIN=$(pg_bin)
+BIN=$(pg_bin "${2:-}")
 case "${1:-}" in
   start) [[ $# -eq 2 ]] || die "usage: $0 start DIR"; start "$2" ;;
   createdb) [[ $# -eq 3 ]] || die "usage: $0 createdb DIR DB"; createdb "$2" "$3" ;;
