@@ -41,6 +41,7 @@ UPDATABLE_FIELDS = (
     "tools",
     "memory_from_tool_outputs",
 )
+MIN_CONTEXT_WINDOW = 512
 MAX_CONTEXT_WINDOW = 100_000_000
 
 
@@ -62,14 +63,14 @@ class AssistantDraft:
 def _check_window(window: int, prefix: str) -> int:
     if window < 0 or window > MAX_CONTEXT_WINDOW:
         raise InvalidArgument(
-            f"{prefix}context_window must be 0 (use Loom's registry) or a positive number of "
-            "tokens",
+            f"{prefix}context_window {window:,} is out of range: use 0 (Loom's registry) or "
+            f"{MIN_CONTEXT_WINDOW:,} to {MAX_CONTEXT_WINDOW:,} tokens",
             field=prefix + "context_window",
         )
-    if 0 < window < 512:
+    if 0 < window < MIN_CONTEXT_WINDOW:
         raise InvalidArgument(
             f"{prefix}context_window of {window} tokens is too small to hold a prompt and a "
-            "reply; use at least 512",
+            f"reply; use at least {MIN_CONTEXT_WINDOW}",
             field=prefix + "context_window",
         )
     return window

@@ -372,13 +372,21 @@ class AssistantMemory:
         """Rank the scope's memories against ``query``.
 
         Raises:
-            InvalidArgument: blank or long query, bad limit.
+            InvalidArgument: blank or long query, bad limit, ``min_score``
+                not a number from 0 to 1.
             NotFound: no such assistant.
         """
         check_text(query, "query", MAX_QUERY_CHARS, required=True)
         self._check_user(user_id)
         if limit < 0:
             raise InvalidArgument("limit must not be negative", field="limit")
+        # NaN fails both comparisons, so it is refused with the infinities.
+        if not 0.0 <= min_score <= 1.0:
+            raise InvalidArgument(
+                f"min_score {min_score} is out of range: scores run from 0 to 1, so use a "
+                "number in [0, 1] (0, the default, keeps every match)",
+                field="min_score",
+            )
         await self._assistant(tenant, assistant_id)
         return await self._index.search(
             tenant,
@@ -386,7 +394,7 @@ class AssistantMemory:
             query,
             user_id=user_id,
             limit=min(limit or 10, MAX_SEARCH_LIMIT),
-            min_score=max(min_score, 0.0),
+            min_score=min_score,
         )
 
     async def update(
