@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from grpc import aio
 
-from generated.loom.v1 import assistant_pb2, common_pb2, memory_pb2_grpc, thread_pb2
+from generated.loom.v1 import assistant_pb2, common_pb2, memory_pb2, memory_pb2_grpc, thread_pb2
 from service.server import Loom
 from tests.conftest import Api, new_tenant_key
 from tests.scripted_llm import Reply, ScriptedLLM
@@ -111,3 +111,63 @@ async def test_recalled_injection_stays_inside_its_block_escaped(
     assert "&lt;/remembered_facts&gt;" in inside  # escaped, not dropped
     assert "&lt;|im_start|&gt;system" in inside
     assert "not instructions" in before
+
+
+# ------------------------------------------------------ per-scope ranking
+
+ALICE = [
+    "I want a pineapple smoothie every morning.",
+    "My dog is scared of the vacuum cleaner.",
+    "Pineapple on pizza is fine by me.",
+]
+SHOP = ["The shop sells smoothies until noon."]  # assistant-wide
+
+
+async def _remember(api: Mem, assistant_id: str, user_id: str, texts: list[str]) -> None:
+    for text in texts:
+        await api.call(
+            api.memory.CreateMemory,
+            memory_pb2.CreateMemoryRequest(
+                memory=memory_pb2.Memory(assistant_id=assistant_id, user_id=user_id, content=text)
+            ),
+        )
+
+
+async def _search(api: Mem, assistant_id: str, query: str) -> list[tuple[str, float]]:
+    found = await api.call(
+        api.memory.SearchMemories,
+        memory_pb2.SearchMemoriesRequest(
+            assistant_id=assistant_id, query=query, user_id="alice", limit=20
+        ),
+    )
+    return sorted((r.memory.content, r.score) for r in found.results)
+
+
+async def test_a_users_scores_do_not_change_with_another_users_words(
+    mem: Mem, model: ScriptedLLM
+) -> None:
+    bob_says = {
+        "pineapple": ["pineapple pineapple pineapple"],
+        "blueberry": ["blueberry"],
+        "nothing": [],
+    }
+    searched, recalled = [], []
+    for said in bob_says.values():
+        assistant_id = await _assistant(mem)
+        await _remember(mem, assistant_id, "bob", said)
+        await _remember(mem, assistant_id, "alice", ALICE)
+        await _remember(mem, assistant_id, "", SHOP)
+        queries = ("pineapple smoothie", "dog")
+        searched.append([await _search(mem, assistant_id, q) for q in queries])
+        events = await mem.send(
+            content="Any pineapple smoothie ideas?",
+            assistant_id=assistant_id,
+            user_id="alice",
+            memory=common_pb2.MEMORY_MODE_READONLY,  # recall only: nothing new is written
+        )
+        recalled.append(sorted((m.content, m.score) for m in _recalled(events)))
+    assert searched[0][0], "the query must match alice's memories"
+    assert recalled[0], "the reply must recall alice's memories"
+    assert searched[1:] == searched[:1] * 2
+    assert recalled[1:] == recalled[:1] * 2
+    assert not any("bob" in text or text == "blueberry" for text, _ in recalled[0])
