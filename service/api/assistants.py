@@ -37,6 +37,7 @@ def _draft(a: assistant_pb2.Assistant, paths: Collection[str] = ("*",)) -> Assis
         else None,
         tools=tools_from_pb(a.tools, "assistant.tools"),
         memory_from_tool_outputs=a.memory_from_tool_outputs,
+        shared_memory_writes=a.shared_memory_writes,
     )
 
 

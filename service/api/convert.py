@@ -154,6 +154,7 @@ def assistant_to_pb(a: models.Assistant) -> assistant_pb2.Assistant:
         context_strategy=_STRATEGY_TO_PB[a.context_strategy],
         tools=[_tool_to_pb(t) for t in a.tools],
         memory_from_tool_outputs=a.memory_from_tool_outputs,
+        shared_memory_writes=a.shared_memory_writes,
     )
 
 

@@ -40,6 +40,7 @@ UPDATABLE_FIELDS = (
     "context_strategy",
     "tools",
     "memory_from_tool_outputs",
+    "shared_memory_writes",
 )
 MIN_CONTEXT_WINDOW = 512
 MAX_CONTEXT_WINDOW = 100_000_000
@@ -58,6 +59,7 @@ class AssistantDraft:
     context_strategy: ContextStrategy | None = None
     tools: list[ToolSpec] = field(default_factory=list)
     memory_from_tool_outputs: bool = False
+    shared_memory_writes: bool = False
 
 
 def _check_window(window: int, prefix: str) -> int:
@@ -95,6 +97,7 @@ def _checked(
         "context_strategy": lambda: draft.context_strategy or ContextStrategy.SUMMARIZE,
         "tools": lambda: check_tools(draft.tools, prefix + "tools"),
         "memory_from_tool_outputs": lambda: draft.memory_from_tool_outputs,
+        "shared_memory_writes": lambda: draft.shared_memory_writes,
     }
     return {name: checks[name]() for name in fields}
 

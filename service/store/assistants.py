@@ -33,6 +33,7 @@ def _to_doc(a: Assistant) -> Doc:
         "context_strategy": a.context_strategy.value,
         "tools": _tools_doc(a.tools),
         "memory_from_tool_outputs": a.memory_from_tool_outputs,
+        "shared_memory_writes": a.shared_memory_writes,
     }
 
 
@@ -57,6 +58,7 @@ def _from_doc(d: Doc) -> Assistant:
         ),
         tools=[tool_from_doc(t) for t in d.get("tools") or ()],
         memory_from_tool_outputs=bool(d.get("memory_from_tool_outputs", False)),
+        shared_memory_writes=bool(d.get("shared_memory_writes", False)),
     )
 
 

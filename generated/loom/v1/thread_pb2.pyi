@@ -670,8 +670,10 @@ class SendMessageRequest(_message.Message):
     assistant if set.
     """
     user_id: _builtins.str
-    """The end user of a new thread. With `thread_id`, it must be the thread's
-    own user if set.
+    """The end user of a new thread; its memories are that user's alone. With
+    `thread_id`, it may be omitted (the thread keeps the user it was created
+    for) and if set must be that user. A thread without a user writes no
+    memory unless the assistant has `shared_memory_writes`.
     """
     memory: _common_pb2.MemoryMode.ValueType
     """What this message does with the assistant's memory; UNSPECIFIED means
@@ -905,7 +907,9 @@ class RecalledMemory(_message.Message):
     memory_id: _builtins.str
     """Id of the memory."""
     content: _builtins.str
-    """Its text, as given to the model."""
+    """Its text. The prompt holds it quoted and escaped, so that nothing in it
+    can leave the block of remembered facts.
+    """
     score: _builtins.float
     """Its relevance to the message."""
     def __init__(
