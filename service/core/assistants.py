@@ -11,7 +11,7 @@ from service.core import ids
 from service.core.clock import now
 from service.core.errors import InvalidArgument, NotFound
 from service.core.models import Assistant, ContextStrategy, MemoryMode, Page, ToolSpec
-from service.core.paging import decode_token, encode_token
+from service.core.paging import created_key, decode_created, encode_token
 from service.core.ports import AssistantStore, MemoryPort, MessageStore, ThreadStore
 from service.core.tools import check_tools
 from service.core.validation import check_metadata, check_page_size, check_text
@@ -191,14 +191,13 @@ class Assistants:
         """
         limit = check_page_size(page_size)
         filters: dict[str, object] = {"list": "assistants"}
-        after = decode_token(page_token, filters)
-        if after is not None and not isinstance(after, str):
-            raise InvalidArgument("page_token is malformed", field="page_token")
+        after = decode_created(page_token, filters)
         items = await self._assistants.find_page(tenant, limit + 1, after)
-        more = len(items) > limit
-        items = items[:limit]
-        token = encode_token(items[-1].assistant_id, filters) if more else ""
-        return Page(items, token)
+        token = ""
+        if len(items) > limit:
+            last = items[limit - 1]
+            token = encode_token(created_key(last.create_time, last.assistant_id), filters)
+        return Page(items[:limit], token)
 
     async def update(
         self, tenant: str, assistant_id: str, draft: AssistantDraft, paths: builtins.list[str]

@@ -2,7 +2,9 @@
 
 A token carries the sort key of the last item returned and a fingerprint of
 the request's filters, so a token replayed with other filters is refused
-rather than silently returning the wrong page.
+rather than silently returning the wrong page. Lists newest first sort by
+creation time, then id (ids are random: they only break ties): their key
+is a ``CreatedKey``.
 """
 
 from __future__ import annotations
@@ -11,10 +13,13 @@ import base64
 import binascii
 import hashlib
 import json
+from datetime import datetime
 
 from service.core.errors import InvalidArgument
 
-__all__ = ["decode_token", "encode_token"]
+__all__ = ["CreatedKey", "created_key", "decode_created", "decode_token", "encode_token"]
+
+CreatedKey = tuple[datetime, str]  # (create_time, id) of the last item of a page
 
 _VERSION = 1
 
@@ -56,3 +61,29 @@ def decode_token(token: str, filters: dict[str, object]) -> object | None:
         )
     after: object = data["a"]
     return after
+
+
+def created_key(create_time: datetime | None, object_id: str) -> list[str]:
+    """The sort key of an item listed newest first, as a token carries it."""
+    if create_time is None:  # stored objects all have one
+        raise ValueError(f"{object_id} has no create_time to page by")
+    return [create_time.isoformat(), object_id]
+
+
+def decode_created(token: str, filters: dict[str, object]) -> CreatedKey | None:
+    """The ``created_key`` a token resumes after, or None for no token.
+
+    Raises:
+        InvalidArgument: the token is malformed or was issued for other filters.
+    """
+    after = decode_token(token, filters)
+    if after is None:
+        return None
+    if isinstance(after, list) and len(after) == 2 and all(isinstance(a, str) for a in after):
+        try:
+            moment = datetime.fromisoformat(after[0])
+        except ValueError:
+            moment = None
+        if moment is not None and moment.tzinfo is not None:
+            return moment, str(after[1])
+    raise InvalidArgument("page_token is malformed", field="page_token")

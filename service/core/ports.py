@@ -64,7 +64,12 @@ class AssistantStore(Protocol):
         there first (or the default is no longer ``replacing``); return the
         default's id as it now stands."""
 
-    async def find_page(self, tenant: str, limit: int, after: str | None) -> list[Assistant]: ...
+    async def find_page(
+        self, tenant: str, limit: int, after: tuple[datetime, str] | None
+    ) -> list[Assistant]:
+        """Newest first (by create_time, then id), after ``after``: the
+        create_time and id of the last assistant of the previous page."""
+
     async def update(
         self, tenant: str, assistant_id: str, changes: dict[str, object], now: datetime
     ) -> Assistant | None: ...
@@ -131,8 +136,16 @@ class ThreadStore(Protocol):
     async def insert(self, thread: Thread) -> None: ...
     async def get(self, tenant: str, thread_id: str) -> Thread | None: ...
     async def find_page(
-        self, tenant: str, assistant_id: str, user_id: str, limit: int, after: str | None
-    ) -> list[Thread]: ...
+        self,
+        tenant: str,
+        assistant_id: str,
+        user_id: str,
+        limit: int,
+        after: tuple[datetime, str] | None,
+    ) -> list[Thread]:
+        """Newest first (by create_time, then id), after ``after``: the
+        create_time and id of the last thread of the previous page."""
+
     async def ids_of_assistant(self, tenant: str, assistant_id: str) -> list[str]: ...
     async def mark_deleting(self, tenant: str, thread_id: str, forget: bool = False) -> bool:
         """Hide the thread from reads, noting whether its memories go too."""

@@ -9,7 +9,7 @@ from service.core.assistants import Assistants
 from service.core.clock import now
 from service.core.errors import InvalidArgument, NotFound
 from service.core.models import Message, Page, Thread
-from service.core.paging import decode_token, encode_token
+from service.core.paging import created_key, decode_created, decode_token, encode_token
 from service.core.ports import MemoryPort, MessageStore, ThreadStore
 from service.core.validation import check_metadata, check_page_size, check_text
 
@@ -99,13 +99,13 @@ class Threads:
         check_text(user_id, "user_id", MAX_USER_ID)
         limit = check_page_size(page_size)
         filters: dict[str, object] = {"list": "threads", "a": assistant_id, "u": user_id}
-        after = decode_token(page_token, filters)
-        if after is not None and not isinstance(after, str):
-            raise InvalidArgument("page_token is malformed", field="page_token")
+        after = decode_created(page_token, filters)
         items = await self._threads.find_page(tenant, assistant_id, user_id, limit + 1, after)
-        more = len(items) > limit
-        items = items[:limit]
-        return Page(items, encode_token(items[-1].thread_id, filters) if more else "")
+        token = ""
+        if len(items) > limit:
+            last = items[limit - 1]
+            token = encode_token(created_key(last.create_time, last.thread_id), filters)
+        return Page(items[:limit], token)
 
     async def delete(self, tenant: str, thread_id: str, *, forget: bool = False) -> int:
         """Delete the thread and its messages (and, with ``forget``, the

@@ -5,11 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pymongo import DESCENDING, ReturnDocument
+from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
 from service.core.models import Assistant, ContextStrategy, MemoryMode, ToolSpec
+from service.store.order import NEWEST_FIRST, older_than
 from service.store.tooldocs import tool_doc, tool_from_doc
 
 __all__ = ["MongoAssistantStore"]
@@ -97,11 +98,11 @@ class MongoAssistantStore:
         await self._defaults.replace_one({"_id": tenant}, {"assistant_id": assistant_id})
         return assistant_id
 
-    async def find_page(self, tenant: str, limit: int, after: str | None) -> list[Assistant]:
-        query: Doc = {"tenant": tenant, **_LIVE}
-        if after is not None:
-            query["_id"] = {"$lt": after}
-        cursor = self._c.find(query).sort("_id", DESCENDING).limit(limit)
+    async def find_page(
+        self, tenant: str, limit: int, after: tuple[datetime, str] | None
+    ) -> list[Assistant]:
+        query: Doc = {"tenant": tenant, **_LIVE} | older_than(after, after[1] if after else "")
+        cursor = self._c.find(query).sort(NEWEST_FIRST).limit(limit)
         return [_from_doc(d) async for d in cursor]
 
     async def update(

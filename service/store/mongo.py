@@ -21,17 +21,19 @@ __all__ = ["MongoStore", "connect"]
 
 Doc = dict[str, object]
 
+# Lists are newest first by (create_time, _id): ids are random (core/ids.py).
+_NEWEST = [("create_time", DESCENDING), ("_id", DESCENDING)]
 _INDEXES: dict[str, list[IndexModel]] = {
-    "assistants": [IndexModel([("tenant", ASCENDING), ("_id", DESCENDING)], name="tenant_id")],
+    "assistants": [IndexModel([("tenant", ASCENDING), *_NEWEST], name="tenant_created")],
     "threads": [
-        IndexModel([("tenant", ASCENDING), ("_id", DESCENDING)], name="tenant_id"),
+        IndexModel([("tenant", ASCENDING), *_NEWEST], name="tenant_created"),
         IndexModel(
-            [("tenant", ASCENDING), ("assistant_id", ASCENDING), ("_id", DESCENDING)],
-            name="tenant_assistant_id",
+            [("tenant", ASCENDING), ("assistant_id", ASCENDING), *_NEWEST],
+            name="tenant_assistant_created",
         ),
         IndexModel(
-            [("tenant", ASCENDING), ("user_id", ASCENDING), ("_id", DESCENDING)],
-            name="tenant_user_id",
+            [("tenant", ASCENDING), ("user_id", ASCENDING), *_NEWEST],
+            name="tenant_user_created",
         ),
     ],
     "messages": [

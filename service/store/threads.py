@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from pymongo import DESCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 
 from service.core.models import (
@@ -20,6 +19,7 @@ from service.core.models import (
     ToolCall,
 )
 from service.core.ports import PendingThreadDelete
+from service.store.order import NEWEST_FIRST, older_than
 from service.store.tooldocs import tool_doc, tool_from_doc
 
 __all__ = ["MongoThreadStore"]
@@ -161,16 +161,20 @@ class MongoThreadStore:
         return _from_doc(doc)
 
     async def find_page(
-        self, tenant: str, assistant_id: str, user_id: str, limit: int, after: str | None
+        self,
+        tenant: str,
+        assistant_id: str,
+        user_id: str,
+        limit: int,
+        after: tuple[datetime, str] | None,
     ) -> list[Thread]:
         query: Doc = {"tenant": tenant, "deleting": {"$ne": True}}
         if assistant_id:
             query["assistant_id"] = assistant_id
         if user_id:
             query["user_id"] = user_id
-        if after is not None:
-            query["_id"] = {"$lt": after}
-        cursor = self._c.find(query, {"context": 0}).sort("_id", DESCENDING).limit(limit)
+        query |= older_than(after, after[1] if after else "")
+        cursor = self._c.find(query, {"context": 0}).sort(NEWEST_FIRST).limit(limit)
         return [_from_doc(d) async for d in cursor]
 
     async def ids_of_assistant(self, tenant: str, assistant_id: str) -> list[str]:

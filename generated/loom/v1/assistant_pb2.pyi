@@ -95,7 +95,9 @@ class Assistant(_message.Message):
     MEMORY_FROM_TOOL_OUTPUTS_FIELD_NUMBER: _builtins.int
     SHARED_MEMORY_WRITES_FIELD_NUMBER: _builtins.int
     assistant_id: _builtins.str
-    """Output only. Server-assigned id, e.g. `asst_6650c3b2e1f4a9d0c1b2a3f4`."""
+    """Output only. Server-assigned random id (128 bits), e.g.
+    `asst_6650c3b2e1f4a9d0c1b2a3f4e5d6c7b8`.
+    """
     name: _builtins.str
     """Human-readable name, at most 256 characters."""
     instructions: _builtins.str

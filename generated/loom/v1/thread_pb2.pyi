@@ -146,7 +146,9 @@ class Thread(_message.Message):
     SUMMARY_FIELD_NUMBER: _builtins.int
     PENDING_RUN_ID_FIELD_NUMBER: _builtins.int
     thread_id: _builtins.str
-    """Output only. Server-assigned id, e.g. `thread_6650c3b2e1f4a9d0c1b2a3f4`."""
+    """Output only. Server-assigned random id (128 bits), e.g.
+    `thread_6650c3b2e1f4a9d0c1b2a3f4e5d6c7b8`.
+    """
     assistant_id: _builtins.str
     """The assistant this thread talks to. Set when the thread is created."""
     user_id: _builtins.str
@@ -279,7 +281,9 @@ class Message(_message.Message):
     TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
     RUN_ID_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
-    """Output only. Server-assigned id, e.g. `msg_6650c3b2e1f4a9d0c1b2a3f4`."""
+    """Output only. Server-assigned random id (128 bits), e.g.
+    `msg_6650c3b2e1f4a9d0c1b2a3f4e5d6c7b8`.
+    """
     thread_id: _builtins.str
     """The thread the message belongs to."""
     role: Global___Role.ValueType
