@@ -52,7 +52,8 @@ __all__ = [
 
 
 class AssistantStore(Protocol):
-    """Assistants, always scoped to a tenant."""
+    """Assistants, always scoped to a tenant: every read and write names it,
+    so another tenant's assistant is never read, not even to be refused."""
 
     async def insert(self, assistant: Assistant) -> None: ...
     async def get(self, tenant: str, assistant_id: str) -> Assistant | None: ...
@@ -131,7 +132,8 @@ class PendingThreadDelete:
 
 
 class ThreadStore(Protocol):
-    """Threads, always scoped to a tenant."""
+    """Threads, always scoped to a tenant: every read and write names it, so
+    another tenant's thread is never read, not even to be refused."""
 
     async def insert(self, thread: Thread) -> None: ...
     async def get(self, tenant: str, thread_id: str) -> Thread | None: ...
@@ -154,6 +156,7 @@ class ThreadStore(Protocol):
     async def pending_deletes(self) -> list[PendingThreadDelete]: ...
     async def save_context(
         self,
+        tenant: str,
         thread_id: str,
         context: Sequence[ContextEntry],
         message_count: int,
@@ -164,14 +167,15 @@ class ThreadStore(Protocol):
         (written only by the holder of the thread's lease)."""
 
     async def save_summary(
-        self, thread_id: str, summary: Summary, context: Sequence[ContextEntry]
+        self, tenant: str, thread_id: str, summary: Summary, context: Sequence[ContextEntry]
     ) -> None:
         """Store a new rolling summary and the context left after it (written
         only by the holder of the thread's lease)."""
 
 
 class MessageStore(Protocol):
-    """Messages, always scoped to a tenant and a thread."""
+    """Messages, always scoped to a tenant and a thread: every read and
+    write names the tenant."""
 
     async def append(self, message: Message, first_try: int) -> Message:
         """Store ``message`` at the thread's next sequence number, trying
@@ -185,6 +189,7 @@ class MessageStore(Protocol):
     async def get(self, tenant: str, message_id: str) -> Message | None: ...
     async def finish(
         self,
+        tenant: str,
         message_id: str,
         *,
         content: str,
@@ -193,7 +198,7 @@ class MessageStore(Protocol):
         error: str = "",
         tool_calls: Sequence[ToolCall] = (),
     ) -> Message | None: ...
-    async def save_progress(self, message_id: str, content: str) -> None: ...
+    async def save_progress(self, tenant: str, message_id: str, content: str) -> None: ...
     async def restart(self, tenant: str, message_id: str, model: str) -> bool:
         """Put a FAILED, empty message back IN_PROGRESS for a retry."""
 
@@ -340,7 +345,8 @@ class Job:
 
 
 class JobStore(Protocol):
-    """Jobs, by id."""
+    """Jobs, by tenant and id (a read names the tenant, so another tenant's
+    job is never read)."""
 
     async def insert(self, job: Job) -> bool:
         """Record a new job; False if one with its id exists already."""

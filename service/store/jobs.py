@@ -10,6 +10,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
 from service.core.ports import Job, JobState
+from service.store.scoped import key, object_id
 
 __all__ = ["MongoJobStore"]
 
@@ -19,7 +20,7 @@ _OPEN = [JobState.PENDING.value, JobState.RUNNING.value]
 
 def _to_doc(job: Job) -> Doc:
     return {
-        "_id": job.job_id,
+        "_id": key(job.tenant, job.job_id),
         "kind": job.kind,
         "tenant": job.tenant,
         "payload": job.payload,
@@ -37,7 +38,7 @@ def _to_doc(job: Job) -> Doc:
 
 def _from_doc(d: Doc) -> Job:
     return Job(
-        job_id=d["_id"],
+        job_id=object_id(d["_id"]),
         kind=d["kind"],
         tenant=d["tenant"],
         payload=dict(d.get("payload") or {}),
@@ -54,9 +55,10 @@ def _from_doc(d: Doc) -> Job:
 
 
 class MongoJobStore:
-    """``JobStore`` over one collection. Claiming a job is not done here: the
-    runner takes a lease named after the job (a unique insert), which is
-    atomic on MongoDB and FerretDB alike."""
+    """``JobStore`` over one collection, keyed by tenant and job id
+    (``scoped.py``). Claiming a job is not done here: the runner takes a
+    lease named after the job (a unique insert), which is atomic on MongoDB
+    and FerretDB alike."""
 
     def __init__(self, collection: AsyncCollection[Doc]) -> None:
         self._c = collection
@@ -69,15 +71,13 @@ class MongoJobStore:
         return True
 
     async def get(self, tenant: str, job_id: str) -> Job | None:
-        doc = await self._c.find_one({"_id": job_id})
-        if doc is None or doc.get("tenant") != tenant:
-            return None
-        return _from_doc(doc)
+        doc = await self._c.find_one({"_id": key(tenant, job_id)})
+        return _from_doc(doc) if doc else None
 
     async def save(self, job: Job) -> None:
         doc = _to_doc(job)
-        doc.pop("_id")
-        await self._c.update_one({"_id": job.job_id}, {"$set": doc})
+        stored = doc.pop("_id")
+        await self._c.update_one({"_id": stored}, {"$set": doc})
 
     async def due(self, now: datetime, stale_before: datetime, limit: int) -> list[Job]:
         cursor = (

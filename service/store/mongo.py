@@ -13,6 +13,7 @@ from service.store.jobs import MongoJobStore
 from service.store.keys import MongoApiKeyStore
 from service.store.leases import MongoLeaseStore
 from service.store.messages import MongoMessageStore
+from service.store.migrate import scope_keys
 from service.store.requests import MongoRequestStore
 from service.store.threads import MongoThreadStore
 from service.store.versions import MongoMemoryVersions
@@ -60,6 +61,11 @@ class MongoStore:
     keys: MongoApiKeyStore
     jobs: MongoJobStore
     memory_versions: MongoMemoryVersions
+
+    async def migrate(self) -> int:
+        """Bring documents stored by earlier versions to today's shape (keys
+        scoped by tenant: ``migrate.scope_keys``); return how many moved."""
+        return await scope_keys(self.db)
 
     async def ensure_indexes(self) -> None:
         """Create the indexes (idempotent)."""

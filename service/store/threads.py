@@ -20,6 +20,7 @@ from service.core.models import (
 )
 from service.core.ports import PendingThreadDelete
 from service.store.order import NEWEST_FIRST, older_than
+from service.store.scoped import key, object_id
 from service.store.tooldocs import tool_doc, tool_from_doc
 
 __all__ = ["MongoThreadStore"]
@@ -112,7 +113,7 @@ def _summary_doc(s: Summary | None) -> Doc | None:
 
 def _from_doc(d: Doc) -> Thread:
     return Thread(
-        thread_id=d["_id"],
+        thread_id=object_id(d["_id"]),
         tenant=d["tenant"],
         assistant_id=d["assistant_id"],
         user_id=d.get("user_id", ""),
@@ -131,9 +132,10 @@ def _from_doc(d: Doc) -> Thread:
 class MongoThreadStore:
     """``ThreadStore`` over one collection.
 
-    Reads and writes of one thread filter on ``_id`` alone and check the
-    tenant in code: MongoDB serves that from the primary key, and FerretDB
-    1.x pushes down no other filter (anything else scans the collection).
+    Reads and writes of one thread filter on ``_id`` alone, which holds the
+    tenant (``scoped.py``): MongoDB serves that from the primary key, and
+    FerretDB 1.x pushes down no other filter (anything else scans the
+    collection).
     """
 
     def __init__(self, collection: AsyncCollection[Doc]) -> None:
@@ -142,7 +144,7 @@ class MongoThreadStore:
     async def insert(self, thread: Thread) -> None:
         await self._c.insert_one(
             {
-                "_id": thread.thread_id,
+                "_id": key(thread.tenant, thread.thread_id),
                 "tenant": thread.tenant,
                 "assistant_id": thread.assistant_id,
                 "user_id": thread.user_id,
@@ -155,8 +157,8 @@ class MongoThreadStore:
         )
 
     async def get(self, tenant: str, thread_id: str) -> Thread | None:
-        doc = await self._c.find_one({"_id": thread_id})
-        if doc is None or doc.get("tenant") != tenant or doc.get("deleting"):
+        doc = await self._c.find_one({"_id": key(tenant, thread_id)})
+        if doc is None or doc.get("deleting"):
             return None
         return _from_doc(doc)
 
@@ -173,26 +175,25 @@ class MongoThreadStore:
             query["assistant_id"] = assistant_id
         if user_id:
             query["user_id"] = user_id
-        query |= older_than(after, after[1] if after else "")
+        query |= older_than(after, key(tenant, after[1]) if after else "")
         cursor = self._c.find(query, {"context": 0}).sort(NEWEST_FIRST).limit(limit)
         return [_from_doc(d) async for d in cursor]
 
     async def ids_of_assistant(self, tenant: str, assistant_id: str) -> list[str]:
         cursor = self._c.find({"tenant": tenant, "assistant_id": assistant_id}, {"_id": 1})
-        return [d["_id"] async for d in cursor]
+        return [object_id(d["_id"]) async for d in cursor]
 
     async def mark_deleting(self, tenant: str, thread_id: str, forget: bool = False) -> bool:
         if await self.get(tenant, thread_id) is None:
             return False
         await self._c.update_one(
-            {"_id": thread_id}, {"$set": {"deleting": True, "forget_memories": forget}}
+            {"_id": key(tenant, thread_id)},
+            {"$set": {"deleting": True, "forget_memories": forget}},
         )
         return True
 
     async def delete(self, tenant: str, thread_id: str) -> None:
-        doc = await self._c.find_one({"_id": thread_id}, {"tenant": 1})
-        if doc is not None and doc.get("tenant") == tenant:
-            await self._c.delete_one({"_id": thread_id})
+        await self._c.delete_one({"_id": key(tenant, thread_id)})
 
     async def pending_deletes(self) -> list[PendingThreadDelete]:
         cursor = self._c.find(
@@ -200,13 +201,14 @@ class MongoThreadStore:
         )
         return [
             PendingThreadDelete(
-                d["tenant"], d["assistant_id"], d["_id"], bool(d.get("forget_memories"))
+                d["tenant"], d["assistant_id"], object_id(d["_id"]), bool(d.get("forget_memories"))
             )
             async for d in cursor
         ]
 
     async def save_context(
         self,
+        tenant: str,
         thread_id: str,
         context: Sequence[ContextEntry],
         message_count: int,
@@ -214,7 +216,7 @@ class MongoThreadStore:
         run: PendingRun | None = None,
     ) -> None:
         await self._c.update_one(
-            {"_id": thread_id},
+            {"_id": key(tenant, thread_id)},
             {
                 "$set": {
                     "context": _context_blob(context),
@@ -226,10 +228,10 @@ class MongoThreadStore:
         )
 
     async def save_summary(
-        self, thread_id: str, summary: Summary, context: Sequence[ContextEntry]
+        self, tenant: str, thread_id: str, summary: Summary, context: Sequence[ContextEntry]
     ) -> None:
         await self._c.update_one(
-            {"_id": thread_id},
+            {"_id": key(tenant, thread_id)},
             {
                 "$set": {
                     "summary": _summary_doc(summary),
