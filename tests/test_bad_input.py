@@ -9,7 +9,7 @@ import math
 
 import grpc
 import pytest
-from google.protobuf import field_mask_pb2
+from google.protobuf import field_mask_pb2, json_format
 from grpc import aio
 
 from generated.loom.v1 import (
@@ -18,10 +18,12 @@ from generated.loom.v1 import (
     memory_pb2,
     memory_pb2_grpc,
     thread_pb2,
+    tools_pb2,
 )
+from service.core.paging import encode_token
 from service.server import Loom
 from tests.conftest import Api, error_info, expect_error, new_tenant_key
-from tests.scripted_llm import ScriptedLLM
+from tests.scripted_llm import Reply, ScriptedLLM
 
 
 class Mem(Api):
@@ -227,3 +229,128 @@ async def test_metadata_value_with_nul_is_refused_everywhere(mem: Mem) -> None:
         memory_pb2.ListMemoriesRequest(assistant_id=assistant.assistant_id),
     )
     assert list(listed.memories) == []
+
+
+# --------------------------------------------- found reading every request
+
+
+@pytest.mark.parametrize("position", [True, -3, 1.5])
+async def test_forged_page_token_positions_are_refused(mem: Mem, position: object) -> None:
+    """Tokens are opaque but unsigned: a forged one with a position that is
+    no sequence number or offset is refused, not read as 1 or 0."""
+    events = await mem.send(content="hi")
+    thread_id = events[0].started.thread_id
+    token = encode_token(position, {"list": "messages", "t": thread_id, "d": False})
+    await _invalid(
+        mem.call(
+            mem.threads.ListMessages,
+            thread_pb2.ListMessagesRequest(thread_id=thread_id, page_token=token),
+        ),
+        "page_token",
+    )
+    assistant = (await _create(mem, name="memory")).assistant  # type: ignore[attr-defined]
+    filters = {"list": "memories", "a": assistant.assistant_id, "u": "", "w": False}
+    await _invalid(
+        mem.call(
+            mem.memory.ListMemories,
+            memory_pb2.ListMemoriesRequest(
+                assistant_id=assistant.assistant_id, page_token=encode_token(position, filters)
+            ),
+        ),
+        "page_token",
+    )
+
+
+async def test_update_memory_cannot_move_it_to_another_user(mem: Mem) -> None:
+    assistant = (await _create(mem, name="memory")).assistant  # type: ignore[attr-defined]
+    created = await mem.call(
+        mem.memory.CreateMemory,
+        memory_pb2.CreateMemoryRequest(
+            memory=memory_pb2.Memory(
+                assistant_id=assistant.assistant_id, user_id="ann", content="Likes tea."
+            )
+        ),
+    )
+    memory = created.memory
+    for mask in (None, ["user_id"], ["content", "user_id"]):
+        moved = memory_pb2.Memory(
+            assistant_id=memory.assistant_id,
+            memory_id=memory.memory_id,
+            user_id="bob",
+            content="Likes coffee.",
+        )
+        message = await _invalid(
+            mem.call(
+                mem.memory.UpdateMemory,
+                memory_pb2.UpdateMemoryRequest(
+                    memory=moved,
+                    update_mask=field_mask_pb2.FieldMask(paths=mask) if mask else None,
+                ),
+            ),
+            "memory.user_id",
+        )
+        assert "keeps the user" in message
+    # The same user sent back with the rest (a read, modify, write) is fine.
+    same = memory_pb2.Memory(
+        assistant_id=memory.assistant_id,
+        memory_id=memory.memory_id,
+        user_id="ann",
+        content="Likes green tea.",
+    )
+    updated = await mem.call(mem.memory.UpdateMemory, memory_pb2.UpdateMemoryRequest(memory=same))
+    assert (updated.memory.user_id, updated.memory.content) == ("ann", "Likes green tea.")
+
+
+async def test_tool_output_with_nul_is_refused_and_the_run_still_waits(
+    api: Api, llm: ScriptedLLM
+) -> None:
+    tool = json_format.ParseDict(
+        {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}},
+        tools_pb2.Tool(),
+    )
+    llm.script(Reply(text="", tool_calls=[{"id": "call_1", "name": "lookup", "arguments": "{}"}]))
+    events = await api.send(content="look it up", tools=[tool])
+    required = events[-1].tool_calls_required
+    thread_id = events[0].started.thread_id
+    message = await _invalid(
+        api.threads.SubmitToolOutputs(
+            thread_pb2.SubmitToolOutputsRequest(
+                thread_id=thread_id,
+                run_id=required.run_id,
+                tool_outputs=[tools_pb2.ToolOutput(tool_call_id="call_1", output="a\x00b")],
+            ),
+            metadata=api.metadata,
+        ),
+        "tool_outputs[0].output",
+    )
+    assert "NUL" in message
+    got = await api.call(api.threads.GetThread, thread_pb2.GetThreadRequest(thread_id=thread_id))
+    assert got.thread.pending_run_id == required.run_id
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        "/loom.v1.ThreadService/GetThread",
+        "/loom.v1.ThreadService/SendMessage",
+        "/loom.v1.AssistantService/CreateAssistant",
+        "/loom.v1.MemoryService/SearchMemories",
+    ],
+)
+async def test_a_request_that_does_not_parse_is_invalid_not_unknown(
+    api: Api, llm: ScriptedLLM, method: str
+) -> None:
+    """Field 1 with bytes that are not UTF-8 where a string (or a message
+    holding one) is expected."""
+    body = b"\x0a\x02\xff\xfe"
+    stream = method.endswith("SendMessage")
+    make = api.channel.unary_stream if stream else api.channel.unary_unary
+    call = make(method, request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    error = await expect_error(
+        call(body, metadata=api.metadata), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT"
+    )
+    assert "does not parse" in error.details()
+    # An unknown caller is told that first.
+    await expect_error(call(body), grpc.StatusCode.UNAUTHENTICATED)
+    assert await _threads(api) == []
+    assert llm.requests == []

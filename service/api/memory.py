@@ -119,8 +119,10 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         self, request: memory_pb2.UpdateMemoryRequest, context: Context
     ) -> memory_pb2.UpdateMemoryResponse:
         m = request.memory
+        # Without a mask, every field set is to change (AIP-134): a user_id
+        # set is named too, so that it is refused rather than ignored.
         paths = list(request.update_mask.paths) or [
-            f.name for f, _ in m.ListFields() if f.name in ("content", "metadata")
+            f.name for f, _ in m.ListFields() if f.name in ("content", "metadata", "user_id")
         ]
         record = await self._memory.update(
             tenant(),

@@ -17,7 +17,14 @@ from datetime import datetime
 
 from service.core.errors import InvalidArgument
 
-__all__ = ["CreatedKey", "created_key", "decode_created", "decode_token", "encode_token"]
+__all__ = [
+    "CreatedKey",
+    "created_key",
+    "decode_created",
+    "decode_position",
+    "decode_token",
+    "encode_token",
+]
 
 CreatedKey = tuple[datetime, str]  # (create_time, id) of the last item of a page
 
@@ -87,3 +94,19 @@ def decode_created(token: str, filters: dict[str, object]) -> CreatedKey | None:
         if moment is not None and moment.tzinfo is not None:
             return moment, str(after[1])
     raise InvalidArgument("page_token is malformed", field="page_token")
+
+
+def decode_position(token: str, filters: dict[str, object]) -> int | None:
+    """The position (a sequence number or an offset, never negative) a
+    token resumes after, or None for no token.
+
+    Raises:
+        InvalidArgument: the token is malformed or was issued for other filters.
+    """
+    after = decode_token(token, filters)
+    if after is None:
+        return None
+    # bool is an int to Python, and no position is negative.
+    if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+        raise InvalidArgument("page_token is malformed", field="page_token")
+    return after

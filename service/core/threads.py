@@ -9,7 +9,7 @@ from service.core.assistants import Assistants
 from service.core.clock import now
 from service.core.errors import InvalidArgument, NotFound
 from service.core.models import Message, Page, Thread
-from service.core.paging import created_key, decode_created, decode_token, encode_token
+from service.core.paging import created_key, decode_created, decode_position, encode_token
 from service.core.ports import MemoryPort, MessageStore, ThreadStore
 from service.core.validation import check_metadata, check_page_size, check_text
 
@@ -160,9 +160,7 @@ class Threads:
         limit = check_page_size(page_size)
         await self.get(tenant, thread_id)
         filters: dict[str, object] = {"list": "messages", "t": thread_id, "d": descending}
-        after = decode_token(page_token, filters)
-        if after is not None and not isinstance(after, int):
-            raise InvalidArgument("page_token is malformed", field="page_token")
+        after = decode_position(page_token, filters)
         items = await self._messages.find_page(tenant, thread_id, limit + 1, after, descending)
         more = len(items) > limit
         items = items[:limit]

@@ -10,6 +10,7 @@ import jsonschema
 
 from service.core.errors import InvalidArgument
 from service.core.models import ToolCall, ToolSpec
+from service.core.validation import check_text
 
 __all__ = ["MAX_OUTPUT_CHARS", "MAX_TOOLS", "check_outputs", "check_tool_choice", "check_tools"]
 
@@ -106,7 +107,7 @@ def check_outputs(
 
     Raises:
         InvalidArgument: an output for an unknown call, two for one call, a
-            call without an output, or an output that is too long.
+            call without an output, or an output that is too long or holds NUL.
     """
     wanted = [p.tool_call_id if isinstance(p, ToolCall) else p for p in pending]
     answers: dict[str, str] = {}
@@ -122,12 +123,7 @@ def check_outputs(
                 f"tool_outputs has two outputs for {call_id!r}; send exactly one per call",
                 field=f"tool_outputs[{i}].tool_call_id",
             )
-        if len(output) > MAX_OUTPUT_CHARS:
-            raise InvalidArgument(
-                f"tool_outputs[{i}].output is {len(output):,} characters; the limit is "
-                f"{MAX_OUTPUT_CHARS:,}",
-                field=f"tool_outputs[{i}].output",
-            )
+        check_text(output, f"tool_outputs[{i}].output", MAX_OUTPUT_CHARS)
         answers[call_id] = output
     missing = [c for c in wanted if c not in answers]
     if missing:

@@ -24,7 +24,7 @@ from service.core.clock import now
 from service.core.errors import InvalidArgument, NotFound
 from service.core.jobs import Checkpoint, JobRunner
 from service.core.models import Message, Page, Recalled
-from service.core.paging import decode_token, encode_token
+from service.core.paging import decode_position, encode_token
 from service.core.ports import AssistantStore, ChatModel, Job, JobStore, MessageStore
 from service.core.validation import check_metadata, check_page_size, check_text
 from service.memory.extraction import Candidate, Operation, extract_facts, reconcile
@@ -350,9 +350,7 @@ class AssistantMemory:
             "u": user_id,
             "w": assistant_wide_only,
         }
-        after = decode_token(page_token, filters)
-        if after is not None and not isinstance(after, int):
-            raise InvalidArgument("page_token is malformed", field="page_token")
+        after = decode_position(page_token, filters)
         offset = after or 0
         scope: str | None = "" if assistant_wide_only else (user_id or None)
         items = await self._index.list_records(tenant, assistant_id, scope, limit + 1, offset)
@@ -408,7 +406,8 @@ class AssistantMemory:
         """Change a memory's content and/or metadata.
 
         Raises:
-            InvalidArgument: unknown paths, bad values.
+            InvalidArgument: unknown paths, bad values, a user_id other than
+                the memory's (a memory keeps its user).
             NotFound: no such assistant or memory.
         """
         allowed = ("content", "metadata")
@@ -418,6 +417,8 @@ class AssistantMemory:
                 field="update_mask",
             )
         wanted = list(allowed) if list(paths) == ["*"] else list(paths)
+        names_user = "user_id" in wanted  # immutable (AIP-203): checked below
+        wanted = [p for p in wanted if p != "user_id"]
         unknown = [p for p in wanted if p not in allowed]
         if unknown:
             raise InvalidArgument(
@@ -425,6 +426,12 @@ class AssistantMemory:
                 field="update_mask",
             )
         existing = await self.get(tenant, assistant_id, memory_id)
+        if names_user and draft.user_id != existing.user_id:
+            raise InvalidArgument(
+                "memory.user_id cannot be changed: a memory keeps the user it was created for "
+                "(create the memory for the other user and delete this one)",
+                field="memory.user_id",
+            )
         changes: dict[str, Any] = {"update_time": now()}
         if "content" in wanted:
             changes["text"] = check_text(
