@@ -354,3 +354,15 @@ async def test_a_request_that_does_not_parse_is_invalid_not_unknown(
     await expect_error(call(body), grpc.StatusCode.UNAUTHENTICATED)
     assert await _threads(api) == []
     assert llm.requests == []
+
+
+async def test_tool_description_with_nul_is_refused(api: Api) -> None:
+    tool = json_format.ParseDict(
+        {"type": "function", "function": {"name": "lookup", "description": "a\x00b"}},
+        tools_pb2.Tool(),
+    )
+    message = await _invalid(
+        _create(api, name="tools", tools=[tool]), "assistant.tools[0].function.description"
+    )
+    assert "NUL" in message
+    assert await _assistants(api) == []

@@ -25,8 +25,9 @@ def check_tools(tools: Sequence[ToolSpec], field: str) -> list[ToolSpec]:
     """Return ``tools`` if each is a valid function tool.
 
     Raises:
-        InvalidArgument: a bad or duplicate name, a long description, or
-            parameters that are not a valid JSON Schema for an object.
+        InvalidArgument: a bad or duplicate name, a long description or one
+            with NUL, or parameters that are not a valid JSON Schema for an
+            object.
     """
     if len(tools) > MAX_TOOLS:
         raise InvalidArgument(
@@ -47,11 +48,7 @@ def check_tools(tools: Sequence[ToolSpec], field: str) -> list[ToolSpec]:
                 field=f"{where}.function.name",
             )
         seen.add(tool.name)
-        if len(tool.description) > MAX_DESCRIPTION:
-            raise InvalidArgument(
-                f"{where}.function.description is longer than {MAX_DESCRIPTION} characters",
-                field=f"{where}.function.description",
-            )
+        check_text(tool.description, f"{where}.function.description", MAX_DESCRIPTION)
         _check_schema(tool.parameters, f"{where}.function.parameters")
     return list(tools)
 
