@@ -116,7 +116,9 @@ async def test_a_runner_that_loses_its_lease_stops_and_writes_nothing(store: Mon
             {"_id": "job:job_taken"},
             {"$set": {"owner": "other", "expires": datetime.now(UTC) + timedelta(seconds=60)}},
         )
-        await store.db["jobs"].update_one({"_id": key("t", "job_taken")}, {"$set": {"owner": "other"}})
+        await store.db["jobs"].update_one(
+            {"_id": key("t", "job_taken")}, {"$set": {"owner": "other"}}
+        )
         await asyncio.wait_for(cancelled.wait(), 10)
         assert stopped == ["job_taken"]
         await asyncio.sleep(0.3)  # anything it would still write has landed by now
