@@ -503,3 +503,22 @@ async def test_duplicate_tool_names_and_schemas_with_refs_round_trip(api: Api) -
     )
     assert json_format.MessageToDict(got.assistant.tools[0]) == with_ref
     assert isinstance(got.assistant.tools[0].function.parameters, struct_pb2.Struct)
+
+
+async def test_a_tool_choice_naming_no_tool_leaves_no_thread_behind(
+    api: Api, llm: ScriptedLLM
+) -> None:
+    assistant_id = await _assistant(api, WEATHER)
+    error = await expect_error(
+        api.threads.SendMessage(
+            thread_pb2.SendMessageRequest(
+                content="x", assistant_id=assistant_id, tool_choice="get_stock_price"
+            ),
+            metadata=api.metadata,
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert "tool_choice" in error.details()
+    listed = await api.call(api.threads.ListThreads, thread_pb2.ListThreadsRequest())
+    assert list(listed.threads) == []
+    assert not llm.requests

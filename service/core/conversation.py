@@ -36,13 +36,7 @@ from service.core.reply.build import RunMessages, started
 from service.core.reply.collaborators import ReplyPolicy, ReplyServices, ReplyStores
 from service.core.reply.generate import Replier
 from service.core.reply.recovery import Recovery
-from service.core.reply.request import (
-    Idempotency,
-    SendRequest,
-    check_request,
-    resolve,
-    run_for,
-)
+from service.core.reply.request import Idempotency, SendRequest, check_request, resolve
 from service.core.reply.runs import ToolRuns
 
 __all__ = ["Conversation", "ReplyPolicy", "ReplyServices", "ReplyStores", "SendRequest"]
@@ -139,10 +133,9 @@ class Conversation:
     async def _fresh(self, tenant: str, req: SendRequest) -> AsyncGenerator[ReplyEvent, None]:
         """Steps 2 to 5; a thread created for the request is deleted again
         if nothing was stored in it."""
-        thread, created, assistant = await resolve(self._stores, tenant, req)
+        thread, created, assistant, run = await resolve(self._stores, tenant, req)
         model = req.model.strip() or assistant.model or self._policy.default_model
         memory = req.memory if req.memory is not MemoryMode.UNSPECIFIED else assistant.memory_mode
-        run = run_for(req, assistant)
         stored = False
         try:
             async with self._recovery.hold(tenant, thread.thread_id, thread) as writes:  # 2.

@@ -88,13 +88,16 @@ def check_request(req: SendRequest, max_content: int) -> None:
 
 async def resolve(
     stores: ReplyStores, tenant: str, req: SendRequest
-) -> tuple[Thread, bool, Assistant]:
+) -> tuple[Thread, bool, Assistant, RunSpec]:
     """The thread the request continues, or a new one under the assistant it
-    names (the tenant's default if none); whether it is new; its assistant.
+    names (the tenant's default if none); whether it is new; its assistant;
+    and the run that answers the request (checked before any thread is
+    created, so a bad request leaves nothing behind).
 
     Raises:
         NotFound: no such thread or assistant.
-        InvalidArgument: the thread belongs to another assistant or user.
+        InvalidArgument: the thread belongs to another assistant or user, or
+            ``tool_choice`` names no tool on offer.
     """
     if not req.thread_id:
         assistant = (
@@ -102,8 +105,9 @@ async def resolve(
             if req.assistant_id
             else await stores.assistants.default(tenant)
         )
+        run = run_for(req, assistant)
         thread = await stores.threads.create(tenant, assistant.assistant_id, req.user_id, {})
-        return thread, True, assistant
+        return thread, True, assistant, run
     thread = await stores.threads.get(tenant, req.thread_id)
     if req.assistant_id and req.assistant_id != thread.assistant_id:
         raise InvalidArgument(
@@ -121,7 +125,7 @@ async def resolve(
         assistant = await stores.assistants.get(tenant, thread.assistant_id)
     except NotFound:  # the assistant is being deleted, and the thread with it
         raise NotFound("thread", thread.thread_id) from None
-    return thread, False, assistant
+    return thread, False, assistant, run_for(req, assistant)
 
 
 def run_for(req: SendRequest, assistant: Assistant) -> RunSpec:
