@@ -138,7 +138,10 @@ class Conversation:
         memory = req.memory if req.memory is not MemoryMode.UNSPECIFIED else assistant.memory_mode
         stored = False
         try:
-            async with self._recovery.hold(tenant, thread.thread_id, thread) as writes:  # 2.
+            # 2. An existing thread is read again under the lease: a reply that
+            # ended since it was first read must be in this one's context.
+            held = self._recovery.hold(tenant, thread.thread_id, thread if created else None)
+            async with held as writes:
                 await self._runs.refuse_if_waiting(tenant, writes)
                 t = now()  # 3.
                 new = RunMessages(tenant, thread.thread_id, run.run_id, memory, t)

@@ -28,9 +28,9 @@ class Recovery:
         self, tenant: str, thread_id: str, thread: Thread | None = None, *, settle: bool = True
     ) -> AsyncIterator[ThreadWrites]:
         """Hold the thread's lease for the body of the ``async with`` and give
-        the writes made under it. ``thread`` is the thread as already read,
-        if it was (else it is read under the lease). With ``settle``, a dead
-        holder's reply is settled first.
+        the writes made under it. ``thread`` is a thread the caller has just
+        created (nobody else can have written it); any other is read under
+        the lease. With ``settle``, a dead holder's reply is settled first.
 
         Raises:
             ThreadBusy: another live holder has the lease.
