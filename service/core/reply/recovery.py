@@ -25,12 +25,12 @@ class Recovery:
 
     @contextlib.asynccontextmanager
     async def hold(
-        self, tenant: str, thread_id: str, thread: Thread | None = None, *, settle: bool = True
+        self, tenant: str, thread_id: str, thread: Thread | None = None
     ) -> AsyncIterator[ThreadWrites]:
         """Hold the thread's lease for the body of the ``async with`` and give
         the writes made under it. ``thread`` is a thread the caller has just
         created (nobody else can have written it); any other is read under
-        the lease. With ``settle``, a dead holder's reply is settled first.
+        the lease. A dead holder's reply is settled first.
 
         Raises:
             ThreadBusy: another live holder has the lease.
@@ -47,7 +47,7 @@ class Recovery:
                 thread=thread,
                 lease=lease,
             )
-            if settle and lease.stale is not None:
+            if lease.stale is not None:
                 await self._settle(tenant, writes)
             yield writes
 
