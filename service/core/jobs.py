@@ -8,6 +8,11 @@ runner that dies loses its claim when the lease expires. Handlers must be
 idempotent: they may run again after a crash, and can keep what an attempt
 worked out in the job's checkpoint.
 
+Usage: the model tokens a job spends (summaries, fact extraction) are
+metered (``service.core.usage``) and, when its payload names a
+``thread_id``, charged to that thread through ``charge`` (tenant, thread,
+usage), whether the attempt succeeds or not: they were spent.
+
 Tracing: queueing a job stores the current trace context with it
 (``Job.trace_context``), and each run is a span that is a child of, and
 linked to, the span that queued it (``service.telemetry.jobs``), so a
@@ -20,15 +25,17 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from collections.abc import Awaitable, Callable, Coroutine
+from datetime import datetime, timedelta
 from typing import Any
 
 from opentelemetry.trace import Span
 
 from service.core.clock import now
+from service.core.models import Usage
 from service.core.ports import Job, JobState, JobStore, LeaseOutcome, LeaseStore
 from service.core.shield import Shield
+from service.core.usage import metered
 from service.telemetry import record_error
 from service.telemetry.jobs import enqueue_span, job_span, untraced
 
@@ -38,6 +45,7 @@ log = logging.getLogger(__name__)
 
 Checkpoint = Callable[[dict[str, Any]], Awaitable[None]]
 Handler = Callable[[Job, Checkpoint], Awaitable[dict[str, Any]]]
+Charge = Callable[[str, str, Usage], Coroutine[Any, Any, None]]
 
 
 class RetryLater(Exception):
@@ -63,8 +71,10 @@ class JobRunner:
         max_attempts: int = 5,
         retry_delay: float = 1.0,
         lease_seconds: float = 60.0,
+        charge: Charge | None = None,
     ) -> None:
         self._store = store
+        self._charge = charge
         self._leases = leases
         self._shield = shield
         self._handlers: dict[str, Handler] = {}
@@ -89,11 +99,13 @@ class JobRunner:
         *,
         job_id: str,
         trace_context: dict[str, str] | None = None,
+        not_before: datetime | None = None,
     ) -> Job | None:
-        """Record a job; it runs soon after. The job is durable once this
-        returns. None if a job with that id exists already (the id makes
-        enqueueing idempotent). ``trace_context`` defaults to the current
-        span's (W3C ``traceparent``)."""
+        """Record a job; it runs soon after (or once ``not_before`` has
+        come). The job is durable once this returns. None if a job with that
+        id exists already (the id makes enqueueing idempotent).
+        ``trace_context`` defaults to the current span's (W3C
+        ``traceparent``)."""
         with enqueue_span(kind, job_id, tenant) as current:
             t = now()
             job = Job(
@@ -104,7 +116,7 @@ class JobRunner:
                 state=JobState.PENDING,
                 create_time=t,
                 update_time=t,
-                next_run_time=t,
+                next_run_time=max(t, not_before) if not_before else t,
                 trace_context=dict(current if trace_context is None else trace_context),
             )
             if not await self._store.insert(job):
@@ -194,7 +206,7 @@ class JobRunner:
                 await self._store.save(job)
 
             try:
-                job.result = await self._handlers[job.kind](job, checkpoint)
+                job.result = await self._handle(job, checkpoint)
             except asyncio.CancelledError:
                 job.state = JobState.PENDING  # stopped with the server: run again later
                 job.attempts -= 1
@@ -222,6 +234,20 @@ class JobRunner:
         finally:
             self._slots.release()
             await self._shield.run(self._leases.release(lease_id, owner))
+
+    async def _handle(self, job: Job, checkpoint: Checkpoint) -> dict[str, Any]:
+        """Run the job's handler, charging the model tokens it spends to the
+        thread its payload names."""
+        with metered() as meter:
+            try:
+                return await self._handlers[job.kind](job, checkpoint)
+            finally:
+                thread_id = job.payload.get("thread_id")
+                if meter and self._charge is not None and isinstance(thread_id, str):
+                    try:
+                        await self._shield.run(self._charge(job.tenant, thread_id, meter.usage))
+                    except Exception:  # a lost count must not fail the job
+                        log.warning("could not add job %s's usage", job.job_id, exc_info=True)
 
     def _failed(self, job: Job, exc: Exception) -> None:
         job.error = f"{type(exc).__name__}: {exc}"[:1000]

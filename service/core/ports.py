@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from service.core.filters import Clause
 from service.core.models import (
     Assistant,
     ContextEntry,
@@ -126,13 +127,48 @@ class PendingThreadDelete:
 
 
 class ThreadStore(Protocol):
-    """Threads, always scoped to a tenant."""
+    """Threads, always scoped to a tenant. A thread being deleted, or past
+    its ``expire_time``, is not returned by any read. Updates that may meet
+    a reply's are made by the holder of the thread's lease: FerretDB 1.x
+    loses one of two concurrent updates of a document, even of different
+    fields."""
 
     async def insert(self, thread: Thread) -> None: ...
     async def get(self, tenant: str, thread_id: str) -> Thread | None: ...
     async def find_page(
-        self, tenant: str, assistant_id: str, user_id: str, limit: int, after: str | None
-    ) -> list[Thread]: ...
+        self,
+        tenant: str,
+        assistant_id: str,
+        user_id: str,
+        limit: int,
+        after: str | None,
+        clauses: Sequence[Clause] = (),
+    ) -> list[Thread]:
+        """Threads newest first, after the id ``after``, matching every clause."""
+
+    async def update(
+        self, tenant: str, thread_id: str, changes: dict[str, object], update_time: datetime
+    ) -> Thread | None:
+        """Set the fields in ``changes``; None if there is no such thread."""
+
+    async def add_usage(self, thread_id: str, usage: Usage) -> None:
+        """Add ``usage`` to the tokens the thread's background jobs spent
+        (kept apart from the thread; one writer at a time, see ``Ledger``)."""
+
+    async def job_usage(self, thread_ids: Sequence[str]) -> dict[str, Usage]:
+        """The tokens the threads' background jobs spent, by thread id
+        (threads without any are left out)."""
+
+    async def mark_batch(self, thread_id: str, start: int | None) -> None:
+        """Note that messages from sequence ``start`` on belong to a batch not
+        finished yet (None: no such batch); written by the lease holder."""
+
+    async def claim_expired(
+        self, tenant: str, thread_id: str, at: datetime
+    ) -> PendingThreadDelete | None:
+        """Hide the thread for deletion if it had expired by ``at`` (and its
+        expiration did not change meanwhile); None otherwise."""
+
     async def ids_of_assistant(self, tenant: str, assistant_id: str) -> list[str]: ...
     async def mark_deleting(self, tenant: str, thread_id: str, forget: bool = False) -> bool:
         """Hide the thread from reads, noting whether its memories go too."""
@@ -146,9 +182,11 @@ class ThreadStore(Protocol):
         message_count: int,
         update_time: datetime,
         run: PendingRun | None = None,
+        usage: Usage | None = None,
     ) -> None:
-        """Store the thread's cached context, message count and pending run
-        (written only by the holder of the thread's lease)."""
+        """Store the thread's cached context, message count and pending run,
+        close its open batch, and add ``usage`` to its totals (written only by
+        the holder of the thread's lease)."""
 
     async def save_summary(
         self, thread_id: str, summary: Summary, context: Sequence[ContextEntry]
@@ -185,10 +223,22 @@ class MessageStore(Protocol):
         """Put a FAILED, empty message back IN_PROGRESS for a retry."""
 
     async def find_page(
-        self, tenant: str, thread_id: str, limit: int, after: int | None, descending: bool
-    ) -> list[Message]: ...
+        self,
+        tenant: str,
+        thread_id: str,
+        limit: int,
+        after: int | None,
+        descending: bool,
+        before: int | None = None,
+    ) -> list[Message]:
+        """Messages in sequence order after ``after``, and with sequence
+        below ``before`` if given."""
+
     async def history(self, tenant: str, thread_id: str, before: int) -> list[Message]:
         """Messages with sequence below ``before``, oldest first."""
+
+    async def delete_from(self, tenant: str, thread_id: str, sequence: int) -> int:
+        """Delete the thread's messages from ``sequence`` on (a batch rolled back)."""
 
     async def delete_thread(self, tenant: str, thread_id: str) -> int: ...
 
@@ -371,6 +421,29 @@ class MemoryPort(Protocol):
     ) -> str:
         """Record a durable job that extracts facts from the exchange (and
         ``tool_outputs``, when the assistant opted in); return its id."""
+
+    async def remember_all(
+        self,
+        tenant: str,
+        assistant_id: str,
+        user_id: str,
+        thread_id: str,
+        messages: Sequence[Message],
+    ) -> None:
+        """Index user messages added without a reply, in one batch."""
+
+    async def schedule_batch_extraction(
+        self,
+        tenant: str,
+        assistant_id: str,
+        user_id: str,
+        thread_id: str,
+        messages: Sequence[Message],
+        model: str,
+    ) -> str:
+        """Record one durable job that extracts facts from a batch of messages
+        added without a reply (its user messages, the others as context);
+        return its id."""
 
     async def forget_thread(self, tenant: str, assistant_id: str, thread_id: str) -> int:
         """Delete every memory learnt in the thread."""

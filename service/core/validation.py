@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from service.core.errors import InvalidArgument
 
 __all__ = [
@@ -10,6 +12,7 @@ __all__ = [
     "check_metadata",
     "check_page_size",
     "check_text",
+    "check_update_mask",
 ]
 
 DEFAULT_PAGE_SIZE = 50
@@ -76,3 +79,35 @@ def check_page_size(page_size: int) -> int:
     if page_size == 0:
         return DEFAULT_PAGE_SIZE
     return min(page_size, MAX_PAGE_SIZE)
+
+
+def check_update_mask(paths: Sequence[str], updatable: Sequence[str]) -> list[str]:
+    """The fields an update changes, by AIP-134: the paths named, or every
+    field in ``updatable`` for ``*`` alone (a full replacement: fields the
+    request leaves unset go back to their defaults).
+
+    Raises:
+        InvalidArgument: no path, ``*`` beside other paths, or a path that is
+            not in ``updatable``.
+    """
+    names = ", ".join(updatable)
+    if not paths:
+        raise InvalidArgument(
+            f"update_mask names no field to change; list fields from {names}, or '*' for all",
+            field="update_mask",
+        )
+    if "*" in paths:
+        if len(paths) > 1:
+            raise InvalidArgument(
+                "update_mask '*' replaces every field and cannot be combined with other "
+                "paths; send '*' alone or list the fields to change",
+                field="update_mask",
+            )
+        return list(updatable)
+    unknown = [p for p in paths if p not in updatable]
+    if unknown:
+        raise InvalidArgument(
+            f"update_mask path {unknown[0]!r} cannot be updated; updatable fields are {names}",
+            field="update_mask",
+        )
+    return list(dict.fromkeys(paths))

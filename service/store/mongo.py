@@ -33,6 +33,10 @@ _INDEXES: dict[str, list[IndexModel]] = {
             [("tenant", ASCENDING), ("user_id", ASCENDING), ("_id", DESCENDING)],
             name="tenant_user_id",
         ),
+        # ListThreads' update_time ranges. Metadata filters have no index: any
+        # key may be asked for, and wildcard indexes are MongoDB-only; they
+        # narrow what the other clauses and the tenant select.
+        IndexModel([("tenant", ASCENDING), ("update_time", DESCENDING)], name="tenant_update_time"),
     ],
     "messages": [
         # The unique index is what makes sequence numbers gap- and duplicate-free
@@ -94,7 +98,7 @@ def connect(uri: str, database: str, *, timeout_ms: int = 5000) -> MongoStore:
         client=client,
         db=db,
         assistants=MongoAssistantStore(db["assistants"], db["default_assistants"]),
-        threads=MongoThreadStore(db["threads"]),
+        threads=MongoThreadStore(db["threads"], db["thread_usage"]),
         leases=MongoLeaseStore(db["leases"]),
         messages=MongoMessageStore(db["messages"]),
         requests=MongoRequestStore(db["requests"]),

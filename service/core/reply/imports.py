@@ -1,0 +1,324 @@
+"""AddMessages: a batch of messages stored without a reply (imported history,
+what a human agent said, a seeded thread), under the thread's lease like a
+reply, so a busy thread refuses it.
+
+A batch is stored whole or not at all. Under the lease the thread notes the
+batch as open, the messages are inserted at the next sequence numbers (one
+round trip), and one write then stores the thread's context and count and
+closes the batch. Readers never see an open batch (ListMessages stops before
+it, prompts are built from the context), and whoever holds the thread's
+lease next deletes a batch whose writer died.
+
+With a ``request_id`` the messages' ids are derived from it, so a retry
+finds what the first attempt stored: if it is there, the call returns it;
+if the first attempt died and its batch was rolled back, the retry stores
+the batch again in the same thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from service.core import ids
+from service.core.batches import BatchRequest, NewMessage, check_against_thread, check_batch
+from service.core.clock import now
+from service.core.errors import Aborted, InvalidArgument
+from service.core.models import (
+    Assistant,
+    MemoryMode,
+    Message,
+    MessageStatus,
+    Role,
+    Thread,
+)
+from service.core.ports import MemoryPort, RequestRecord
+from service.core.reply.collaborators import ReplyPolicy, ReplyServices, ReplyStores
+from service.core.reply.fitting import prompt_limit
+from service.core.reply.hooks import ReplyHooks
+from service.core.reply.recovery import Recovery
+from service.core.reply.request import MAX_REQUEST_ID, assistant_for, existing_thread
+from service.core.reply.runs import ToolRuns
+from service.core.reply.writes import ThreadWrites
+from service.core.threads import MAX_USER_ID
+from service.core.validation import check_text
+
+__all__ = ["Added", "Importer"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Added:
+    """What AddMessages stored: the thread after it, the messages in order,
+    and the memory operation it queued (memory AUTO)."""
+
+    thread: Thread
+    thread_created: bool
+    messages: list[Message]
+    memory_operation_id: str = ""
+
+
+@dataclass(slots=True)
+class _Target:
+    """Where a batch goes: its thread (None until a new one is created),
+    whether the request created it, and the thread's assistant."""
+
+    thread: Thread | None
+    created: bool
+    assistant: Assistant
+
+
+class Importer:
+    """Stores batches of messages without a reply."""
+
+    def __init__(
+        self,
+        stores: ReplyStores,
+        services: ReplyServices,
+        policy: ReplyPolicy,
+        recovery: Recovery,
+        runs: ToolRuns,
+    ) -> None:
+        self._stores = stores
+        self._counter = services.counter
+        self._memory: MemoryPort | None = services.memory
+        self._hooks = ReplyHooks(services.memory, services.summarizer, stores.shield)
+        self._policy = policy
+        self._recovery = recovery
+        self._runs = runs
+
+    async def add(self, tenant: str, req: BatchRequest) -> Added:
+        """Append ``req``'s messages to its thread (a new one without a
+        thread id).
+
+        Raises:
+            InvalidArgument: a malformed request or message (see
+                ``check_batch``), a request id used for another request.
+            NotFound: no such thread or assistant.
+            ThreadBusy: a reply runs on the thread, or a run waits for tools.
+            Aborted: the first attempt with this request id is still running.
+        """
+        _check_request(req)
+        check_batch(req.messages, self._policy.max_content, now())
+        if not req.request_id:
+            return await self._store(tenant, req)
+        requests = self._stores.requests
+        record = await requests.claim(tenant, req.request_id, req.fingerprint(), now())
+        if record is None:
+            return await self._released_on_failure(tenant, req)
+        if record.fingerprint != req.fingerprint():
+            raise InvalidArgument(
+                f"request_id {req.request_id!r} was already used for a different request; "
+                "use a new request_id for a new batch",
+                field="request_id",
+                reason="REQUEST_ID_REUSED",
+            )
+        if record.thread_id:
+            return await self._store(tenant, req)  # finds the batch, or stores it again
+        stale = record.create_time < now() - timedelta(seconds=2 * self._policy.lease_ttl)
+        if stale and await requests.take_over(tenant, req.request_id, record.create_time, now()):
+            return await self._released_on_failure(tenant, req)
+        raise Aborted(
+            f"a request with request_id {req.request_id!r} is still being processed; retry shortly",
+            reason="REQUEST_IN_PROGRESS",
+        )
+
+    async def _released_on_failure(self, tenant: str, req: BatchRequest) -> Added:
+        """Store the batch under a freshly claimed request id; if that fails
+        before the claim is bound (so nothing was stored), drop the claim so
+        that the caller can retry."""
+        try:
+            return await self._store(tenant, req)
+        except BaseException:
+            await self._stores.shield.run(self._stores.requests.release(tenant, req.request_id))
+            raise
+
+    async def _store(self, tenant: str, req: BatchRequest) -> Added:
+        """Find the batch a first attempt stored, or store it."""
+        target = await self._target(tenant, req)
+        if target.thread is not None and (done := await self._stored(tenant, req, target.thread)):
+            return await self._result(tenant, target, done, fresh=False)
+        new_thread = target.thread is None
+        if target.thread is None:
+            check_against_thread(req.messages, (), None)
+            target.thread = await self._stores.threads.create(
+                tenant, target.assistant.assistant_id, req.user_id, {}
+            )
+        thread = target.thread
+        stored: list[Message] = []
+        try:
+            # An existing thread is read again under the lease.
+            held = self._recovery.hold(tenant, thread.thread_id, thread if new_thread else None)
+            async with held as writes:
+                await self._runs.refuse_if_waiting(tenant, writes)
+                # A first attempt whose batch was rolled back stores it again.
+                stored = await self._stored(tenant, req, writes.thread) or await self._append(
+                    tenant, req, target, writes
+                )
+        finally:
+            if target.created and not stored:
+                # Nothing reached the thread made for it: leave no empty one behind.
+                await self._stores.shield.run(
+                    self._stores.thread_store.delete(tenant, thread.thread_id)
+                )
+        return await self._result(tenant, target, stored, fresh=True)
+
+    async def _target(self, tenant: str, req: BatchRequest) -> _Target:
+        """The thread the batch goes to: the one a first attempt with this
+        request id used, the one named, or none yet (a new one)."""
+        prior = None
+        if req.request_id:
+            prior = await self._stores.messages.get(tenant, _message_ids(tenant, req)[0])
+        thread_id = prior.thread_id if prior is not None else req.thread_id
+        if not thread_id:
+            assistant = await assistant_for(self._stores, tenant, req.assistant_id)
+            return _Target(None, True, assistant)
+        thread, assistant = await existing_thread(
+            self._stores, tenant, thread_id, req.assistant_id, req.user_id
+        )
+        return _Target(thread, not req.thread_id, assistant)
+
+    async def _append(
+        self, tenant: str, req: BatchRequest, target: _Target, writes: ThreadWrites
+    ) -> list[Message]:
+        """Under the lease: check the batch against the thread, then store it
+        as one batch (rolled back if anything fails before it is closed)."""
+        thread = writes.thread
+        last = await self._stores.messages.find_page(tenant, thread.thread_id, 1, None, True)
+        check_against_thread(req.messages, thread.context, last[0].create_time if last else None)
+        memory = self._memory_mode(req, target.assistant)
+        messages = _messages(tenant, thread.thread_id, req, memory, now())
+        await writes.open_batch()
+        try:
+            stored = await writes.append(messages)
+            await self._bind(tenant, req, thread.thread_id, target.created)
+            await writes.save([m.entry() for m in stored], writes.thread.run)
+        except BaseException:
+            await self._stores.shield.run(writes.roll_back(tenant))
+            raise
+        return stored
+
+    async def _stored(self, tenant: str, req: BatchRequest, thread: Thread) -> list[Message]:
+        """The batch as a first attempt with this request id stored it, if
+        that attempt finished (its batch is not open); else []."""
+        if not req.request_id:
+            return []
+        found = await self._stores.messages.get(tenant, _message_ids(tenant, req)[0])
+        if found is None or found.thread_id != thread.thread_id:
+            return []
+        if thread.open_batch is not None and found.sequence >= thread.open_batch:
+            return []
+        return await self._stores.messages.find_page(
+            tenant, thread.thread_id, len(req.messages), found.sequence - 1, False
+        )
+
+    async def _bind(self, tenant: str, req: BatchRequest, thread_id: str, created: bool) -> None:
+        """Record where the batch went, so that a retry finds it."""
+        if req.request_id:
+            await self._stores.requests.bind(
+                tenant,
+                req.request_id,
+                RequestRecord(
+                    fingerprint=req.fingerprint(),
+                    create_time=now(),
+                    thread_id=thread_id,
+                    thread_created=created,
+                ),
+            )
+
+    async def _result(
+        self, tenant: str, target: _Target, stored: list[Message], *, fresh: bool
+    ) -> Added:
+        """The answer for a stored batch, once its memory and summary work
+        is started (indexing and folding only the first time: a repeat
+        leaves indexing to the extraction job, which indexes what it reads)."""
+        assistant = target.assistant
+        model = assistant.model or self._policy.default_model
+        thread = await self._stores.threads.show(tenant, stored[0].thread_id)
+        operation = await self._remember(tenant, thread, stored, model, index=fresh)
+        if fresh:
+            limit = prompt_limit(self._counter, assistant, model)
+            await self._hooks.fold(tenant, assistant, thread, model, limit)
+        return Added(thread, target.created, stored, operation)
+
+    async def _remember(
+        self, tenant: str, thread: Thread, stored: list[Message], model: str, *, index: bool
+    ) -> str:
+        """With memory AUTO: index the batch's user messages and queue one
+        extraction job for the batch; return its id ("" if none)."""
+        users = [m for m in stored if m.role is Role.USER]
+        if self._memory is None or not users or stored[0].memory is not MemoryMode.AUTO:
+            return ""
+        if index:
+            try:
+                await self._memory.remember_all(
+                    tenant, thread.assistant_id, thread.user_id, thread.thread_id, users
+                )
+            except Exception:  # the extraction job indexes them again
+                log.warning("indexing the batch in %s failed", thread.thread_id, exc_info=True)
+        return await self._memory.schedule_batch_extraction(
+            tenant,
+            thread.assistant_id,
+            thread.user_id,
+            thread.thread_id,
+            stored,
+            model,
+        )
+
+    def _memory_mode(self, req: BatchRequest, assistant: Assistant) -> MemoryMode:
+        if req.memory is not MemoryMode.UNSPECIFIED:
+            return req.memory
+        return assistant.memory_mode
+
+
+def _check_request(req: BatchRequest) -> None:
+    if req.thread_id:
+        ids.check_id(ids.THREAD, req.thread_id, "thread_id")
+    if req.assistant_id:
+        ids.check_id(ids.ASSISTANT, req.assistant_id, "assistant_id")
+    check_text(req.user_id, "user_id", MAX_USER_ID)
+    check_text(req.request_id, "request_id", MAX_REQUEST_ID)
+
+
+def _message_ids(tenant: str, req: BatchRequest) -> list[str]:
+    """The batch's message ids: derived from the request id when there is
+    one (so that a retry finds them), else new."""
+    if req.request_id:
+        return [
+            ids.derived_id(ids.MESSAGE, tenant, req.request_id, str(i))
+            for i in range(len(req.messages))
+        ]
+    return [ids.new_id(ids.MESSAGE) for _ in req.messages]
+
+
+def _messages(
+    tenant: str, thread_id: str, req: BatchRequest, memory: MemoryMode, at: datetime
+) -> list[Message]:
+    """The batch as messages to store, whole (COMPLETE)."""
+    return [
+        _message(tenant, thread_id, message_id, new, memory, at)
+        for message_id, new in zip(_message_ids(tenant, req), req.messages, strict=True)
+    ]
+
+
+def _message(
+    tenant: str, thread_id: str, message_id: str, new: NewMessage, memory: MemoryMode, at: datetime
+) -> Message:
+    if new.role is None:  # check_batch refuses it first
+        raise InvalidArgument("every message needs a role", field="messages")
+    return Message(
+        message_id=message_id,
+        tenant=tenant,
+        thread_id=thread_id,
+        role=new.role,
+        content=new.content,
+        status=MessageStatus.COMPLETE,
+        model=new.model if new.role is Role.ASSISTANT else "",
+        metadata=dict(new.metadata),
+        memory=memory,
+        create_time=new.create_time or at,
+        tool_calls=list(new.tool_calls),
+        tool_call_id=new.tool_call_id,
+    )
