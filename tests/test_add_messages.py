@@ -262,7 +262,7 @@ async def _dead_writer(
 ) -> list[str]:
     """Leave the state a writer that died mid-batch leaves: the batch open on
     the thread, its first messages stored, its lease expired."""
-    tenant = await loom.keys.authenticate(api.key)
+    tenant = (await loom.keys.authenticate(api.key)).tenant
     now = datetime.now(UTC)
     made = ids_of.get("message_ids") or [ids.new_id(ids.MESSAGE) for _ in range(count)]
     await loom.store.db["threads"].update_one({"_id": thread_id}, {"$set": {"open_batch": start}})
@@ -316,7 +316,7 @@ async def test_a_retry_after_the_first_attempt_died_stores_the_batch_once(
 ) -> None:
     base = await _add(api, _msg(USER, "kept"))
     thread_id = base.thread.thread_id
-    tenant = await loom.keys.authenticate(api.key)
+    tenant = (await loom.keys.authenticate(api.key)).tenant
     batch = [_msg(USER, "half-imported 0"), _msg(USER, "half-imported 1")]
     request = thread_pb2.AddMessagesRequest(messages=batch, thread_id=thread_id, request_id="r-9")
     # The first attempt claimed the id long ago, stored one message of two, and died.
@@ -420,7 +420,7 @@ async def test_memory_auto_remembers_a_batch_with_one_extraction_job(
     exchange = extractions[0]["messages"][-1]["content"]
     assert "allergic to peanuts" in exchange
     assert "Miso" in exchange
-    tenant = await loom.keys.authenticate(mem.key)
+    tenant = (await loom.keys.authenticate(mem.key)).tenant
     jobs = await loom.store.db["jobs"].count_documents({"tenant": tenant, "kind": "memory.extract"})
     assert jobs == 1
     # The user messages were indexed at once: a new thread recalls them.

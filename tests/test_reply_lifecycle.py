@@ -180,7 +180,7 @@ async def test_expired_lease_of_a_crashed_holder_is_taken_over(
     api: Api, loom: Loom, llm: ScriptedLLM
 ) -> None:
     thread_id = await _new_thread(api)
-    tenant = await loom.keys.authenticate(api.key)
+    tenant = (await loom.keys.authenticate(api.key)).tenant
     # A replica died mid-reply: it had stored the user's message and part of
     # the reply, but not yet the thread's context or count, and its lease is
     # past expiry.
@@ -421,7 +421,7 @@ async def test_the_prompt_is_built_from_the_thread_as_read_under_its_lease(
     api: Api, loom: Loom, llm: ScriptedLLM, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     thread_id = await _new_thread(api)
-    tenant = await loom.keys.authenticate(api.key)
+    tenant = (await loom.keys.authenticate(api.key)).tenant
     store = loom.store.threads
     read = store.get
     ended_between = False

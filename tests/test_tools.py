@@ -514,7 +514,7 @@ async def test_cancel_settles_the_reply_of_a_submission_that_died(
     events = await api.send(content="weather in Paris?", assistant_id=assistant_id)
     thread_id = events[0].started.thread_id
     run_id = events[-1].tool_calls_required.run_id
-    tenant = await loom.keys.authenticate(api.key)
+    tenant = (await loom.keys.authenticate(api.key)).tenant
     # A SubmitToolOutputs died after storing the output and the next round's
     # reply, before it saved the thread (so the run still waits), and its
     # lease has expired.

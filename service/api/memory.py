@@ -8,9 +8,9 @@ from grpc import aio
 
 from generated.loom.v1 import memory_pb2, memory_pb2_grpc
 from service.api.context import tenant
-from service.api.convert import timestamp
+from service.api.convert import timestamp, update_paths
 from service.core.ports import Job, JobState
-from service.memory.domain import AssistantMemory, MemoryDraft
+from service.memory.domain import UPDATABLE_FIELDS, AssistantMemory, MemoryDraft
 from service.memory.ports import MemoryRecord
 
 __all__ = ["MemoryServicer", "memory_to_pb"]
@@ -119,9 +119,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         self, request: memory_pb2.UpdateMemoryRequest, context: Context
     ) -> memory_pb2.UpdateMemoryResponse:
         m = request.memory
-        paths = list(request.update_mask.paths) or [
-            f.name for f, _ in m.ListFields() if f.name in ("content", "metadata")
-        ]
+        paths = update_paths(request.update_mask, m, UPDATABLE_FIELDS)
         record = await self._memory.update(
             tenant(),
             m.assistant_id,

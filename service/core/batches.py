@@ -10,28 +10,29 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 
-from service.core.assistants import MAX_MODEL
 from service.core.errors import InvalidArgument
+from service.core.limits import (
+    MAX_ADDED_MESSAGES,
+    MAX_MODEL,
+    MAX_TOOL_ARGUMENTS_CHARS,
+    MAX_TOOL_CALL_ID,
+    MAX_TOOL_NAME,
+    MAX_TOOL_OUTPUT_CHARS,
+)
 from service.core.models import ContextEntry, MemoryMode, Role, ToolCall
-from service.core.tools import MAX_OUTPUT_CHARS
 from service.core.validation import check_metadata, check_text
 
 __all__ = [
     "CLOCK_SKEW",
-    "MAX_BATCH",
     "BatchRequest",
     "NewMessage",
     "check_against_thread",
     "check_batch",
 ]
 
-MAX_BATCH = 1000
 # A message's own time may run ahead of Loom's clock by this much (clients'
 # clocks drift); anything later is a mistake, not a clock.
 CLOCK_SKEW = timedelta(minutes=1)
-MAX_CALL_ID = 256
-MAX_TOOL_NAME = 64
-MAX_ARGUMENTS = 64_000
 _ROLES = (Role.USER, Role.ASSISTANT, Role.SYSTEM, Role.TOOL)
 
 
@@ -69,20 +70,20 @@ class BatchRequest:
 
 
 def check_batch(messages: Sequence[NewMessage], max_content: int, at: datetime) -> None:
-    """Check a batch given at ``at`` on its own: 1 to ``MAX_BATCH`` messages,
-    each well formed, tool outputs answering calls made earlier in the batch
-    (those for calls made before it are checked against the thread), and
-    ``create_time`` neither in the future nor going backwards.
+    """Check a batch given at ``at`` on its own: 1 to ``MAX_ADDED_MESSAGES``
+    messages, each well formed, tool outputs answering calls made earlier in
+    the batch (those for calls made before it are checked against the
+    thread), and ``create_time`` neither in the future nor going backwards.
 
     Raises:
         InvalidArgument: the first problem found, naming the message.
     """
     if not messages:
         raise InvalidArgument("messages is empty; send 1 to 1,000 messages", field="messages")
-    if len(messages) > MAX_BATCH:
+    if len(messages) > MAX_ADDED_MESSAGES:
         raise InvalidArgument(
-            f"messages has {len(messages):,} messages; the limit is {MAX_BATCH:,} per call "
-            "(send the rest in further calls)",
+            f"messages has {len(messages):,} messages; the limit is "
+            f"{MAX_ADDED_MESSAGES:,} per call (send the rest in further calls)",
             field="messages",
         )
     previous: datetime | None = None
@@ -120,7 +121,7 @@ def _check_message(message: NewMessage, where: str, max_content: int) -> None:
         )
     answered = message.role is Role.TOOL
     needs_text = not answered and not (message.role is Role.ASSISTANT and message.tool_calls)
-    limit = MAX_OUTPUT_CHARS if answered else max_content
+    limit = MAX_TOOL_OUTPUT_CHARS if answered else max_content
     check_text(message.content, f"{where}.content", limit, required=needs_text)
     check_metadata(message.metadata, f"{where}.metadata")
     check_text(message.model, f"{where}.model", MAX_MODEL)
@@ -138,9 +139,9 @@ def _check_message(message: NewMessage, where: str, max_content: int) -> None:
 
 
 def _check_call(call: ToolCall, where: str) -> None:
-    check_text(call.tool_call_id, f"{where}.tool_call_id", MAX_CALL_ID, required=True)
+    check_text(call.tool_call_id, f"{where}.tool_call_id", MAX_TOOL_CALL_ID, required=True)
     check_text(call.name, f"{where}.name", MAX_TOOL_NAME, required=True)
-    check_text(call.arguments, f"{where}.arguments", MAX_ARGUMENTS)
+    check_text(call.arguments, f"{where}.arguments", MAX_TOOL_ARGUMENTS_CHARS)
     try:
         json.loads(call.arguments or "{}")
     except ValueError:

@@ -20,11 +20,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from service.core.errors import InvalidArgument
+from service.core.limits import MAX_FILTER_CHARS, MAX_FILTER_CLAUSES
 
 __all__ = ["Clause", "FieldKind", "canonical", "parse_filter"]
-
-MAX_FILTER_CHARS = 2000
-MAX_CLAUSES = 16
 
 
 class FieldKind(enum.Enum):
@@ -168,8 +166,8 @@ def parse_filter(
             if clauses:
                 reader.conjunction()
             clauses.append(_comparison(reader, fields))
-            if len(clauses) > MAX_CLAUSES:
-                raise _Error(reader.at, f"at most {MAX_CLAUSES} comparisons are allowed")
+            if len(clauses) > MAX_FILTER_CLAUSES:
+                raise _Error(reader.at, f"at most {MAX_FILTER_CLAUSES} comparisons are allowed")
     except _Error as error:
         raise InvalidArgument(
             f"{field} is invalid at character {error.position + 1}: {error.problem} "

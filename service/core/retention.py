@@ -18,12 +18,13 @@ from typing import Any
 from service.core import ids
 from service.core.errors import InvalidArgument
 from service.core.jobs import Checkpoint, JobRunner
+from service.core.limits import MAX_THREAD_TTL_DAYS
 from service.core.ports import Job
 
 __all__ = ["EXPIRE_JOB", "MAX_TTL", "Retention", "expire_at"]
 
 EXPIRE_JOB = "thread.expire"
-MAX_TTL = timedelta(days=3650)
+MAX_TTL = timedelta(days=MAX_THREAD_TTL_DAYS)
 
 Purge = Callable[[str, str], Awaitable[dict[str, Any]]]
 

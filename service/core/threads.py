@@ -15,22 +15,17 @@ from service.core.clock import now
 from service.core.errors import InvalidArgument, NotFound
 from service.core.filters import FieldKind, canonical, parse_filter
 from service.core.jobs import JobRunner
+from service.core.limits import MAX_USER_ID
 from service.core.models import Message, Page, Thread, Usage
-from service.core.paging import decode_token, encode_token
+from service.core.paging import open_cursor
 from service.core.ports import MemoryPort, MessageStore, ThreadStore
 from service.core.retention import Retention, expire_at
-from service.core.validation import (
-    check_metadata,
-    check_page_size,
-    check_text,
-    check_update_mask,
-)
+from service.core.validation import check_metadata, check_text, check_update_mask
 
-__all__ = ["FILTERS", "MAX_USER_ID", "UPDATABLE_FIELDS", "Expiration", "ThreadDraft", "Threads"]
+__all__ = ["FILTERS", "UPDATABLE_FIELDS", "Expiration", "ThreadDraft", "Threads"]
 
 log = logging.getLogger(__name__)
 
-MAX_USER_ID = 256
 _ORDERS = {"": False, "sequence": False, "sequence asc": False, "sequence desc": True}
 UPDATABLE_FIELDS = ("metadata", "assistant_id", "expire_time", "ttl", "expire_memories")
 # What ListThreads can filter on (service.core.filters).
@@ -192,19 +187,16 @@ class Threads:
             ids.check_id(ids.ASSISTANT, assistant_id, "assistant_id")
         check_text(user_id, "user_id", MAX_USER_ID)
         clauses = parse_filter(filter_text, FILTERS)
-        limit = check_page_size(page_size)
         filters: dict[str, object] = {"list": "threads", "a": assistant_id, "u": user_id}
         if clauses:
             filters["f"] = canonical(clauses)
-        after = decode_token(page_token, filters)
-        if after is not None and not isinstance(after, str):
-            raise InvalidArgument("page_token is malformed", field="page_token")
+        cursor = open_cursor(page_size, page_token, filters, str)
         items = await self._threads.find_page(
-            tenant, assistant_id, user_id, limit + 1, after, clauses
+            tenant, assistant_id, user_id, cursor.fetch, cursor.after, clauses
         )
-        more = len(items) > limit
-        items = await self.with_totals(items[:limit])
-        return Page(items, encode_token(items[-1].thread_id, filters) if more else "")
+        page = cursor.page(items, lambda t: t.thread_id)
+        await self.with_totals(page.items)
+        return page
 
     async def delete(self, tenant: str, thread_id: str, *, forget: bool = False) -> int:
         """Delete the thread and its messages (and, with ``forget``, the
@@ -256,19 +248,14 @@ class Threads:
                 field="order_by",
             )
         descending = _ORDERS[order]
-        limit = check_page_size(page_size)
-        thread = await self.get(tenant, thread_id)
         filters: dict[str, object] = {"list": "messages", "t": thread_id, "d": descending}
-        after = decode_token(page_token, filters)
-        if after is not None and not isinstance(after, int):
-            raise InvalidArgument("page_token is malformed", field="page_token")
+        cursor = open_cursor(page_size, page_token, filters, int)
+        thread = await self.get(tenant, thread_id)
         # A batch still being appended (or left by a writer that died) is not shown.
         items = await self._messages.find_page(
-            tenant, thread_id, limit + 1, after, descending, before=thread.open_batch
+            tenant, thread_id, cursor.fetch, cursor.after, descending, before=thread.open_batch
         )
-        more = len(items) > limit
-        items = items[:limit]
-        return Page(items, encode_token(items[-1].sequence, filters) if more else "")
+        return cursor.page(items, lambda m: m.sequence)
 
     async def check_update(
         self, tenant: str, thread_id: str, draft: ThreadDraft, paths: builtins.list[str]

@@ -5,21 +5,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from service.core.errors import InvalidArgument
+from service.core.limits import (
+    MAX_METADATA_KEY,
+    MAX_METADATA_PAIRS,
+    MAX_METADATA_VALUE,
+)
 
 __all__ = [
-    "DEFAULT_PAGE_SIZE",
-    "MAX_PAGE_SIZE",
     "check_metadata",
-    "check_page_size",
     "check_text",
     "check_update_mask",
 ]
-
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 1000
-MAX_METADATA_PAIRS = 16
-MAX_METADATA_KEY = 64
-MAX_METADATA_VALUE = 512
 
 
 def check_text(value: str, field: str, limit: int, *, required: bool = False) -> str:
@@ -66,19 +62,6 @@ def check_metadata(metadata: dict[str, str], field: str = "metadata") -> dict[st
                 field=field,
             )
     return dict(metadata)
-
-
-def check_page_size(page_size: int) -> int:
-    """Apply AIP-158: 0 means the default, oversize is clamped.
-
-    Raises:
-        InvalidArgument: negative.
-    """
-    if page_size < 0:
-        raise InvalidArgument("page_size must not be negative", field="page_size")
-    if page_size == 0:
-        return DEFAULT_PAGE_SIZE
-    return min(page_size, MAX_PAGE_SIZE)
 
 
 def check_update_mask(paths: Sequence[str], updatable: Sequence[str]) -> list[str]:

@@ -23,16 +23,27 @@ from service.core.assistants import get_assistant
 from service.core.clock import now
 from service.core.errors import InvalidArgument, NotFound
 from service.core.jobs import Checkpoint, JobRunner
+from service.core.limits import (
+    DEFAULT_SEARCH_LIMIT,
+    MAX_MEMORY_CHARS,
+    MAX_QUERY_CHARS,
+    MAX_SEARCH_LIMIT,
+    MAX_USER_ID,
+)
 from service.core.models import Message, Page, Recalled
-from service.core.paging import decode_token, encode_token
+from service.core.paging import open_cursor
 from service.core.ports import AssistantStore, ChatModel, Job, JobStore, MessageStore
-from service.core.validation import check_metadata, check_page_size, check_text
+from service.core.validation import (
+    check_metadata,
+    check_text,
+    check_update_mask,
+)
 from service.memory.exchanges import batch_payload, read_exchange
 from service.memory.extraction import Candidate, Operation, extract_facts, reconcile
 from service.memory.ports import MemoryHit, MemoryIndex, MemoryRecord
 from service.telemetry import span, tracer
 
-__all__ = ["EXTRACTION_JOB", "AssistantMemory", "MemoryDraft"]
+__all__ = ["EXTRACTION_JOB", "UPDATABLE_FIELDS", "AssistantMemory", "MemoryDraft"]
 
 log = logging.getLogger(__name__)
 _tracer = tracer("loom.memory")
@@ -43,13 +54,10 @@ _recall_duration = metrics.get_meter("loom").create_histogram(
 )
 
 EXTRACTION_JOB = "memory.extract"
-MAX_MEMORY_CHARS = 4000
-MAX_QUERY_CHARS = 4000
-MAX_SEARCH_LIMIT = 100
-MAX_USER_ID = 256
 EPISODIC = "episodic"
 FACT = "fact"
 MANUAL = "manual"
+UPDATABLE_FIELDS = ("content", "metadata")
 
 
 def episodic_id(message_id: str) -> str:
@@ -369,23 +377,20 @@ class AssistantMemory:
             raise InvalidArgument(
                 "user_id and assistant_wide_only cannot be combined", field="assistant_wide_only"
             )
-        limit = check_page_size(page_size)
-        await self._assistant(tenant, assistant_id)
         filters: dict[str, object] = {
             "list": "memories",
             "a": assistant_id,
             "u": user_id,
             "w": assistant_wide_only,
         }
-        after = decode_token(page_token, filters)
-        if after is not None and not isinstance(after, int):
-            raise InvalidArgument("page_token is malformed", field="page_token")
-        offset = after or 0
+        cursor = open_cursor(page_size, page_token, filters, int)
+        await self._assistant(tenant, assistant_id)
+        # The index pages by offset: the key a page resumes after is the
+        # number of items before it.
+        offset = cursor.after or 0
         scope: str | None = "" if assistant_wide_only else (user_id or None)
-        items = await self._index.list_records(tenant, assistant_id, scope, limit + 1, offset)
-        more = len(items) > limit
-        items = items[:limit]
-        return Page(items, encode_token(offset + limit, filters) if more else "")
+        items = await self._index.list_records(tenant, assistant_id, scope, cursor.fetch, offset)
+        return cursor.page(items, lambda _: offset + cursor.limit)
 
     async def search(
         self,
@@ -412,7 +417,7 @@ class AssistantMemory:
             assistant_id,
             query,
             user_id=user_id,
-            limit=min(limit or 10, MAX_SEARCH_LIMIT),
+            limit=min(limit or DEFAULT_SEARCH_LIMIT, MAX_SEARCH_LIMIT),
             min_score=max(min_score, 0.0),
         )
 
@@ -424,25 +429,14 @@ class AssistantMemory:
         draft: MemoryDraft,
         paths: Sequence[str],
     ) -> MemoryRecord:
-        """Change a memory's content and/or metadata.
+        """Change a memory's content and/or metadata; ``*`` alone replaces
+        both (``check_update_mask``).
 
         Raises:
-            InvalidArgument: unknown paths, bad values.
+            InvalidArgument: a bad mask, bad values.
             NotFound: no such assistant or memory.
         """
-        allowed = ("content", "metadata")
-        if not paths:
-            raise InvalidArgument(
-                "update_mask names no field to change; use 'content', 'metadata' or '*'",
-                field="update_mask",
-            )
-        wanted = list(allowed) if list(paths) == ["*"] else list(paths)
-        unknown = [p for p in wanted if p not in allowed]
-        if unknown:
-            raise InvalidArgument(
-                f"update_mask path {unknown[0]!r} cannot be updated; use 'content' or 'metadata'",
-                field="update_mask",
-            )
+        wanted = check_update_mask(paths, UPDATABLE_FIELDS)
         existing = await self.get(tenant, assistant_id, memory_id)
         changes: dict[str, Any] = {"update_time": now()}
         if "content" in wanted:

@@ -25,6 +25,7 @@ from service.core import ids
 from service.core.batches import BatchRequest, NewMessage, check_against_thread, check_batch
 from service.core.clock import now
 from service.core.errors import Aborted, InvalidArgument
+from service.core.limits import MAX_REQUEST_ID, MAX_USER_ID
 from service.core.models import (
     Assistant,
     MemoryMode,
@@ -38,10 +39,9 @@ from service.core.reply.collaborators import ReplyPolicy, ReplyServices, ReplySt
 from service.core.reply.fitting import prompt_limit
 from service.core.reply.hooks import ReplyHooks
 from service.core.reply.recovery import Recovery
-from service.core.reply.request import MAX_REQUEST_ID, assistant_for, existing_thread
+from service.core.reply.request import assistant_for, existing_thread
 from service.core.reply.runs import ToolRuns
 from service.core.reply.writes import ThreadWrites
-from service.core.threads import MAX_USER_ID
 from service.core.validation import check_text
 
 __all__ = ["Added", "Importer"]
