@@ -6,7 +6,9 @@ the usage totals GetThread reports."""
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -19,6 +21,7 @@ from generated.loom.v1 import assistant_pb2, common_pb2, memory_pb2, thread_pb2
 from service.server import Loom
 from tests.conftest import Api, expect_error, new_tenant_key
 from tests.scripted_llm import Reply, ScriptedLLM
+from tests.support.process import grpcurl_bin, json_objects
 from tests.test_memory import EXTRACT_MARK, Mem
 
 SUMMARY_MARK = "You keep the running summary"
@@ -380,3 +383,79 @@ async def test_get_thread_totals_replies_summaries_and_extraction(
     assert folds >= 1
     assert extractions == 3  # the batch's job and one per reply
     assert await totals() == expected
+
+
+# -- the README's conversation commands --------------------------------------------
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _readme_commands() -> list[str]:
+    """The grpcurl commands of the README's conversations section, in order."""
+    section = README.read_text().split("## Conversations: import, hand off")[1].split("\n## ")[0]
+    [block] = re.findall(r"```sh\n(.*?)```", section, re.DOTALL)
+    commands: list[str] = []
+    current: list[str] = []
+    for line in block.splitlines():
+        if line.startswith("grpcurl") or current:
+            current.append(line)
+            if "127.0.0.1:50051 loom.v1." in line:
+                commands.append("\n".join(current))
+                current = []
+    return commands
+
+
+async def test_the_readme_conversation_commands_run_as_written(
+    api: Api, loom: Loom, llm: ScriptedLLM
+) -> None:
+    llm.set_default(lambda body: Reply(text="ok", usage=(12, 3)))
+    billing = await _assistant(api, instructions="You are the billing specialist.")
+    names = {"asst_6b0a...": billing}
+
+    async def run(command: str) -> dict[str, Any]:
+        for placeholder, value in names.items():
+            command = command.replace(placeholder, value)
+        command = command.replace("grpcurl", grpcurl_bin(), 1).replace("dev-key", str(api.key))
+        command = command.replace("127.0.0.1:50051", f"127.0.0.1:{loom.port}")
+        proc = await asyncio.create_subprocess_exec(
+            "bash", "-c", command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        out, err = await proc.communicate()
+        assert proc.returncode == 0, f"{command}\n{err.decode()}"
+        return dict(json_objects(out.decode())[-1])
+
+    commands = _readme_commands()
+    assert [c.rsplit("/", 1)[1] for c in commands] == [
+        "AddMessages",
+        "AddMessages",
+        "UpdateThread",
+        "UpdateThread",
+        "ListThreads",
+        "UpdateThread",
+        "ForkThread",
+        "SendMessage",
+        "ForkThread",
+        "SendMessage",
+        "GetThread",
+    ]
+    imported = await run(commands[0])
+    assert imported["thread_created"] is True
+    names["thread_6b09..."] = thread_id = imported["thread"]["thread_id"]
+    assert (await run(commands[1]))["messages"][0]["sequence"] == "2"
+    assert (await run(commands[2]))["thread"]["metadata"] == {"ticket": "123", "queue": "billing"}
+    assert (await run(commands[3]))["thread"]["assistant_id"] == billing
+    assert [t["thread_id"] for t in (await run(commands[4]))["threads"]] == [thread_id]
+    kept = (await run(commands[5]))["thread"]
+    assert kept["expire_memories"] is True
+    assert "expire_time" in kept
+    names["thread_6b0b..."] = (await run(commands[6]))["thread"]["thread_id"]
+    edited = await run(commands[7])
+    assert edited["completed"]["message"]["sequence"] == "2"
+    regenerate = (await run(commands[8]))["thread"]
+    assert regenerate["forked_from"]["thread_id"] == names["thread_6b0b..."]
+    names["thread_6b0c..."] = regenerate["thread_id"]
+    again = await run(commands[9])
+    assert again["completed"]["message"]["sequence"] == "1"
+    shown = (await run(commands[10]))["thread"]
+    assert shown["thread_id"] == thread_id
+    assert shown["message_count"] == "3"
