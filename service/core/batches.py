@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from service.core.errors import InvalidArgument
@@ -63,9 +63,20 @@ class BatchRequest:
     def fingerprint(self) -> str:
         """A digest of everything but the request id, to spot a reused id
         (it also differs from any SendMessage's)."""
-        body = asdict(self)
-        body.pop("request_id")
-        text = json.dumps(["AddMessages", body], sort_keys=True, default=str)
+        messages = [
+            [
+                m.role.value if m.role else None,
+                m.content,
+                m.create_time.isoformat() if m.create_time else None,
+                sorted(m.metadata.items()),
+                m.model,
+                [[c.tool_call_id, c.name, c.arguments] for c in m.tool_calls],
+                m.tool_call_id,
+            ]
+            for m in self.messages
+        ]
+        body = [self.thread_id, self.assistant_id, self.user_id, self.memory.value, messages]
+        text = json.dumps(["AddMessages", body], separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -151,17 +162,17 @@ def _check_call(call: ToolCall, where: str) -> None:
         ) from None
 
 
-def check_against_thread(
-    messages: Sequence[NewMessage], context: Iterable[ContextEntry], last_time: datetime | None
-) -> None:
+def check_against_thread(messages: Sequence[NewMessage], context: Sequence[ContextEntry]) -> None:
     """Check a batch against the thread it goes to: each tool output answers
     one call made before it (in the batch, or in the thread's recent
     messages, ``context``) that has no output yet, and the batch's first
-    time is not earlier than the thread's last message (``last_time``).
+    time is not earlier than the thread's last message (the newest entry of
+    its context).
 
     Raises:
         InvalidArgument: the first problem found, naming the message.
     """
+    last_time = context[-1].create_time if context else None
     open_calls: set[str] = set()
     for entry in context:
         open_calls |= {c.tool_call_id for c in entry.tool_calls}

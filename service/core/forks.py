@@ -62,13 +62,6 @@ class Forks:
         t = now()
         await self._threads.schedule_purge(tenant, fork_id, t + FORK_GRACE)
         copied, context = await self._copy(tenant, original, fork_id, through_sequence)
-        if copied != through_sequence + 1:
-            await self._messages.delete_thread(tenant, fork_id)
-            raise InvalidArgument(
-                f"through_sequence {through_sequence} is not a message of thread {thread_id!r} "
-                f"(it has {copied} messages up to there)",
-                field="through_sequence",
-            )
         summary = original.summary
         fork = Thread(
             thread_id=fork_id,
@@ -91,41 +84,44 @@ class Forks:
     async def _copy(
         self, tenant: str, original: Thread, fork_id: str, through: int
     ) -> tuple[int, list[ContextEntry]]:
-        """Copy the messages up to ``through`` into ``fork_id``, a page at a
-        time; return how many, and the fork's cached context (its newest
-        messages, with the token counts the original had cached). Nothing is
-        left behind if one is still streaming.
+        """Copy the messages up to ``through`` into ``fork_id``; return how
+        many, and the fork's cached context (its newest messages, with the
+        token counts the original had cached). They are read in one query
+        (on FerretDB every query but one by ``_id`` reads the whole
+        collection, so one read beats a page at a time) and written
+        ``COPY_PAGE`` at a time. Nothing is written if one is streaming.
 
         Raises:
+            InvalidArgument: the thread has no message ``through``.
             ThreadBusy: a message to copy is IN_PROGRESS.
         """
+        messages = await self._messages.find_page(
+            tenant, original.thread_id, through + 1, None, False, before=through + 1
+        )
+        if len(messages) != through + 1:
+            raise InvalidArgument(
+                f"through_sequence {through} is not a message of thread {original.thread_id!r} "
+                f"(it has {len(messages)} messages up to there)",
+                field="through_sequence",
+            )
+        if any(m.status is MessageStatus.IN_PROGRESS for m in messages):
+            raise ThreadBusy(
+                original.thread_id,
+                waiting="a reply up to that sequence is still streaming; fork before it, or "
+                "once it has completed",
+            )
         counted = {e.sequence: e.tokens for e in original.context}
         context: list[ContextEntry] = []
-        count = 0
-        after: int | None = None
         try:
-            while count <= through:
-                page = await self._messages.find_page(
-                    tenant, original.thread_id, COPY_PAGE, after, False, before=through + 1
-                )
-                if not page:
-                    break
-                if any(m.status is MessageStatus.IN_PROGRESS for m in page):
-                    raise ThreadBusy(
-                        original.thread_id,
-                        waiting="a reply up to that sequence is still streaming; fork before "
-                        "it, or once it has completed",
-                    )
-                copies = [_copy(m, fork_id) for m in page]
-                await self._messages.append_all(copies, page[0].sequence)
+            for i in range(0, len(messages), COPY_PAGE):
+                copies = [_copy(m, fork_id) for m in messages[i : i + COPY_PAGE]]
+                await self._messages.append_all(copies, copies[0].sequence)
                 entries = [replace(m.entry(), tokens=counted.get(m.sequence, 0)) for m in copies]
                 context = merge(context, entries, self._context_chars)
-                count += len(page)
-                after = page[-1].sequence
         except BaseException:
             await self._messages.delete_thread(tenant, fork_id)
             raise
-        return count, context
+        return len(messages), context
 
 
 def _copy(message: Message, fork_id: str) -> Message:

@@ -151,6 +151,7 @@ class ContextEntry:
     tokens: int = 0  # base tokens of content and tool calls, cached; 0 = not counted yet
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str = ""
+    create_time: datetime | None = None  # None in contexts cached before it was kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +231,7 @@ class Message:
             self.status,
             tool_calls=tuple(self.tool_calls),
             tool_call_id=self.tool_call_id,
+            create_time=self.create_time,
         )
 
 

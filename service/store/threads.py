@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pymongo import DESCENDING, ReturnDocument
@@ -45,6 +45,7 @@ def _context_blob(entries: Sequence[ContextEntry]) -> str:
                 e.tokens,
                 [[c.tool_call_id, c.name, c.arguments] for c in e.tool_calls],
                 e.tool_call_id,
+                _millis(e.create_time),
             ]
             for e in entries
         ],
@@ -64,9 +65,14 @@ def _context_from_blob(blob: str | None) -> list[ContextEntry]:
             int(e[4]),
             tuple(ToolCall(*c) for c in e[5]) if len(e) > 5 else (),
             e[6] if len(e) > 6 else "",
+            datetime.fromtimestamp(e[7] / 1000, UTC) if len(e) > 7 and e[7] is not None else None,
         )
         for e in json.loads(blob)
     ]
+
+
+def _millis(t: datetime | None) -> int | None:
+    return None if t is None else round(t.timestamp() * 1000)
 
 
 def _run_doc(run: PendingRun | None) -> Doc | None:

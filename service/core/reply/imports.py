@@ -39,7 +39,7 @@ from service.core.reply.collaborators import ReplyPolicy, ReplyServices, ReplySt
 from service.core.reply.fitting import prompt_limit
 from service.core.reply.hooks import ReplyHooks
 from service.core.reply.recovery import Recovery
-from service.core.reply.request import assistant_for, existing_thread
+from service.core.reply.request import assistant_for, thread_assistant
 from service.core.reply.runs import ToolRuns
 from service.core.reply.writes import ThreadWrites
 from service.core.validation import check_text
@@ -58,16 +58,6 @@ class Added:
     thread_created: bool
     messages: list[Message]
     memory_operation_id: str = ""
-
-
-@dataclass(slots=True)
-class _Target:
-    """Where a batch goes: its thread (None until a new one is created),
-    whether the request created it, and the thread's assistant."""
-
-    thread: Thread | None
-    created: bool
-    assistant: Assistant
 
 
 class Importer:
@@ -103,12 +93,13 @@ class Importer:
         _check_request(req)
         check_batch(req.messages, self._policy.max_content, now())
         if not req.request_id:
-            return await self._store(tenant, req)
+            return await self._store(tenant, req, "")
+        fingerprint = req.fingerprint()
         requests = self._stores.requests
-        record = await requests.claim(tenant, req.request_id, req.fingerprint(), now())
+        record = await requests.claim(tenant, req.request_id, fingerprint, now())
         if record is None:
-            return await self._released_on_failure(tenant, req)
-        if record.fingerprint != req.fingerprint():
+            return await self._released_on_failure(tenant, req, fingerprint)
+        if record.fingerprint != fingerprint:
             raise InvalidArgument(
                 f"request_id {req.request_id!r} was already used for a different request; "
                 "use a new request_id for a new batch",
@@ -116,96 +107,102 @@ class Importer:
                 reason="REQUEST_ID_REUSED",
             )
         if record.thread_id:
-            return await self._store(tenant, req)  # finds the batch, or stores it again
+            return await self._store(tenant, req, fingerprint)  # finds it, or stores it again
         stale = record.create_time < now() - timedelta(seconds=2 * self._policy.lease_ttl)
         if stale and await requests.take_over(tenant, req.request_id, record.create_time, now()):
-            return await self._released_on_failure(tenant, req)
+            return await self._released_on_failure(tenant, req, fingerprint)
         raise Aborted(
             f"a request with request_id {req.request_id!r} is still being processed; retry shortly",
             reason="REQUEST_IN_PROGRESS",
         )
 
-    async def _released_on_failure(self, tenant: str, req: BatchRequest) -> Added:
+    async def _released_on_failure(self, tenant: str, req: BatchRequest, fingerprint: str) -> Added:
         """Store the batch under a freshly claimed request id; if that fails
         before the claim is bound (so nothing was stored), drop the claim so
         that the caller can retry."""
         try:
-            return await self._store(tenant, req)
+            return await self._store(tenant, req, fingerprint)
         except BaseException:
             await self._stores.shield.run(self._stores.requests.release(tenant, req.request_id))
             raise
 
-    async def _store(self, tenant: str, req: BatchRequest) -> Added:
-        """Find the batch a first attempt stored, or store it."""
-        target = await self._target(tenant, req)
-        if target.thread is not None and (done := await self._stored(tenant, req, target.thread)):
-            return await self._result(tenant, target, done, fresh=False)
-        new_thread = target.thread is None
-        if target.thread is None:
-            check_against_thread(req.messages, (), None)
-            target.thread = await self._stores.threads.create(
-                tenant, target.assistant.assistant_id, req.user_id, {}
-            )
-        thread = target.thread
+    async def _store(self, tenant: str, req: BatchRequest, fingerprint: str) -> Added:
+        """Find the batch a first attempt with this request id stored, or
+        store it: in that attempt's thread, the one named, or a new one."""
+        created = not req.thread_id
+        prior = await self._first_message(tenant, req)
+        if prior is not None:  # a repeat: answered without the lease if the batch is whole
+            thread = await self._stores.threads.get(tenant, prior.thread_id)
+            if done := await self._stored(tenant, req, thread, prior):
+                assistant = await thread_assistant(
+                    self._stores, tenant, thread, req.assistant_id, req.user_id
+                )
+                return await self._result(tenant, thread, assistant, done, created, fresh=False)
+        thread_id = prior.thread_id if prior is not None else req.thread_id
+        new: Thread | None = None
+        if not thread_id:
+            owner = await assistant_for(self._stores, tenant, req.assistant_id)
+            check_against_thread(req.messages, ())
+            new = await self._stores.threads.create(tenant, owner.assistant_id, req.user_id, {})
+            thread_id = new.thread_id
         stored: list[Message] = []
         try:
-            # An existing thread is read again under the lease.
-            held = self._recovery.hold(tenant, thread.thread_id, thread if new_thread else None)
-            async with held as writes:
+            # An existing thread is read under the lease (``new`` is passed as is).
+            async with self._recovery.hold(tenant, thread_id, new) as writes:
+                assistant = await thread_assistant(
+                    self._stores, tenant, writes.thread, req.assistant_id, req.user_id
+                )
                 await self._runs.refuse_if_waiting(tenant, writes)
                 # A first attempt whose batch was rolled back stores it again.
                 stored = await self._stored(tenant, req, writes.thread) or await self._append(
-                    tenant, req, target, writes
+                    tenant, req, assistant, writes, fingerprint
                 )
         finally:
-            if target.created and not stored:
+            if created and not stored:
                 # Nothing reached the thread made for it: leave no empty one behind.
-                await self._stores.shield.run(
-                    self._stores.thread_store.delete(tenant, thread.thread_id)
-                )
-        return await self._result(tenant, target, stored, fresh=True)
-
-    async def _target(self, tenant: str, req: BatchRequest) -> _Target:
-        """The thread the batch goes to: the one a first attempt with this
-        request id used, the one named, or none yet (a new one)."""
-        prior = None
-        if req.request_id:
-            prior = await self._stores.messages.get(tenant, _message_ids(tenant, req)[0])
-        thread_id = prior.thread_id if prior is not None else req.thread_id
-        if not thread_id:
-            assistant = await assistant_for(self._stores, tenant, req.assistant_id)
-            return _Target(None, True, assistant)
-        thread, assistant = await existing_thread(
-            self._stores, tenant, thread_id, req.assistant_id, req.user_id
-        )
-        return _Target(thread, not req.thread_id, assistant)
+                await self._stores.shield.run(self._stores.thread_store.delete(tenant, thread_id))
+        return await self._result(tenant, writes.thread, assistant, stored, created, fresh=True)
 
     async def _append(
-        self, tenant: str, req: BatchRequest, target: _Target, writes: ThreadWrites
+        self,
+        tenant: str,
+        req: BatchRequest,
+        assistant: Assistant,
+        writes: ThreadWrites,
+        fingerprint: str,
     ) -> list[Message]:
         """Under the lease: check the batch against the thread, then store it
         as one batch (rolled back if anything fails before it is closed)."""
         thread = writes.thread
-        last = await self._stores.messages.find_page(tenant, thread.thread_id, 1, None, True)
-        check_against_thread(req.messages, thread.context, last[0].create_time if last else None)
-        memory = self._memory_mode(req, target.assistant)
+        check_against_thread(req.messages, thread.context)
+        memory = req.memory if req.memory is not MemoryMode.UNSPECIFIED else assistant.memory_mode
         messages = _messages(tenant, thread.thread_id, req, memory, now())
         await writes.open_batch()
         try:
             stored = await writes.append(messages)
-            await self._bind(tenant, req, thread.thread_id, target.created)
+            if req.request_id:  # where the batch went, so that a retry finds it
+                record = RequestRecord(
+                    fingerprint, now(), thread_id=thread.thread_id, thread_created=not req.thread_id
+                )
+                await self._stores.requests.bind(tenant, req.request_id, record)
             await writes.save([m.entry() for m in stored], writes.thread.run)
         except BaseException:
             await self._stores.shield.run(writes.roll_back(tenant))
             raise
         return stored
 
-    async def _stored(self, tenant: str, req: BatchRequest, thread: Thread) -> list[Message]:
-        """The batch as a first attempt with this request id stored it, if
-        that attempt finished (its batch is not open); else []."""
+    async def _first_message(self, tenant: str, req: BatchRequest) -> Message | None:
+        """The batch's first message as a first attempt stored it, if any."""
         if not req.request_id:
-            return []
-        found = await self._stores.messages.get(tenant, _message_ids(tenant, req)[0])
+            return None
+        return await self._stores.messages.get(tenant, _message_ids(tenant, req)[0])
+
+    async def _stored(
+        self, tenant: str, req: BatchRequest, thread: Thread, first: Message | None = None
+    ) -> list[Message]:
+        """The batch as a first attempt with this request id stored it in
+        ``thread``, if that attempt finished (its batch is not open); else []."""
+        found = first or await self._first_message(tenant, req)
         if found is None or found.thread_id != thread.thread_id:
             return []
         if thread.open_batch is not None and found.sequence >= thread.open_batch:
@@ -214,34 +211,26 @@ class Importer:
             tenant, thread.thread_id, len(req.messages), found.sequence - 1, False
         )
 
-    async def _bind(self, tenant: str, req: BatchRequest, thread_id: str, created: bool) -> None:
-        """Record where the batch went, so that a retry finds it."""
-        if req.request_id:
-            await self._stores.requests.bind(
-                tenant,
-                req.request_id,
-                RequestRecord(
-                    fingerprint=req.fingerprint(),
-                    create_time=now(),
-                    thread_id=thread_id,
-                    thread_created=created,
-                ),
-            )
-
     async def _result(
-        self, tenant: str, target: _Target, stored: list[Message], *, fresh: bool
+        self,
+        tenant: str,
+        thread: Thread,
+        assistant: Assistant,
+        stored: list[Message],
+        created: bool,
+        *,
+        fresh: bool,
     ) -> Added:
         """The answer for a stored batch, once its memory and summary work
         is started (indexing and folding only the first time: a repeat
         leaves indexing to the extraction job, which indexes what it reads)."""
-        assistant = target.assistant
         model = assistant.model or self._policy.default_model
-        thread = await self._stores.threads.show(tenant, stored[0].thread_id)
         operation = await self._remember(tenant, thread, stored, model, index=fresh)
         if fresh:
             limit = prompt_limit(self._counter, assistant, model)
             await self._hooks.fold(tenant, assistant, thread, model, limit)
-        return Added(thread, target.created, stored, operation)
+        [shown] = await self._stores.threads.with_totals([thread])
+        return Added(shown, created, stored, operation)
 
     async def _remember(
         self, tenant: str, thread: Thread, stored: list[Message], model: str, *, index: bool
@@ -266,11 +255,6 @@ class Importer:
             stored,
             model,
         )
-
-    def _memory_mode(self, req: BatchRequest, assistant: Assistant) -> MemoryMode:
-        if req.memory is not MemoryMode.UNSPECIFIED:
-            return req.memory
-        return assistant.memory_mode
 
 
 def _check_request(req: BatchRequest) -> None:

@@ -45,6 +45,7 @@ __all__ = [
     "existing_thread",
     "resolve",
     "run_for",
+    "thread_assistant",
 ]
 
 
@@ -134,14 +135,27 @@ async def assistant_for(stores: ReplyStores, tenant: str, assistant_id: str) -> 
 async def existing_thread(
     stores: ReplyStores, tenant: str, thread_id: str, assistant_id: str, user_id: str
 ) -> tuple[Thread, Assistant]:
-    """The thread a request continues and its assistant; ``assistant_id`` and
-    ``user_id``, if given, must be the thread's own.
+    """The thread a request continues and its assistant (see
+    ``thread_assistant``).
 
     Raises:
         NotFound: no such thread (or its assistant is being deleted).
         InvalidArgument: the thread belongs to another assistant or user.
     """
     thread = await stores.threads.get(tenant, thread_id)
+    return thread, await thread_assistant(stores, tenant, thread, assistant_id, user_id)
+
+
+async def thread_assistant(
+    stores: ReplyStores, tenant: str, thread: Thread, assistant_id: str, user_id: str
+) -> Assistant:
+    """The assistant of a thread a request continues; ``assistant_id`` and
+    ``user_id``, if the request gave them, must be the thread's own.
+
+    Raises:
+        NotFound: the thread's assistant is being deleted (and the thread with it).
+        InvalidArgument: the thread belongs to another assistant or user.
+    """
     if assistant_id and assistant_id != thread.assistant_id:
         raise InvalidArgument(
             f"thread {thread.thread_id!r} belongs to assistant {thread.assistant_id!r}, not "
@@ -155,10 +169,9 @@ async def existing_thread(
             field="user_id",
         )
     try:
-        assistant = await stores.assistants.get(tenant, thread.assistant_id)
+        return await stores.assistants.get(tenant, thread.assistant_id)
     except NotFound:  # the assistant is being deleted, and the thread with it
         raise NotFound("thread", thread.thread_id) from None
-    return thread, assistant
 
 
 def run_for(req: SendRequest, assistant: Assistant) -> RunSpec:

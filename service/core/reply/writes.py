@@ -107,8 +107,9 @@ class ThreadWrites:
         self.thread.run = run
         self.thread.open_batch = None
         t = self.thread
+        t.update_time = now()
         await self._threads.save_context(
-            t.thread_id, t.context, t.message_count, now(), t.run, usage
+            t.thread_id, t.context, t.message_count, t.update_time, t.run, usage
         )
 
     async def open_batch(self) -> int:
