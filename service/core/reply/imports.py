@@ -93,12 +93,12 @@ class Importer:
         _check_request(req)
         check_batch(req.messages, self._policy.max_content, now())
         if not req.request_id:
-            return await self._store(tenant, req, "")
+            return await self._store(tenant, req, "", repeat=False)
         fingerprint = req.fingerprint()
         requests = self._stores.requests
         record = await requests.claim(tenant, req.request_id, fingerprint, now())
-        if record is None:
-            return await self._released_on_failure(tenant, req, fingerprint)
+        if record is None:  # the first attempt: nothing can be stored under its ids yet
+            return await self._released_on_failure(tenant, req, fingerprint, repeat=False)
         if record.fingerprint != fingerprint:
             raise InvalidArgument(
                 f"request_id {req.request_id!r} was already used for a different request; "
@@ -106,31 +106,38 @@ class Importer:
                 field="request_id",
                 reason="REQUEST_ID_REUSED",
             )
-        if record.thread_id:
-            return await self._store(tenant, req, fingerprint)  # finds it, or stores it again
+        if record.thread_id:  # finds the batch, or stores it again
+            return await self._store(tenant, req, fingerprint, repeat=True)
         stale = record.create_time < now() - timedelta(seconds=2 * self._policy.lease_ttl)
         if stale and await requests.take_over(tenant, req.request_id, record.create_time, now()):
-            return await self._released_on_failure(tenant, req, fingerprint)
+            return await self._released_on_failure(tenant, req, fingerprint, repeat=True)
         raise Aborted(
             f"a request with request_id {req.request_id!r} is still being processed; retry shortly",
             reason="REQUEST_IN_PROGRESS",
         )
 
-    async def _released_on_failure(self, tenant: str, req: BatchRequest, fingerprint: str) -> Added:
-        """Store the batch under a freshly claimed request id; if that fails
-        before the claim is bound (so nothing was stored), drop the claim so
-        that the caller can retry."""
+    async def _released_on_failure(
+        self, tenant: str, req: BatchRequest, fingerprint: str, *, repeat: bool
+    ) -> Added:
+        """Store the batch under a request id this call claimed; if that
+        fails before the claim is bound (so nothing was stored), drop the
+        claim so that the caller can retry."""
         try:
-            return await self._store(tenant, req, fingerprint)
+            return await self._store(tenant, req, fingerprint, repeat=repeat)
         except BaseException:
             await self._stores.shield.run(self._stores.requests.release(tenant, req.request_id))
             raise
 
-    async def _store(self, tenant: str, req: BatchRequest, fingerprint: str) -> Added:
-        """Find the batch a first attempt with this request id stored, or
-        store it: in that attempt's thread, the one named, or a new one."""
+    async def _store(
+        self, tenant: str, req: BatchRequest, fingerprint: str, *, repeat: bool
+    ) -> Added:
+        """Store the batch, in the thread named or a new one; for a
+        ``repeat`` of a request id, first look for what an earlier attempt
+        stored (in that attempt's thread)."""
         created = not req.thread_id
-        prior = await self._first_message(tenant, req)
+        # A lookup, not a habit: on FerretDB even a read by _id costs more as
+        # the messages collection grows.
+        prior = await self._first_message(tenant, req) if repeat else None
         if prior is not None:  # a repeat: answered without the lease if the batch is whole
             thread = await self._stores.threads.get(tenant, prior.thread_id)
             if done := await self._stored(tenant, req, thread, prior):
@@ -153,10 +160,11 @@ class Importer:
                     self._stores, tenant, writes.thread, req.assistant_id, req.user_id
                 )
                 await self._runs.refuse_if_waiting(tenant, writes)
-                # A first attempt whose batch was rolled back stores it again.
-                stored = await self._stored(tenant, req, writes.thread) or await self._append(
-                    tenant, req, assistant, writes, fingerprint
-                )
+                # A first attempt whose batch was open may have finished since
+                # it was first looked at; if it was rolled back, store it again.
+                if prior is not None:
+                    stored = await self._stored(tenant, req, writes.thread)
+                stored = stored or await self._append(tenant, req, assistant, writes, fingerprint)
         finally:
             if created and not stored:
                 # Nothing reached the thread made for it: leave no empty one behind.
