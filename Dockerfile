@@ -29,6 +29,10 @@ FROM python:3.11-slim
 RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/loom --create-home loom
 COPY --from=build /opt/loom /opt/loom
 COPY --from=build /opt/loom-model /opt/loom-model
+# LOOM_LISTEN is the wildcard address, so Loom refuses to start in plaintext
+# unless the deployment chooses: LOOM_TLS_CERT and LOOM_TLS_KEY (files mounted
+# from a secret), or LOOM_ALLOW_PLAINTEXT=true behind a mesh that carries TLS
+# (deploy/compose.yaml and deploy/k8s do the latter).
 ENV PATH=/opt/loom/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     ORT_DISABLE_TELEMETRY=1 \

@@ -141,6 +141,9 @@ def test_the_images_entrypoint_and_healthcheck_work_in_the_venv(
         "LOOM_MONGODB_URI": ferretdb.uri,
         "LOOM_MONGODB_DB": "loom_deploy",
         "LOOM_LLM_BASE_URL": llm.base_url,
+        # The image leaves TLS or plaintext to the deployment, as compose and
+        # the manifests do (plaintext behind a mesh).
+        "LOOM_ALLOW_PLAINTEXT": "true",
     }
     env = clean_env(**values)
 

@@ -58,11 +58,11 @@ class ThreadStore(Protocol):
     ) -> Thread | None:
         """Set the fields in ``changes``; None if there is no such thread."""
 
-    async def add_usage(self, thread_id: str, usage: Usage) -> None:
+    async def add_usage(self, tenant: str, thread_id: str, usage: Usage) -> None:
         """Add ``usage`` to the tokens the thread's background jobs spent
         (kept apart from the thread; one writer at a time, see ``Ledger``)."""
 
-    async def job_usage(self, thread_ids: Sequence[str]) -> dict[str, Usage]:
+    async def job_usage(self, tenant: str, thread_ids: Sequence[str]) -> dict[str, Usage]:
         """The tokens the threads' background jobs spent, by thread id
         (threads without any are left out)."""
 

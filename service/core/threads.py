@@ -159,7 +159,9 @@ class Threads:
     async def with_totals(self, threads: builtins.list[Thread]) -> builtins.list[Thread]:
         """``threads`` with the tokens their background jobs spent added to
         their usage (one read for all of them)."""
-        spent = await self._threads.job_usage([t.thread_id for t in threads]) if threads else {}
+        if not threads:
+            return threads
+        spent = await self._threads.job_usage(threads[0].tenant, [t.thread_id for t in threads])
         for thread in threads:
             if extra := spent.get(thread.thread_id):
                 thread.usage = Usage(

@@ -83,4 +83,4 @@ class Ledger:
             ThreadBusy: other charges held the thread's usage too long.
         """
         async with self._leases.hold(tenant, f"usage/{thread_id}", BRIEF):
-            await self._threads.add_usage(thread_id, usage)
+            await self._threads.add_usage(tenant, thread_id, usage)

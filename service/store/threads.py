@@ -26,7 +26,7 @@ from service.core.models import (
 from service.core.ports import PendingThreadDelete
 from service.store.tooldocs import tool_doc, tool_from_doc
 
-__all__ = ["MongoThreadStore"]
+__all__ = ["MongoThreadStore", "to_doc"]
 
 Doc = dict[str, Any]
 
@@ -149,6 +149,28 @@ def _hidden(d: Doc) -> bool:
     return bool(d.get("deleting")) or (expire is not None and expire <= now())
 
 
+def to_doc(t: Thread) -> Doc:
+    """The stored document of ``t``, its cached context included."""
+    return {
+        "_id": t.thread_id,
+        "tenant": t.tenant,
+        "assistant_id": t.assistant_id,
+        "user_id": t.user_id,
+        "metadata": t.metadata,
+        "message_count": t.message_count,
+        "create_time": t.create_time,
+        "update_time": t.update_time,
+        "context": _context_blob(t.context) if t.context else "",
+        "summary": _summary_doc(t.summary),
+        "run": _run_doc(t.run),
+        "expire_time": t.expire_time,
+        "expire_memories": t.expire_memories,
+        "forked_from": {"thread_id": origin.thread_id, "through": origin.through_sequence}
+        if (origin := t.forked_from)
+        else None,
+    }
+
+
 def _from_doc(d: Doc) -> Thread:
     origin = d.get("forked_from")
     return Thread(
@@ -188,26 +210,7 @@ class MongoThreadStore:
         self._usage = usage
 
     async def insert(self, thread: Thread) -> None:
-        origin = thread.forked_from
-        await self._c.insert_one(
-            {
-                "_id": thread.thread_id,
-                "tenant": thread.tenant,
-                "assistant_id": thread.assistant_id,
-                "user_id": thread.user_id,
-                "metadata": thread.metadata,
-                "message_count": thread.message_count,
-                "create_time": thread.create_time,
-                "update_time": thread.update_time,
-                "context": _context_blob(thread.context) if thread.context else "",
-                "summary": _summary_doc(thread.summary),
-                "expire_time": thread.expire_time,
-                "expire_memories": thread.expire_memories,
-                "forked_from": {"thread_id": origin.thread_id, "through": origin.through_sequence}
-                if origin
-                else None,
-            }
-        )
+        await self._c.insert_one(to_doc(thread))
 
     async def get(self, tenant: str, thread_id: str) -> Thread | None:
         doc = await self._c.find_one({"_id": thread_id})
@@ -248,11 +251,14 @@ class MongoThreadStore:
         )
         return _from_doc(doc) if doc is not None and not _hidden(doc) else None
 
-    async def add_usage(self, thread_id: str, usage: Usage) -> None:
-        await self._usage.update_one({"_id": thread_id}, {"$inc": _usage_inc(usage)}, upsert=True)
+    async def add_usage(self, tenant: str, thread_id: str, usage: Usage) -> None:
+        await self._usage.update_one(
+            {"_id": thread_id}, {"$inc": _usage_inc(usage), "$set": {"tenant": tenant}}, upsert=True
+        )
 
-    async def job_usage(self, thread_ids: Sequence[str]) -> dict[str, Usage]:
-        cursor = self._usage.find({"_id": {"$in": list(thread_ids)}})
+    async def job_usage(self, tenant: str, thread_ids: Sequence[str]) -> dict[str, Usage]:
+        # The tenant, not the $in on _id, is what FerretDB pushes down to an index.
+        cursor = self._usage.find({"tenant": tenant, "_id": {"$in": list(thread_ids)}})
         return {
             d["_id"]: Usage(int(d.get("input_tokens", 0)), int(d.get("output_tokens", 0)))
             async for d in cursor

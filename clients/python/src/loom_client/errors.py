@@ -12,7 +12,7 @@ keeps working when the server learns new reasons.
     ``MemoryNotFound``, ``OperationNotFound``
   - ``Unauthenticated``: ``ApiKeyMissing``, ``ApiKeyInvalid``
   - ``PermissionDenied``
-  - ``Aborted``: ``ThreadBusy``, ``RequestInProgress``
+  - ``Aborted``: ``ThreadBusy``, ``RequestInProgress``, ``LeaseLost``
   - ``FailedPrecondition``: ``ModelNotConfigured``, ``ModelAuthFailed``,
     ``ModelNotFound``, ``ModelRejectedRequest``, ``RunExpired``,
     ``RequestFailed``, ``EmbeddingModelUnavailable``, ``EmbeddingModelMismatch``
@@ -47,6 +47,7 @@ __all__ = [
     "IncompleteStream",
     "Internal",
     "InvalidArgument",
+    "LeaseLost",
     "LoomError",
     "MemoryNotFound",
     "ModelAuthFailed",
@@ -268,6 +269,12 @@ class ThreadBusy(Aborted):
     """Another reply is streaming on the thread, or a run waits for tool outputs."""
 
     reason = "THREAD_BUSY"
+
+
+class LeaseLost(Aborted):
+    """The replica serving the call lost the thread to another; retry."""
+
+    reason = "LEASE_LOST"
 
 
 class RequestInProgress(Aborted):
