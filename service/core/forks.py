@@ -87,8 +87,8 @@ class Forks:
         """Copy the messages up to ``through`` into ``fork_id``; return how
         many, and the fork's cached context (its newest messages, with the
         token counts the original had cached). They are read in one query
-        (on FerretDB every query but one by ``_id`` reads the whole
-        collection, so one read beats a page at a time) and written
+        (on FerretDB over SQLite every query but one by ``_id`` reads the
+        whole collection, so one read beats a page at a time) and written
         ``COPY_PAGE`` at a time. Nothing is written if one is streaming.
 
         Raises:

@@ -135,8 +135,8 @@ class Importer:
         ``repeat`` of a request id, first look for what an earlier attempt
         stored (in that attempt's thread)."""
         created = not req.thread_id
-        # A lookup, not a habit: on FerretDB even a read by _id costs more as
-        # the messages collection grows.
+        # A lookup, not a habit: on FerretDB over SQLite even a read by _id
+        # costs more as the messages collection grows.
         prior = await self._first_message(tenant, req) if repeat else None
         if prior is not None:  # a repeat: answered without the lease if the batch is whole
             thread = await self._stores.threads.get(tenant, prior.thread_id)
