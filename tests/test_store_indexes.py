@@ -88,7 +88,7 @@ async def _every_query(store: MongoStore, thread: Thread, assistant_id: str) -> 
     ]:
         await store.threads.find_page(TENANT, "", "", 10, None, [clause])
     await store.threads.update(TENANT, thread.thread_id, {"metadata": {"ticket": "123"}}, t)
-    await store.threads.mark_batch(thread.thread_id, None)
+    await store.threads.mark_batch(TENANT, thread.thread_id, None)
     await store.threads.add_usage(TENANT, thread.thread_id, Usage(3, 4))
     await store.threads.job_usage(TENANT, [thread.thread_id])
     await store.threads.claim_expired(TENANT, thread.thread_id, t)

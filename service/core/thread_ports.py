@@ -66,7 +66,7 @@ class ThreadStore(Protocol):
         """The tokens the threads' background jobs spent, by thread id
         (threads without any are left out)."""
 
-    async def mark_batch(self, thread_id: str, start: int | None) -> None:
+    async def mark_batch(self, tenant: str, thread_id: str, start: int | None) -> None:
         """Note that messages from sequence ``start`` on belong to a batch not
         finished yet (None: no such batch); written by the lease holder."""
 

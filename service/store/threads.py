@@ -136,12 +136,10 @@ def _clause_query(clause: Clause) -> Doc:
     return {clause.field: {_OPERATORS[clause.op]: clause.value}}
 
 
-def _live(t: datetime) -> Doc:
-    """Threads neither being deleted nor expired at ``t``."""
-    return {
-        "deleting": {"$ne": True},
-        "$or": [{"expire_time": None}, {"expire_time": {"$gt": t}}],
-    }
+def _unexpired(t: datetime) -> Doc:
+    """Threads not expired at ``t`` (one clause of an ``$and``, beside any
+    other ``$or`` a query has)."""
+    return {"$or": [{"expire_time": None}, {"expire_time": {"$gt": t}}]}
 
 
 def _hidden(d: Doc) -> bool:
@@ -227,15 +225,14 @@ class MongoThreadStore:
         after: str | None,
         clauses: Sequence[Clause] = (),
     ) -> list[Thread]:
-        query: Doc = {"tenant": tenant, **_live(now())}
+        query: Doc = {"tenant": tenant, "deleting": {"$ne": True}}
         if assistant_id:
             query["assistant_id"] = assistant_id
         if user_id:
             query["user_id"] = user_id
         if after is not None:
             query["_id"] = {"$lt": after}
-        if clauses:
-            query["$and"] = [_clause_query(c) for c in clauses]
+        query["$and"] = [_unexpired(now()), *(_clause_query(c) for c in clauses)]
         cursor = self._c.find(query, {"context": 0}).sort("_id", DESCENDING).limit(limit)
         return [_from_doc(d) async for d in cursor]
 
@@ -264,7 +261,7 @@ class MongoThreadStore:
             async for d in cursor
         }
 
-    async def mark_batch(self, thread_id: str, start: int | None) -> None:
+    async def mark_batch(self, tenant: str, thread_id: str, start: int | None) -> None:
         await self._c.update_one({"_id": thread_id}, {"$set": {"open_batch": start}})
 
     async def claim_expired(

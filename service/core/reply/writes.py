@@ -117,7 +117,7 @@ class ThreadWrites:
         are one batch, hidden from readers until then; return its first
         sequence number."""
         start = self.thread.message_count
-        await self._threads.mark_batch(self.thread.thread_id, start)
+        await self._threads.mark_batch(self.thread.tenant, self.thread.thread_id, start)
         self.thread.open_batch = start
         return start
 
@@ -127,7 +127,7 @@ class ThreadWrites:
         if start is None:
             return
         await self._messages.delete_from(tenant, self.thread.thread_id, start)
-        await self._threads.mark_batch(self.thread.thread_id, None)
+        await self._threads.mark_batch(self.thread.tenant, self.thread.thread_id, None)
         self.thread.open_batch = None
         self.thread.message_count = min(self.thread.message_count, start)
 
