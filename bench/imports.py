@@ -35,6 +35,8 @@ from generated.loom.v1 import (
     thread_pb2_grpc,
 )
 from service.core import ids
+from service.core.models import Message, MessageStatus, Role
+from service.store.messages import to_doc
 
 METADATA = (("x-api-key", "bench-key"),)
 BATCH = 1000
@@ -81,25 +83,18 @@ def _docs(thread_id: str, start: int, size: int) -> list[dict[str, Any]]:
     """The documents Loom stores for these messages, as its store writes them."""
     t = datetime.now(UTC)
     return [
-        {
-            "_id": ids.new_id(ids.MESSAGE),
-            "tenant": "bench",
-            "thread_id": thread_id,
-            "role": "user" if i % 2 == 0 else "assistant",
-            "content": _text(i),
-            "status": "complete",
-            "sequence": i,
-            "model": "",
-            "usage": None,
-            "metadata": {},
-            "memory": "off",
-            "create_time": t,
-            "request_id": "",
-            "error": "",
-            "tool_calls": [],
-            "tool_call_id": "",
-            "run_id": "",
-        }
+        to_doc(
+            Message(
+                ids.new_id(ids.MESSAGE),
+                "bench",
+                thread_id,
+                Role.USER if i % 2 == 0 else Role.ASSISTANT,
+                _text(i),
+                MessageStatus.COMPLETE,
+                sequence=i,
+                create_time=t,
+            )
+        )
         for i in range(start, start + size)
     ]
 

@@ -18,6 +18,7 @@ from service.api.convert import new_message_from_pb
 from service.core import ids
 from service.core.batches import BatchRequest
 from service.server import Loom
+from service.store.scoped import key
 from tests.conftest import Api, expect_error, new_tenant_key
 from tests.scripted_llm import Reply, ScriptedLLM
 from tests.test_memory import EXTRACT_MARK, Mem, Model
@@ -265,11 +266,13 @@ async def _dead_writer(
     tenant = (await loom.keys.authenticate(api.key)).tenant
     now = datetime.now(UTC)
     made = ids_of.get("message_ids") or [ids.new_id(ids.MESSAGE) for _ in range(count)]
-    await loom.store.db["threads"].update_one({"_id": thread_id}, {"$set": {"open_batch": start}})
+    await loom.store.db["threads"].update_one(
+        {"_id": key(tenant, thread_id)}, {"$set": {"open_batch": start}}
+    )
     await loom.store.db["messages"].insert_many(
         [
             {
-                "_id": made[i],
+                "_id": key(tenant, made[i]),
                 "tenant": tenant,
                 "thread_id": thread_id,
                 "role": "user",
@@ -327,7 +330,7 @@ async def test_a_retry_after_the_first_attempt_died_stores_the_batch_once(
     ).fingerprint()
     await loom.store.db["requests"].insert_one(
         {
-            "_id": f"{tenant}\x1fr-9",
+            "_id": key(tenant, "r-9"),
             "tenant": tenant,
             "fingerprint": fingerprint,
             "create_time": datetime.now(UTC) - timedelta(hours=1),

@@ -15,6 +15,7 @@ from grpc import aio
 from generated.loom.v1 import assistant_pb2, thread_pb2
 from service.core import ids
 from service.server import Loom
+from service.store.scoped import key
 from tests.conftest import Api, expect_error
 from tests.scripted_llm import Reply, ScriptedLLM
 from tests.test_tools import WEATHER, Model, _tool
@@ -242,7 +243,7 @@ async def test_messages_of_a_fork_that_never_finished_are_purged(api: Api, loom:
     orphan = ids.new_id(ids.THREAD)
     await loom.store.db["messages"].insert_one(
         {
-            "_id": ids.new_id(ids.MESSAGE),
+            "_id": key(tenant, ids.new_id(ids.MESSAGE)),
             "tenant": tenant,
             "thread_id": orphan,
             "role": "user",

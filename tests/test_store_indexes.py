@@ -75,18 +75,19 @@ async def _every_query(store: MongoStore, thread: Thread, assistant_id: str) -> 
     t = datetime.now(UTC)
     await store.assistants.get(TENANT, assistant_id)
     await store.assistants.find_page(TENANT, 10, None)
-    await store.assistants.find_page(TENANT, 10, assistant_id)
+    await store.assistants.find_page(TENANT, 10, (t, assistant_id))
     await store.assistants.pending_deletes()
     await store.threads.get(TENANT, thread.thread_id)
     for assistant, user in [("", ""), (assistant_id, ""), ("", "u1"), (assistant_id, "u1")]:
         await store.threads.find_page(TENANT, assistant, user, 10, None)
+        await store.threads.find_page(TENANT, assistant, user, 10, (t, thread.thread_id))
     for clause in [
         Clause("user_id", "=", "u1"),
         Clause("assistant_id", "=", assistant_id),
         Clause("update_time", ">=", t - timedelta(days=1)),
         Clause("metadata.ticket", "=", "123"),
     ]:
-        await store.threads.find_page(TENANT, "", "", 10, None, [clause])
+        await store.threads.find_page(TENANT, "", "", 10, (t, thread.thread_id), [clause])
     await store.threads.update(TENANT, thread.thread_id, {"metadata": {"ticket": "123"}}, t)
     await store.threads.mark_batch(TENANT, thread.thread_id, None)
     await store.threads.add_usage(TENANT, thread.thread_id, Usage(3, 4))
@@ -94,7 +95,7 @@ async def _every_query(store: MongoStore, thread: Thread, assistant_id: str) -> 
     await store.threads.claim_expired(TENANT, thread.thread_id, t)
     await store.threads.ids_of_assistant(TENANT, assistant_id)
     await store.threads.pending_deletes()
-    await store.threads.save_context(thread.thread_id, [], 4, t)
+    await store.threads.save_context(TENANT, thread.thread_id, [], 4, t)
     await store.messages.find_page(TENANT, thread.thread_id, 10, None, False)
     await store.messages.find_page(TENANT, thread.thread_id, 10, 3, True)
     await store.messages.find_page(TENANT, thread.thread_id, 2, None, False, before=2)

@@ -19,6 +19,7 @@ from grpc import aio
 
 from generated.loom.v1 import assistant_pb2, common_pb2, memory_pb2, thread_pb2
 from service.server import Loom
+from service.store.scoped import key
 from tests.conftest import Api, expect_error, new_tenant_key
 from tests.scripted_llm import Reply, ScriptedLLM
 from tests.support.process import grpcurl_bin, json_objects
@@ -255,8 +256,10 @@ async def test_an_expired_thread_is_not_found_at_once_even_before_its_job(
     events = await api.send(content="remember this for a while")
     thread_id = events[0].started.thread_id
     # Expired a moment ago, with no job queued for it yet.
+    tenant = (await loom.keys.authenticate(api.key)).tenant
     await loom.store.db["threads"].update_one(
-        {"_id": thread_id}, {"$set": {"expire_time": datetime.now(UTC) - timedelta(seconds=1)}}
+        {"_id": key(tenant, thread_id)},
+        {"$set": {"expire_time": datetime.now(UTC) - timedelta(seconds=1)}},
     )
     for call in (
         api.call(api.threads.GetThread, thread_pb2.GetThreadRequest(thread_id=thread_id)),
@@ -302,12 +305,13 @@ async def test_expired_threads_are_deleted_by_a_job_with_their_memories_if_asked
             ),
         )
         into.append(thread.thread_id)
+    tenant = (await loom.keys.authenticate(api.key)).tenant
     messages = loom.store.db["messages"]
     threads = loom.store.db["threads"]
 
     async def gone(thread_id: str) -> bool:
         return (
-            await threads.count_documents({"_id": thread_id}) == 0
+            await threads.count_documents({"_id": key(tenant, thread_id)}) == 0
             and await messages.count_documents({"thread_id": thread_id}) == 0
         )
 

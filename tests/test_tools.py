@@ -14,6 +14,7 @@ from grpc import aio
 
 from generated.loom.v1 import assistant_pb2, thread_pb2, tools_pb2
 from service.server import Loom
+from service.store.scoped import key
 from tests.conftest import Api, expect_error, make_settings, new_tenant_key, start_loom
 from tests.scripted_llm import Reply, ScriptedLLM
 from tests.support.ferretdb import FerretDB
@@ -524,7 +525,7 @@ async def test_cancel_settles_the_reply_of_a_submission_that_died(
         [
             {
                 **base,
-                "_id": "msg_" + "1" * 24,
+                "_id": key(tenant, "msg_" + "1" * 24),
                 "role": "tool",
                 "content": "sun",
                 "status": "complete",
@@ -533,7 +534,7 @@ async def test_cancel_settles_the_reply_of_a_submission_that_died(
             },
             {
                 **base,
-                "_id": "msg_" + "2" * 24,
+                "_id": key(tenant, "msg_" + "2" * 24),
                 "role": "assistant",
                 "content": "It is su",
                 "status": "in_progress",

@@ -51,7 +51,8 @@ __all__ = [
 
 
 class AssistantStore(Protocol):
-    """Assistants, always scoped to a tenant."""
+    """Assistants, always scoped to a tenant: every read and write names it,
+    so another tenant's assistant is never read, not even to be refused."""
 
     async def insert(self, assistant: Assistant) -> None: ...
     async def get(self, tenant: str, assistant_id: str) -> Assistant | None: ...
@@ -64,7 +65,12 @@ class AssistantStore(Protocol):
         default's id as it now stands. Concurrent claims that replace the
         same default agree on one winner."""
 
-    async def find_page(self, tenant: str, limit: int, after: str | None) -> list[Assistant]: ...
+    async def find_page(
+        self, tenant: str, limit: int, after: tuple[datetime, str] | None
+    ) -> list[Assistant]:
+        """Newest first (by create_time, then id), after ``after``: the
+        create_time and id of the last assistant of the previous page."""
+
     async def update(
         self, tenant: str, assistant_id: str, changes: dict[str, object], now: datetime
     ) -> Assistant | None: ...
@@ -291,7 +297,8 @@ class Job:
 
 
 class JobStore(Protocol):
-    """Jobs, by id."""
+    """Jobs, by tenant and id (a read names the tenant, so another tenant's
+    job is never read)."""
 
     async def insert(self, job: Job) -> bool:
         """Record a new job; False if one with its id exists already."""
@@ -319,7 +326,7 @@ class JobStore(Protocol):
         """Jobs in ``state`` (any when None) of ``tenant`` (any when None),
         most recently updated first."""
 
-    async def requeue(self, job_id: str, now: datetime) -> bool:
+    async def requeue(self, tenant: str, job_id: str, now: datetime) -> bool:
         """Put a FAILED job back to PENDING, due now, with its attempts
         reset; False if there is no FAILED job with that id."""
 

@@ -34,7 +34,9 @@ class PendingThreadDelete:
 
 
 class ThreadStore(Protocol):
-    """Threads, always scoped to a tenant. A thread being deleted, or past
+    """Threads, always scoped to a tenant: every read and write names it, so
+    another tenant's thread is never read, not even to be refused. A thread
+    being deleted, or past
     its ``expire_time``, is not returned by any read. Updates that may meet
     a reply's are made by the holder of the thread's lease: FerretDB 1.x
     loses one of two concurrent updates of a document, even of different
@@ -48,10 +50,12 @@ class ThreadStore(Protocol):
         assistant_id: str,
         user_id: str,
         limit: int,
-        after: str | None,
+        after: tuple[datetime, str] | None,
         clauses: Sequence[Clause] = (),
     ) -> list[Thread]:
-        """Threads newest first, after the id ``after``, matching every clause."""
+        """Threads newest first (by create_time, then id), after ``after``
+        (the create_time and id of the last thread of the previous page),
+        matching every clause."""
 
     async def update(
         self, tenant: str, thread_id: str, changes: dict[str, object], update_time: datetime
@@ -84,6 +88,7 @@ class ThreadStore(Protocol):
     async def pending_deletes(self) -> list[PendingThreadDelete]: ...
     async def save_context(
         self,
+        tenant: str,
         thread_id: str,
         context: Sequence[ContextEntry],
         message_count: int,
@@ -96,14 +101,15 @@ class ThreadStore(Protocol):
         the holder of the thread's lease)."""
 
     async def save_summary(
-        self, thread_id: str, summary: Summary, context: Sequence[ContextEntry]
+        self, tenant: str, thread_id: str, summary: Summary, context: Sequence[ContextEntry]
     ) -> None:
         """Store a new rolling summary and the context left after it (written
         only by the holder of the thread's lease)."""
 
 
 class MessageStore(Protocol):
-    """Messages, always scoped to a tenant and a thread."""
+    """Messages, always scoped to a tenant and a thread: every read and
+    write names the tenant."""
 
     async def append(self, message: Message, first_try: int) -> Message:
         """Store ``message`` at the thread's next sequence number, trying
@@ -117,6 +123,7 @@ class MessageStore(Protocol):
     async def get(self, tenant: str, message_id: str) -> Message | None: ...
     async def finish(
         self,
+        tenant: str,
         message_id: str,
         *,
         content: str,
@@ -125,7 +132,7 @@ class MessageStore(Protocol):
         error: str = "",
         tool_calls: Sequence[ToolCall] = (),
     ) -> Message | None: ...
-    async def save_progress(self, message_id: str, content: str) -> None: ...
+    async def save_progress(self, tenant: str, message_id: str, content: str) -> None: ...
     async def restart(self, tenant: str, message_id: str, model: str) -> bool:
         """Put a FAILED, empty message back IN_PROGRESS for a retry."""
 

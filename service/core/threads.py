@@ -17,7 +17,7 @@ from service.core.filters import FieldKind, canonical, parse_filter
 from service.core.jobs import JobRunner
 from service.core.limits import MAX_USER_ID
 from service.core.models import Message, Page, Thread, Usage
-from service.core.paging import open_cursor
+from service.core.paging import created, open_cursor
 from service.core.ports import MemoryPort, MessageStore, ThreadStore
 from service.core.retention import Retention, expire_at
 from service.core.validation import check_metadata, check_text, check_update_mask
@@ -192,11 +192,11 @@ class Threads:
         filters: dict[str, object] = {"list": "threads", "a": assistant_id, "u": user_id}
         if clauses:
             filters["f"] = canonical(clauses)
-        cursor = open_cursor(page_size, page_token, filters, str)
+        cursor = open_cursor(page_size, page_token, filters, "created")
         items = await self._threads.find_page(
             tenant, assistant_id, user_id, cursor.fetch, cursor.after, clauses
         )
-        page = cursor.page(items, lambda t: t.thread_id)
+        page = cursor.page(items, lambda t: created(t.create_time, t.thread_id))
         await self.with_totals(page.items)
         return page
 
@@ -251,7 +251,7 @@ class Threads:
             )
         descending = _ORDERS[order]
         filters: dict[str, object] = {"list": "messages", "t": thread_id, "d": descending}
-        cursor = open_cursor(page_size, page_token, filters, int)
+        cursor = open_cursor(page_size, page_token, filters, "position")
         thread = await self.get(tenant, thread_id)
         # A batch still being appended (or left by a writer that died) is not shown.
         items = await self._messages.find_page(

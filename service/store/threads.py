@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from pymongo import DESCENDING, ReturnDocument
+from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 
 from service.core.clock import now
@@ -24,6 +24,8 @@ from service.core.models import (
     Usage,
 )
 from service.core.ports import PendingThreadDelete
+from service.store.order import NEWEST_FIRST, older_than
+from service.store.scoped import key, object_id
 from service.store.tooldocs import tool_doc, tool_from_doc
 
 __all__ = ["MongoThreadStore", "to_doc"]
@@ -150,7 +152,7 @@ def _hidden(d: Doc) -> bool:
 def to_doc(t: Thread) -> Doc:
     """The stored document of ``t``, its cached context included."""
     return {
-        "_id": t.thread_id,
+        "_id": key(t.tenant, t.thread_id),
         "tenant": t.tenant,
         "assistant_id": t.assistant_id,
         "user_id": t.user_id,
@@ -172,7 +174,7 @@ def to_doc(t: Thread) -> Doc:
 def _from_doc(d: Doc) -> Thread:
     origin = d.get("forked_from")
     return Thread(
-        thread_id=d["_id"],
+        thread_id=object_id(d["_id"]),
         tenant=d["tenant"],
         assistant_id=d["assistant_id"],
         user_id=d.get("user_id", ""),
@@ -198,9 +200,10 @@ class MongoThreadStore:
     thread for the tokens its background jobs spend (kept apart from the
     thread document, whose writers hold the thread's lease).
 
-    Reads and writes of one thread filter on ``_id`` alone and check the
-    tenant in code: MongoDB serves that from the primary key, and FerretDB
-    1.x pushes down no other filter (anything else scans the collection).
+    Reads and writes of one thread filter on ``_id`` alone, which holds the
+    tenant (``scoped.py``): MongoDB serves that from the primary key, and
+    FerretDB 1.x pushes down no other filter (anything else scans the
+    collection).
     """
 
     def __init__(self, collection: AsyncCollection[Doc], usage: AsyncCollection[Doc]) -> None:
@@ -211,8 +214,8 @@ class MongoThreadStore:
         await self._c.insert_one(to_doc(thread))
 
     async def get(self, tenant: str, thread_id: str) -> Thread | None:
-        doc = await self._c.find_one({"_id": thread_id})
-        if doc is None or doc.get("tenant") != tenant or _hidden(doc):
+        doc = await self._c.find_one({"_id": key(tenant, thread_id)})
+        if doc is None or _hidden(doc):
             return None
         return _from_doc(doc)
 
@@ -222,7 +225,7 @@ class MongoThreadStore:
         assistant_id: str,
         user_id: str,
         limit: int,
-        after: str | None,
+        after: tuple[datetime, str] | None,
         clauses: Sequence[Clause] = (),
     ) -> list[Thread]:
         query: Doc = {"tenant": tenant, "deleting": {"$ne": True}}
@@ -230,10 +233,10 @@ class MongoThreadStore:
             query["assistant_id"] = assistant_id
         if user_id:
             query["user_id"] = user_id
-        if after is not None:
-            query["_id"] = {"$lt": after}
         query["$and"] = [_unexpired(now()), *(_clause_query(c) for c in clauses)]
-        cursor = self._c.find(query, {"context": 0}).sort("_id", DESCENDING).limit(limit)
+        if after is not None:
+            query["$and"].append(older_than(after, key(tenant, after[1])))
+        cursor = self._c.find(query, {"context": 0}).sort(NEWEST_FIRST).limit(limit)
         return [_from_doc(d) async for d in cursor]
 
     async def update(
@@ -242,7 +245,7 @@ class MongoThreadStore:
         if await self.get(tenant, thread_id) is None:
             return None
         doc = await self._c.find_one_and_update(
-            {"_id": thread_id},
+            {"_id": key(tenant, thread_id)},
             {"$set": {**changes, "update_time": update_time}},
             return_document=ReturnDocument.AFTER,
         )
@@ -250,32 +253,37 @@ class MongoThreadStore:
 
     async def add_usage(self, tenant: str, thread_id: str, usage: Usage) -> None:
         await self._usage.update_one(
-            {"_id": thread_id}, {"$inc": _usage_inc(usage), "$set": {"tenant": tenant}}, upsert=True
+            {"_id": key(tenant, thread_id)},
+            {"$inc": _usage_inc(usage), "$set": {"tenant": tenant}},
+            upsert=True,
         )
 
     async def job_usage(self, tenant: str, thread_ids: Sequence[str]) -> dict[str, Usage]:
         # The tenant, not the $in on _id, is what FerretDB pushes down to an index.
-        cursor = self._usage.find({"tenant": tenant, "_id": {"$in": list(thread_ids)}})
+        keys = [key(tenant, thread_id) for thread_id in thread_ids]
+        cursor = self._usage.find({"tenant": tenant, "_id": {"$in": keys}})
         return {
-            d["_id"]: Usage(int(d.get("input_tokens", 0)), int(d.get("output_tokens", 0)))
+            object_id(d["_id"]): Usage(
+                int(d.get("input_tokens", 0)), int(d.get("output_tokens", 0))
+            )
             async for d in cursor
         }
 
     async def mark_batch(self, tenant: str, thread_id: str, start: int | None) -> None:
-        await self._c.update_one({"_id": thread_id}, {"$set": {"open_batch": start}})
+        await self._c.update_one({"_id": key(tenant, thread_id)}, {"$set": {"open_batch": start}})
 
     async def claim_expired(
         self, tenant: str, thread_id: str, at: datetime
     ) -> PendingThreadDelete | None:
-        doc = await self._c.find_one({"_id": thread_id})
-        if doc is None or doc.get("tenant") != tenant or doc.get("deleting"):
+        doc = await self._c.find_one({"_id": key(tenant, thread_id)})
+        if doc is None or doc.get("deleting"):
             return None
         expire = doc.get("expire_time")
         if expire is None or expire > at:
             return None
         forget = bool(doc.get("expire_memories"))
         result = await self._c.update_one(
-            {"_id": thread_id, "expire_time": expire},
+            {"_id": key(tenant, thread_id), "expire_time": expire},
             {"$set": {"deleting": True, "forget_memories": forget}},
         )
         if result.modified_count != 1:  # its expiration changed meanwhile
@@ -284,21 +292,20 @@ class MongoThreadStore:
 
     async def ids_of_assistant(self, tenant: str, assistant_id: str) -> list[str]:
         cursor = self._c.find({"tenant": tenant, "assistant_id": assistant_id}, {"_id": 1})
-        return [d["_id"] async for d in cursor]
+        return [object_id(d["_id"]) async for d in cursor]
 
     async def mark_deleting(self, tenant: str, thread_id: str, forget: bool = False) -> bool:
         if await self.get(tenant, thread_id) is None:
             return False
         await self._c.update_one(
-            {"_id": thread_id}, {"$set": {"deleting": True, "forget_memories": forget}}
+            {"_id": key(tenant, thread_id)},
+            {"$set": {"deleting": True, "forget_memories": forget}},
         )
         return True
 
     async def delete(self, tenant: str, thread_id: str) -> None:
-        doc = await self._c.find_one({"_id": thread_id}, {"tenant": 1})
-        if doc is not None and doc.get("tenant") == tenant:
-            await self._usage.delete_one({"_id": thread_id})
-            await self._c.delete_one({"_id": thread_id})
+        await self._usage.delete_one({"_id": key(tenant, thread_id)})
+        await self._c.delete_one({"_id": key(tenant, thread_id)})
 
     async def pending_deletes(self) -> list[PendingThreadDelete]:
         cursor = self._c.find(
@@ -306,13 +313,14 @@ class MongoThreadStore:
         )
         return [
             PendingThreadDelete(
-                d["tenant"], d["assistant_id"], d["_id"], bool(d.get("forget_memories"))
+                d["tenant"], d["assistant_id"], object_id(d["_id"]), bool(d.get("forget_memories"))
             )
             async for d in cursor
         ]
 
     async def save_context(
         self,
+        tenant: str,
         thread_id: str,
         context: Sequence[ContextEntry],
         message_count: int,
@@ -331,13 +339,13 @@ class MongoThreadStore:
         }
         if usage is not None:
             change["$inc"] = _usage_inc(usage)
-        await self._c.update_one({"_id": thread_id}, change)
+        await self._c.update_one({"_id": key(tenant, thread_id)}, change)
 
     async def save_summary(
-        self, thread_id: str, summary: Summary, context: Sequence[ContextEntry]
+        self, tenant: str, thread_id: str, summary: Summary, context: Sequence[ContextEntry]
     ) -> None:
         await self._c.update_one(
-            {"_id": thread_id},
+            {"_id": key(tenant, thread_id)},
             {
                 "$set": {
                     "summary": _summary_doc(summary),

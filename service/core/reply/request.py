@@ -164,8 +164,8 @@ async def thread_assistant(
         )
     if user_id and user_id != thread.user_id:
         raise InvalidArgument(
-            f"thread {thread.thread_id!r} belongs to another user; omit user_id when "
-            "continuing a thread, or start a new thread for this user",
+            f"thread {thread.thread_id!r} belongs to another user: a thread keeps the user it "
+            "was created for, so start a new thread for this user",
             field="user_id",
         )
     try:
