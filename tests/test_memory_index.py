@@ -9,6 +9,7 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -226,6 +227,21 @@ async def test_read_your_writes_and_deletes(index: ChromaMemoryIndex, tenant: st
     for mode in MODES:
         assert await ids_of(index, tenant, "refund window", mode=mode) == []
     await index.drop_assistant(tenant, "asst_1")  # a second drop is a no-op
+
+
+async def test_a_rewrite_replaces_the_whole_record(index: ChromaMemoryIndex, tenant: str) -> None:
+    # Chroma merges an upsert's metadata into the stored record's: keys the
+    # new version lacks must still go.
+    moment = T0 + timedelta(days=1)
+    first = rec(tenant, "m_pin", "The door code is 1234.", user="alice", source="crm", team="a")
+    await index.upsert([replace(first, invalidate_time=moment, superseded_by="m_new")])
+    assert "m_pin" not in await ids_of(index, tenant, "door code", user="alice")
+    await index.upsert([replace(first, metadata={"source": "crm"}, version=2)])
+    got = await index.get(tenant, "asst_1", "m_pin")
+    assert got is not None
+    assert got.metadata == {"source": "crm"}
+    assert (got.invalidate_time, got.superseded_by, got.version) == (None, "", 2)
+    assert await ids_of(index, tenant, "door code", user="alice") == ["m_pin"]
 
 
 class Counters:

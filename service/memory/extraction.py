@@ -1,7 +1,10 @@
 """Fact extraction and reconciliation: the model reads one exchange, proposes
 durable facts about the user, and each is settled against the nearest
-memories already in its scope: add, update, delete (a contradiction) or
-nothing (a duplicate).
+memories already in its scope: add, update (a refinement), replace (a
+contradiction: the new fact is added and the old memory invalidated),
+delete (the old memory invalidated, nothing added) or nothing (a
+duplicate). Nothing is deleted: an invalidated memory is kept, with its
+history, but never recalled.
 
 The model's output is data, never trusted: it is parsed strictly, an
 operation may only touch memories that were shown to the model for that
@@ -21,6 +24,8 @@ from service.core.ports import ChatModel, ChatTurn
 from service.telemetry import annotate
 
 __all__ = [
+    "ACTIONS",
+    "TARGETED",
     "Candidate",
     "Operation",
     "extract_facts",
@@ -32,6 +37,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+ACTIONS = ("add", "update", "replace", "delete", "none")
+# The actions that name an existing memory.
+TARGETED = ("update", "replace", "delete")
 MAX_FACTS = 12
 MAX_FACT_CHARS = 500
 DUPLICATE_SIMILARITY = 0.92
@@ -52,16 +60,19 @@ You maintain the long-term memory of an assistant. For each new fact you get
 the existing memories most similar to it. Decide for each new fact one
 action:
 - "add": it is new information;
-- "update": it refines or corrects an existing memory (give that memory's id
-  and the merged text);
-- "delete": it shows an existing memory is no longer true, and the new fact
-  itself need not be kept (give that memory's id); when the new fact should
-  replace the old one, prefer "update";
+- "update": it refines or adds detail to an existing memory that stays true
+  (give that memory's id and the merged text);
+- "replace": it contradicts an existing memory, which is no longer true
+  (the user moved, changed jobs, changed their mind): the new fact is kept
+  and the old memory retired (give the old memory's id);
+- "delete": it shows an existing memory is no longer true and is not worth
+  keeping itself (give that memory's id);
 - "none": it is already remembered.
 Only use ids listed under that fact. Answer with a JSON object and nothing
 else: {"operations": [{"fact": 0, "action": "add"}, {"fact": 1, "action":
 "update", "memory_id": "mem_...", "text": "..."}, {"fact": 2, "action":
-"delete", "memory_id": "mem_..."}, {"fact": 3, "action": "none"}]}."""
+"replace", "memory_id": "mem_..."}, {"fact": 3, "action": "delete",
+"memory_id": "mem_..."}, {"fact": 4, "action": "none"}]}."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +88,7 @@ class Operation:
     """One settled change: ``fact`` indexes the candidates."""
 
     fact: int
-    action: str  # "add", "update", "delete" or "none"
+    action: str  # one of ACTIONS
     memory_id: str = ""
     text: str = ""
 
@@ -127,13 +138,13 @@ def parse_operations(raw: str, candidates: list[Candidate]) -> list[Operation] |
         fact, action = item.get("fact"), item.get("action")
         if not isinstance(fact, int) or not 0 <= fact < len(candidates):
             return None
-        if action not in ("add", "update", "delete", "none"):
+        if action not in ACTIONS:
             return None
         memory_id = item.get("memory_id") or ""
         text = item.get("text") or ""
         if not isinstance(memory_id, str) or not isinstance(text, str):
             return None
-        if action in ("update", "delete"):
+        if action in TARGETED:
             shown = {n[0] for n in candidates[fact].neighbours}
             if memory_id not in shown:
                 return None

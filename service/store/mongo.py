@@ -12,6 +12,7 @@ from service.store.assistants import MongoAssistantStore
 from service.store.jobs import MongoJobStore
 from service.store.keys import MongoApiKeyStore
 from service.store.leases import MongoLeaseStore
+from service.store.memory_history import MongoMemoryHistory
 from service.store.messages import MongoMessageStore
 from service.store.requests import MongoRequestStore
 from service.store.threads import MongoThreadStore
@@ -41,6 +42,14 @@ _INDEXES: dict[str, list[IndexModel]] = {
     ],
     "api_keys": [IndexModel([("digest", ASCENDING)], unique=True, name="digest")],
     "jobs": [IndexModel([("state", ASCENDING), ("next_run_time", ASCENDING)], name="due")],
+    # Forgetting a thread's or an assistant's memories deletes their history
+    # by these fields (a memory's own history is read and deleted by _id).
+    "memory_history": [
+        IndexModel(
+            [("tenant", ASCENDING), ("assistant_id", ASCENDING), ("source_thread_id", ASCENDING)],
+            name="tenant_assistant_thread",
+        )
+    ],
 }
 
 
@@ -58,6 +67,7 @@ class MongoStore:
     keys: MongoApiKeyStore
     jobs: MongoJobStore
     memory_versions: MongoMemoryVersions
+    memory_history: MongoMemoryHistory
 
     async def ensure_indexes(self) -> None:
         """Create the indexes (idempotent)."""
@@ -101,4 +111,5 @@ def connect(uri: str, database: str, *, timeout_ms: int = 5000) -> MongoStore:
         keys=MongoApiKeyStore(db["api_keys"]),
         jobs=MongoJobStore(db["jobs"]),
         memory_versions=MongoMemoryVersions(db["memory_versions"]),
+        memory_history=MongoMemoryHistory(db["memory_history"]),
     )

@@ -1,0 +1,313 @@
+"""The MemoryService use cases: create, get, list, search, update, delete
+memories, list a memory's history, and report a memory operation.
+
+Every call checks its input, then that the assistant is the tenant's.
+Changes keep the version they replace (``history.py``); DeleteMemory
+deletes a memory and its history for good.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.core import ids
+from service.core.assistants import get_assistant
+from service.core.clock import now
+from service.core.errors import InvalidArgument, NotFound
+from service.core.filtering import Filter
+from service.core.models import Page
+from service.core.paging import decode_token, encode_token
+from service.core.ports import AssistantStore, Job, JobStore, MemoryVersion
+from service.core.validation import check_metadata, check_page_size, check_text
+from service.memory.filters import parse_memory_filter
+from service.memory.history import History, next_version
+from service.memory.learning import EXTRACTION_JOB
+from service.memory.ports import MANUAL, MAX_MEMORY_CHARS, MemoryHit, MemoryIndex, MemoryRecord
+
+__all__ = ["MAX_SEARCH_LIMIT", "Memories", "MemoryDraft", "MemoryQuery"]
+
+MAX_QUERY_CHARS = 4000
+MAX_SEARCH_LIMIT = 100
+MAX_USER_ID = 256
+_UPDATABLE = ("content", "metadata", "invalidate_time")
+
+
+@dataclass(slots=True)
+class MemoryDraft:
+    """Caller-supplied fields of a memory; ``invalidated`` says whether the
+    caller set an invalidation time (only clearing one is allowed)."""
+
+    content: str = ""
+    user_id: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+    invalidated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryQuery:
+    """Which memories a list or search looks at: a user's scope (None:
+    every user, for lists), invalidated ones or not, and a filter (its
+    text, as the caller sent it)."""
+
+    user_id: str | None = None
+    include_invalidated: bool = False
+    filter: str = ""
+
+
+class Memories:
+    """The MemoryService use cases over the index and the history."""
+
+    def __init__(
+        self,
+        *,
+        index: MemoryIndex,
+        history: History,
+        assistants: AssistantStore,
+        job_store: JobStore,
+    ) -> None:
+        self._index = index
+        self._history = history
+        self._assistants = assistants
+        self._job_store = job_store
+
+    async def _assistant(self, tenant: str, assistant_id: str) -> None:
+        await get_assistant(self._assistants, tenant, assistant_id)
+
+    def _check_user(self, user_id: str) -> str:
+        return check_text(user_id, "user_id", MAX_USER_ID)
+
+    async def create(self, tenant: str, assistant_id: str, draft: MemoryDraft) -> MemoryRecord:
+        """Add a memory explicitly.
+
+        Raises:
+            InvalidArgument: blank or long content, bad metadata, malformed id.
+            NotFound: no such assistant.
+        """
+        content = check_text(draft.content, "memory.content", MAX_MEMORY_CHARS, required=True)
+        metadata = check_metadata(draft.metadata, "memory.metadata")
+        self._check_user(draft.user_id)
+        await self._assistant(tenant, assistant_id)
+        t = now()
+        record = MemoryRecord(
+            memory_id=ids.new_id(ids.MEMORY),
+            tenant=tenant,
+            assistant_id=assistant_id,
+            user_id=draft.user_id,
+            text=content,
+            kind=MANUAL,
+            create_time=t,
+            update_time=t,
+            metadata=metadata,
+        )
+        await self._index.upsert([record])
+        return record
+
+    async def get(self, tenant: str, assistant_id: str, memory_id: str) -> MemoryRecord:
+        """Return one memory, invalidated or not.
+
+        Raises:
+            InvalidArgument: malformed ids.
+            NotFound: no such assistant or memory.
+        """
+        ids.check_id(ids.MEMORY, memory_id, "memory_id")
+        await self._assistant(tenant, assistant_id)
+        record = await self._index.get(tenant, assistant_id, memory_id)
+        if record is None:
+            raise NotFound("memory", memory_id)
+        return record
+
+    async def list_page(
+        self,
+        tenant: str,
+        assistant_id: str,
+        query: MemoryQuery,
+        assistant_wide_only: bool,
+        page_size: int,
+        page_token: str,
+    ) -> Page[MemoryRecord]:
+        """One page of an assistant's memories, oldest first.
+
+        Raises:
+            InvalidArgument: conflicting or malformed filters, bad page size
+                or token.
+            NotFound: no such assistant.
+        """
+        user_id = query.user_id or ""
+        self._check_user(user_id)
+        if user_id and assistant_wide_only:
+            raise InvalidArgument(
+                "user_id and assistant_wide_only cannot be combined", field="assistant_wide_only"
+            )
+        matching = parse_memory_filter(query.filter)
+        limit = check_page_size(page_size)
+        await self._assistant(tenant, assistant_id)
+        filters: dict[str, object] = {
+            "list": "memories",
+            "a": assistant_id,
+            "u": user_id,
+            "w": assistant_wide_only,
+            "i": query.include_invalidated,
+            "f": query.filter,
+        }
+        offset = _offset(page_token, filters)
+        scope: str | None = "" if assistant_wide_only else (user_id or None)
+        items = await self._index.list_records(
+            tenant,
+            assistant_id,
+            scope,
+            limit + 1,
+            offset,
+            include_invalidated=query.include_invalidated,
+            matching=matching,
+        )
+        more = len(items) > limit
+        return Page(items[:limit], encode_token(offset + limit, filters) if more else "")
+
+    async def search(
+        self,
+        tenant: str,
+        assistant_id: str,
+        text: str,
+        query: MemoryQuery,
+        limit: int,
+        min_score: float,
+    ) -> list[MemoryHit]:
+        """Rank the scope's memories (those matching the query's filter)
+        against ``text``.
+
+        Raises:
+            InvalidArgument: blank or long query, bad limit or filter.
+            NotFound: no such assistant.
+        """
+        check_text(text, "query", MAX_QUERY_CHARS, required=True)
+        user_id = query.user_id or ""
+        self._check_user(user_id)
+        if limit < 0:
+            raise InvalidArgument("limit must not be negative", field="limit")
+        matching: Filter = parse_memory_filter(query.filter)
+        await self._assistant(tenant, assistant_id)
+        return await self._index.search(
+            tenant,
+            assistant_id,
+            text,
+            user_id=user_id,
+            limit=min(limit or 10, MAX_SEARCH_LIMIT),
+            min_score=max(min_score, 0.0),
+            include_invalidated=query.include_invalidated,
+            matching=matching,
+        )
+
+    async def update(
+        self,
+        tenant: str,
+        assistant_id: str,
+        memory_id: str,
+        draft: MemoryDraft,
+        paths: Sequence[str],
+    ) -> MemoryRecord:
+        """Change a memory's content and/or metadata, or restore it
+        (``invalidate_time`` named, and left unset); the previous version is
+        kept in its history.
+
+        Raises:
+            InvalidArgument: unknown paths, bad values, an invalidation time set.
+            NotFound: no such assistant or memory.
+        """
+        wanted = _paths(paths)
+        existing = await self.get(tenant, assistant_id, memory_id)
+        changes: dict[str, Any] = {}
+        if "content" in wanted:
+            changes["text"] = check_text(
+                draft.content, "memory.content", MAX_MEMORY_CHARS, required=True
+            )
+        if "metadata" in wanted:
+            changes["metadata"] = check_metadata(draft.metadata, "memory.metadata")
+        change = "updated"
+        if "invalidate_time" in wanted:
+            if draft.invalidated:
+                raise InvalidArgument(
+                    "memories are invalidated by fact extraction only; to restore an "
+                    "invalidated memory, name invalidate_time in update_mask and leave "
+                    "memory.invalidate_time unset",
+                    field="memory.invalidate_time",
+                )
+            if existing.invalidate_time is not None:
+                changes.update(invalidate_time=None, superseded_by="")
+                change = "restored"
+        if all(getattr(existing, key) == value for key, value in changes.items()):
+            return existing  # nothing changes: no new version
+        record = next_version(existing, change, now(), **changes)
+        await self._history.change([(existing, record)])
+        return record
+
+    async def delete(self, tenant: str, assistant_id: str, memory_id: str) -> None:
+        """Delete a memory and its history for good.
+
+        Raises:
+            InvalidArgument: malformed ids.
+            NotFound: no such assistant or memory.
+        """
+        await self.get(tenant, assistant_id, memory_id)
+        await self._history.forget(tenant, assistant_id, [memory_id])
+
+    async def history(
+        self, tenant: str, assistant_id: str, memory_id: str, page_size: int, page_token: str
+    ) -> Page[MemoryVersion]:
+        """One page of a memory's versions, oldest first (the current one last).
+
+        Raises:
+            InvalidArgument: malformed ids, bad page size or token.
+            NotFound: no such assistant or memory.
+        """
+        limit = check_page_size(page_size)
+        filters: dict[str, object] = {"list": "history", "a": assistant_id, "m": memory_id}
+        offset = _offset(page_token, filters)
+        record = await self.get(tenant, assistant_id, memory_id)
+        versions = await self._history.versions(record)
+        more = len(versions) > offset + limit
+        page = versions[offset : offset + limit]
+        return Page(page, encode_token(offset + limit, filters) if more else "")
+
+    async def operation(self, tenant: str, operation_id: str) -> Job:
+        """Return a memory operation.
+
+        Raises:
+            InvalidArgument: malformed id.
+            NotFound: no such operation for this tenant.
+        """
+        ids.check_id(ids.OPERATION, operation_id, "operation_id")
+        job = await self._job_store.get(tenant, operation_id)
+        if job is None or job.kind != EXTRACTION_JOB:
+            raise NotFound("operation", operation_id)
+        return job
+
+
+def _offset(page_token: str, filters: dict[str, object]) -> int:
+    after = decode_token(page_token, filters)
+    if after is not None and (not isinstance(after, int) or after < 0):
+        raise InvalidArgument("page_token is malformed", field="page_token")
+    return after or 0
+
+
+def _paths(paths: Sequence[str]) -> list[str]:
+    """The fields an update_mask names.
+
+    Raises:
+        InvalidArgument: none, or one that cannot be updated.
+    """
+    if not paths:
+        raise InvalidArgument(
+            "update_mask names no field to change; use 'content', 'metadata' or '*'",
+            field="update_mask",
+        )
+    wanted = ["content", "metadata"] if list(paths) == ["*"] else list(paths)
+    unknown = [p for p in wanted if p not in _UPDATABLE]
+    if unknown:
+        raise InvalidArgument(
+            f"update_mask path {unknown[0]!r} cannot be updated; use 'content', 'metadata' "
+            "or 'invalidate_time' (to restore an invalidated memory)",
+            field="update_mask",
+        )
+    return wanted
