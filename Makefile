@@ -94,6 +94,7 @@ BENCH_ENV = LOOM_FERRETDB_BIN=$(FERRETDB) ORT_DISABLE_TELEMETRY=1 \
 bench: setup
 	$(BENCH_ENV) $(PY) -m bench.messages
 	$(BENCH_ENV) $(PY) -m bench.context
+	$(BENCH_ENV) $(PY) -m bench.memory_writes
 
 bench-memory: setup
 	$(BENCH_ENV) $(PY) -m bench.memory

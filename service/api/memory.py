@@ -104,6 +104,21 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         )
         return memory_pb2.CreateMemoryResponse(memory=memory_to_pb(record))
 
+    async def BatchCreateMemories(
+        self, request: memory_pb2.BatchCreateMemoriesRequest, context: Context
+    ) -> memory_pb2.BatchCreateMemoriesResponse:
+        records = await self._memory.create_many(
+            tenant(),
+            request.assistant_id,
+            [
+                MemoryDraft(m.content, m.user_id, dict(m.metadata), assistant_id=m.assistant_id)
+                for m in request.memories
+            ],
+            request_id=request.request_id,
+            sequential=request.sequential,
+        )
+        return memory_pb2.BatchCreateMemoriesResponse(memories=[memory_to_pb(r) for r in records])
+
     async def GetMemory(
         self, request: memory_pb2.GetMemoryRequest, context: Context
     ) -> memory_pb2.GetMemoryResponse:

@@ -250,16 +250,28 @@ class ChromaMemoryIndex:
     # -- reads ---------------------------------------------------------------
 
     async def get(self, tenant: str, assistant_id: str, memory_id: str) -> MemoryRecord | None:
+        return (await self.get_many(tenant, assistant_id, [memory_id])).get(memory_id)
+
+    async def get_many(
+        self, tenant: str, assistant_id: str, memory_ids: Sequence[str]
+    ) -> dict[str, MemoryRecord]:
         collection = await self._collections.find(tenant, assistant_id)
         if collection is None:
-            return None
-        found = await chroma.call(
-            collection.get, ids=[memory_id], include=["documents", "metadatas"]
-        )
-        for i, document, meta in chroma.entries(found):
-            if belongs(meta, tenant, assistant_id):
-                return to_record(i, document, meta)
-        return None
+            return {}
+        wanted = list(dict.fromkeys(memory_ids))
+        out: dict[str, MemoryRecord] = {}
+        for start in range(0, len(wanted), chroma.BATCH):
+            found = await chroma.call(
+                collection.get,
+                ids=wanted[start : start + chroma.BATCH],
+                include=["documents", "metadatas"],
+            )
+            out.update(
+                (i, to_record(i, d, m))
+                for i, d, m in chroma.entries(found)
+                if belongs(m, tenant, assistant_id)
+            )
+        return out
 
     async def list_records(
         self,

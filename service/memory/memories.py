@@ -1,5 +1,6 @@
-"""The MemoryService use cases: create, get, list, search, update, delete
-memories, list a memory's history, and report a memory operation.
+"""The MemoryService use cases: create (one or a batch), get, list,
+search, update, delete memories, list a memory's history, and report a
+memory operation.
 
 Every call checks its input, then that the assistant is the tenant's.
 Changes keep the version they replace (``history.py``); DeleteMemory
@@ -9,7 +10,7 @@ deletes a memory and its history for good.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from service.core import ids
@@ -26,8 +27,10 @@ from service.memory.history import History, next_version
 from service.memory.learning import EXTRACTION_JOB
 from service.memory.ports import MANUAL, MAX_MEMORY_CHARS, MemoryHit, MemoryIndex, MemoryRecord
 
-__all__ = ["MAX_SEARCH_LIMIT", "Memories", "MemoryDraft", "MemoryQuery"]
+__all__ = ["MAX_BATCH", "MAX_SEARCH_LIMIT", "Memories", "MemoryDraft", "MemoryQuery"]
 
+MAX_BATCH = 1000
+MAX_REQUEST_ID = 128
 MAX_QUERY_CHARS = 4000
 MAX_SEARCH_LIMIT = 100
 MAX_USER_ID = 256
@@ -37,12 +40,14 @@ _UPDATABLE = ("content", "metadata", "invalidate_time")
 @dataclass(slots=True)
 class MemoryDraft:
     """Caller-supplied fields of a memory; ``invalidated`` says whether the
-    caller set an invalidation time (only clearing one is allowed)."""
+    caller set an invalidation time (only clearing one is allowed), and
+    ``assistant_id`` the assistant a memory of a batch names, if any."""
 
     content: str = ""
     user_id: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
     invalidated: bool = False
+    assistant_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,19 +83,19 @@ class Memories:
     def _check_user(self, user_id: str) -> str:
         return check_text(user_id, "user_id", MAX_USER_ID)
 
-    async def create(self, tenant: str, assistant_id: str, draft: MemoryDraft) -> MemoryRecord:
-        """Add a memory explicitly.
-
-        Raises:
-            InvalidArgument: blank or long content, bad metadata, malformed id.
-            NotFound: no such assistant.
-        """
-        content = check_text(draft.content, "memory.content", MAX_MEMORY_CHARS, required=True)
-        metadata = check_metadata(draft.metadata, "memory.metadata")
-        self._check_user(draft.user_id)
-        await self._assistant(tenant, assistant_id)
+    def _new(self, tenant: str, assistant_id: str, draft: MemoryDraft, name: str) -> MemoryRecord:
+        """A new manual memory from a checked draft (``name`` names it in errors)."""
+        content = check_text(draft.content, f"{name}.content", MAX_MEMORY_CHARS, required=True)
+        metadata = check_metadata(draft.metadata, f"{name}.metadata")
+        check_text(draft.user_id, f"{name}.user_id", MAX_USER_ID)
+        if draft.assistant_id not in ("", assistant_id):
+            raise InvalidArgument(
+                f"{name}.assistant_id is {draft.assistant_id[:80]!r}, not the request's "
+                f"{assistant_id!r}; leave it empty",
+                field=f"{name}.assistant_id",
+            )
         t = now()
-        record = MemoryRecord(
+        return MemoryRecord(
             memory_id=ids.new_id(ids.MEMORY),
             tenant=tenant,
             assistant_id=assistant_id,
@@ -101,8 +106,75 @@ class Memories:
             update_time=t,
             metadata=metadata,
         )
+
+    async def create(self, tenant: str, assistant_id: str, draft: MemoryDraft) -> MemoryRecord:
+        """Add a memory explicitly.
+
+        Raises:
+            InvalidArgument: blank or long content, bad metadata, malformed id.
+            NotFound: no such assistant.
+        """
+        record = self._new(tenant, assistant_id, draft, "memory")
+        await self._assistant(tenant, assistant_id)
         await self._index.upsert([record])
         return record
+
+    async def create_many(
+        self,
+        tenant: str,
+        assistant_id: str,
+        drafts: Sequence[MemoryDraft],
+        *,
+        request_id: str = "",
+        sequential: bool = False,
+    ) -> list[MemoryRecord]:
+        """Add up to ``MAX_BATCH`` memories at once, embedded in one batch,
+        all or none. With ``request_id`` their ids derive from it, so a
+        repeat finds them and creates nothing (or only what a failed first
+        call did not write). With ``sequential`` each is indexed with the
+        two memories before it and the one after it of the same user as
+        its context.
+
+        Raises:
+            InvalidArgument: no memories, too many, an invalid one (the field
+                names its index), a request id used for other memories.
+            NotFound: no such assistant.
+        """
+        if not 1 <= len(drafts) <= MAX_BATCH:
+            raise InvalidArgument(
+                f"memories holds {len(drafts):,}; send 1 to {MAX_BATCH:,} memories a call",
+                field="memories",
+            )
+        check_text(request_id, "request_id", MAX_REQUEST_ID)
+        records = [
+            self._new(tenant, assistant_id, d, f"memories[{i}]") for i, d in enumerate(drafts)
+        ]
+        if request_id:
+            records = [
+                replace(
+                    r,
+                    memory_id=ids.derived_id(
+                        ids.MEMORY, "batch", tenant, assistant_id, request_id, str(i)
+                    ),
+                )
+                for i, r in enumerate(records)
+            ]
+        if sequential:
+            records = with_neighbours(records)
+        await self._assistant(tenant, assistant_id)
+        if not request_id:
+            await self._index.upsert(records)
+            return records
+        found = await self._index.get_many(tenant, assistant_id, [r.memory_id for r in records])
+        if any(r.memory_id in found and not _same(found[r.memory_id], r) for r in records):
+            raise InvalidArgument(
+                f"request_id {request_id!r} was already used for other memories; use a new "
+                "request_id for a new batch",
+                field="request_id",
+                reason="REQUEST_ID_REUSED",
+            )
+        await self._index.upsert([r for r in records if r.memory_id not in found])
+        return [found.get(r.memory_id, r) for r in records]
 
     async def get(self, tenant: str, assistant_id: str, memory_id: str) -> MemoryRecord:
         """Return one memory, invalidated or not.
@@ -282,6 +354,30 @@ class Memories:
         if job is None or job.kind != EXTRACTION_JOB:
             raise NotFound("operation", operation_id)
         return job
+
+
+def with_neighbours(records: list[MemoryRecord]) -> list[MemoryRecord]:
+    """The records of a sequence, each with the texts of the two before it
+    and the one after it of the same user as its context."""
+    by_user: dict[str, list[int]] = {}
+    for i, record in enumerate(records):
+        by_user.setdefault(record.user_id, []).append(i)
+    out = list(records)
+    for order in by_user.values():
+        for at, i in enumerate(order):
+            around = order[max(0, at - 2) : at] + order[at + 1 : at + 2]
+            out[i] = replace(records[i], context="\n".join(records[j].text for j in around))
+    return out
+
+
+def _same(stored: MemoryRecord, wanted: MemoryRecord) -> bool:
+    """Whether a stored memory is the one a repeated batch asks for."""
+    return (stored.user_id, stored.text, stored.metadata, stored.context) == (
+        wanted.user_id,
+        wanted.text,
+        wanted.metadata,
+        wanted.context,
+    )
 
 
 def _offset(page_token: str, filters: dict[str, object]) -> int:

@@ -94,6 +94,11 @@ class MemoryIndex(Protocol):
     async def get(self, tenant: str, assistant_id: str, memory_id: str) -> MemoryRecord | None:
         """The record, or None."""
 
+    async def get_many(
+        self, tenant: str, assistant_id: str, memory_ids: Sequence[str]
+    ) -> dict[str, MemoryRecord]:
+        """The records of those ids that exist, by id."""
+
     async def list_records(
         self,
         tenant: str,

@@ -335,6 +335,78 @@ class CreateMemoryResponse(_message.Message):
 Global___CreateMemoryResponse: _TypeAlias = CreateMemoryResponse  # noqa: Y015
 
 @_typing.final
+class BatchCreateMemoriesRequest(_message.Message):
+    """BatchCreateMemoriesRequest adds many memories at once."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ASSISTANT_ID_FIELD_NUMBER: _builtins.int
+    MEMORIES_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    SEQUENTIAL_FIELD_NUMBER: _builtins.int
+    assistant_id: _builtins.str
+    """The assistant the memories belong to."""
+    request_id: _builtins.str
+    """Makes a retry safe (AIP-155): a repeat with the same id and memories
+    returns the memories the first call created, and creates none; the same
+    id with other memories is INVALID_ARGUMENT (reason REQUEST_ID_REUSED).
+    At most 128 characters; ids are the caller's to keep unique per
+    assistant.
+    """
+    sequential: _builtins.bool
+    """The memories are consecutive turns of one conversation, in order: each
+    is indexed with the turns around it of the same user (the two before,
+    the one after) as context, which searches use to find it but never
+    return. Leave unset for memories that are not a sequence.
+    """
+    @_builtins.property
+    def memories(self) -> _containers.RepeatedCompositeFieldContainer[Global___Memory]:
+        """The memories, 1 to 1,000: each with `content` and optionally `user_id`
+        and `metadata`, as in CreateMemory; `assistant_id` may be left empty
+        (else it must be the request's); the rest is ignored.
+        """
+
+    def __init__(
+        self,
+        *,
+        assistant_id: _builtins.str = ...,
+        memories: _abc.Iterable[Global___Memory] | None = ...,
+        request_id: _builtins.str = ...,
+        sequential: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_id", b"assistant_id", "memories", b"memories", "request_id", b"request_id", "sequential", b"sequential"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchCreateMemoriesRequest: _TypeAlias = BatchCreateMemoriesRequest  # noqa: Y015
+
+@_typing.final
+class BatchCreateMemoriesResponse(_message.Message):
+    """BatchCreateMemoriesResponse returns the stored memories."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMORIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def memories(self) -> _containers.RepeatedCompositeFieldContainer[Global___Memory]:
+        """The memories with their ids and times, in the order of the request."""
+
+    def __init__(
+        self,
+        *,
+        memories: _abc.Iterable[Global___Memory] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["memories", b"memories"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchCreateMemoriesResponse: _TypeAlias = BatchCreateMemoriesResponse  # noqa: Y015
+
+@_typing.final
 class GetMemoryRequest(_message.Message):
     """GetMemoryRequest names one memory."""
 

@@ -43,6 +43,11 @@ class MemoryServiceStub:
                 request_serializer=loom_dot_v1_dot_memory__pb2.CreateMemoryRequest.SerializeToString,
                 response_deserializer=loom_dot_v1_dot_memory__pb2.CreateMemoryResponse.FromString,
                 _registered_method=True)
+        self.BatchCreateMemories = channel.unary_unary(
+                '/loom.v1.MemoryService/BatchCreateMemories',
+                request_serializer=loom_dot_v1_dot_memory__pb2.BatchCreateMemoriesRequest.SerializeToString,
+                response_deserializer=loom_dot_v1_dot_memory__pb2.BatchCreateMemoriesResponse.FromString,
+                _registered_method=True)
         self.GetMemory = channel.unary_unary(
                 '/loom.v1.MemoryService/GetMemory',
                 request_serializer=loom_dot_v1_dot_memory__pb2.GetMemoryRequest.SerializeToString,
@@ -89,6 +94,14 @@ class MemoryServiceServicer:
 
     def CreateMemory(self, request, context):
         """CreateMemory adds a memory explicitly.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchCreateMemories(self, request, context):
+        """BatchCreateMemories adds up to 1,000 memories of one assistant in one
+        call (embedded in one batch): all of them, or none if any is invalid.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -158,6 +171,11 @@ def add_MemoryServiceServicer_to_server(servicer, server):
                     request_deserializer=loom_dot_v1_dot_memory__pb2.CreateMemoryRequest.FromString,
                     response_serializer=loom_dot_v1_dot_memory__pb2.CreateMemoryResponse.SerializeToString,
             ),
+            'BatchCreateMemories': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchCreateMemories,
+                    request_deserializer=loom_dot_v1_dot_memory__pb2.BatchCreateMemoriesRequest.FromString,
+                    response_serializer=loom_dot_v1_dot_memory__pb2.BatchCreateMemoriesResponse.SerializeToString,
+            ),
             'GetMemory': grpc.unary_unary_rpc_method_handler(
                     servicer.GetMemory,
                     request_deserializer=loom_dot_v1_dot_memory__pb2.GetMemoryRequest.FromString,
@@ -225,6 +243,33 @@ class MemoryService:
             '/loom.v1.MemoryService/CreateMemory',
             loom_dot_v1_dot_memory__pb2.CreateMemoryRequest.SerializeToString,
             loom_dot_v1_dot_memory__pb2.CreateMemoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchCreateMemories(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.v1.MemoryService/BatchCreateMemories',
+            loom_dot_v1_dot_memory__pb2.BatchCreateMemoriesRequest.SerializeToString,
+            loom_dot_v1_dot_memory__pb2.BatchCreateMemoriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

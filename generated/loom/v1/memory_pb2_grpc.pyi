@@ -39,6 +39,10 @@ class MemoryServiceStub:
     def __new__(cls, channel: _aio.Channel) -> MemoryServiceAsyncStub: ...
     CreateMemory: _grpc.UnaryUnaryMultiCallable[_memory_pb2.CreateMemoryRequest, _memory_pb2.CreateMemoryResponse]
     """CreateMemory adds a memory explicitly."""
+    BatchCreateMemories: _grpc.UnaryUnaryMultiCallable[_memory_pb2.BatchCreateMemoriesRequest, _memory_pb2.BatchCreateMemoriesResponse]
+    """BatchCreateMemories adds up to 1,000 memories of one assistant in one
+    call (embedded in one batch): all of them, or none if any is invalid.
+    """
     GetMemory: _grpc.UnaryUnaryMultiCallable[_memory_pb2.GetMemoryRequest, _memory_pb2.GetMemoryResponse]
     """GetMemory returns one memory, or NOT_FOUND."""
     ListMemories: _grpc.UnaryUnaryMultiCallable[_memory_pb2.ListMemoriesRequest, _memory_pb2.ListMemoriesResponse]
@@ -77,6 +81,10 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateMemory: _aio.UnaryUnaryMultiCallable[_memory_pb2.CreateMemoryRequest, _memory_pb2.CreateMemoryResponse]  # type: ignore[assignment]
     """CreateMemory adds a memory explicitly."""
+    BatchCreateMemories: _aio.UnaryUnaryMultiCallable[_memory_pb2.BatchCreateMemoriesRequest, _memory_pb2.BatchCreateMemoriesResponse]  # type: ignore[assignment]
+    """BatchCreateMemories adds up to 1,000 memories of one assistant in one
+    call (embedded in one batch): all of them, or none if any is invalid.
+    """
     GetMemory: _aio.UnaryUnaryMultiCallable[_memory_pb2.GetMemoryRequest, _memory_pb2.GetMemoryResponse]  # type: ignore[assignment]
     """GetMemory returns one memory, or NOT_FOUND."""
     ListMemories: _aio.UnaryUnaryMultiCallable[_memory_pb2.ListMemoriesRequest, _memory_pb2.ListMemoriesResponse]  # type: ignore[assignment]
@@ -118,6 +126,16 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_memory_pb2.CreateMemoryResponse, _abc.Awaitable[_memory_pb2.CreateMemoryResponse]]:
         """CreateMemory adds a memory explicitly."""
+
+    @_abc_1.abstractmethod
+    def BatchCreateMemories(
+        self,
+        request: _memory_pb2.BatchCreateMemoriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_pb2.BatchCreateMemoriesResponse, _abc.Awaitable[_memory_pb2.BatchCreateMemoriesResponse]]:
+        """BatchCreateMemories adds up to 1,000 memories of one assistant in one
+        call (embedded in one batch): all of them, or none if any is invalid.
+        """
 
     @_abc_1.abstractmethod
     def GetMemory(
