@@ -16,7 +16,7 @@ PROTOC_GEN_GO := $(TOOLS)/bin/protoc-gen-go
 PROTOC_GEN_GO_GRPC := $(TOOLS)/bin/protoc-gen-go-grpc
 STAMP := $(VENV)/.installed
 
-.PHONY: setup jaeger go-plugins proto proto-check lint test bench bench-memory bench-tracing run clean
+.PHONY: setup jaeger go-plugins proto proto-check lint test bench bench-memory bench-tracing bench-outage run fleet clean
 
 setup: $(STAMP) $(FERRETDB) $(GRPCURL) $(JAEGER) go-plugins
 
@@ -94,6 +94,7 @@ BENCH_ENV = LOOM_FERRETDB_BIN=$(FERRETDB) ORT_DISABLE_TELEMETRY=1 \
 bench: setup
 	$(BENCH_ENV) $(PY) -m bench.messages
 	$(BENCH_ENV) $(PY) -m bench.context
+	$(BENCH_ENV) $(PY) -m bench.tokens
 	$(BENCH_ENV) $(PY) -m bench.memory_writes
 
 bench-memory: setup
@@ -102,8 +103,18 @@ bench-memory: setup
 bench-tracing: setup
 	$(BENCH_ENV) LOOM_JAEGER_BIN=$(JAEGER) $(PY) -m bench.tracing
 
+bench-outage: setup
+	$(BENCH_ENV) $(PY) -m bench.outage
+
 run: setup
 	FERRETDB=$(FERRETDB) PY=$(PY) ./scripts/run.sh
+
+# FerretDB, a Chroma server, the scripted model and REPLICAS Loom replicas
+# (tests/support/fleet.py, the harness the fault tests use); Ctrl-C stops all.
+REPLICAS ?= 3
+TOKEN_DELAY ?= 0.02
+fleet: setup
+	$(BENCH_ENV) $(PY) -m tests.support.fleet --replicas $(REPLICAS) --token-delay $(TOKEN_DELAY)
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .data .pytest_cache .mypy_cache .ruff_cache *.egg-info

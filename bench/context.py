@@ -86,7 +86,7 @@ async def _seed(store: MongoStore, tenant: str, assistant_id: str, length: int) 
     tail: list = []
     used = 0
     for i in reversed(range(length)):
-        entry = with_tokens(
+        entry = await with_tokens(
             Message(
                 message_id="",
                 tenant=tenant,
@@ -130,7 +130,7 @@ async def _build_ms(store: MongoStore, tenant: str, assistant: Assistant, thread
         status=MessageStatus.COMPLETE,
         sequence=thread.message_count,
     )
-    fit(
+    await fit(
         instructions=assistant.instructions,
         memories=[],
         summary=thread.summary,

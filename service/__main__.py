@@ -5,8 +5,11 @@ manages API keys.
     python -m service api-keys create --tenant acme   # prints the key last
     python -m service api-keys list [--tenant acme]
     python -m service api-keys revoke KEY_ID
+    python -m service api-keys limits --tenant acme [--rate 50 --burst 100 --streams 20 | --reset]
     python -m service memory reindex [--all]          # after changing LOOM_EMBEDDING
     python -m service error-reasons [--write README.md]  # the table of ErrorInfo reasons
+    python -m service jobs list [--state failed] [--tenant T]
+    python -m service jobs retry JOB_ID | --all-failed
 """
 
 from __future__ import annotations
@@ -16,12 +19,17 @@ import asyncio
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 from pymongo.errors import PyMongoError
 
+from service import jobs_cli
 from service.config import Settings
 from service.core.errors import LoomError
+
+if TYPE_CHECKING:
+    from service.core.keys import KeyService
 from service.telemetry import TelemetryConfig, TelemetryConfigError, configure_logging
 
 __all__ = ["main"]
@@ -67,7 +75,11 @@ async def _api_keys(args: argparse.Namespace, settings: Settings) -> int:
     from service.core.keys import KeyService
     from service.store import connect
 
-    store = connect(settings.mongodb_uri.get_secret_value(), settings.mongodb_db)
+    store = connect(
+        settings.mongodb_uri.get_secret_value(),
+        settings.mongodb_db,
+        timeout=settings.mongodb_timeout,
+    )
     try:
         await store.ensure_indexes()
         keys = KeyService(store.keys)
@@ -76,6 +88,8 @@ async def _api_keys(args: argparse.Namespace, settings: Settings) -> int:
             print(f"key_id: {created.key.key_id}  tenant: {created.key.tenant}")
             print("the key is shown once; store it now:")
             print(created.secret)
+        elif args.command == "limits":
+            await _limits(args, keys, settings)
         elif args.command == "list":
             for key in await keys.list_keys(args.tenant):
                 state = (
@@ -101,6 +115,28 @@ async def _api_keys(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     finally:
         await store.close()
+
+
+async def _limits(args: argparse.Namespace, keys: KeyService, settings: Settings) -> None:
+    """Show a tenant's call limits, after applying the overrides asked for."""
+    from service.core.keys import CACHE_SECONDS
+
+    changes = {"rate": args.rate, "burst": args.burst, "streams": args.streams}
+    if args.reset or any(v is not None for v in changes.values()):
+        overrides = await keys.set_limits(args.tenant, reset=args.reset, **changes)
+    else:
+        overrides = await keys.limits(args.tenant)
+    defaults = {
+        "rate": (settings.rate_limit_per_key, "LOOM_RATE_LIMIT_PER_KEY", "calls/s per key"),
+        "burst": (settings.rate_limit_burst, "LOOM_RATE_LIMIT_BURST", "calls at once per key"),
+        "streams": (settings.max_streams_per_tenant, "LOOM_MAX_STREAMS_PER_TENANT", "streams"),
+    }
+    print(f"tenant {args.tenant} (0 is unlimited):")
+    for name, (default, variable, unit) in defaults.items():
+        value = getattr(overrides, name)
+        source = "override" if value is not None else f"default, {variable}"
+        print(f"  {name:<8}{(default if value is None else value):g} {unit} ({source})")
+    print(f"each replica applies a change within {CACHE_SECONDS:g} s, and enforces it on its own")
 
 
 async def _reindex(settings: Settings, *, force: bool) -> int:
@@ -151,6 +187,16 @@ def main(argv: list[str] | None = None) -> int:
     listing.add_argument("--tenant")
     revoke = key_cmds.add_parser("revoke", help="revoke a key by its id")
     revoke.add_argument("key_id")
+    limits = key_cmds.add_parser(
+        "limits", help="show a tenant's call limits, or override them (0 is unlimited)"
+    )
+    limits.add_argument("--tenant", required=True)
+    limits.add_argument("--rate", type=float, help="calls per second per API key")
+    limits.add_argument("--burst", type=int, help="calls an API key may make at once")
+    limits.add_argument("--streams", type=int, help="concurrent SendMessage/SubmitToolOutputs")
+    limits.add_argument(
+        "--reset", action="store_true", help="drop the tenant's overrides (back to the defaults)"
+    )
     memory = sub.add_parser("memory", help="maintain assistant memory")
     memory_cmds = memory.add_subparsers(dest="command", required=True)
     reindex = memory_cmds.add_parser(
@@ -160,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     reindex.add_argument("--all", action="store_true", help="re-embed every assistant's memory")
     reasons = sub.add_parser("error-reasons", help="print every ErrorInfo reason (Markdown)")
     reasons.add_argument("--write", metavar="FILE", help="replace the table between its markers")
+    jobs_cli.add_parser(sub)
     args = parser.parse_args(argv)
     if args.group == "error-reasons":  # reads the source only: needs no settings
         return _error_reasons(args.write)
@@ -170,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_api_keys(args, settings))
     if args.group == "memory":
         return asyncio.run(_reindex(settings, force=args.all))
+    if args.group == "jobs":
+        return asyncio.run(jobs_cli.run(args, settings))
     from service.server import serve
     from service.telemetry import setup
 

@@ -2,12 +2,53 @@
 
 from __future__ import annotations
 
+import ipaddress
+import ssl
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings"]
+from service.core.limits import MIN_CONTEXT_WINDOW
+
+__all__ = ["Settings", "is_loopback"]
+
+
+def is_loopback(listen: str) -> bool:
+    """Whether a ``host:port`` address only accepts connections from this
+    machine (``localhost``, 127.0.0.0/8, ``[::1]``)."""
+    host = listen.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def _pem_file(path: Path, what: str) -> str:
+    """The text of a PEM file, or a ValueError a person can act on."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read {what} file {str(path)!r}: {exc}") from None
+    if "-----BEGIN " not in text:
+        raise ValueError(f"{str(path)!r} is not a PEM file (no -----BEGIN line); expected {what}")
+    return text
+
+
+def _certificates(path: Path, what: str) -> None:
+    """Check that a PEM file holds certificates OpenSSL can parse."""
+    _pem_file(path, what)
+    try:
+        ssl.create_default_context(cafile=path)
+    except ssl.SSLError as exc:
+        raise ValueError(f"{str(path)!r} holds no PEM certificate ({exc.reason or exc})") from None
+
+
+# gRPC takes its channel arguments as C ints (milliseconds for times).
+_INT32 = 2**31 - 1
+_MAX_MS_SECONDS = _INT32 // 1000
 
 
 class Settings(BaseSettings):
@@ -20,6 +61,12 @@ class Settings(BaseSettings):
     listen: str = Field("127.0.0.1:50051", description="host:port the gRPC server binds")
     mongodb_uri: SecretStr = Field(SecretStr("mongodb://127.0.0.1:27017"))
     mongodb_db: str = "loom"
+    mongodb_timeout: float = Field(
+        2.0,
+        gt=0,
+        le=600,
+        description="seconds to find the database or connect to it before a call fails",
+    )
     data_dir: Path = Path("./.data")
     llm_base_url: str | None = Field(
         None, validation_alias=AliasChoices("LOOM_LLM_BASE_URL", "OPENAI_BASE_URL")
@@ -38,7 +85,9 @@ class Settings(BaseSettings):
         400_000, gt=0, description="characters of recent history cached on each thread"
     )
     context_window: int | None = Field(
-        None, ge=512, description="context window for every model, overriding the registry"
+        None,
+        ge=MIN_CONTEXT_WINDOW,
+        description="context window for every model, overriding the registry",
     )
     summary_model: str = Field("", description="model that writes thread summaries")
     chroma_url: str | None = Field(
@@ -58,11 +107,63 @@ class Settings(BaseSettings):
     job_poll_seconds: float = Field(1.0, gt=0)
     job_max_attempts: int = Field(5, ge=1, le=100)
     job_retry_delay: float = Field(2.0, ge=0)
+    job_max_retry_delay: float = Field(
+        60.0, gt=0, description="longest back-off of a job waiting for a dependency, seconds"
+    )
+    job_concurrency: int = Field(4, ge=1, le=256, description="jobs run at once per replica")
+    job_tenant_concurrency: int = Field(
+        2, ge=1, le=256, description="jobs of one tenant run at once per replica"
+    )
     job_lease_seconds: float = Field(
         60.0, gt=0, description="how long a dead replica can hold a background job"
     )
     shutdown_grace: float = Field(10.0, ge=0)
     log_level: str = "INFO"
+    # Transport (service/api/transport.py). The TLS fields are validated even
+    # when unset, so that a key without a certificate is reported.
+    tls_cert: Path | None = Field(None, validate_default=True, description="PEM certificate chain")
+    tls_key: Path | None = Field(None, validate_default=True, description="PEM private key")
+    tls_client_ca: Path | None = Field(
+        None, validate_default=True, description="PEM CA bundle: require client certificates"
+    )
+    allow_plaintext: bool = Field(
+        False, validate_default=True, description="serve plaintext on a non-loopback address"
+    )
+    max_concurrent_streams: int = Field(
+        100, ge=1, le=_INT32, description="concurrent calls per connection"
+    )
+    keepalive_seconds: float = Field(
+        120.0,
+        gt=0,
+        le=_MAX_MS_SECONDS,
+        allow_inf_nan=False,
+        description="ping a connection idle this long, to find dead peers",
+    )
+    keepalive_timeout_seconds: float = Field(
+        20.0,
+        gt=0,
+        le=_MAX_MS_SECONDS,
+        allow_inf_nan=False,
+        description="close a connection whose ping is not answered in this time",
+    )
+    keepalive_min_ping_seconds: float = Field(
+        10.0,
+        ge=0,
+        le=_MAX_MS_SECONDS,
+        allow_inf_nan=False,
+        description="shortest interval between a client's pings without data",
+    )
+    keepalive_max_ping_strikes: int = Field(
+        2, ge=0, le=_INT32, description="pings too soon before the connection is closed (0: never)"
+    )
+    # Limits per key and per tenant (service/core/limits.py); 0 is unlimited.
+    rate_limit_per_key: float = Field(
+        100.0, ge=0, allow_inf_nan=False, description="calls per second per API key"
+    )
+    rate_limit_burst: int = Field(200, ge=1, description="calls a key may make at once")
+    max_streams_per_tenant: int = Field(
+        100, ge=0, description="concurrent SendMessage/SubmitToolOutputs streams per tenant"
+    )
 
     @field_validator("listen")
     @classmethod
@@ -99,6 +200,58 @@ class Settings(BaseSettings):
         if value != "default" and not (value.startswith("openai:") and len(value) > 7):
             raise ValueError(
                 "must be 'default' or 'openai:MODEL', e.g. openai:text-embedding-3-small"
+            )
+        return value
+
+    @field_validator("tls_cert")
+    @classmethod
+    def _check_cert(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            _certificates(value, "a certificate")
+        return value
+
+    @field_validator("tls_key")
+    @classmethod
+    def _check_key(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if "tls_cert" not in info.data:
+            return value  # the certificate's own error is reported
+        cert = info.data["tls_cert"]
+        if (value is None) != (cert is None):
+            raise ValueError("LOOM_TLS_CERT and LOOM_TLS_KEY must be set together (or neither)")
+        if value is not None and cert is not None:
+            _pem_file(value, "a private key")
+            try:
+                ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, value)
+            except ssl.SSLError as exc:
+                raise ValueError(
+                    f"{str(value)!r} is not the unencrypted PEM private key of LOOM_TLS_CERT "
+                    f"({exc.reason or exc})"
+                ) from None
+        return value
+
+    @field_validator("tls_client_ca")
+    @classmethod
+    def _check_client_ca(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None or "tls_key" not in info.data:
+            return value
+        if info.data["tls_key"] is None:
+            raise ValueError(
+                "requires LOOM_TLS_CERT and LOOM_TLS_KEY (mTLS is TLS plus a client CA)"
+            )
+        _certificates(value, "a CA certificate")
+        return value
+
+    @field_validator("allow_plaintext")
+    @classmethod
+    def _check_plaintext(cls, value: bool, info: ValidationInfo) -> bool:
+        if value or "listen" not in info.data or "tls_key" not in info.data:
+            return value
+        listen = info.data["listen"]
+        if info.data["tls_key"] is None and not is_loopback(listen):
+            raise ValueError(
+                f"LOOM_LISTEN={listen} is not a loopback address and LOOM_TLS_CERT/LOOM_TLS_KEY "
+                "are not set: set them to serve TLS, or set LOOM_ALLOW_PLAINTEXT=true to serve "
+                "plaintext on the network anyway"
             )
         return value
 

@@ -24,18 +24,21 @@ from generated.loom.v1 import (
 from service.api.assistants import AssistantServicer
 from service.api.context import current_tenant
 from service.api.errors import Translator
+from service.api.health import DatabaseHealth
 from service.api.interceptor import LoomInterceptor
+from service.api.limits import LimitsInterceptor
 from service.api.memory import MemoryServicer
 from service.api.reflection import enable_reflection
 from service.api.threads import ThreadServicer
+from service.api.transport import bind, describe, server_options
 from service.config import Settings
 from service.core.assistants import Assistants
 from service.core.conversation import Conversation, ReplyPolicy, ReplyServices, ReplyStores
-from service.core.errors import Unavailable
 from service.core.jobs import JobRunner
 from service.core.keys import KeyService
 from service.core.leases import Leases
 from service.core.ports import ChatModel, MemoryPort
+from service.core.ratelimit import Limiter, Limits
 from service.core.shield import Shield
 from service.core.summaries import Summarizer
 from service.core.threads import Threads
@@ -47,6 +50,7 @@ from service.memory.history import History
 from service.memory.index import ChromaMemoryIndex, open_index
 from service.memory.memories import Memories
 from service.store import MongoStore, connect
+from service.store import errors as store_errors
 from service.telemetry import Telemetry, TelemetryConfigError, setup, span, tracer
 from service.telemetry.chroma import TracedChromaClient
 from service.telemetry.embeddings import TracedEmbedder
@@ -67,7 +71,16 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Served:
+    """A gRPC server built and bound, not yet started."""
+
+    server: aio.Server
+    health: health.aio.HealthServicer
+    port: int
+    transport: str  # how it serves: plaintext, TLS or mTLS
+    limiter: Limiter
 
 
 @dataclass(slots=True, kw_only=True)
@@ -88,7 +101,10 @@ class Loom:
     memory_index: ChromaMemoryIndex
     port: int
     telemetry: Telemetry
+    database_health: DatabaseHealth
     backlog: BacklogSampler | None = None
+    transport: str
+    limiter: Limiter
 
     async def start(self) -> None:
         """Prepare the database, then start serving."""
@@ -104,19 +120,15 @@ class Loom:
         self.jobs.start()
         if self.backlog is not None:
             self.backlog.start()
-        for name in (
-            "",
-            "loom.v1.AssistantService",
-            "loom.v1.ThreadService",
-            "loom.v1.MemoryService",
-        ):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("loom listening on %s", self.settings.listen.rsplit(":", 1)[0] + f":{self.port}")
+        await self.database_health.set(True)
+        self.database_health.start()
+        log.log(*describe(self.transport, self.settings.listen.rsplit(":", 1)[0] + f":{self.port}"))
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting calls, let streams in flight finish within the grace
         period, then cancel what is left (their replies are stored
         INCOMPLETE) and close connections."""
+        await self.database_health.stop()
         await self.health.enter_graceful_shutdown()
         if self.backlog is not None:
             await self.backlog.stop()
@@ -137,13 +149,11 @@ def _chroma_server(url: str | None) -> tuple[str, int] | None:
     return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 8000)
 
 
-def _database_unavailable(_: BaseException) -> Unavailable:
-    return Unavailable("the database is unreachable; retry later", reason="DATABASE_UNAVAILABLE")
+# Adapter exceptions that mean something to a caller: database errors that
+# waiting cures (down, failing over, busy) are UNAVAILABLE.
+TRANSLATORS: tuple[Translator, ...] = tuple(store_errors.translations())
 
-
-# Adapter exceptions that mean something to a caller. ConnectionFailure
-# covers server-selection timeouts and dropped connections.
-TRANSLATORS: tuple[Translator, ...] = ((mongo_errors.ConnectionFailure, _database_unavailable),)
+SERVICES = ("", "loom.v1.AssistantService", "loom.v1.ThreadService", "loom.v1.MemoryService")
 
 
 def build(settings: Settings, telemetry: Telemetry | None = None) -> Loom:
@@ -151,7 +161,11 @@ def build(settings: Settings, telemetry: Telemetry | None = None) -> Loom:
     (from ``service.telemetry.setup``, before this call so that MongoDB is
     traced) defaults to off."""
     telemetry = telemetry or Telemetry()
-    store = connect(settings.mongodb_uri.get_secret_value(), settings.mongodb_db)
+    store = connect(
+        settings.mongodb_uri.get_secret_value(),
+        settings.mongodb_db,
+        timeout=settings.mongodb_timeout,
+    )
     llm = build_model(settings, telemetry)
     shield = Shield()
     jobs = build_jobs(settings, store, shield)
@@ -169,7 +183,7 @@ def build(settings: Settings, telemetry: Telemetry | None = None) -> Loom:
         memory=memory,
     )
     keys = KeyService(store.keys)
-    server, health_servicer, port = build_grpc_server(
+    served = build_grpc_server(
         settings,
         telemetry,
         keys,
@@ -184,14 +198,19 @@ def build(settings: Settings, telemetry: Telemetry | None = None) -> Loom:
         keys=keys,
         assistants=assistants,
         threads=threads,
-        server=server,
-        health=health_servicer,
+        server=served.server,
+        health=served.health,
         shield=shield,
         conversation=conversation,
         jobs=jobs,
         memory_index=index,
-        port=port,
+        port=served.port,
+        transport=served.transport,
+        limiter=served.limiter,
         telemetry=telemetry,
+        database_health=DatabaseHealth(
+            served.health, store.ping, SERVICES, timeout=settings.mongodb_timeout + 1.0
+        ),
         backlog=BacklogSampler(store.jobs.backlog, telemetry.config.metric_interval)
         if telemetry.metrics
         else None,
@@ -217,9 +236,13 @@ def build_jobs(settings: Settings, store: MongoStore, shield: Shield) -> JobRunn
         store.leases,
         shield,
         poll_interval=settings.job_poll_seconds,
+        concurrency=settings.job_concurrency,
+        tenant_concurrency=settings.job_tenant_concurrency,
         max_attempts=settings.job_max_attempts,
         retry_delay=settings.job_retry_delay,
+        max_retry_delay=settings.job_max_retry_delay,
         lease_seconds=settings.job_lease_seconds,
+        translate=store_errors.translate,
     )
 
 
@@ -330,9 +353,9 @@ def build_grpc_server(
     assistants: AssistantServicer,
     threads: ThreadServicer,
     memory: MemoryServicer,
-) -> tuple[aio.Server, health.aio.HealthServicer, int]:
-    """The gRPC server with Loom's services, health and reflection, bound to
-    ``LOOM_LISTEN``; and its health servicer and port.
+) -> Served:
+    """The gRPC server with Loom's services, health, reflection and call
+    limits, bound to ``LOOM_LISTEN`` (with TLS when the settings ask).
 
     Raises:
         OSError: the address cannot be listened on.
@@ -340,12 +363,21 @@ def build_grpc_server(
     # Order matters: the tracing interceptor's span is the parent of all the
     # call's work and records the status code Loom's interceptor sets.
     interceptors = server_interceptors(telemetry.tracer_provider, lambda: current_tenant.get(None))
+    limiter = Limiter(
+        Limits(
+            rate=settings.rate_limit_per_key,
+            burst=settings.rate_limit_burst,
+            streams=settings.max_streams_per_tenant,
+        )
+    )
     server = aio.server(
-        interceptors=[*interceptors, LoomInterceptor(keys.authenticate, TRANSLATORS)],
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        # The limits apply to the caller Loom's interceptor has authenticated.
+        interceptors=[
+            *interceptors,
+            LoomInterceptor(keys.authenticate, TRANSLATORS),
+            LimitsInterceptor(limiter),
         ],
+        options=server_options(settings),
     )
     assistant_pb2_grpc.add_AssistantServiceServicer_to_server(assistants, server)
     memory_pb2_grpc.add_MemoryServiceServicer_to_server(memory, server)
@@ -361,13 +393,10 @@ def build_grpc_server(
         ),
         server,
     )
-    try:
-        port = server.add_insecure_port(settings.listen)
-    except RuntimeError as exc:  # grpc raises this when the address is taken
-        raise OSError(f"could not listen on LOOM_LISTEN={settings.listen}: {exc}") from None
-    if port == 0:
-        raise OSError(f"could not listen on LOOM_LISTEN={settings.listen}")
-    return server, health_servicer, port
+    port, transport = bind(server, settings)
+    return Served(
+        server=server, health=health_servicer, port=port, transport=transport, limiter=limiter
+    )
 
 
 async def serve(settings: Settings, telemetry: Telemetry | None = None) -> None:

@@ -34,13 +34,13 @@ def _tokens(turns: list[Any]) -> int:
 # -- fitting, without a server ------------------------------------------------
 
 
-def test_fit_keeps_instructions_and_new_message_and_the_newest_history_in_order() -> None:
+async def test_fit_keeps_instructions_and_new_message_and_the_newest_history_in_order() -> None:
     history = [
         _entry(i, Role.USER if i % 2 == 0 else Role.ASSISTANT, f"message number {i} " * 20)
         for i in range(200)
     ]
     new = _entry(200, Role.USER, "the newest question")
-    fitted = fit(
+    fitted = await fit(
         instructions="Be brief.",
         memories=[],
         summary=None,
@@ -59,9 +59,9 @@ def test_fit_keeps_instructions_and_new_message_and_the_newest_history_in_order(
     assert _tokens(fitted.turns) <= 1000
 
 
-def test_fit_truncates_a_message_larger_than_the_budget_with_a_marker() -> None:
+async def test_fit_truncates_a_message_larger_than_the_budget_with_a_marker() -> None:
     huge = "word " * 20_000
-    fitted = fit(
+    fitted = await fit(
         instructions="Be brief.",
         memories=[],
         summary=None,
@@ -78,11 +78,11 @@ def test_fit_truncates_a_message_larger_than_the_budget_with_a_marker() -> None:
     assert _tokens(fitted.turns) <= 2000
 
 
-def test_fit_caps_memories_and_places_summary_before_recent_messages() -> None:
+async def test_fit_caps_memories_and_places_summary_before_recent_messages() -> None:
     memories = [Recalled(f"mem_{i:024x}", f"remembered fact {i} " * 30, 1.0) for i in range(50)]
     summary = Summary("Earlier they discussed peanuts.", 9, "m")
     history = [_entry(i, Role.USER, f"recent {i}") for i in range(5, 14)]
-    fitted = fit(
+    fitted = await fit(
         instructions="Be kind.",
         memories=memories,
         summary=summary,
@@ -373,8 +373,13 @@ async def test_restart_mid_fold_finishes_the_fold(loom: Loom, llm: ScriptedLLM) 
                 await asyncio.sleep(0.05)
             thread = await _thread(b, thread_id)
             assert thread.summary.text.startswith("Summary number")
-        done = await second.store.db["jobs"].find_one({"_id": job["_id"]})
-        assert done is not None
+        # The job is recorded a moment after the summary it stored.
+        for _ in range(200):
+            done = await second.store.db["jobs"].find_one({"_id": job["_id"]})
+            assert done is not None
+            if done["state"] == "succeeded":
+                break
+            await asyncio.sleep(0.05)
         assert done["state"] == "succeeded"
     finally:
         await second.stop(0)

@@ -1,5 +1,5 @@
-"""AIP-158 pagination on ListAssistants, ListThreads and ListMessages: order,
-completeness, page sizes and page tokens."""
+"""AIP-158 pagination on ListAssistants, ListThreads, ListMessages and
+ListMemories: order, completeness, page sizes and page tokens."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 import pytest
 
-from generated.loom.v1 import assistant_pb2, thread_pb2
+from generated.loom.v1 import assistant_pb2, memory_pb2, memory_pb2_grpc, thread_pb2
 from tests.conftest import Api, error_info, expect_error
 from tests.scripted_llm import Reply, ScriptedLLM
 
@@ -338,19 +338,26 @@ async def test_list_messages_bad_order_by_is_refused(api: Api, order_by: str) ->
 # ------------------------------------------------------------- bad page sizes
 
 
-def _list_call(api: Api, kind: str, thread_id: str, **fields: Any) -> Any:
+async def _list_call(api: Api, kind: str, thread_id: str, **fields: Any) -> Any:
     if kind == "assistants":
-        return api.call(
+        return await api.call(
             api.assistants.ListAssistants, assistant_pb2.ListAssistantsRequest(**fields)
         )
     if kind == "threads":
-        return api.call(api.threads.ListThreads, thread_pb2.ListThreadsRequest(**fields))
-    return api.call(
+        return await api.call(api.threads.ListThreads, thread_pb2.ListThreadsRequest(**fields))
+    if kind == "memories":
+        request = thread_pb2.GetThreadRequest(thread_id=thread_id)
+        got = await api.call(api.threads.GetThread, request)
+        return await api.call(
+            memory_pb2_grpc.MemoryServiceStub(api.channel).ListMemories,
+            memory_pb2.ListMemoriesRequest(assistant_id=got.thread.assistant_id, **fields),
+        )
+    return await api.call(
         api.threads.ListMessages, thread_pb2.ListMessagesRequest(thread_id=thread_id, **fields)
     )
 
 
-LISTS = ["assistants", "threads", "messages"]
+LISTS = ["assistants", "threads", "messages", "memories"]
 
 
 @pytest.mark.parametrize("kind", LISTS)
@@ -537,10 +544,21 @@ async def test_token_of_one_list_is_refused_by_another(api: Api) -> None:
     messages = await api.call(
         api.threads.ListMessages, thread_pb2.ListMessagesRequest(thread_id=thread_id, page_size=1)
     )
+    memory = memory_pb2_grpc.MemoryServiceStub(api.channel)
+    got = await api.call(api.threads.GetThread, thread_pb2.GetThreadRequest(thread_id=thread_id))
+    for i in range(2):
+        await api.call(
+            memory.CreateMemory,
+            memory_pb2.CreateMemoryRequest(
+                memory=memory_pb2.Memory(assistant_id=got.thread.assistant_id, content=f"m{i}")
+            ),
+        )
+    memories = await _list_call(api, "memories", thread_id, page_size=1)
     tokens = {
         "assistants": assistants.next_page_token,
         "threads": threads.next_page_token,
         "messages": messages.next_page_token,
+        "memories": memories.next_page_token,
     }
     assert all(tokens.values())
     for issued_by, token in tokens.items():

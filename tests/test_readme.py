@@ -101,13 +101,20 @@ def test_every_python_example_runs(readme_server: None, routed: ScriptedLLM) -> 
 
 
 def test_the_first_grpcurl_example_runs_as_written(
-    readme_server: None, routed: ScriptedLLM
+    readme_server: None, routed: ScriptedLLM, tmp_path: Path
 ) -> None:
     first = next(b for b in _blocks("sh") if "My favorite color is blue." in b)
     command = first.split("\n\n")[0].replace("grpcurl", grpcurl_bin(), 1)
     command = "\n".join(line for line in command.splitlines() if not line.startswith("#"))
+    # In the test's own folder: whatever a shell example leaves behind must
+    # not land in the repository.
     done = subprocess.run(
-        ["bash", "-c", command], capture_output=True, text=True, timeout=60, check=False
+        ["bash", "-c", command],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     events = json_objects(done.stdout)

@@ -171,7 +171,7 @@ async def test_expired_lease_of_a_crashed_holder_is_taken_over(
     api: Api, loom: Loom, llm: ScriptedLLM
 ) -> None:
     thread_id = await _new_thread(api)
-    tenant = await loom.keys.authenticate(api.key)
+    tenant = (await loom.keys.authenticate(api.key)).tenant
     # A replica died mid-reply: it had stored the user's message and part of
     # the reply, but not yet the thread's context or count, and its lease is
     # past expiry.

@@ -8,7 +8,13 @@ from grpc import aio
 
 from generated.loom.v1 import assistant_pb2, assistant_pb2_grpc
 from service.api.context import tenant
-from service.api.convert import assistant_to_pb, memory_from_pb, strategy_from_pb, tools_from_pb
+from service.api.convert import (
+    assistant_to_pb,
+    memory_from_pb,
+    strategy_from_pb,
+    tools_from_pb,
+    update_paths,
+)
 from service.core.assistants import UPDATABLE_FIELDS, AssistantDraft, Assistants
 
 __all__ = ["AssistantServicer"]
@@ -28,11 +34,6 @@ def _draft(a: assistant_pb2.Assistant) -> AssistantDraft:
         tools=tools_from_pb(a.tools, "assistant.tools"),
         memory_from_tool_outputs=a.memory_from_tool_outputs,
     )
-
-
-def _set_fields(a: assistant_pb2.Assistant) -> list[str]:
-    """AIP-134: without a mask, every updatable field the caller set."""
-    return [f.name for f, _ in a.ListFields() if f.name in UPDATABLE_FIELDS]
 
 
 class AssistantServicer(assistant_pb2_grpc.AssistantServiceServicer):
@@ -65,7 +66,7 @@ class AssistantServicer(assistant_pb2_grpc.AssistantServiceServicer):
     async def UpdateAssistant(
         self, request: assistant_pb2.UpdateAssistantRequest, context: Context
     ) -> assistant_pb2.UpdateAssistantResponse:
-        paths = list(request.update_mask.paths) or _set_fields(request.assistant)
+        paths = update_paths(request.update_mask, request.assistant, UPDATABLE_FIELDS)
         updated = await self._assistants.update(
             tenant(), request.assistant.assistant_id, _draft(request.assistant), paths
         )

@@ -1,12 +1,15 @@
-"""The authenticated tenant of the call in progress."""
+"""The authenticated caller and tenant of the call in progress."""
 
 from __future__ import annotations
 
 import contextvars
 
-__all__ = ["current_tenant", "tenant"]
+from service.core.keys import Caller
+
+__all__ = ["current_caller", "current_tenant", "tenant"]
 
 current_tenant: contextvars.ContextVar[str] = contextvars.ContextVar("loom_tenant")
+current_caller: contextvars.ContextVar[Caller] = contextvars.ContextVar("loom_caller")
 
 
 def tenant() -> str:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import TypeVar, assert_never
 
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import field_mask_pb2, json_format, message, struct_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from generated.loom.v1 import assistant_pb2, common_pb2, thread_pb2, tools_pb2
@@ -22,6 +22,7 @@ __all__ = [
     "thread_to_pb",
     "timestamp",
     "tools_from_pb",
+    "update_paths",
 ]
 
 # The two reply streams: one conversion serves both.
@@ -106,6 +107,14 @@ def timestamp(value: datetime | None) -> Timestamp | None:
     ts = Timestamp()
     ts.FromDatetime(value)
     return ts
+
+
+def update_paths(
+    mask: field_mask_pb2.FieldMask, resource: message.Message, updatable: Sequence[str]
+) -> list[str]:
+    """The paths of an update (AIP-134): the mask's, or without one every
+    updatable field the caller set on ``resource``."""
+    return list(mask.paths) or [f.name for f, _ in resource.ListFields() if f.name in updatable]
 
 
 def memory_from_pb(value: int) -> models.MemoryMode:

@@ -1,13 +1,16 @@
-"""Domain errors to gRPC statuses with ``google.rpc.ErrorInfo`` (AIP-193)."""
+"""Domain errors to gRPC statuses with ``google.rpc.ErrorInfo`` (AIP-193),
+and ``google.rpc.RetryInfo`` when the error says when to retry."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from typing import TypeAlias
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
 from service.core import errors
@@ -29,9 +32,12 @@ _CODES: list[tuple[type[errors.LoomError], grpc.StatusCode]] = [
     (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
 ]
 
-Translator: TypeAlias = tuple[type[BaseException], Callable[[BaseException], errors.LoomError]]
+Translator: TypeAlias = tuple[
+    type[BaseException], Callable[[BaseException], errors.LoomError | None]
+]
 """An adapter exception type that means something to the caller (the
-database is down, say) and the domain error it becomes. The wiring builds
+database is down, say) and the domain error it becomes (None: not one the
+translator knows, left to the next entry or INTERNAL). The wiring builds
 the table and hands it to the interceptor, so this layer need not import
 the drivers."""
 
@@ -44,8 +50,9 @@ def classify(
     with a generic message (the detail is logged)."""
     if not isinstance(exc, errors.LoomError):
         for kind, translate in translators:
-            if isinstance(exc, kind):
-                exc = translate(exc)
+            translated = translate(exc) if isinstance(exc, kind) else None
+            if translated is not None:
+                exc = translated
                 break
     if isinstance(exc, errors.LoomError):
         code = status_code(type(exc))
@@ -66,12 +73,22 @@ def status_code(kind: type[errors.LoomError]) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+def _packed(detail: Message) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(detail)
+    return packed
+
+
 def status_details(code: grpc.StatusCode, error: errors.LoomError) -> bytes:
-    """A serialized ``google.rpc.Status`` carrying an ``ErrorInfo``, for the
-    ``grpc-status-details-bin`` trailer."""
+    """A serialized ``google.rpc.Status`` carrying an ``ErrorInfo`` (and a
+    ``RetryInfo`` for a ``ResourceExhausted`` that knows its retry delay),
+    for the ``grpc-status-details-bin`` trailer."""
     info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata)
-    detail = any_pb2.Any()
-    detail.Pack(info)
-    status = status_pb2.Status(code=code.value[0], message=error.message, details=[detail])
+    details = [_packed(info)]
+    if isinstance(error, errors.ResourceExhausted) and error.retry_after is not None:
+        delay = duration_pb2.Duration()
+        delay.FromTimedelta(timedelta(seconds=error.retry_after))
+        details.append(_packed(error_details_pb2.RetryInfo(retry_delay=delay)))
+    status = status_pb2.Status(code=code.value[0], message=error.message, details=details)
     serialized: bytes = status.SerializeToString()
     return serialized

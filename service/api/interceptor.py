@@ -17,8 +17,9 @@ from typing import Any
 import grpc
 from grpc import aio
 
-from service.api.context import current_tenant
+from service.api.context import current_caller, current_tenant
 from service.api.errors import Translator, classify, status_details
+from service.core.keys import Caller
 from service.telemetry import annotate
 
 __all__ = ["LoomInterceptor"]
@@ -39,7 +40,7 @@ _SERVER_ERRORS = frozenset(
     }
 )
 
-Authenticate = Callable[[str | None], Awaitable[str]]
+Authenticate = Callable[[str | None], Awaitable[Caller]]
 
 
 def _api_key(context: aio.ServicerContext[Any, Any]) -> str | None:
@@ -47,6 +48,11 @@ def _api_key(context: aio.ServicerContext[Any, Any]) -> str | None:
         if key == API_KEY_HEADER:
             return value if isinstance(value, str) else value.decode()
     return None
+
+
+def _enter(caller: Caller) -> None:
+    current_caller.set(caller)
+    current_tenant.set(caller.tenant)
 
 
 async def _abort(
@@ -106,7 +112,7 @@ class LoomInterceptor(aio.ServerInterceptor):
 
         async def unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
             try:
-                current_tenant.set(await authenticate(_api_key(context)))
+                _enter(await authenticate(_api_key(context)))
                 return await behavior(request, context)
             except aio.AbortError:
                 raise
@@ -122,7 +128,7 @@ class LoomInterceptor(aio.ServerInterceptor):
             request: Any, context: aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
             try:
-                current_tenant.set(await authenticate(_api_key(context)))
+                _enter(await authenticate(_api_key(context)))
                 async with contextlib.aclosing(behavior(request, context)) as responses:
                     async for response in responses:
                         yield response

@@ -8,9 +8,9 @@ from grpc import aio
 
 from generated.loom.v1 import memory_pb2, memory_pb2_grpc
 from service.api.context import tenant
-from service.api.convert import timestamp
+from service.api.convert import timestamp, update_paths
 from service.core.ports import Job, JobState, MemoryVersion
-from service.memory.memories import Memories, MemoryDraft, MemoryQuery
+from service.memory.memories import UPDATABLE_FIELDS, Memories, MemoryDraft, MemoryQuery
 from service.memory.ports import MemoryRecord
 
 __all__ = ["MemoryServicer", "memory_to_pb", "version_to_pb"]
@@ -161,9 +161,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         self, request: memory_pb2.UpdateMemoryRequest, context: Context
     ) -> memory_pb2.UpdateMemoryResponse:
         m = request.memory
-        paths = list(request.update_mask.paths) or [
-            f.name for f, _ in m.ListFields() if f.name in ("content", "metadata")
-        ]
+        paths = update_paths(request.update_mask, m, UPDATABLE_FIELDS)
         record = await self._memory.update(
             tenant(),
             m.assistant_id,

@@ -42,6 +42,8 @@ WHEN: dict[str, str] = {
     "API_KEY_INVALID": "the `x-api-key` is unknown or revoked",
     "THREAD_BUSY": "another reply, or a run waiting for tool outputs, holds the thread "
     "(metadata `thread_id`); retry when it has completed",
+    "LEASE_LOST": "the replica serving the call lost the thread's lease to another (it "
+    "stopped writing at once); retry, and another replica serves it",
     "REQUEST_IN_PROGRESS": "the first attempt with this `request_id` is still running; retry "
     "shortly",
     "MODEL_NOT_CONFIGURED": "Loom has no model endpoint (`LOOM_LLM_BASE_URL`)",
@@ -54,6 +56,10 @@ WHEN: dict[str, str] = {
     "EMBEDDING_MODEL_UNAVAILABLE": "the memory embedding model cannot be loaded or used",
     "EMBEDDING_MODEL_MISMATCH": "the assistant's memories were embedded with another model; "
     "run `python -m service memory reindex`",
+    "RATE_LIMITED": "the API key is over its call rate (`LOOM_RATE_LIMIT_PER_KEY`, or its "
+    "tenant's override); a `RetryInfo` says when a call is admitted again",
+    "TOO_MANY_STREAMS": "the tenant has its most reply streams open "
+    "(`LOOM_MAX_STREAMS_PER_TENANT`, or its override); a `RetryInfo` suggests a back-off",
     "MODEL_RATE_LIMITED": "the model endpoint kept rate-limiting after retries; retry later",
     "TOOL_ROUNDS_EXCEEDED": "the model asked for tools more than `LOOM_MAX_TOOL_ROUNDS` "
     "times in one reply",

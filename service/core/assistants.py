@@ -10,11 +10,22 @@ from dataclasses import dataclass, field
 from service.core import ids
 from service.core.clock import now
 from service.core.errors import InvalidArgument, NotFound
+from service.core.limits import (
+    MAX_ASSISTANT_NAME,
+    MAX_CONTEXT_WINDOW,
+    MAX_INSTRUCTIONS,
+    MAX_MODEL,
+    MIN_CONTEXT_WINDOW,
+)
 from service.core.models import Assistant, ContextStrategy, MemoryMode, Page, ToolSpec
-from service.core.paging import decode_token, encode_token
+from service.core.paging import open_cursor
 from service.core.ports import AssistantStore, MemoryPort, MessageStore, ThreadStore
 from service.core.tools import check_tools
-from service.core.validation import check_metadata, check_page_size, check_text
+from service.core.validation import (
+    check_metadata,
+    check_text,
+    check_update_mask,
+)
 
 __all__ = [
     "DEFAULT_INSTRUCTIONS",
@@ -26,9 +37,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MAX_NAME = 256
-MAX_INSTRUCTIONS = 256_000
-MAX_MODEL = 256
 DEFAULT_INSTRUCTIONS = "You are a helpful assistant."
 UPDATABLE_FIELDS = (
     "name",
@@ -41,7 +49,6 @@ UPDATABLE_FIELDS = (
     "tools",
     "memory_from_tool_outputs",
 )
-MAX_CONTEXT_WINDOW = 100_000_000
 
 
 @dataclass(slots=True)
@@ -66,10 +73,10 @@ def _check_window(window: int, prefix: str) -> int:
             "tokens",
             field=prefix + "context_window",
         )
-    if 0 < window < 512:
+    if 0 < window < MIN_CONTEXT_WINDOW:
         raise InvalidArgument(
             f"{prefix}context_window of {window} tokens is too small to hold a prompt and a "
-            "reply; use at least 512",
+            f"reply; use at least {MIN_CONTEXT_WINDOW}",
             field=prefix + "context_window",
         )
     return window
@@ -81,7 +88,7 @@ def _checked(
     """The named fields of ``draft``, validated (fields outside an update
     mask are neither read nor checked, as AIP-134 asks)."""
     checks: dict[str, Callable[[], object]] = {
-        "name": lambda: check_text(draft.name, prefix + "name", MAX_NAME),
+        "name": lambda: check_text(draft.name, prefix + "name", MAX_ASSISTANT_NAME),
         "instructions": lambda: check_text(
             draft.instructions, prefix + "instructions", MAX_INSTRUCTIONS
         ),
@@ -185,47 +192,22 @@ class Assistants:
         Raises:
             InvalidArgument: negative page size or a bad page token.
         """
-        limit = check_page_size(page_size)
-        filters: dict[str, object] = {"list": "assistants"}
-        after = decode_token(page_token, filters)
-        if after is not None and not isinstance(after, str):
-            raise InvalidArgument("page_token is malformed", field="page_token")
-        items = await self._assistants.find_page(tenant, limit + 1, after)
-        more = len(items) > limit
-        items = items[:limit]
-        token = encode_token(items[-1].assistant_id, filters) if more else ""
-        return Page(items, token)
+        cursor = open_cursor(page_size, page_token, {"list": "assistants"}, str)
+        items = await self._assistants.find_page(tenant, cursor.fetch, cursor.after)
+        return cursor.page(items, lambda a: a.assistant_id)
 
     async def update(
         self, tenant: str, assistant_id: str, draft: AssistantDraft, paths: builtins.list[str]
     ) -> Assistant:
-        """Change the fields in ``paths`` (AIP-134); ``*`` means all of them.
+        """Change the fields in ``paths``; ``*`` alone replaces them all
+        (``check_update_mask``).
 
         Raises:
-            InvalidArgument: malformed id, unknown path, or a bad value.
+            InvalidArgument: malformed id, a bad mask, or a bad value.
             NotFound: no such assistant.
         """
         ids.check_id(ids.ASSISTANT, assistant_id, "assistant.assistant_id")
-        if not paths:
-            raise InvalidArgument(
-                "update_mask names no field to change; list fields such as 'name' or "
-                "'instructions', or '*' for all",
-                field="update_mask",
-            )
-        if "*" in paths:
-            if len(paths) > 1:
-                raise InvalidArgument(
-                    "update_mask '*' cannot be combined with other paths", field="update_mask"
-                )
-            paths = list(UPDATABLE_FIELDS)
-        unknown = [p for p in paths if p not in UPDATABLE_FIELDS]
-        if unknown:
-            raise InvalidArgument(
-                f"update_mask path {unknown[0]!r} cannot be updated; updatable fields are "
-                + ", ".join(UPDATABLE_FIELDS),
-                field="update_mask",
-            )
-        changes = _checked(draft, dict.fromkeys(paths))
+        changes = _checked(draft, check_update_mask(paths, UPDATABLE_FIELDS))
         updated = await self._assistants.update(tenant, assistant_id, changes, now())
         if updated is None:
             raise NotFound("assistant", assistant_id)

@@ -6,7 +6,8 @@ the whole budget is truncated with a marker, never rejected). Then, in this
 order, as room allows: recalled memories (capped at a share of the budget),
 the thread's rolling summary, and as many of the most recent messages,
 verbatim and in order, as fit. Counting is in the token counter's base
-tokens, scaled by the model's calibrated ratio.
+tokens, scaled by the model's calibrated ratio; texts that may be long are
+counted with ``count_async``, so fitting never holds the event loop for long.
 """
 
 from __future__ import annotations
@@ -101,35 +102,81 @@ def _paired(turns: list[ChatTurn]) -> list[ChatTurn]:
     return out
 
 
-def _pick_memories(
+async def _pick_memories(
     memories: Sequence[Recalled], counter: TokenCounter, limit: int, used: int
 ) -> tuple[str, int]:
-    """The memory block for the most relevant memories that fit both the
-    memory share of the budget and what is left of it."""
-    chosen: list[Recalled] = []
-    text = ""
-    cap = int(limit * MEMORY_SHARE)
-    for memory in memories:
-        candidate = memory_block([*chosen, memory])
-        cost = counter.count(candidate)
-        if cost > cap or used + cost > limit:
-            break
-        chosen.append(memory)
-        text = candidate
-    return text, len(chosen)
+    """The memory block for the most relevant memories (the longest run
+    from the first) that fit both the memory share of the budget and what is
+    left of it.
+
+    A block of more memories never counts fewer tokens, so the run is found
+    by doubling its length until a block does not fit, then halving the gap:
+    O(log n) counts of blocks at most about twice the size of the answer
+    (adding one memory at a time counted a block per memory, O(n^2) text)."""
+    room = min(int(limit * MEMORY_SHARE), limit - used)
+
+    async def fits(n: int) -> bool:
+        return await counter.count_async(memory_block(memories[:n])) <= room
+
+    if not memories or not await fits(1):
+        return "", 0
+    good, bad = 1, 2  # the first ``good`` fit; ``bad`` do not, or run past the end
+    while bad <= len(memories) and await fits(bad):
+        good, bad = bad, bad * 2
+    bad = min(bad, len(memories) + 1)
+    while bad - good > 1:
+        middle = (good + bad) // 2
+        if await fits(middle):
+            good = middle
+        else:
+            bad = middle
+    return memory_block(memories[:good]), good
 
 
-def _pick_summary(summary: Summary | None, counter: TokenCounter, room: int) -> str:
+async def _pick_summary(summary: Summary | None, counter: TokenCounter, room: int) -> str:
     """The summary block, cut to ``room`` tokens if need be ("" if none fits)."""
     if summary is None or not summary.text:
         return ""
     block = summary_block(summary.text)
-    if counter.count(block) > room:
+    if await counter.count_async(block) > room:
         block = summary_block(truncate_middle(summary.text, max(room, 0) * 3))
-    return block if counter.count(block) <= room else ""
+    return block if await counter.count_async(block) <= room else ""
 
 
-def fit(
+async def _fit_new(
+    content: str, counter: TokenCounter, room: int, per_message: int
+) -> tuple[str, int, bool]:
+    """The new message's content, its cost, and whether it was cut to fit
+    ``room`` (by the characters per token its own count gives)."""
+    cost = await counter.count_async(content) + per_message
+    if cost <= room:
+        return content, cost, False
+    chars_per_token = len(content) / max(cost, 1)
+    keep = int(max(room - per_message - 32, 16) * chars_per_token)
+    cut = truncate_middle(content, keep)
+    return cut, await counter.count_async(cut) + per_message, True
+
+
+async def _pick_history(
+    candidates: Sequence[ContextEntry], counter: TokenCounter, per_message: int, room: int
+) -> tuple[list[ContextEntry], int]:
+    """The most recent of ``candidates`` that fit ``room``, in order, and
+    what they cost."""
+    kept: list[ContextEntry] = []
+    used = 0
+    for entry in reversed(candidates):
+        # Entries carry their count; awaiting one per entry would double
+        # the cost of fitting a long history.
+        cost = (entry.tokens or await _cost(entry, counter)) + per_message
+        if used + cost > room:
+            break
+        kept.append(entry)
+        used += cost
+    kept.reverse()
+    return kept, used
+
+
+async def fit(
     *,
     instructions: str,
     memories: Sequence[Recalled],
@@ -146,40 +193,27 @@ def fit(
     per_message = counter.message_overhead()
     used = counter.prompt_overhead() + per_message  # the system message
 
-    base_system = counter.count(instructions)
-    new_content = new.content
-    new_cost = counter.count(new_content) + per_message
-    truncated = False
+    base_system = await counter.count_async(instructions)
     room_for_new = limit - used - base_system
-    if new_cost > room_for_new:
-        # Cut the message to what is left; characters per token from its count.
-        chars_per_token = len(new_content) / max(new_cost, 1)
-        keep = int(max(room_for_new - per_message - 32, 16) * chars_per_token)
-        new_content = truncate_middle(new_content, keep)
-        new_cost = counter.count(new_content) + per_message
-        truncated = True
+    new_content, new_cost, truncated = await _fit_new(
+        new.content, counter, room_for_new, per_message
+    )
     used += base_system + new_cost
 
-    memory_text, memories_used = _pick_memories(memories, counter, limit, used)
-    used += counter.count(memory_text)
-    summary_text = _pick_summary(summary, counter, limit - used)
-    used += counter.count(summary_text)
+    memory_text, memories_used = await _pick_memories(memories, counter, limit, used)
+    used += await counter.count_async(memory_text)
+    summary_text = await _pick_summary(summary, counter, limit - used)
+    used += await counter.count_async(summary_text)
 
     # The rest of the current turn (tool calls and outputs of this run) is
     # kept whole, like the new message itself.
     pinned = [e for e in history if e.sequence > new.sequence and replayable(e)]
-    used += sum(_cost(e, counter) + per_message for e in pinned)
+    used += sum([(e.tokens or await _cost(e, counter)) + per_message for e in pinned])
 
     through = summary.through_sequence if summary_text and summary else -1
     candidates = [e for e in history if through < e.sequence < new.sequence and replayable(e)]
-    kept: list[ContextEntry] = []
-    for entry in reversed(candidates):
-        cost = _cost(entry, counter) + per_message
-        if used + cost > limit:
-            break
-        kept.append(entry)
-        used += cost
-    kept.reverse()
+    kept, history_cost = await _pick_history(candidates, counter, per_message, limit - used)
+    used += history_cost
 
     system = "\n\n".join(p for p in (instructions, memory_text, summary_text) if p)
     turns = [ChatTurn("system", system)] if system else []
@@ -199,13 +233,16 @@ def fit(
     )
 
 
-def _cost(entry: ContextEntry, counter: TokenCounter) -> int:
-    return entry.tokens or with_tokens(entry, counter).tokens
+async def _cost(entry: ContextEntry, counter: TokenCounter) -> int:
+    """The entry's base tokens (those it carries, else counted)."""
+    return (await with_tokens(entry, counter)).tokens
 
 
-def with_tokens(entry: ContextEntry, counter: TokenCounter) -> ContextEntry:
+async def with_tokens(entry: ContextEntry, counter: TokenCounter) -> ContextEntry:
     """``entry`` with its base token count (content and tool calls) filled in."""
     if entry.tokens:
         return entry
-    calls = sum(counter.count(c.name) + counter.count(c.arguments) + 4 for c in entry.tool_calls)
-    return replace(entry, tokens=counter.count(entry.content) + calls)
+    calls = 0
+    for call in entry.tool_calls:
+        calls += counter.count(call.name) + await counter.count_async(call.arguments) + 4
+    return replace(entry, tokens=await counter.count_async(entry.content) + calls)

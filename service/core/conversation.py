@@ -159,7 +159,7 @@ class Conversation:
                 # The thread's context and count are written once, when the
                 # reply ends; a holder that dies before that is settled by
                 # the next one (see reply/recovery.py).
-                writes.cache([user.entry()])
+                await writes.cache([user.entry()])
                 first = started(
                     thread_id=thread.thread_id,
                     thread_created=created,

@@ -8,12 +8,16 @@ The tree (the API layer maps each class to one gRPC status code):
   - ``Unauthenticated``: missing, unknown or revoked API key (UNAUTHENTICATED)
   - ``ThreadBusy``: another reply is streaming on the thread (ABORTED)
   - ``Aborted``: a concurrency conflict the caller may retry (ABORTED)
+    - ``LeaseLost``: the lease this work ran under lapsed or was taken over
+      (ABORTED)
   - ``FailedPrecondition``: the system is not in a state to serve this
     (FAILED_PRECONDITION)
   - ``Unavailable``: a dependency (model endpoint, database) is down
     (UNAVAILABLE)
   - ``ResourceExhausted``: the model endpoint rate-limited us
     (RESOURCE_EXHAUSTED)
+    - ``RateLimited``: the caller's API key is over its call rate
+    - ``TooManyStreams``: the caller's tenant has its most reply streams open
   - ``DeadlineExceeded``: a dependency did not answer in time
     (DEADLINE_EXCEEDED)
 """
@@ -25,10 +29,13 @@ __all__ = [
     "DeadlineExceeded",
     "FailedPrecondition",
     "InvalidArgument",
+    "LeaseLost",
     "LoomError",
     "NotFound",
+    "RateLimited",
     "ResourceExhausted",
     "ThreadBusy",
+    "TooManyStreams",
     "Unauthenticated",
     "Unavailable",
 ]
@@ -113,6 +120,20 @@ class ThreadBusy(Aborted):
         )
 
 
+class LeaseLost(Aborted):
+    """The lease a reply or job ran under lapsed or was taken by another
+    replica, so its work stopped before writing anything more."""
+
+    reason = "LEASE_LOST"
+
+    def __init__(self, key: str) -> None:
+        super().__init__(
+            f"{key!r} was taken over by another replica while this work ran; "
+            "nothing more was written: send the request again",
+            metadata={"lease": key},
+        )
+
+
 class FailedPrecondition(LoomError):
     """The service or the object is not in a state to serve the request."""
 
@@ -126,9 +147,43 @@ class Unavailable(LoomError):
 
 
 class ResourceExhausted(LoomError):
-    """The model endpoint is rate-limiting; the caller may retry later."""
+    """The model endpoint is rate-limiting; the caller may retry later.
+
+    ``retry_after`` (seconds), when known, reaches the caller as a
+    ``google.rpc.RetryInfo``.
+    """
 
     reason = "MODEL_RATE_LIMITED"
+    retry_after: float | None = None
+
+
+class RateLimited(ResourceExhausted):
+    """The API key made more calls than its rate allows."""
+
+    reason = "RATE_LIMITED"
+
+    def __init__(self, rate: float, burst: int, retry_after: float) -> None:
+        super().__init__(
+            f"this API key is over its limit of {rate:g} calls per second (bursts of "
+            f"{burst}); retry in {retry_after:.2f} s",
+            metadata={"rate": f"{rate:g}", "burst": str(burst)},
+        )
+        self.retry_after = retry_after
+
+
+class TooManyStreams(ResourceExhausted):
+    """The tenant has as many SendMessage/SubmitToolOutputs streams open as
+    it may."""
+
+    reason = "TOO_MANY_STREAMS"
+
+    def __init__(self, limit: int, retry_after: float) -> None:
+        super().__init__(
+            f"this tenant already has {limit} SendMessage/SubmitToolOutputs streams open, "
+            "its limit; retry when one has finished",
+            metadata={"limit": str(limit)},
+        )
+        self.retry_after = retry_after
 
 
 class DeadlineExceeded(LoomError):

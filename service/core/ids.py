@@ -9,6 +9,7 @@ import threading
 import time
 
 from service.core.errors import InvalidArgument
+from service.core.limits import ID_HEX_DIGITS
 
 __all__ = [
     "ASSISTANT",
@@ -40,7 +41,7 @@ _KINDS = {
     JOB: "job",
     RUN: "run",
 }
-_PATTERNS = {prefix: re.compile(rf"^{prefix}_[0-9a-f]{{24}}$") for prefix in _KINDS}
+_PATTERNS = {prefix: re.compile(rf"^{prefix}_[0-9a-f]{{{ID_HEX_DIGITS}}}$") for prefix in _KINDS}
 _lock = threading.Lock()
 _counter = int.from_bytes(os.urandom(3), "big")
 _process = os.urandom(5)
@@ -69,7 +70,8 @@ def check_id(prefix: str, value: str, field: str) -> str:
         raise InvalidArgument(f"{field} is required", field=field)
     if not _PATTERNS[prefix].match(value):
         raise InvalidArgument(
-            f"{field} {value[:80]!r} is not a {kind} id (expected '{prefix}_' and 24 hex digits)",
+            f"{field} {value[:80]!r} is not a {kind} id (expected '{prefix}_' and "
+            f"{ID_HEX_DIGITS} hex digits)",
             field=field,
         )
     return value
@@ -78,5 +80,5 @@ def check_id(prefix: str, value: str, field: str) -> str:
 def derived_id(prefix: str, *parts: str) -> str:
     """A deterministic id of that kind from ``parts``: writes keyed by it are
     idempotent (a retried job re-creates the same memory, not a second one)."""
-    digest = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:24]
+    digest = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:ID_HEX_DIGITS]
     return f"{prefix}_{digest}"

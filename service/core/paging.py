@@ -1,8 +1,10 @@
-"""Opaque page tokens (AIP-158).
+"""Pagination (AIP-158): page sizes, opaque page tokens, and the one way a
+List use case reads a page.
 
 A token carries the sort key of the last item returned and a fingerprint of
 the request's filters, so a token replayed with other filters is refused
-rather than silently returning the wrong page.
+rather than silently returning the wrong page. A List reads one item more
+than the page holds: that item's presence is what says a next page exists.
 """
 
 from __future__ import annotations
@@ -11,25 +13,33 @@ import base64
 import binascii
 import hashlib
 import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from service.core.errors import InvalidArgument
+from service.core.limits import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+from service.core.models import Page
 
-__all__ = ["decode_token", "encode_token"]
+__all__ = ["Cursor", "open_cursor"]
 
 _VERSION = 1
+
+K = TypeVar("K", str, int)
+T = TypeVar("T")
 
 
 def _fingerprint(filters: dict[str, object]) -> str:
     return hashlib.sha256(json.dumps(filters, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def encode_token(after: object, filters: dict[str, object]) -> str:
+def _encode_token(after: object, filters: dict[str, object]) -> str:
     """Return a token for the page that starts after ``after``."""
     raw = json.dumps({"v": _VERSION, "a": after, "f": _fingerprint(filters)}).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_token(token: str, filters: dict[str, object]) -> object | None:
+def _decode_token(token: str, filters: dict[str, object]) -> object | None:
     """Return the sort key a token resumes after, or None for no token.
 
     Raises:
@@ -56,3 +66,55 @@ def decode_token(token: str, filters: dict[str, object]) -> object | None:
         )
     after: object = data["a"]
     return after
+
+
+def _check_page_size(page_size: int) -> int:
+    """Apply AIP-158: 0 means the default, oversize is clamped.
+
+    Raises:
+        InvalidArgument: negative.
+    """
+    if page_size < 0:
+        raise InvalidArgument("page_size must not be negative", field="page_size")
+    if page_size == 0:
+        return DEFAULT_PAGE_SIZE
+    return min(page_size, MAX_PAGE_SIZE)
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor(Generic[K]):
+    """Where one List call starts and how many items it reads."""
+
+    limit: int  # items in a full page
+    after: K | None  # the sort key the page starts after; None on the first page
+    filters: dict[str, object]
+
+    @property
+    def fetch(self) -> int:
+        """How many items to read: a full page and one more."""
+        return self.limit + 1
+
+    def page(self, items: Sequence[T], key: Callable[[T], K]) -> Page[T]:
+        """The page of ``items`` (read with ``fetch``), with a token for the
+        next one made of ``key`` of its last item if there is more."""
+        kept = list(items[: self.limit])
+        more = len(items) > self.limit
+        return Page(kept, _encode_token(key(kept[-1]), self.filters) if more else "")
+
+
+def open_cursor(
+    page_size: int, page_token: str, filters: dict[str, object], key: type[K]
+) -> Cursor[K]:
+    """The cursor of a List request whose items sort by a ``key``-typed
+    value; ``filters`` are the request's filters and ordering, which its
+    tokens are tied to.
+
+    Raises:
+        InvalidArgument: a negative page size, or a token that is malformed
+            or was issued for other filters.
+    """
+    limit = _check_page_size(page_size)
+    after = _decode_token(page_token, filters)
+    if after is not None and not isinstance(after, key):
+        raise InvalidArgument("page_token is malformed", field="page_token")
+    return Cursor(limit, after, filters)

@@ -37,6 +37,7 @@ __all__ = [
     "Job",
     "JobState",
     "JobStore",
+    "LeaseGrant",
     "LeaseOutcome",
     "LeaseState",
     "LeaseStore",
@@ -48,6 +49,7 @@ __all__ = [
     "Recalled",
     "RequestRecord",
     "RequestStore",
+    "TenantLimits",
     "ThreadStore",
     "TokenCounter",
 ]
@@ -64,7 +66,8 @@ class AssistantStore(Protocol):
     async def claim_default(self, tenant: str, assistant_id: str, replacing: str | None) -> str:
         """Make ``assistant_id`` the tenant's default unless another claim got
         there first (or the default is no longer ``replacing``); return the
-        default's id as it now stands."""
+        default's id as it now stands. Concurrent claims that replace the
+        same default agree on one winner."""
 
     async def find_page(self, tenant: str, limit: int, after: str | None) -> list[Assistant]: ...
     async def update(
@@ -88,17 +91,36 @@ class LeaseOutcome(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class LeaseState:
-    """A lease as stored: who holds it, until when, and why."""
+    """A lease as stored: who holds it, until when, why, and its epoch."""
 
     owner: str
     expires: datetime
     purpose: str = ""
+    epoch: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseGrant:
+    """What ``LeaseStore.acquire`` did: with ACQUIRED or TAKEN_OVER, ``epoch``
+    is the new holder's; ``other`` is the dead holder's state (TAKEN_OVER)
+    or the live holder's (BUSY, None when unknown)."""
+
+    outcome: LeaseOutcome
+    epoch: int = 0
+    other: LeaseState | None = None
 
 
 class LeaseStore(Protocol):
-    """One lease document per busy thread, created by a unique insert (the one
-    write that is atomic on MongoDB and FerretDB alike) and deleted on
-    release, so the collection only ever holds the replies in flight."""
+    """One lease document per busy thread (or running job), created by a
+    unique insert (the one write that is atomic on MongoDB and FerretDB
+    alike) and deleted on release, so the collection only ever holds the
+    work in flight.
+
+    Epochs: a lease taken fresh gets the acquisition time in milliseconds; a
+    takeover gets at least the dead holder's epoch plus one. So epochs only
+    grow along a chain of takeovers, and (as long as replicas' clocks agree
+    to within a lease's lifetime, which expiry already assumes) across
+    releases too: a fencing check can trust a larger epoch to be newer."""
 
     async def acquire(
         self,
@@ -108,11 +130,14 @@ class LeaseStore(Protocol):
         expires: datetime,
         now: datetime,
         purpose: str = "",
-    ) -> tuple[LeaseOutcome, LeaseState | None]:
-        """Take the lease; with TAKEN_OVER the dead holder's state, with BUSY
-        the live holder's."""
+    ) -> LeaseGrant:
+        """Take the lease, or take over an expired one; never leaves the
+        thread blocked for longer than a lease's lifetime if the caller dies
+        part-way."""
 
-    async def renew(self, thread_id: str, owner: str, expires: datetime) -> bool: ...
+    async def renew(self, thread_id: str, owner: str, expires: datetime) -> bool:
+        """Extend ``owner``'s lease; False if it no longer holds it."""
+
     async def release(self, thread_id: str, owner: str) -> None: ...
     async def current(self, thread_id: str) -> LeaseState | None: ...
 
@@ -235,8 +260,18 @@ class ApiKey:
     revoke_time: datetime | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class TenantLimits:
+    """A tenant's overrides of the call limits; None keeps the default, 0 is
+    unlimited (see ``service.core.limits``)."""
+
+    rate: float | None = None  # calls per second per API key
+    burst: int | None = None  # calls a key may make at once
+    streams: int | None = None  # concurrent reply streams of the tenant
+
+
 class ApiKeyStore(Protocol):
-    """API keys, stored as SHA-256 digests."""
+    """API keys, stored as SHA-256 digests, and their tenants' limits."""
 
     async def insert(self, key: ApiKey, digest: str) -> None: ...
     async def upsert(self, key: ApiKey, digest: str) -> None: ...
@@ -245,6 +280,11 @@ class ApiKeyStore(Protocol):
 
     async def list_keys(self, tenant: str | None) -> list[ApiKey]: ...
     async def revoke(self, key_id: str, now: datetime) -> bool: ...
+    async def limits(self, tenant: str) -> TenantLimits:
+        """The tenant's overrides (all None when it has none)."""
+
+    async def set_limits(self, tenant: str, limits: TenantLimits) -> None:
+        """Replace the tenant's overrides (all None removes them)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,7 +351,10 @@ class JobState(enum.StrEnum):
 class Job:
     """A durable background job (memory extraction, summarising). ``payload``
     says what to do; ``checkpoint`` keeps what an attempt already worked out
-    (a model's answer, say) so a retry after a crash need not redo it."""
+    (a model's answer, say) so a retry after a crash need not redo it.
+    ``attempts`` counts runs that failed through the job's own fault (or
+    succeeded); ``waits`` counts consecutive runs that found a dependency
+    down. ``owner`` is the runner that last claimed it."""
 
     job_id: str
     kind: str
@@ -326,6 +369,8 @@ class Job:
     result: dict[str, Any] = field(default_factory=dict)
     error: str = ""
     trace_context: dict[str, str] = field(default_factory=dict)
+    owner: str = ""
+    waits: int = 0
 
 
 class JobStore(Protocol):
@@ -335,15 +380,31 @@ class JobStore(Protocol):
         """Record a new job; False if one with its id exists already."""
 
     async def get(self, tenant: str, job_id: str) -> Job | None: ...
-    async def save(self, job: Job) -> None:
-        """Write the job's state, attempts, checkpoint, result and error."""
+    async def save(self, job: Job, *, claim: bool = False) -> bool:
+        """Write the job's state, attempts, checkpoint, result and error, only
+        if ``job.owner`` is still the runner the store has; False when another
+        runner claimed it since. ``claim`` writes unconditionally, making
+        ``job.owner`` the runner (its caller has just taken the job's lease).
+        On FerretDB 1.x the condition is checked just before the write, not
+        with it (see ``MongoLeaseStore``): the lease is the real guard."""
 
-    async def due(self, now: datetime, stale_before: datetime, limit: int) -> list[Job]:
+    async def due(
+        self, now: datetime, stale_before: datetime, limit: int, skip_tenants: Sequence[str] = ()
+    ) -> list[Job]:
         """PENDING jobs whose time has come, and RUNNING ones not touched
-        since ``stale_before`` (their runner died)."""
+        since ``stale_before`` (their runner may have died), oldest first,
+        leaving out the tenants in ``skip_tenants``."""
 
     async def backlog(self) -> tuple[int, datetime | None]:
         """How many jobs are PENDING or RUNNING, and the oldest one's creation time."""
+
+    async def find(self, state: JobState | None, tenant: str | None, limit: int) -> list[Job]:
+        """Jobs in ``state`` (any when None) of ``tenant`` (any when None),
+        most recently updated first."""
+
+    async def requeue(self, job_id: str, now: datetime) -> bool:
+        """Put a FAILED job back to PENDING, due now, with its attempts
+        reset; False if there is no FAILED job with that id."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -431,7 +492,11 @@ class TokenCounter(Protocol):
     """Counts tokens offline, and knows models' context windows."""
 
     def count(self, text: str) -> int:
-        """Tokens of ``text`` in the counter's base encoding."""
+        """Tokens of ``text`` in the counter's base encoding, counted in one go."""
+
+    async def count_async(self, text: str) -> int:
+        """Tokens of ``text``, as ``count``, without holding the event loop
+        for long however long the text (up to 100,000 characters and more)."""
 
     def message_overhead(self) -> int:
         """Tokens each chat message costs beyond its text."""

@@ -178,6 +178,6 @@ class Summarizer:
         text = raw.strip()
         if not text:
             raise ValueError("the model returned an empty summary")
-        if self._counter.count(text) > cap:
+        if await self._counter.count_async(text) > cap:
             text = truncate_middle(text, cap * 3)
         return text

@@ -8,16 +8,16 @@ from service.core import ids
 from service.core.assistants import Assistants
 from service.core.clock import now
 from service.core.errors import InvalidArgument, NotFound
+from service.core.limits import MAX_USER_ID
 from service.core.models import Message, Page, Thread
-from service.core.paging import decode_token, encode_token
+from service.core.paging import open_cursor
 from service.core.ports import MemoryPort, MessageStore, ThreadStore
-from service.core.validation import check_metadata, check_page_size, check_text
+from service.core.validation import check_metadata, check_text
 
-__all__ = ["MAX_USER_ID", "Threads"]
+__all__ = ["Threads"]
 
 log = logging.getLogger(__name__)
 
-MAX_USER_ID = 256
 _ORDERS = {"": False, "sequence": False, "sequence asc": False, "sequence desc": True}
 
 
@@ -97,15 +97,12 @@ class Threads:
         if assistant_id:
             ids.check_id(ids.ASSISTANT, assistant_id, "assistant_id")
         check_text(user_id, "user_id", MAX_USER_ID)
-        limit = check_page_size(page_size)
         filters: dict[str, object] = {"list": "threads", "a": assistant_id, "u": user_id}
-        after = decode_token(page_token, filters)
-        if after is not None and not isinstance(after, str):
-            raise InvalidArgument("page_token is malformed", field="page_token")
-        items = await self._threads.find_page(tenant, assistant_id, user_id, limit + 1, after)
-        more = len(items) > limit
-        items = items[:limit]
-        return Page(items, encode_token(items[-1].thread_id, filters) if more else "")
+        cursor = open_cursor(page_size, page_token, filters, str)
+        items = await self._threads.find_page(
+            tenant, assistant_id, user_id, cursor.fetch, cursor.after
+        )
+        return cursor.page(items, lambda t: t.thread_id)
 
     async def delete(self, tenant: str, thread_id: str, *, forget: bool = False) -> int:
         """Delete the thread and its messages (and, with ``forget``, the
@@ -157,13 +154,10 @@ class Threads:
                 field="order_by",
             )
         descending = _ORDERS[order]
-        limit = check_page_size(page_size)
-        await self.get(tenant, thread_id)
         filters: dict[str, object] = {"list": "messages", "t": thread_id, "d": descending}
-        after = decode_token(page_token, filters)
-        if after is not None and not isinstance(after, int):
-            raise InvalidArgument("page_token is malformed", field="page_token")
-        items = await self._messages.find_page(tenant, thread_id, limit + 1, after, descending)
-        more = len(items) > limit
-        items = items[:limit]
-        return Page(items, encode_token(items[-1].sequence, filters) if more else "")
+        cursor = open_cursor(page_size, page_token, filters, int)
+        await self.get(tenant, thread_id)
+        items = await self._messages.find_page(
+            tenant, thread_id, cursor.fetch, cursor.after, descending
+        )
+        return cursor.page(items, lambda m: m.sequence)

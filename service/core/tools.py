@@ -9,15 +9,18 @@ from collections.abc import Sequence
 import jsonschema
 
 from service.core.errors import InvalidArgument
+from service.core.limits import (
+    MAX_TOOL_DESCRIPTION,
+    MAX_TOOL_NAME,
+    MAX_TOOL_OUTPUT_CHARS,
+    MAX_TOOL_SCHEMA_CHARS,
+    MAX_TOOLS,
+)
 from service.core.models import ToolCall, ToolSpec
 
-__all__ = ["MAX_OUTPUT_CHARS", "MAX_TOOLS", "check_outputs", "check_tool_choice", "check_tools"]
+__all__ = ["check_outputs", "check_tool_choice", "check_tools"]
 
-MAX_TOOLS = 128
-MAX_DESCRIPTION = 4096
-MAX_SCHEMA_CHARS = 64_000
-MAX_OUTPUT_CHARS = 100_000
-_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_NAME = re.compile(rf"^[A-Za-z0-9_-]{{1,{MAX_TOOL_NAME}}}$")
 
 
 def check_tools(tools: Sequence[ToolSpec], field: str) -> list[ToolSpec]:
@@ -36,8 +39,8 @@ def check_tools(tools: Sequence[ToolSpec], field: str) -> list[ToolSpec]:
         where = f"{field}[{i}]"
         if not _NAME.match(tool.name):
             raise InvalidArgument(
-                f"{where}.function.name {tool.name[:80]!r} must be 1 to 64 letters, digits, "
-                "'_' or '-'",
+                f"{where}.function.name {tool.name[:80]!r} must be 1 to {MAX_TOOL_NAME} letters, "
+                "digits, '_' or '-'",
                 field=f"{where}.function.name",
             )
         if tool.name in seen:
@@ -46,9 +49,9 @@ def check_tools(tools: Sequence[ToolSpec], field: str) -> list[ToolSpec]:
                 field=f"{where}.function.name",
             )
         seen.add(tool.name)
-        if len(tool.description) > MAX_DESCRIPTION:
+        if len(tool.description) > MAX_TOOL_DESCRIPTION:
             raise InvalidArgument(
-                f"{where}.function.description is longer than {MAX_DESCRIPTION} characters",
+                f"{where}.function.description is longer than {MAX_TOOL_DESCRIPTION} characters",
                 field=f"{where}.function.description",
             )
         _check_schema(tool.parameters, f"{where}.function.parameters")
@@ -58,8 +61,10 @@ def check_tools(tools: Sequence[ToolSpec], field: str) -> list[ToolSpec]:
 def _check_schema(schema: dict[str, object], field: str) -> None:
     if not schema:
         return
-    if len(json.dumps(schema)) > MAX_SCHEMA_CHARS:
-        raise InvalidArgument(f"{field} is larger than {MAX_SCHEMA_CHARS} characters", field=field)
+    if len(json.dumps(schema)) > MAX_TOOL_SCHEMA_CHARS:
+        raise InvalidArgument(
+            f"{field} is larger than {MAX_TOOL_SCHEMA_CHARS} characters", field=field
+        )
     if schema.get("type", "object") != "object":
         raise InvalidArgument(
             f'{field} must describe an object ("type": "object"), not {schema.get("type")!r}',
@@ -122,10 +127,10 @@ def check_outputs(
                 f"tool_outputs has two outputs for {call_id!r}; send exactly one per call",
                 field=f"tool_outputs[{i}].tool_call_id",
             )
-        if len(output) > MAX_OUTPUT_CHARS:
+        if len(output) > MAX_TOOL_OUTPUT_CHARS:
             raise InvalidArgument(
                 f"tool_outputs[{i}].output is {len(output):,} characters; the limit is "
-                f"{MAX_OUTPUT_CHARS:,}",
+                f"{MAX_TOOL_OUTPUT_CHARS:,}",
                 field=f"tool_outputs[{i}].output",
             )
         answers[call_id] = output

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from service.core.errors import InvalidArgument
+from service.core.limits import (
+    MAX_METADATA_KEY,
+    MAX_METADATA_PAIRS,
+    MAX_METADATA_VALUE,
+)
 
 __all__ = [
-    "DEFAULT_PAGE_SIZE",
-    "MAX_PAGE_SIZE",
     "check_metadata",
-    "check_page_size",
     "check_text",
+    "check_update_mask",
 ]
-
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 1000
-MAX_METADATA_PAIRS = 16
-MAX_METADATA_KEY = 64
-MAX_METADATA_VALUE = 512
 
 
 def check_text(value: str, field: str, limit: int, *, required: bool = False) -> str:
@@ -65,14 +64,33 @@ def check_metadata(metadata: dict[str, str], field: str = "metadata") -> dict[st
     return dict(metadata)
 
 
-def check_page_size(page_size: int) -> int:
-    """Apply AIP-158: 0 means the default, oversize is clamped.
+def check_update_mask(paths: Sequence[str], updatable: Sequence[str]) -> list[str]:
+    """The fields an update changes, by AIP-134: the paths named, or every
+    field in ``updatable`` for ``*`` alone (a full replacement: fields the
+    request leaves unset go back to their defaults).
 
     Raises:
-        InvalidArgument: negative.
+        InvalidArgument: no path, ``*`` beside other paths, or a path that is
+            not in ``updatable``.
     """
-    if page_size < 0:
-        raise InvalidArgument("page_size must not be negative", field="page_size")
-    if page_size == 0:
-        return DEFAULT_PAGE_SIZE
-    return min(page_size, MAX_PAGE_SIZE)
+    names = ", ".join(updatable)
+    if not paths:
+        raise InvalidArgument(
+            f"update_mask names no field to change; list fields from {names}, or '*' for all",
+            field="update_mask",
+        )
+    if "*" in paths:
+        if len(paths) > 1:
+            raise InvalidArgument(
+                "update_mask '*' replaces every field and cannot be combined with other "
+                "paths; send '*' alone or list the fields to change",
+                field="update_mask",
+            )
+        return list(updatable)
+    unknown = [p for p in paths if p not in updatable]
+    if unknown:
+        raise InvalidArgument(
+            f"update_mask path {unknown[0]!r} cannot be updated; updatable fields are {names}",
+            field="update_mask",
+        )
+    return list(dict.fromkeys(paths))

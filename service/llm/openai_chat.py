@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import itertools
 import logging
 import random
-from collections.abc import AsyncGenerator, Sequence
-from typing import Any
+from collections.abc import AsyncGenerator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import httpx2
 import openai
@@ -30,6 +33,16 @@ from service.telemetry.genai import GenAITelemetry, ModelCall
 __all__ = ["OpenAIChatModel"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """One try of a model call."""
+
+    number: int  # 0 for the first try
+    committed: bool = False  # the caller has what a retry would send again
 
 
 class OpenAIChatModel:
@@ -95,7 +108,8 @@ class OpenAIChatModel:
                 body["tool_choice"] = _tool_choice(tool_choice)
         call = self._telemetry.start("chat", model, body["messages"], stream=True)
         try:
-            async with contextlib.aclosing(self._stream(call, model, body)) as chunks:
+            once = functools.partial(self._stream_once, call, body)
+            async with contextlib.aclosing(self._retrying(call, model, once)) as chunks:
                 async for chunk in chunks:
                     yield chunk
         except BaseException as exc:
@@ -104,76 +118,88 @@ class OpenAIChatModel:
         finally:
             call.end()
 
-    async def _stream(
-        self, call: ModelCall, model: str, body: dict[str, Any]
-    ) -> AsyncGenerator[ChatChunk, None]:
-        attempt = 0
-        while True:
-            sent_text = False
-            calls: dict[int, dict[str, str]] = {}
+    async def _retrying(
+        self, call: ModelCall, model: str, once: Callable[[_Attempt], AsyncGenerator[T, None]]
+    ) -> AsyncGenerator[T, None]:
+        """What ``once`` yields, with ``once`` tried again after a retryable
+        failure (with back-off) until it succeeds, the retries run out, or
+        the attempt has committed (sent the caller what a retry would repeat).
+
+        Raises:
+            LoomError: the last failure, translated.
+        """
+        for number in itertools.count():
+            attempt = _Attempt(number)
             try:
-                # The SDK's generic POST: chat.completions.create() first walks
-                # the whole prompt through its TypedDict transformer, which
-                # costs ~1 ms per message of history on every call.
-                with call.current():
-                    response = await self._client.post(
-                        "/chat/completions",
-                        cast_to=ChatCompletionChunk,
-                        body=body,
-                        stream=True,
-                        stream_cls=openai.AsyncStream[ChatCompletionChunk],
-                    )
-                async with response:
-                    async for chunk in response:
-                        usage = (
-                            Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
-                            if chunk.usage
-                            else None
-                        )
-                        choice = chunk.choices[0] if chunk.choices else None
-                        text = (choice.delta.content or "") if choice else ""
-                        finish = choice.finish_reason if choice else None
-                        if choice and choice.delta.tool_calls:
-                            sent_text = True  # a retry could not undo a half-sent call
-                            _gather(calls, choice.delta.tool_calls)
-                        call.chunk(
-                            text=text,
-                            first=bool(text) or sent_text,
-                            model=chunk.model,
-                            response_id=chunk.id,
-                            finish_reason=finish,
-                            usage=(usage.input_tokens, usage.output_tokens) if usage else None,
-                        )
-                        if text or usage or finish:
-                            sent_text = sent_text or bool(text)
-                            yield ChatChunk(
-                                text=text, usage=usage, finish_reason=finish, model=chunk.model
-                            )
-                if calls:
-                    call.tool_calls([(c["id"], c["name"], c["arguments"]) for c in calls.values()])
-                    yield ChatChunk(
-                        tool_calls=tuple(
-                            ToolCall(c["id"] or f"call_{i}", c["name"], c["arguments"] or "{}")
-                            for i, c in sorted(calls.items())
-                        )
-                    )
+                async with contextlib.aclosing(once(attempt)) as items:
+                    async for item in items:
+                        yield item
                 return
             except (openai.APIError, httpx2.HTTPError) as exc:
-                error = self._translate(exc, model, sent_text, attempt)
-                if sent_text or not _retryable(exc) or attempt >= self._max_retries:
+                error = self._translate(exc, model, attempt.committed, number)
+                if attempt.committed or not _retryable(exc) or number >= self._max_retries:
                     call.fail(type(exc).__qualname__, error.message)
                     raise error from None
-                delay = self._delay(exc, attempt)
+                delay = self._delay(exc, number)
                 call.retry(type(exc).__qualname__, delay)
                 log.info(
                     "model call failed (%s); retry %d of %d in %.2fs",
                     error.reason,
-                    attempt + 1,
+                    number + 1,
                     self._max_retries,
                     delay,
                 )
-                attempt += 1
                 await asyncio.sleep(delay)
+
+    async def _stream_once(
+        self, call: ModelCall, body: dict[str, Any], attempt: _Attempt
+    ) -> AsyncGenerator[ChatChunk, None]:
+        """One streamed request; the attempt commits with its first text or
+        tool-call piece."""
+        calls: dict[int, dict[str, str]] = {}
+        # The SDK's generic POST: chat.completions.create() first walks the
+        # whole prompt through its TypedDict transformer, which costs ~1 ms
+        # per message of history on every call.
+        with call.current():
+            response = await self._client.post(
+                "/chat/completions",
+                cast_to=ChatCompletionChunk,
+                body=body,
+                stream=True,
+                stream_cls=openai.AsyncStream[ChatCompletionChunk],
+            )
+        async with response:
+            async for chunk in response:
+                usage = (
+                    Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
+                    if chunk.usage
+                    else None
+                )
+                choice = chunk.choices[0] if chunk.choices else None
+                text = (choice.delta.content or "") if choice else ""
+                finish = choice.finish_reason if choice else None
+                if choice and choice.delta.tool_calls:
+                    attempt.committed = True  # a retry could not undo a half-sent call
+                    _gather(calls, choice.delta.tool_calls)
+                call.chunk(
+                    text=text,
+                    first=bool(text) or attempt.committed,
+                    model=chunk.model,
+                    response_id=chunk.id,
+                    finish_reason=finish,
+                    usage=(usage.input_tokens, usage.output_tokens) if usage else None,
+                )
+                if text or usage or finish:
+                    attempt.committed = attempt.committed or bool(text)
+                    yield ChatChunk(text=text, usage=usage, finish_reason=finish, model=chunk.model)
+        if calls:
+            call.tool_calls([(c["id"], c["name"], c["arguments"]) for c in calls.values()])
+            yield ChatChunk(
+                tool_calls=tuple(
+                    ToolCall(c["id"] or f"call_{i}", c["name"], c["arguments"] or "{}")
+                    for i, c in sorted(calls.items())
+                )
+            )
 
     async def complete(self, model: str, turns: Sequence[ChatTurn], *, json: bool = False) -> str:
         """One reply, not streamed; see ``ChatModel.complete``."""
@@ -185,41 +211,34 @@ class OpenAIChatModel:
             body["response_format"] = {"type": "json_object"}
         call = self._telemetry.start("chat", model, body["messages"], stream=False)
         try:
-            return await self._complete(call, model, body)
+            once = functools.partial(self._complete_once, call, body)
+            [text] = [t async for t in self._retrying(call, model, once)]
+            return text
         except BaseException as exc:
             call.fail(_error_type(exc), _error_message(exc))
             raise
         finally:
             call.end()
 
-    async def _complete(self, call: ModelCall, model: str, body: dict[str, Any]) -> str:
-        attempt = 0
-        while True:
-            try:
-                with call.current():
-                    response = await self._client.post(
-                        "/chat/completions", cast_to=ChatCompletion, body=body
-                    )
-                choice = response.choices[0] if response.choices else None
-                text = (choice.message.content or "") if choice else ""
-                usage = response.usage
-                call.chunk(
-                    text=text,
-                    model=response.model,
-                    response_id=response.id,
-                    finish_reason=choice.finish_reason if choice else None,
-                    usage=(usage.prompt_tokens, usage.completion_tokens) if usage else None,
-                )
-                return text
-            except (openai.APIError, httpx2.HTTPError) as exc:
-                error = self._translate(exc, model, False, attempt)
-                if not _retryable(exc) or attempt >= self._max_retries:
-                    call.fail(type(exc).__qualname__, error.message)
-                    raise error from None
-                delay = self._delay(exc, attempt)
-                call.retry(type(exc).__qualname__, delay)
-                await asyncio.sleep(delay)
-                attempt += 1
+    async def _complete_once(
+        self, call: ModelCall, body: dict[str, Any], attempt: _Attempt
+    ) -> AsyncGenerator[str, None]:
+        """One request for a whole reply; yields its text."""
+        with call.current():
+            response = await self._client.post(
+                "/chat/completions", cast_to=ChatCompletion, body=body
+            )
+        choice = response.choices[0] if response.choices else None
+        text = (choice.message.content or "") if choice else ""
+        usage = response.usage
+        call.chunk(
+            text=text,
+            model=response.model,
+            response_id=response.id,
+            finish_reason=choice.finish_reason if choice else None,
+            usage=(usage.prompt_tokens, usage.completion_tokens) if usage else None,
+        )
+        yield text
 
     def _delay(self, exc: Exception, attempt: int) -> float:
         if isinstance(exc, openai.APIStatusError):

@@ -19,11 +19,12 @@ from opentelemetry import metrics
 
 from service.core import ids
 from service.core.jobs import JobRunner
+from service.core.limits import MAX_MEMORY_CHARS
 from service.core.models import Message, Recalled
 from service.core.ports import ChatModel, MessageStore
 from service.memory.history import History
 from service.memory.learning import EXTRACTION_JOB, Learning, episodic_record
-from service.memory.ports import EPISODIC, MAX_MEMORY_CHARS, MemoryIndex
+from service.memory.ports import EPISODIC, MemoryIndex
 from service.telemetry import span, tracer
 
 __all__ = ["AssistantMemory"]

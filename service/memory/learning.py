@@ -16,11 +16,12 @@ from typing import Any
 from service.core import ids
 from service.core.clock import now
 from service.core.jobs import Checkpoint
+from service.core.limits import MAX_MEMORY_CHARS
 from service.core.models import Message
 from service.core.ports import ChatModel, Job, MessageStore
 from service.memory.extraction import Candidate, Operation, extract_facts, reconcile
 from service.memory.history import History, next_version
-from service.memory.ports import EPISODIC, FACT, MAX_MEMORY_CHARS, MemoryIndex, MemoryRecord
+from service.memory.ports import EPISODIC, FACT, MemoryIndex, MemoryRecord
 from service.telemetry import span, tracer
 
 __all__ = ["EXTRACTION_JOB", "Learning", "episodic_id", "episodic_record"]

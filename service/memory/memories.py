@@ -18,23 +18,30 @@ from service.core.assistants import get_assistant
 from service.core.clock import now
 from service.core.errors import InvalidArgument, NotFound
 from service.core.filtering import Filter
+from service.core.limits import (
+    DEFAULT_SEARCH_LIMIT,
+    MAX_MEMORY_BATCH,
+    MAX_MEMORY_CHARS,
+    MAX_QUERY_CHARS,
+    MAX_REQUEST_ID,
+    MAX_SEARCH_LIMIT,
+    MAX_USER_ID,
+)
 from service.core.models import Page
-from service.core.paging import decode_token, encode_token
+from service.core.paging import open_cursor
 from service.core.ports import AssistantStore, Job, JobStore, MemoryVersion
-from service.core.validation import check_metadata, check_page_size, check_text
+from service.core.validation import check_metadata, check_text, check_update_mask
 from service.memory.filters import parse_memory_filter
 from service.memory.history import History, next_version
 from service.memory.learning import EXTRACTION_JOB
-from service.memory.ports import MANUAL, MAX_MEMORY_CHARS, MemoryHit, MemoryIndex, MemoryRecord
+from service.memory.ports import MANUAL, MemoryHit, MemoryIndex, MemoryRecord
 
-__all__ = ["MAX_BATCH", "MAX_SEARCH_LIMIT", "Memories", "MemoryDraft", "MemoryQuery"]
+__all__ = ["UPDATABLE_FIELDS", "Memories", "MemoryDraft", "MemoryQuery"]
 
-MAX_BATCH = 1000
-MAX_REQUEST_ID = 128
-MAX_QUERY_CHARS = 4000
-MAX_SEARCH_LIMIT = 100
-MAX_USER_ID = 256
-_UPDATABLE = ("content", "metadata", "invalidate_time")
+# What UpdateMemory changes; '*' replaces these. Naming invalidate_time on
+# its own (unset) restores an invalidated memory: '*' never does.
+UPDATABLE_FIELDS = ("content", "metadata")
+RESTORE = "invalidate_time"
 
 
 @dataclass(slots=True)
@@ -128,7 +135,7 @@ class Memories:
         request_id: str = "",
         sequential: bool = False,
     ) -> list[MemoryRecord]:
-        """Add up to ``MAX_BATCH`` memories at once, embedded in one batch,
+        """Add up to ``MAX_MEMORY_BATCH`` memories at once, embedded in one batch,
         all or none. With ``request_id`` their ids derive from it, so a
         repeat finds them and creates nothing (or only what a failed first
         call did not write). With ``sequential`` each is indexed with the
@@ -140,9 +147,9 @@ class Memories:
                 names its index), a request id used for other memories.
             NotFound: no such assistant.
         """
-        if not 1 <= len(drafts) <= MAX_BATCH:
+        if not 1 <= len(drafts) <= MAX_MEMORY_BATCH:
             raise InvalidArgument(
-                f"memories holds {len(drafts):,}; send 1 to {MAX_BATCH:,} memories a call",
+                f"memories holds {len(drafts):,}; send 1 to {MAX_MEMORY_BATCH:,} memories a call",
                 field="memories",
             )
         check_text(request_id, "request_id", MAX_REQUEST_ID)
@@ -213,8 +220,6 @@ class Memories:
                 "user_id and assistant_wide_only cannot be combined", field="assistant_wide_only"
             )
         matching = parse_memory_filter(query.filter)
-        limit = check_page_size(page_size)
-        await self._assistant(tenant, assistant_id)
         filters: dict[str, object] = {
             "list": "memories",
             "a": assistant_id,
@@ -223,19 +228,22 @@ class Memories:
             "i": query.include_invalidated,
             "f": query.filter,
         }
-        offset = _offset(page_token, filters)
+        cursor = open_cursor(page_size, page_token, filters, int)
+        await self._assistant(tenant, assistant_id)
+        # The index pages by offset: the key a page resumes after is the
+        # number of items before it.
+        offset = cursor.after or 0
         scope: str | None = "" if assistant_wide_only else (user_id or None)
         items = await self._index.list_records(
             tenant,
             assistant_id,
             scope,
-            limit + 1,
+            cursor.fetch,
             offset,
             include_invalidated=query.include_invalidated,
             matching=matching,
         )
-        more = len(items) > limit
-        return Page(items[:limit], encode_token(offset + limit, filters) if more else "")
+        return cursor.page(items, lambda _: offset + cursor.limit)
 
     async def search(
         self,
@@ -265,7 +273,7 @@ class Memories:
             assistant_id,
             text,
             user_id=user_id,
-            limit=min(limit or 10, MAX_SEARCH_LIMIT),
+            limit=min(limit or DEFAULT_SEARCH_LIMIT, MAX_SEARCH_LIMIT),
             min_score=max(min_score, 0.0),
             include_invalidated=query.include_invalidated,
             matching=matching,
@@ -279,15 +287,17 @@ class Memories:
         draft: MemoryDraft,
         paths: Sequence[str],
     ) -> MemoryRecord:
-        """Change a memory's content and/or metadata, or restore it
-        (``invalidate_time`` named, and left unset); the previous version is
-        kept in its history.
+        """Change a memory's content and/or metadata (``*`` alone replaces
+        both, ``check_update_mask``), or restore it (``invalidate_time``
+        named, and left unset); the previous version is kept in its history.
 
         Raises:
-            InvalidArgument: unknown paths, bad values, an invalidation time set.
+            InvalidArgument: a bad mask, bad values, an invalidation time set.
             NotFound: no such assistant or memory.
         """
-        wanted = _paths(paths)
+        wanted = check_update_mask(
+            paths, UPDATABLE_FIELDS if "*" in paths else (*UPDATABLE_FIELDS, RESTORE)
+        )
         existing = await self.get(tenant, assistant_id, memory_id)
         changes: dict[str, Any] = {}
         if "content" in wanted:
@@ -297,7 +307,7 @@ class Memories:
         if "metadata" in wanted:
             changes["metadata"] = check_metadata(draft.metadata, "memory.metadata")
         change = "updated"
-        if "invalidate_time" in wanted:
+        if RESTORE in wanted:
             if draft.invalidated:
                 raise InvalidArgument(
                     "memories are invalidated by fact extraction only; to restore an "
@@ -333,14 +343,14 @@ class Memories:
             InvalidArgument: malformed ids, bad page size or token.
             NotFound: no such assistant or memory.
         """
-        limit = check_page_size(page_size)
         filters: dict[str, object] = {"list": "history", "a": assistant_id, "m": memory_id}
-        offset = _offset(page_token, filters)
+        cursor = open_cursor(page_size, page_token, filters, int)
         record = await self.get(tenant, assistant_id, memory_id)
         versions = await self._history.versions(record)
-        more = len(versions) > offset + limit
-        page = versions[offset : offset + limit]
-        return Page(page, encode_token(offset + limit, filters) if more else "")
+        offset = cursor.after or 0  # the number of versions before the page
+        return cursor.page(
+            versions[offset : offset + cursor.fetch], lambda _: offset + cursor.limit
+        )
 
     async def operation(self, tenant: str, operation_id: str) -> Job:
         """Return a memory operation.
@@ -378,32 +388,3 @@ def _same(stored: MemoryRecord, wanted: MemoryRecord) -> bool:
         wanted.metadata,
         wanted.context,
     )
-
-
-def _offset(page_token: str, filters: dict[str, object]) -> int:
-    after = decode_token(page_token, filters)
-    if after is not None and (not isinstance(after, int) or after < 0):
-        raise InvalidArgument("page_token is malformed", field="page_token")
-    return after or 0
-
-
-def _paths(paths: Sequence[str]) -> list[str]:
-    """The fields an update_mask names.
-
-    Raises:
-        InvalidArgument: none, or one that cannot be updated.
-    """
-    if not paths:
-        raise InvalidArgument(
-            "update_mask names no field to change; use 'content', 'metadata' or '*'",
-            field="update_mask",
-        )
-    wanted = ["content", "metadata"] if list(paths) == ["*"] else list(paths)
-    unknown = [p for p in wanted if p not in _UPDATABLE]
-    if unknown:
-        raise InvalidArgument(
-            f"update_mask path {unknown[0]!r} cannot be updated; use 'content', 'metadata' "
-            "or 'invalidate_time' (to restore an invalidated memory)",
-            field="update_mask",
-        )
-    return wanted

@@ -16,7 +16,6 @@ __all__ = [
     "EPISODIC",
     "FACT",
     "MANUAL",
-    "MAX_MEMORY_CHARS",
     "MODES",
     "MemoryHit",
     "MemoryIndex",
@@ -32,7 +31,6 @@ CHANGES = ("created", "updated", "invalidated", "restored")
 EPISODIC = "episodic"
 FACT = "fact"
 MANUAL = "manual"
-MAX_MEMORY_CHARS = 4000
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,7 +65,9 @@ class MongoAssistantStore:
 
     def __init__(self, collection: AsyncCollection[Doc], defaults: AsyncCollection[Doc]) -> None:
         self._c = collection
-        self._defaults = defaults  # one document per tenant: its default assistant
+        # Per tenant: one document naming its default assistant, and one per
+        # default that was deleted and replaced, naming its successor.
+        self._defaults = defaults
 
     async def insert(self, assistant: Assistant) -> None:
         await self._c.insert_one(_to_doc(assistant))
@@ -89,11 +91,34 @@ class MongoAssistantStore:
                 current = await self.default_id(tenant)
                 return current or assistant_id
             return assistant_id
-        current = await self.default_id(tenant)
-        if current != replacing:
-            return current or assistant_id
-        await self._defaults.replace_one({"_id": tenant}, {"assistant_id": assistant_id})
-        return assistant_id
+        successor = await self._succeed(tenant, replacing, assistant_id)
+        # Only while the default is still the one replaced. MongoDB applies
+        # the filter and the write as one step; FerretDB 1.x reads, filters,
+        # then writes by _id alone, so a claim as slow as a whole later
+        # deletion and claim could still point the tenant back at this
+        # successor. The pointer is only a shortcut along the chain of
+        # successions, which is what decides; such a stray pointer names a
+        # deleted assistant, and the next claim that replaces it follows the
+        # chain on from there.
+        await self._defaults.update_one(
+            {"_id": tenant, "assistant_id": replacing}, {"$set": {"assistant_id": successor}}
+        )
+        return await self.default_id(tenant) or successor
+
+    async def _succeed(self, tenant: str, replaced: str, candidate: str) -> str:
+        """The one successor of a tenant's deleted default: ``candidate`` if
+        its claim is the first, else the claim that was. A unique insert
+        decides, which is atomic on MongoDB and FerretDB alike (a filtered
+        replace is not on FerretDB 1.x: see claim_default)."""
+        # Tenant names have no '/', so this never meets a tenant's own _id.
+        key = f"{tenant}/{replaced}"
+        try:
+            await self._defaults.insert_one({"_id": key, "assistant_id": candidate})
+        except DuplicateKeyError:
+            first = await self._defaults.find_one({"_id": key})
+            if first is not None:
+                return str(first["assistant_id"])
+        return candidate
 
     async def find_page(self, tenant: str, limit: int, after: str | None) -> list[Assistant]:
         query: Doc = {"tenant": tenant, **_LIVE}

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from pymongo import ASCENDING
+from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
@@ -32,6 +33,8 @@ def _to_doc(job: Job) -> Doc:
         "result": job.result,
         "error": job.error,
         "trace_context": job.trace_context,
+        "owner": job.owner,
+        "waits": job.waits,
     }
 
 
@@ -50,13 +53,16 @@ def _from_doc(d: Doc) -> Job:
         result=dict(d.get("result") or {}),
         error=d.get("error", ""),
         trace_context=dict(d.get("trace_context") or {}),
+        owner=d.get("owner", ""),
+        waits=int(d.get("waits", 0)),
     )
 
 
 class MongoJobStore:
     """``JobStore`` over one collection. Claiming a job is not done here: the
     runner takes a lease named after the job (a unique insert), which is
-    atomic on MongoDB and FerretDB alike."""
+    atomic on MongoDB and FerretDB alike; ``save`` only fences a runner that
+    lost that lease."""
 
     def __init__(self, collection: AsyncCollection[Doc]) -> None:
         self._c = collection
@@ -74,25 +80,50 @@ class MongoJobStore:
             return None
         return _from_doc(doc)
 
-    async def save(self, job: Job) -> None:
+    async def save(self, job: Job, *, claim: bool = False) -> bool:
         doc = _to_doc(job)
         doc.pop("_id")
-        await self._c.update_one({"_id": job.job_id}, {"$set": doc})
+        query: Doc = {"_id": job.job_id} if claim else {"_id": job.job_id, "owner": job.owner}
+        result = await self._c.update_one(query, {"$set": doc})
+        return result.matched_count == 1
 
-    async def due(self, now: datetime, stale_before: datetime, limit: int) -> list[Job]:
-        cursor = (
-            self._c.find(
-                {
-                    "$or": [
-                        {"state": JobState.PENDING.value, "next_run_time": {"$lte": now}},
-                        {"state": JobState.RUNNING.value, "update_time": {"$lt": stale_before}},
-                    ]
-                }
-            )
-            .sort("next_run_time", ASCENDING)
-            .limit(limit)
-        )
+    async def due(
+        self, now: datetime, stale_before: datetime, limit: int, skip_tenants: Sequence[str] = ()
+    ) -> list[Job]:
+        query: Doc = {
+            "$or": [
+                {"state": JobState.PENDING.value, "next_run_time": {"$lte": now}},
+                {"state": JobState.RUNNING.value, "update_time": {"$lt": stale_before}},
+            ]
+        }
+        if skip_tenants:
+            query["tenant"] = {"$nin": list(skip_tenants)}
+        cursor = self._c.find(query).sort("next_run_time", ASCENDING).limit(limit)
         return [_from_doc(d) async for d in cursor]
+
+    async def find(self, state: JobState | None, tenant: str | None, limit: int) -> list[Job]:
+        query: Doc = {}
+        if state is not None:
+            query["state"] = state.value
+        if tenant is not None:
+            query["tenant"] = tenant
+        cursor = self._c.find(query).sort("update_time", DESCENDING).limit(limit)
+        return [_from_doc(d) async for d in cursor]
+
+    async def requeue(self, job_id: str, now: datetime) -> bool:
+        result = await self._c.update_one(
+            {"_id": job_id, "state": JobState.FAILED.value},
+            {
+                "$set": {
+                    "state": JobState.PENDING.value,
+                    "attempts": 0,
+                    "waits": 0,
+                    "next_run_time": now,
+                    "update_time": now,
+                }
+            },
+        )
+        return result.matched_count == 1
 
     async def backlog(self) -> tuple[int, datetime | None]:
         cursor = self._c.find({"state": {"$in": _OPEN}}, {"create_time": 1})

@@ -1,14 +1,17 @@
-"""API keys collection: SHA-256 digests, never the keys themselves."""
+"""API keys collection (SHA-256 digests, never the keys themselves) and the
+tenants collection (each tenant's overrides of the call limits)."""
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime
 from typing import Any
 
 from pymongo import ASCENDING
 from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import DuplicateKeyError
 
-from service.core.ports import ApiKey
+from service.core.ports import ApiKey, TenantLimits
 
 __all__ = ["MongoApiKeyStore"]
 
@@ -26,10 +29,11 @@ def _from_doc(d: Doc) -> ApiKey:
 
 
 class MongoApiKeyStore:
-    """``ApiKeyStore`` over one collection."""
+    """``ApiKeyStore`` over a keys collection and a tenants collection."""
 
-    def __init__(self, collection: AsyncCollection[Doc]) -> None:
+    def __init__(self, collection: AsyncCollection[Doc], tenants: AsyncCollection[Doc]) -> None:
         self._c = collection
+        self._tenants = tenants
 
     def _doc(self, key: ApiKey, digest: str) -> Doc:
         return {
@@ -47,7 +51,11 @@ class MongoApiKeyStore:
     async def upsert(self, key: ApiKey, digest: str) -> None:
         doc = self._doc(key, digest)
         doc.pop("_id")
-        await self._c.update_one({"_id": key.key_id}, {"$setOnInsert": doc}, upsert=True)
+        # Replicas starting together each upsert the dev key; FerretDB 1.x runs
+        # an upsert as a read then an insert, so the losers of that race get
+        # the winner's duplicate key. The key is there either way.
+        with contextlib.suppress(DuplicateKeyError):
+            await self._c.update_one({"_id": key.key_id}, {"$setOnInsert": doc}, upsert=True)
 
     async def find(self, digest: str) -> tuple[ApiKey, str] | None:
         doc = await self._c.find_one({"digest": digest})
@@ -63,3 +71,22 @@ class MongoApiKeyStore:
             {"_id": key_id, "revoke_time": None}, {"$set": {"revoke_time": now}}
         )
         return result.modified_count == 1
+
+    async def limits(self, tenant: str) -> TenantLimits:
+        doc = await self._tenants.find_one({"_id": tenant})
+        limits: Doc = (doc or {}).get("limits") or {}
+        return TenantLimits(
+            rate=limits.get("rate"), burst=limits.get("burst"), streams=limits.get("streams")
+        )
+
+    async def set_limits(self, tenant: str, limits: TenantLimits) -> None:
+        values = {
+            "rate": limits.rate,
+            "burst": limits.burst,
+            "streams": limits.streams,
+        }
+        await self._tenants.update_one(
+            {"_id": tenant},
+            {"$set": {"limits": {k: v for k, v in values.items() if v is not None}}},
+            upsert=True,
+        )

@@ -1,4 +1,4 @@
-"""Leases collection: one document per thread with a reply in flight."""
+"""Leases collection: one document per thread (or job) with work in flight."""
 
 from __future__ import annotations
 
@@ -8,22 +8,49 @@ from typing import Any
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
-from service.core.ports import LeaseOutcome, LeaseState
+from service.core.ports import LeaseGrant, LeaseOutcome, LeaseState
 
 __all__ = ["MongoLeaseStore"]
 
 Doc = dict[str, Any]
 
+# A takeover can meet a marker left by a taker that died, then clear it, so
+# it may need one round more than a plain race with a release.
+_ROUNDS = 4
+
 
 def _state(d: Doc) -> LeaseState:
-    return LeaseState(owner=d["owner"], expires=d["expires"], purpose=d.get("purpose", ""))
+    return LeaseState(
+        owner=d["owner"],
+        expires=d["expires"],
+        purpose=d.get("purpose", ""),
+        epoch=int(d.get("epoch", 0)),
+    )
+
+
+def _millis(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
 
 
 class MongoLeaseStore:
     """``LeaseStore``: ``_id`` is the thread id, so taking a free lease is one
-    insert that only one caller can win. Taking over an expired lease is
-    settled the same way: the taker first inserts a marker named after the
-    dead holder, which only one taker can create."""
+    insert that only one caller can win.
+
+    Taking over an expired lease is settled the same way: the taker first
+    inserts a marker named after the dead holder, which only one taker can
+    create, then replaces the lease only if it is still the dead holder's,
+    then deletes the marker. The marker expires with the lease it is taking:
+    a taker that dies between its steps leaves a marker the next taker finds
+    expired and deletes (only that marker, by its expiry), so a thread is
+    never blocked for longer than one lease's lifetime.
+
+    Why not one conditional replace (``{_id, owner, expires}``)? On MongoDB
+    that alone is atomic; FerretDB 1.x runs an update as a query, then a
+    write by ``_id`` of the document it read, so two takers could both
+    match. The unique insert is atomic on both; the conditional replace
+    after it only narrows what is left on FerretDB (a taker stalled for a
+    whole lease lifetime between two writes, then overwriting the next
+    taker; that next holder's renewal then fails and it is told it lost)."""
 
     def __init__(self, collection: AsyncCollection[Doc]) -> None:
         self._c = collection
@@ -36,34 +63,67 @@ class MongoLeaseStore:
         expires: datetime,
         now: datetime,
         purpose: str = "",
-    ) -> tuple[LeaseOutcome, LeaseState | None]:
+    ) -> LeaseGrant:
         doc: Doc = {
             "_id": thread_id,
             "tenant": tenant,
             "owner": owner,
             "expires": expires,
             "purpose": purpose,
+            "epoch": _millis(now),
         }
-        for _ in range(3):
+        for _ in range(_ROUNDS):
             try:
                 await self._c.insert_one(doc)
-                return LeaseOutcome.ACQUIRED, None
+                return LeaseGrant(LeaseOutcome.ACQUIRED, doc["epoch"])
             except DuplicateKeyError:
                 held = await self._c.find_one({"_id": thread_id})
             if held is None:  # released between the two calls: try again
                 continue
             if held["expires"] > now:
-                return LeaseOutcome.BUSY, _state(held)
+                return LeaseGrant(LeaseOutcome.BUSY, other=_state(held))
             stale = _state(held)
-            marker = f"{thread_id}/takeover/{stale.owner}"
-            try:
-                await self._c.insert_one({"_id": marker, "tenant": tenant, "expires": expires})
-            except DuplicateKeyError:
-                return LeaseOutcome.BUSY, None
-            await self._c.replace_one({"_id": thread_id}, doc, upsert=True)
+            taken = await self._take_over(
+                held, {**doc, "epoch": max(doc["epoch"], stale.epoch + 1)}
+            )
+            if taken is not None:
+                return taken
+            if await self._busy_marker(thread_id, stale.owner, now):
+                return LeaseGrant(LeaseOutcome.BUSY)
+        return LeaseGrant(LeaseOutcome.BUSY)
+
+    async def _take_over(self, held: Doc, doc: Doc) -> LeaseGrant | None:
+        """Replace the expired lease ``held`` by ``doc``; None when another
+        taker's marker is in the way or the lease changed meanwhile."""
+        marker = f"{doc['_id']}/takeover/{held['owner']}"
+        try:
+            await self._c.insert_one(
+                {"_id": marker, "tenant": doc["tenant"], "expires": doc["expires"]}
+            )
+        except DuplicateKeyError:
+            return None
+        try:
+            replaced = await self._c.replace_one(
+                {"_id": doc["_id"], "owner": held["owner"], "expires": held["expires"]}, doc
+            )
+        finally:
             await self._c.delete_one({"_id": marker})
-            return LeaseOutcome.TAKEN_OVER, stale
-        return LeaseOutcome.BUSY, None
+        if replaced.matched_count != 1:  # renewed, released or taken meanwhile
+            return None
+        return LeaseGrant(LeaseOutcome.TAKEN_OVER, doc["epoch"], _state(held))
+
+    async def _busy_marker(self, thread_id: str, dead_owner: str, now: datetime) -> bool:
+        """True while another taker's marker on ``dead_owner``'s lease is
+        live; an expired one (its taker died) is deleted, by its expiry, so
+        that the next round can take over."""
+        marker = await self._c.find_one({"_id": f"{thread_id}/takeover/{dead_owner}"})
+        if marker is None:
+            return False
+        expires = marker.get("expires")
+        if isinstance(expires, datetime) and expires > now:
+            return True
+        await self._c.delete_one({"_id": marker["_id"], "expires": expires})
+        return False
 
     async def renew(self, thread_id: str, owner: str, expires: datetime) -> bool:
         result = await self._c.update_one(

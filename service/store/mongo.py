@@ -91,12 +91,23 @@ class MongoStore:
         await self.client.close()
 
 
-def connect(uri: str, database: str, *, timeout_ms: int = 5000) -> MongoStore:
-    """Return a store over ``database`` (connections open lazily)."""
+def connect(uri: str, database: str, *, timeout: float = 2.0) -> MongoStore:
+    """Return a store over ``database`` (connections open lazily).
+
+    ``timeout`` (seconds, ``LOOM_MONGODB_TIMEOUT``) bounds finding a server
+    and opening a connection, so a call made while the database is down
+    fails that fast (UNAVAILABLE) rather than running into its caller's
+    deadline. An operation already sent may wait ten times as long for its
+    answer: a loaded database (FerretDB waiting on SQLite's lock, say) can
+    be slow to answer without being gone, and a dead one drops the
+    connection, which is noticed at once."""
+    ms = max(int(timeout * 1000), 1)
     client: AsyncMongoClient[Doc] = AsyncMongoClient(
         uri,
         tz_aware=True,
-        serverSelectionTimeoutMS=timeout_ms,
+        serverSelectionTimeoutMS=ms,
+        connectTimeoutMS=ms,
+        socketTimeoutMS=10 * ms,
         appname="loom",
     )
     db = client[database]
@@ -108,7 +119,7 @@ def connect(uri: str, database: str, *, timeout_ms: int = 5000) -> MongoStore:
         leases=MongoLeaseStore(db["leases"]),
         messages=MongoMessageStore(db["messages"]),
         requests=MongoRequestStore(db["requests"]),
-        keys=MongoApiKeyStore(db["api_keys"]),
+        keys=MongoApiKeyStore(db["api_keys"], db["tenants"]),
         jobs=MongoJobStore(db["jobs"]),
         memory_versions=MongoMemoryVersions(db["memory_versions"]),
         memory_history=MongoMemoryHistory(db["memory_history"]),

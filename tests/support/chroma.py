@@ -36,8 +36,23 @@ class ChromaServer:
     def start(self, timeout: float = 60.0) -> ChromaServer:
         self.dir = tempfile.mkdtemp(prefix="loom-chroma-")
         self.port = free_port()
+        return self._launch(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would; its data and port are kept
+        for ``restart``."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def restart(self, timeout: float = 60.0) -> ChromaServer:
+        """Start the server again on the same port and data (after ``kill``)."""
+        self.kill()
+        return self._launch(timeout)
+
+    def _launch(self, timeout: float) -> ChromaServer:
         env = dict(os.environ, ORT_DISABLE_TELEMETRY="1", ANONYMIZED_TELEMETRY="False")
-        with open(Path(self.dir) / "chroma.log", "wb") as log:
+        with open(Path(self.dir) / "chroma.log", "ab") as log:
             self.proc = subprocess.Popen(
                 [
                     self.binary,

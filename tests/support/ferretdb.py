@@ -82,6 +82,21 @@ class FerretDB:
                 time.sleep(0.05)
         raise RuntimeError("FerretDB did not start within 30 s")
 
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would; its data and port are kept
+        for ``restart``."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def restart(self) -> FerretDB:
+        """Start the server again on the same port and data (after ``kill``)."""
+        self.kill()
+        with open(Path(self.dir) / "ferretdb.log", "ab") as log:
+            self.proc = self._spawn(log)
+        self._wait()
+        return self
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()

@@ -15,7 +15,7 @@ __all__ = ["fit_prompt"]
 log = logging.getLogger(__name__)
 
 
-def fit_prompt(
+async def fit_prompt(
     counter: TokenCounter,
     *,
     assistant: Assistant,
@@ -30,7 +30,7 @@ def fit_prompt(
     on the current span."""
     window = counter.context_window(reply.model, assistant.context_window)
     summarize = assistant.context_strategy is ContextStrategy.SUMMARIZE
-    fitted = fit(
+    fitted = await fit(
         instructions=assistant.instructions,
         memories=recalled,
         summary=thread.summary if summarize else None,

@@ -83,7 +83,7 @@ class Replier:
             recalled = await self._hooks.recall(tenant, thread, user) if first_round else []
             if recalled:
                 yield MemoryRecalled(recalled)
-            fitted = fit_prompt(
+            fitted = await fit_prompt(
                 self._counter,
                 assistant=assistant,
                 thread=thread,

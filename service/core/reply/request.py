@@ -14,9 +14,9 @@ from datetime import datetime, timedelta
 from typing import TypeAlias
 
 from service.core import ids
-from service.core.assistants import MAX_MODEL
 from service.core.clock import now
 from service.core.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
+from service.core.limits import MAX_MODEL, MAX_REQUEST_ID, MAX_USER_ID
 from service.core.models import (
     Assistant,
     Completed,
@@ -34,13 +34,11 @@ from service.core.reply.build import started
 from service.core.reply.collaborators import ReplyPolicy, ReplyStores
 from service.core.reply.generate import Replier, RunSpec
 from service.core.reply.recovery import Recovery
-from service.core.threads import MAX_USER_ID
 from service.core.tools import check_tool_choice, check_tools
 from service.core.validation import check_metadata, check_text
 
-__all__ = ["MAX_REQUEST_ID", "Idempotency", "SendRequest", "check_request", "resolve", "run_for"]
+__all__ = ["Idempotency", "SendRequest", "check_request", "resolve", "run_for"]
 
-MAX_REQUEST_ID = 128
 
 Events: TypeAlias = AsyncGenerator[ReplyEvent, None]
 

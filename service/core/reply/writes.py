@@ -91,16 +91,16 @@ class ThreadWrites:
         """Put a FAILED, empty message back IN_PROGRESS for a retry."""
         return await self._messages.restart(tenant, message_id, model)
 
-    def cache(self, entries: Iterable[ContextEntry]) -> None:
+    async def cache(self, entries: Iterable[ContextEntry]) -> None:
         """Add ``entries`` to the thread's context in memory only; the next
         ``save`` writes them."""
-        counted = [with_tokens(e, self._counter) for e in entries]
+        counted = [await with_tokens(e, self._counter) for e in entries]
         self.thread.context = merge(self.thread.context, counted, self._context_chars)
 
     async def save(self, entries: Iterable[ContextEntry], run: PendingRun | None) -> None:
         """Add ``entries`` to the thread's context and write it with the
         message count and ``run``, the run left waiting for tool outputs."""
-        self.cache(entries)
+        await self.cache(entries)
         self.thread.run = run
         t = self.thread
         await self._threads.save_context(t.thread_id, t.context, t.message_count, now(), t.run)
