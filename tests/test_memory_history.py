@@ -232,7 +232,7 @@ async def test_a_person_can_correct_and_restore_with_history(mem: Mem, model: Mo
 
 async def test_deletes_forget_the_history_too(mem: Mem, model: Model, loom: Loom) -> None:
     history = loom.store.memory_history
-    tenant = await loom.keys.authenticate(mem.key)
+    tenant = (await loom.keys.authenticate(mem.key)).tenant
     assistant_id = await _assistant(mem)
     made = []
     for n in range(3):
@@ -299,7 +299,7 @@ async def test_a_retried_extraction_changes_nothing_twice(
     _, op = await _learn(mem, assistant_id, "I moved to Bergen.")
 
     # Run the finished job's body again, as a retry after a crash would.
-    tenant = await loom.keys.authenticate(mem.key)
+    tenant = (await loom.keys.authenticate(mem.key)).tenant
     job = await loom.store.jobs.get(tenant, op.operation_id)
     assert job is not None
     assert job.kind == EXTRACTION_JOB

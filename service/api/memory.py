@@ -9,7 +9,8 @@ from grpc import aio
 from generated.loom.v1 import memory_pb2, memory_pb2_grpc
 from service.api.context import tenant
 from service.api.convert import timestamp, update_paths
-from service.core.ports import Job, JobState, MemoryVersion
+from service.core.memory_history import MemoryVersion
+from service.core.ports import Job, JobState
 from service.memory.memories import UPDATABLE_FIELDS, Memories, MemoryDraft, MemoryQuery
 from service.memory.ports import MemoryRecord
 

@@ -21,7 +21,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from service.core.ports import MemoryHistoryStore, MemoryVersion
+from service.core.memory_history import MemoryHistoryStore, MemoryVersion
 from service.memory.ports import MemoryIndex, MemoryRecord
 
 __all__ = ["History", "next_version", "snapshot"]

@@ -27,9 +27,10 @@ from service.core.limits import (
     MAX_SEARCH_LIMIT,
     MAX_USER_ID,
 )
+from service.core.memory_history import MemoryVersion
 from service.core.models import Page
 from service.core.paging import open_cursor
-from service.core.ports import AssistantStore, Job, JobStore, MemoryVersion
+from service.core.ports import AssistantStore, Job, JobStore
 from service.core.validation import check_metadata, check_text, check_update_mask
 from service.memory.filters import parse_memory_filter
 from service.memory.history import History, next_version

@@ -8,7 +8,7 @@ from typing import Any
 from pymongo import UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 
-from service.core.ports import MemoryVersion
+from service.core.memory_history import MemoryVersion
 
 __all__ = ["MongoMemoryHistory"]
 
