@@ -16,15 +16,22 @@ PROTOC_GEN_GO := $(TOOLS)/bin/protoc-gen-go
 PROTOC_GEN_GO_GRPC := $(TOOLS)/bin/protoc-gen-go-grpc
 STAMP := $(VENV)/.installed
 
-.PHONY: setup jaeger go-plugins proto proto-check lint test bench bench-memory bench-tracing bench-outage run fleet clean
+CLIENT := clients/python
+LINTED := service tests bench $(CLIENT)
 
-setup: $(STAMP) $(FERRETDB) $(GRPCURL) $(JAEGER) go-plugins
+.PHONY: setup run-deps jaeger go-plugins proto proto-check lint test bench bench-memory bench-tracing bench-outage run fleet clean
 
-# The venv is rebuilt only when pyproject.toml changes.
-$(STAMP): pyproject.toml
+# Everything the tests need; `make run` needs only run-deps (no grpcurl, no
+# Jaeger: a newcomer's first `make run` builds FerretDB alone).
+setup: run-deps $(GRPCURL) $(JAEGER) go-plugins
+run-deps: $(STAMP) $(FERRETDB)
+
+# The venv (the service, its dev tools, and the Python client in clients/python)
+# is rebuilt only when a pyproject.toml changes.
+$(STAMP): pyproject.toml $(CLIENT)/pyproject.toml
 	@test -x $(PY) || $(PY_VERSION) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev]' -e $(CLIENT)
 	@touch $@
 
 # `go install github.com/FerretDB/FerretDB/cmd/ferretdb@v1.24.2` builds a binary
@@ -71,13 +78,15 @@ $(PROTOC_GEN_GO_GRPC):
 proto: $(STAMP)
 	./scripts/gen_proto.sh
 
-# Fails if generated/ is not what `make proto` produces from proto/.
+# Fails if generated/ (or the client's copy) is not what `make proto` produces
+# from proto/.
+GENERATED := generated/ $(CLIENT)/src/loom_client/_proto/
 proto-check: proto
-	@git status --porcelain generated/ | grep . && { echo "generated/ is stale: run make proto and commit"; exit 1; } || true
+	@git status --porcelain $(GENERATED) | grep . && { echo "$(GENERATED) stale: run make proto and commit"; exit 1; } || true
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check service tests bench
-	$(VENV)/bin/ruff format --check service tests bench
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/buf lint
 	$(VENV)/bin/buf format --diff --exit-code
@@ -106,7 +115,7 @@ bench-tracing: setup
 bench-outage: setup
 	$(BENCH_ENV) $(PY) -m bench.outage
 
-run: setup
+run: run-deps
 	FERRETDB=$(FERRETDB) PY=$(PY) ./scripts/run.sh
 
 # FerretDB, a Chroma server, the scripted model and REPLICAS Loom replicas

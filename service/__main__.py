@@ -10,6 +10,8 @@ manages API keys.
     python -m service error-reasons [--write README.md]  # the table of ErrorInfo reasons
     python -m service jobs list [--state failed] [--tenant T]
     python -m service jobs retry JOB_ID | --all-failed
+    python -m service chat [--assistant ID] [--user U] [--thread ID]   # needs loom_client
+    python -m service health                          # exit 0 if this replica is SERVING
 """
 
 from __future__ import annotations
@@ -173,12 +175,28 @@ def _error_reasons(write: str | None) -> int:
     return 0
 
 
+def _chat(argv: list[str]) -> int:
+    """The chat of the Python client (clients/python), which is a client of
+    a running Loom and reads none of the server's settings."""
+    try:
+        from loom_client.chat import main as chat
+    except ImportError:
+        sys.stderr.write("loom: the chat needs the Python client: pip install ./clients/python\n")
+        return 2
+    return chat(argv, prog="python -m service chat")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["chat"]:
+        return _chat(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m service", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="group")
     sub.add_parser("serve", help="run the gRPC server (the default)")
+    sub.add_parser("chat", help="chat with a running Loom in the terminal (chat --help)")
+    sub.add_parser("health", help="check this replica's gRPC health (for container probes)")
     keys = sub.add_parser("api-keys", help="create, list or revoke API keys")
     key_cmds = keys.add_subparsers(dest="command", required=True)
     create = key_cmds.add_parser("create", help="create a key; it is printed on the last line")
@@ -219,6 +237,10 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_reindex(settings, force=args.all))
     if args.group == "jobs":
         return asyncio.run(jobs_cli.run(args, settings))
+    if args.group == "health":
+        from service.probe import local_address, probe
+
+        return probe(local_address(settings.listen))
     from service.server import serve
     from service.telemetry import setup
 

@@ -119,7 +119,7 @@ class Settings(BaseSettings):
     )
     shutdown_grace: float = Field(10.0, ge=0)
     log_level: str = "INFO"
-    # Transport (service/api/transport.py). The TLS fields are validated even
+    # Transport (service/transport.py). The TLS fields are validated even
     # when unset, so that a key without a certificate is reported.
     tls_cert: Path | None = Field(None, validate_default=True, description="PEM certificate chain")
     tls_key: Path | None = Field(None, validate_default=True, description="PEM private key")

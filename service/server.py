@@ -30,7 +30,6 @@ from service.api.limits import LimitsInterceptor
 from service.api.memory import MemoryServicer
 from service.api.reflection import enable_reflection
 from service.api.threads import ThreadServicer
-from service.api.transport import bind, describe, server_options
 from service.config import Settings
 from service.core.assistants import Assistants
 from service.core.conversation import Conversation, ReplyPolicy, ReplyServices, ReplyStores
@@ -56,6 +55,7 @@ from service.telemetry.chroma import TracedChromaClient
 from service.telemetry.embeddings import TracedEmbedder
 from service.telemetry.jobs import BacklogSampler
 from service.telemetry.rpc import server_interceptors
+from service.transport import bind, describe, server_options
 
 __all__ = [
     "TRANSLATORS",

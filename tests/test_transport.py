@@ -23,9 +23,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import ValidationError
 
 from generated.loom.v1 import assistant_pb2, assistant_pb2_grpc
-from service.api.transport import receive_limit
 from service.config import Settings
 from service.server import Loom
+from service.transport import receive_limit
 from tests.conftest import (
     DEV_KEY,
     MODEL_DIR,

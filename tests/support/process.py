@@ -110,9 +110,12 @@ class LoomProcess:
         )
 
     def wait_ready(self, timeout: float = 20.0) -> LoomProcess:
+        """Wait until it serves; if it does not, kill it (so that no process
+        outlives a failed test) and fail with its output."""
         try:
             wait_serving(self.address, timeout, self.proc)
         except AssertionError as exc:
+            self.kill()
             output = self.output()
             raise AssertionError(f"{exc}\n--- output of pid {self.pid} ---\n{output}") from None
         return self
