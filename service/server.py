@@ -138,6 +138,7 @@ class Loom:
             log.warning("replies still running at shutdown; their final state may be lost")
         await self.shield.drain()
         await self.memory_index.close()
+        await self.memory_index.embedder.aclose()
         await self.llm.close()
         await self.store.close()
 

@@ -21,10 +21,11 @@ Steps are taken from a FIFO filled with ``script(...)``; when it is empty the *d
 step is used (``Reply()``, i.e. echo the last user message, unless changed with
 ``set_default``, which also accepts a callable that builds a step from the request body).
 
-``POST /v1/embeddings`` answers at once with deterministic vectors (``embedding_of``:
-hashed words, normalised; ``dimensions`` wide, 384 by default), so benchmarks can run
-Loom's memory writes with the embedding cost taken out. Embedding requests are not
-recorded and take no step.
+``POST /v1/embeddings`` answers with deterministic vectors (``embedding_of``: hashed
+words, normalised; ``dimensions`` wide, 384 by default), at once, so benchmarks can run
+Loom's memory writes with the embedding cost taken out, or after
+``set_embedding_delay`` seconds, so tests can catch a long write half-way. Embedding
+requests are not recorded and take no step.
 
 The server records every chat-completions request (``requests``) and counts responses
 the client abandoned (``disconnects``), streams sent to the end (``completed_streams``)
@@ -477,6 +478,7 @@ class ScriptedLLM:
         self._disconnects = 0
         self._completed_streams = 0
         self._aborted_streams = 0
+        self._embedding_delay = 0.0
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_event: asyncio.Event | None = None
@@ -550,6 +552,11 @@ class ScriptedLLM:
         with self._lock:
             self._default = step
 
+    def set_embedding_delay(self, seconds: float) -> None:
+        """Answer each embeddings request ``seconds`` late (0: at once)."""
+        with self._lock:
+            self._embedding_delay = seconds
+
     def reset(self) -> None:
         """Clear the FIFO, recorded requests and counters; default back to ``Reply()``."""
         with self._lock:
@@ -557,6 +564,7 @@ class ScriptedLLM:
             self._requests.clear()
             self._default = Reply()
             self._disconnects = self._completed_streams = self._aborted_streams = 0
+            self._embedding_delay = 0.0
 
     @property
     def pending_steps(self) -> int:
@@ -708,6 +716,12 @@ class ScriptedLLM:
         if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
             return await self._send_error(conn, request, 400, "input must be a string or strings")
         dim = body.get("dimensions") or EMBEDDING_DIM
+        with self._lock:
+            delay = self._embedding_delay
+        try:
+            await conn.pause(delay)
+        except _ClientGone:
+            return False
         answer = {
             "object": "list",
             "model": body.get("model", ""),

@@ -396,6 +396,69 @@ async def test_mixed_vector_spaces_refused_and_reindex(
     await new.close()
 
 
+class Stop(Exception):
+    """Stands for Ctrl-C in the middle of a reindex."""
+
+
+async def test_an_interrupted_reindex_resumes_without_doing_anything_twice(
+    where: tuple[Path, str | None], embedder: OnnxMiniLM, tenant: str
+) -> None:
+    old = open_index(where[0], where[1], embedder)
+    await old.upsert(
+        [rec(tenant, f"m{i:02d}", f"Fact {i} about topic {i % 3}.") for i in range(10)]
+    )
+    counted = Counting(Renamed(embedder, "test-model-v3"))
+    new = open_index(where[0], where[1], counted)
+    seen: list[int] = []
+
+    def stop_after_two(n: int) -> None:
+        seen.append(n)
+        if len(seen) == 3:  # the first report says what was done before: nothing
+            raise Stop
+
+    with pytest.raises(Stop):
+        await reindex(new, tenant, "asst_1", advance=stop_after_two, batch=3)
+    assert seen == [0, 3, 3]
+    assert counted.texts == 6
+    # Meanwhile a memory goes and another changes: neither may come back stale.
+    await old.delete(tenant, "asst_1", ["m00"])
+    await old.upsert([rec(tenant, "m01", "Fact one, corrected.")])
+
+    seen.clear()
+    assert await reindex(new, tenant, "asst_1", advance=seen.append, batch=3) == 9
+    assert seen[0] == 4  # m02-m05 were copied already, unchanged
+    assert sum(seen) == 9
+    assert counted.texts == 6 + 5
+    assert await new.count(tenant, "asst_1") == 9
+    assert await new.get(tenant, "asst_1", "m00") is None
+    got = await new.get(tenant, "asst_1", "m01")
+    assert got is not None
+    assert got.text == "Fact one, corrected."
+    assert (await ids_of(new, tenant, "Fact one corrected", mode="lexical"))[0] == "m01"
+    await old.close()
+    await new.close()
+
+
+class Counting:
+    """An embedder that counts the texts it embedded."""
+
+    def __init__(self, inner: Renamed) -> None:
+        self._inner = inner
+        self.texts = 0
+
+    @property
+    def model_name(self) -> str:
+        return self._inner.model_name
+
+    @property
+    def dim(self) -> int:
+        return self._inner.dim
+
+    async def embed(self, texts: Sequence[str]) -> Vectors:
+        self.texts += len(texts)
+        return await self._inner.embed(texts)
+
+
 async def test_concurrent_writes_and_searches(index: ChromaMemoryIndex, tenant: str) -> None:
     records = [rec(tenant, f"m{i:03d}", f"Fact number {i} about topic {i % 7}.") for i in range(60)]
     writes = [index.upsert(records[i : i + 10]) for i in range(0, 60, 10)]

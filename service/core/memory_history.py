@@ -49,6 +49,11 @@ class MemoryHistoryStore(Protocol):
     async def versions(self, tenant: str, assistant_id: str, memory_id: str) -> list[MemoryVersion]:
         """The memory's kept versions, oldest first."""
 
+    async def versions_of(
+        self, tenant: str, assistant_id: str, memory_ids: Sequence[str]
+    ) -> dict[str, list[MemoryVersion]]:
+        """The kept versions of each of those memories that has any, oldest first."""
+
     async def delete(self, tenant: str, assistant_id: str, memory_ids: Sequence[str]) -> None:
         """Forget the history of those memories."""
 

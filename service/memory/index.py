@@ -311,6 +311,13 @@ class ChromaMemoryIndex:
             return 0
         return await chroma.call(collection.count)
 
+    async def memory_ids(self, tenant: str, assistant_id: str) -> list[str]:
+        collection = await self._collections.find(tenant, assistant_id)
+        if collection is None:
+            return []
+        found = await chroma.call(collection.get, where=where(tenant, assistant_id), include=[])
+        return list(found["ids"])
+
     async def nearest(
         self, tenant: str, assistant_id: str, user_id: str, text: str, k: int
     ) -> list[MemoryHit]:

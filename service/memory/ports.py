@@ -155,6 +155,9 @@ class MemoryIndex(Protocol):
     async def count(self, tenant: str, assistant_id: str) -> int:
         """How many memories the assistant has."""
 
+    async def memory_ids(self, tenant: str, assistant_id: str) -> list[str]:
+        """The id of every memory of the assistant, invalidated ones too."""
+
 
 class VersionSource(Protocol):
     """A write counter per (tenant, assistant), shared by every replica."""

@@ -48,6 +48,15 @@ def _from_doc(memory_id: str, d: Doc) -> MemoryVersion:
     )
 
 
+def _versions(doc: Doc) -> list[MemoryVersion]:
+    """A memory's versions, oldest first, the first of each number kept."""
+    kept: dict[int, MemoryVersion] = {}
+    for item in doc.get("versions") or []:
+        version = _from_doc(str(doc["memory_id"]), item)
+        kept.setdefault(version.version, version)
+    return [kept[n] for n in sorted(kept)]
+
+
 class MongoMemoryHistory:
     """``MemoryHistoryStore``: one document per memory with a history,
     keyed by (tenant, assistant, memory) in ``_id``, its versions in an
@@ -91,13 +100,18 @@ class MongoMemoryHistory:
 
     async def versions(self, tenant: str, assistant_id: str, memory_id: str) -> list[MemoryVersion]:
         doc = await self._c.find_one({"_id": _key(tenant, assistant_id, memory_id)})
-        if doc is None or doc.get("tenant") != tenant:
-            return []
-        kept: dict[int, MemoryVersion] = {}
-        for item in doc.get("versions") or []:
-            version = _from_doc(memory_id, item)
-            kept.setdefault(version.version, version)
-        return [kept[n] for n in sorted(kept)]
+        return [] if doc is None or doc.get("tenant") != tenant else _versions(doc)
+
+    async def versions_of(
+        self, tenant: str, assistant_id: str, memory_ids: Sequence[str]
+    ) -> dict[str, list[MemoryVersion]]:
+        keys = [_key(tenant, assistant_id, m) for m in dict.fromkeys(memory_ids)]
+        out: dict[str, list[MemoryVersion]] = {}
+        for start in range(0, len(keys), 1000):
+            async for doc in self._c.find({"_id": {"$in": keys[start : start + 1000]}}):
+                if doc.get("tenant") == tenant:
+                    out[str(doc["memory_id"])] = _versions(doc)
+        return out
 
     async def delete(self, tenant: str, assistant_id: str, memory_ids: Sequence[str]) -> None:
         keys = [_key(tenant, assistant_id, m) for m in dict.fromkeys(memory_ids)]
