@@ -84,6 +84,7 @@ def _operation_to_pb(job: Job) -> memory_pb2.MemoryOperation:
         # Operations recorded before invalidation existed deleted memories.
         deleted_memory_ids=list(job.result.get("deleted", [])),
         invalidated_memory_ids=list(job.result.get("invalidated", [])),
+        warnings=list(job.result.get("warnings", [])),
         error=job.error,
         create_time=timestamp(job.create_time),
         update_time=timestamp(job.update_time),

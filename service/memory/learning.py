@@ -19,7 +19,7 @@ from service.core.jobs import Checkpoint
 from service.core.limits import MAX_MEMORY_CHARS
 from service.core.models import Message
 from service.core.ports import ChatModel, Job, MessageStore
-from service.memory.extraction import Candidate, Operation, extract_facts, reconcile
+from service.memory.extraction import ACTIONS, Candidate, Operation, extract_facts, reconcile
 from service.memory.history import History, next_version
 from service.memory.ports import EPISODIC, FACT, MemoryIndex, MemoryRecord
 from service.telemetry import span, tracer
@@ -77,7 +77,8 @@ class Learning:
 
     async def run(self, job: Job, checkpoint: Checkpoint) -> dict[str, Any]:
         """The job's body (``JobRunner`` handler); its result lists the
-        memories added, updated and invalidated."""
+        memories added, updated and invalidated, and the warnings of what
+        was skipped (a model answer malformed twice)."""
         p = job.payload
         tenant, assistant_id, user_id = job.tenant, p["assistant_id"], p["user_id"]
         if "facts" not in job.checkpoint:
@@ -86,32 +87,38 @@ class Learning:
                 reply = await self._messages.get(tenant, p["reply_message_id"])
                 if user is None or reply is None:  # the thread was deleted meanwhile
                     current.set_attribute("loom.memory.skipped", "messages deleted")
-                    return {"added": [], "updated": [], "invalidated": []}
+                    return {"added": [], "updated": [], "invalidated": [], "warnings": []}
                 # Idempotent: makes sure the episodic write landed even if the
                 # inline one during the reply failed.
                 await self._index.upsert(
                     [episodic_record(tenant, assistant_id, user_id, p["thread_id"], user)]
                 )
-                extracted = await extract_facts(
+                extracted, warnings = await extract_facts(
                     self._llm, p["model"], user.content, reply.content, p.get("tool_outputs") or []
                 )
                 current.set_attribute("loom.memory.facts", len(extracted))
-            await checkpoint({"facts": extracted})
+            await checkpoint({"facts": extracted, "warnings": warnings})
         facts: list[str] = list(job.checkpoint["facts"])
         if "operations" not in job.checkpoint:
             with span(_tracer, "memory.reconcile") as current:
                 candidates = [
                     await self._candidate(tenant, assistant_id, user_id, fact) for fact in facts
                 ]
-                ops = await reconcile(self._llm, p["model"], candidates)
-                for action in ("add", "update", "replace", "delete", "none"):
+                ops, warnings = await reconcile(self._llm, p["model"], candidates)
+                for action in ACTIONS:
                     current.set_attribute(
                         f"loom.memory.{action}", sum(o.action == action for o in ops)
                     )
-            await checkpoint({"operations": [asdict(o) for o in ops]})
+            await checkpoint(
+                {
+                    "operations": [asdict(o) for o in ops],
+                    "warnings": [*job.checkpoint.get("warnings", []), *warnings],
+                }
+            )
         ops = [Operation(**o) for o in job.checkpoint["operations"]]
         with span(_tracer, "memory.apply"):
-            return await self._apply(job, facts, ops)
+            result = await self._apply(job, facts, ops)
+        return result | {"warnings": list(job.checkpoint.get("warnings", []))}
 
     async def _candidate(
         self, tenant: str, assistant_id: str, user_id: str, fact: str

@@ -903,6 +903,7 @@ class MemoryOperation(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     INVALIDATED_MEMORY_IDS_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
     operation_id: _builtins.str
     """Id of the operation."""
     state: Global___MemoryOperation.State.ValueType
@@ -944,6 +945,13 @@ class MemoryOperation(_message.Message):
         their history (ListMemoryHistory) but no longer recalled.
         """
 
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What the operation skipped and why, e.g. a model answer still malformed
+        after being asked for again (the exchange's facts are then not
+        extracted). The operation still succeeds.
+        """
+
     def __init__(
         self,
         *,
@@ -959,10 +967,11 @@ class MemoryOperation(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         invalidated_memory_ids: _abc.Iterable[_builtins.str] | None = ...,
+        warnings: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["added_memory_ids", b"added_memory_ids", "attempts", b"attempts", "create_time", b"create_time", "deleted_memory_ids", b"deleted_memory_ids", "error", b"error", "invalidated_memory_ids", b"invalidated_memory_ids", "message_id", b"message_id", "operation_id", b"operation_id", "state", b"state", "thread_id", b"thread_id", "update_time", b"update_time", "updated_memory_ids", b"updated_memory_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["added_memory_ids", b"added_memory_ids", "attempts", b"attempts", "create_time", b"create_time", "deleted_memory_ids", b"deleted_memory_ids", "error", b"error", "invalidated_memory_ids", b"invalidated_memory_ids", "message_id", b"message_id", "operation_id", b"operation_id", "state", b"state", "thread_id", b"thread_id", "update_time", b"update_time", "updated_memory_ids", b"updated_memory_ids", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
