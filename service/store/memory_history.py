@@ -33,6 +33,14 @@ def _to_doc(v: MemoryVersion) -> Doc:
     }
 
 
+def _among(tenant: str, assistant_id: str, memory_ids: Sequence[str]) -> Doc:
+    """The filter for those memories' histories. FerretDB 1.x pushes no
+    ``$in`` down, so the equality on tenant and assistant is what reaches
+    an index there (MongoDB serves the ``$in`` on ``_id`` itself)."""
+    keys = [_key(tenant, assistant_id, m) for m in memory_ids]
+    return {"tenant": tenant, "assistant_id": assistant_id, "_id": {"$in": keys}}
+
+
 def _from_doc(memory_id: str, d: Doc) -> MemoryVersion:
     return MemoryVersion(
         memory_id=memory_id,
@@ -105,18 +113,19 @@ class MongoMemoryHistory:
     async def versions_of(
         self, tenant: str, assistant_id: str, memory_ids: Sequence[str]
     ) -> dict[str, list[MemoryVersion]]:
-        keys = [_key(tenant, assistant_id, m) for m in dict.fromkeys(memory_ids)]
+        wanted = list(dict.fromkeys(memory_ids))
         out: dict[str, list[MemoryVersion]] = {}
-        for start in range(0, len(keys), 1000):
-            async for doc in self._c.find({"_id": {"$in": keys[start : start + 1000]}}):
-                if doc.get("tenant") == tenant:
-                    out[str(doc["memory_id"])] = _versions(doc)
+        for start in range(0, len(wanted), 1000):
+            async for doc in self._c.find(
+                _among(tenant, assistant_id, wanted[start : start + 1000])
+            ):
+                out[str(doc["memory_id"])] = _versions(doc)
         return out
 
     async def delete(self, tenant: str, assistant_id: str, memory_ids: Sequence[str]) -> None:
-        keys = [_key(tenant, assistant_id, m) for m in dict.fromkeys(memory_ids)]
-        for start in range(0, len(keys), 1000):
-            await self._c.delete_many({"_id": {"$in": keys[start : start + 1000]}})
+        wanted = list(dict.fromkeys(memory_ids))
+        for start in range(0, len(wanted), 1000):
+            await self._c.delete_many(_among(tenant, assistant_id, wanted[start : start + 1000]))
 
     async def delete_thread(self, tenant: str, assistant_id: str, thread_id: str) -> None:
         await self._c.delete_many(
