@@ -117,6 +117,7 @@ bench-lists: setup
 
 bench-memory: setup
 	$(BENCH_ENV) $(PY) -m bench.memory
+	$(BENCH_ENV) $(PY) -m bench.memory_api
 
 bench-tracing: setup
 	$(BENCH_ENV) LOOM_JAEGER_BIN=$(JAEGER) $(PY) -m bench.tracing
