@@ -115,7 +115,7 @@ class CollectionCache:
             bm25 = {h.doc_id: h for h in found}
             missing = [i for i in ids if i not in bm25]
             if missing:
-                bm25.update(self.lexical.score(query, missing))
+                bm25.update(self.lexical.score(query, missing, scopes))
         return Candidates(dense, found, cosine, bm25)
 
     def filtered(
@@ -130,7 +130,7 @@ class CollectionCache:
                 if facets["scope"] in scopes and matches(where, facets)
             ]
             cosine = self.vectors.cosine(vector, ids) if vector is not None else {}
-            bm25 = self.lexical.score(query, ids)
+            bm25 = self.lexical.score(query, ids, scopes)
         dense = sorted(cosine.items(), key=lambda p: (-p[1], p[0]))[:n]
         found = sorted(
             (h for h in bm25.values() if h.score > 0), key=lambda h: (-h.score, h.doc_id)

@@ -6,8 +6,9 @@ reply, the episodic write during it, the fact-extraction job after it
 Scope: a memory belongs to (tenant, assistant, user); user "" means
 assistant-wide. Recall in a user's thread sees that user's memories and the
 assistant-wide ones, never another user's; a thread without a user sees only
-assistant-wide ones. Every index call names the tenant and assistant, and the
-index filters on both.
+assistant-wide ones (and writes none unless its assistant allows it: the
+reply's hooks decide, ``core/reply/hooks.py``). Every index call names the
+tenant and assistant, and the index filters on both.
 """
 
 from __future__ import annotations

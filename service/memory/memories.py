@@ -229,7 +229,7 @@ class Memories:
             "i": query.include_invalidated,
             "f": query.filter,
         }
-        cursor = open_cursor(page_size, page_token, filters, int)
+        cursor = open_cursor(page_size, page_token, filters, "position")
         await self._assistant(tenant, assistant_id)
         # The index pages by offset: the key a page resumes after is the
         # number of items before it.
@@ -259,7 +259,8 @@ class Memories:
         against ``text``.
 
         Raises:
-            InvalidArgument: blank or long query, bad limit or filter.
+            InvalidArgument: blank or long query, bad limit or filter,
+                ``min_score`` not a number from 0 to 1.
             NotFound: no such assistant.
         """
         check_text(text, "query", MAX_QUERY_CHARS, required=True)
@@ -267,6 +268,13 @@ class Memories:
         self._check_user(user_id)
         if limit < 0:
             raise InvalidArgument("limit must not be negative", field="limit")
+        # NaN fails both comparisons, so it is refused with the infinities.
+        if not 0.0 <= min_score <= 1.0:
+            raise InvalidArgument(
+                f"min_score {min_score} is out of range: scores run from 0 to 1, so use a "
+                "number in [0, 1] (0, the default, keeps every match)",
+                field="min_score",
+            )
         matching: Filter = parse_memory_filter(query.filter)
         await self._assistant(tenant, assistant_id)
         return await self._index.search(
@@ -275,7 +283,7 @@ class Memories:
             text,
             user_id=user_id,
             limit=min(limit or DEFAULT_SEARCH_LIMIT, MAX_SEARCH_LIMIT),
-            min_score=max(min_score, 0.0),
+            min_score=min_score,
             include_invalidated=query.include_invalidated,
             matching=matching,
         )
@@ -293,13 +301,27 @@ class Memories:
         named, and left unset); the previous version is kept in its history.
 
         Raises:
-            InvalidArgument: a bad mask, bad values, an invalidation time set.
+            InvalidArgument: a bad mask, bad values, an invalidation time set,
+                a user_id other than the memory's (a memory keeps its user).
             NotFound: no such assistant or memory.
         """
-        wanted = check_update_mask(
-            paths, UPDATABLE_FIELDS if "*" in paths else (*UPDATABLE_FIELDS, RESTORE)
-        )
+        names_user = "user_id" in paths  # immutable (AIP-203): checked below
+        rest = [p for p in paths if p != "user_id"]
+        allowed = UPDATABLE_FIELDS if "*" in rest else (*UPDATABLE_FIELDS, RESTORE)
+        wanted = check_update_mask(rest, allowed) if rest or not names_user else []
         existing = await self.get(tenant, assistant_id, memory_id)
+        if names_user and draft.user_id != existing.user_id:
+            raise InvalidArgument(
+                "memory.user_id cannot be changed: a memory keeps the user it was created for "
+                "(create the memory for the other user and delete this one)",
+                field="memory.user_id",
+            )
+        if not wanted:
+            raise InvalidArgument(
+                "update_mask path 'user_id' cannot be updated (a memory keeps its user); "
+                f"name fields from {', '.join((*UPDATABLE_FIELDS, RESTORE))}",
+                field="update_mask",
+            )
         changes: dict[str, Any] = {}
         if "content" in wanted:
             changes["text"] = check_text(
@@ -345,7 +367,7 @@ class Memories:
             NotFound: no such assistant or memory.
         """
         filters: dict[str, object] = {"list": "history", "a": assistant_id, "m": memory_id}
-        cursor = open_cursor(page_size, page_token, filters, int)
+        cursor = open_cursor(page_size, page_token, filters, "position")
         record = await self.get(tenant, assistant_id, memory_id)
         versions = await self._history.versions(record)
         offset = cursor.after or 0  # the number of versions before the page
