@@ -63,10 +63,10 @@ async def write(
 
 
 async def measure(
-    port: int, convs: list[Conversation], sequential: bool
+    port: int, convs: list[Conversation], sequential: bool, dev: int
 ) -> tuple[Scores, Scores, list[float]]:
-    """Scores over every conversation, over the held-out ones, and the
-    seconds of each SearchMemories call."""
+    """Scores over every conversation, over the held-out ones (all but
+    the first ``dev``), and the seconds of each SearchMemories call."""
     scores, held, latency = Scores(), Scores(), []
     async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         assistants = assistant_pb2_grpc.AssistantServiceStub(channel)
@@ -94,13 +94,13 @@ async def measure(
                 latency.append(time.perf_counter() - start)
                 ranked = [r.memory.metadata.get("dia_id", "") for r in found.results]
                 scores.add(q.category, ranked, q.evidence)
-                if n >= DEV:
+                if n >= dev:
                     held.add(q.category, ranked, q.evidence)
             print(f"  {conv.sample_id}: {len(conv.turns)} turns", file=sys.stderr)
     return scores, held, latency
 
 
-async def run(convs: list[Conversation], ways: tuple[str, ...]) -> None:
+async def run(convs: list[Conversation], ways: tuple[str, ...], dev: int) -> None:
     ferretdb = FerretDB().start()
     model = start_model()
     results = {}
@@ -108,21 +108,21 @@ async def run(convs: list[Conversation], ways: tuple[str, ...]) -> None:
         for way in ways:
             loom = start_loom(ferretdb, model, f"bench_memory_api_{way}")
             try:
-                results[way] = await measure(loom.port, convs, way == "sequential")
+                results[way] = await measure(loom.port, convs, way == "sequential", dev)
             finally:
                 loom.stop()
     finally:
         model.stop()
         ferretdb.stop()
     print(f"machine: {machine()}; load average {os.getloadavg()[0]:.1f}")
-    print(f"LoCoMo through the API, {len(convs)} conversations")
+    print(f"LoCoMo through the API, conversations {', '.join(c.sample_id for c in convs)}")
     for way, (scores, held, latency) in results.items():
         ms = [s * 1000 for s in latency]
         print_scores(
             f"{way} BatchCreateMemories, SearchMemories limit {DEPTH} "
             f"(p50 {pct(ms, 50):.1f} ms, p95 {pct(ms, 95):.1f} ms a search)",
             scores,
-            held if len(convs) > DEV else None,
+            held if 0 < dev < len(convs) else None,
         )
 
 
@@ -136,13 +136,19 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="conversations 1-2 only")
     parser.add_argument("--way", choices=WAYS, help="one way of writing only")
+    parser.add_argument(
+        "--held-out", type=int, default=0, metavar="N", help="the first N held-out ones only"
+    )
     args = parser.parse_args()
     if not args.data:
         parser.error("--data (or LOOM_LOCOMO_DATA) is needed")
     convs = load(Path(args.data))
     if args.quick:
         convs = convs[:DEV]
-    asyncio.run(run(convs, (args.way,) if args.way else WAYS))
+    elif args.held_out:
+        convs = convs[DEV : DEV + args.held_out]
+    dev = 0 if args.held_out and not args.quick else DEV
+    asyncio.run(run(convs, (args.way,) if args.way else WAYS, dev))
 
 
 if __name__ == "__main__":
