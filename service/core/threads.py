@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import builtins
 import logging
 
 from service.core import ids
 from service.core.assistants import Assistants
 from service.core.clock import now
 from service.core.errors import InvalidArgument, NotFound
-from service.core.limits import MAX_USER_ID
+from service.core.limits import MAX_PAGE_SIZE, MAX_USER_ID
 from service.core.models import Message, Page, Thread
 from service.core.paging import open_cursor
 from service.core.ports import MemoryPort, MessageStore, ThreadStore
@@ -161,3 +162,32 @@ class Threads:
             tenant, thread_id, cursor.fetch, cursor.after, descending
         )
         return cursor.page(items, lambda m: m.sequence)
+
+    async def find_message(self, tenant: str, message_id: str) -> Message | None:
+        """One message, if the tenant has it (and its thread is not gone).
+
+        Raises:
+            InvalidArgument: malformed id.
+        """
+        ids.check_id(ids.MESSAGE, message_id, "message_id")
+        message = await self._messages.get(tenant, message_id)
+        if message is None or await self._threads.get(tenant, message.thread_id) is None:
+            return None
+        return message
+
+    async def read_messages(
+        self, tenant: str, thread_id: str, *, after: int | None, limit: int, descending: bool
+    ) -> builtins.list[Message]:
+        """Up to ``limit`` (1 to 1000) messages of a thread in sequence order,
+        starting after sequence ``after`` (None: from the first, or the last
+        when ``descending``): for doors whose cursors are positions in the
+        thread rather than ``list_messages``' page tokens.
+
+        Raises:
+            InvalidArgument: malformed id, a limit out of range.
+            NotFound: no such thread.
+        """
+        if not 1 <= limit <= MAX_PAGE_SIZE:
+            raise InvalidArgument(f"limit must be 1 to {MAX_PAGE_SIZE}", field="limit")
+        await self.get(tenant, thread_id)
+        return await self._messages.find_page(tenant, thread_id, limit, after, descending)
