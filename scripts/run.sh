@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Runs Loom in the foreground. Unless LOOM_MONGODB_URI is set, a local FerretDB
 # (MongoDB wire protocol over SQLite, files under $LOOM_DATA_DIR/ferretdb) is
-# started first and stopped with Loom on Ctrl-C.
+# started first and stopped with Loom on Ctrl-C. The HTTP door (OpenAI's
+# Conversations and Responses APIs) listens on 127.0.0.1:8080 unless
+# LOOM_HTTP_LISTEN says otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 FERRETDB=${FERRETDB:-.tools/bin/ferretdb}
 DATA_DIR=${LOOM_DATA_DIR:-./.data}
 export ORT_DISABLE_TELEMETRY=1
+# The OpenAI-shaped HTTP door; LOOM_HTTP_LISTEN= (empty) turns it off.
+export LOOM_HTTP_LISTEN=${LOOM_HTTP_LISTEN-127.0.0.1:8080}
 
 if [[ -z "${LOOM_MONGODB_URI:-}" ]]; then
   port=${LOOM_FERRETDB_PORT:-27017}

@@ -1,5 +1,5 @@
 """Wiring: settings, telemetry, store, model client, servicers,
-interceptors, health, reflection and graceful shutdown."""
+interceptors, health, reflection, the HTTP door and graceful shutdown."""
 
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ from generated.loom.v1 import (
 )
 from service.api.assistants import AssistantServicer
 from service.api.context import current_tenant
-from service.api.errors import Translator
 from service.api.health import DatabaseHealth
 from service.api.interceptor import LoomInterceptor
 from service.api.limits import LimitsInterceptor
@@ -33,6 +32,7 @@ from service.api.threads import ThreadServicer
 from service.config import Settings
 from service.core.assistants import Assistants
 from service.core.conversation import Conversation, ReplyPolicy, ReplyServices, ReplyStores
+from service.core.errors import Translator
 from service.core.jobs import JobRunner
 from service.core.keys import KeyService
 from service.core.leases import Leases
@@ -41,6 +41,9 @@ from service.core.ratelimit import Limiter, Limits
 from service.core.shield import Shield
 from service.core.summaries import Summarizer
 from service.core.threads import Threads
+from service.http.app import TENANT, build_app
+from service.http.door import Door
+from service.http.server import HttpServer
 from service.llm import OpenAIChatModel
 from service.llm.tokens import TokenBudgets
 from service.memory.domain import AssistantMemory
@@ -51,9 +54,10 @@ from service.store import errors as store_errors
 from service.telemetry import Telemetry, TelemetryConfigError, setup, span, tracer
 from service.telemetry.chroma import TracedChromaClient
 from service.telemetry.embeddings import TracedEmbedder
+from service.telemetry.http import HttpTelemetry
 from service.telemetry.jobs import BacklogSampler
 from service.telemetry.rpc import server_interceptors
-from service.transport import bind, describe, server_options
+from service.transport import bind, bind_http, describe, http_tls, server_options
 
 __all__ = [
     "TRANSLATORS",
@@ -61,7 +65,9 @@ __all__ = [
     "build",
     "build_conversation",
     "build_grpc_server",
+    "build_http",
     "build_jobs",
+    "build_limiter",
     "build_memory",
     "build_model",
     "serve",
@@ -78,7 +84,6 @@ class Served:
     health: health.aio.HealthServicer
     port: int
     transport: str  # how it serves: plaintext, TLS or mTLS
-    limiter: Limiter
 
 
 @dataclass(slots=True, kw_only=True)
@@ -103,6 +108,12 @@ class Loom:
     backlog: BacklogSampler | None = None
     transport: str
     limiter: Limiter
+    http: HttpServer | None = None  # the OpenAI-shaped door, when LOOM_HTTP_LISTEN is set
+
+    @property
+    def http_port(self) -> int:
+        """The HTTP door's port (0 when it is off)."""
+        return self.http.port if self.http is not None else 0
 
     async def start(self) -> None:
         """Prepare the database, then start serving."""
@@ -115,12 +126,17 @@ class Loom:
             await self.assistants.resume_deletes()
             await self.threads.resume_deletes()
         await self.server.start()
+        if self.http is not None:
+            await self.http.start()
         self.jobs.start()
         if self.backlog is not None:
             self.backlog.start()
         await self.database_health.set(True)
         self.database_health.start()
         log.log(*describe(self.transport, self.settings.listen.rsplit(":", 1)[0] + f":{self.port}"))
+        if self.http is not None and self.settings.http_listen:
+            host = self.settings.http_listen.rsplit(":", 1)[0]
+            log.log(*describe(self.transport, f"{host}:{self.http_port}", "loom HTTP door"))
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting calls, let streams in flight finish within the grace
@@ -131,7 +147,10 @@ class Loom:
         if self.backlog is not None:
             await self.backlog.stop()
         await self.jobs.stop()
-        await self.server.stop(self.settings.shutdown_grace if grace is None else grace)
+        grace = self.settings.shutdown_grace if grace is None else grace
+        await asyncio.gather(
+            self.server.stop(grace), self.http.stop(grace) if self.http else asyncio.sleep(0)
+        )
         if not await self.conversation.drain(5.0):
             log.warning("replies still running at shutdown; their final state may be lost")
         await self.shield.drain()
@@ -159,11 +178,8 @@ def build(settings: Settings, telemetry: Telemetry | None = None) -> Loom:
     (from ``service.telemetry.setup``, before this call so that MongoDB is
     traced) defaults to off."""
     telemetry = telemetry or Telemetry()
-    store = connect(
-        settings.mongodb_uri.get_secret_value(),
-        settings.mongodb_db,
-        timeout=settings.mongodb_timeout,
-    )
+    uri = settings.mongodb_uri.get_secret_value()
+    store = connect(uri, settings.mongodb_db, timeout=settings.mongodb_timeout)
     llm = build_model(settings, telemetry)
     shield = Shield()
     jobs = build_jobs(settings, store, shield)
@@ -181,10 +197,13 @@ def build(settings: Settings, telemetry: Telemetry | None = None) -> Loom:
         memory=memory,
     )
     keys = KeyService(store.keys)
+    limiter = build_limiter(settings)
+    door = Door(keys.authenticate, limiter, threads, conversation, TRANSLATORS)
     served = build_grpc_server(
         settings,
         telemetry,
         keys,
+        limiter,
         assistants=AssistantServicer(assistants),
         threads=ThreadServicer(threads, conversation),
         memory=MemoryServicer(memory),
@@ -204,7 +223,8 @@ def build(settings: Settings, telemetry: Telemetry | None = None) -> Loom:
         memory_index=index,
         port=served.port,
         transport=served.transport,
-        limiter=served.limiter,
+        limiter=limiter,
+        http=build_http(settings, telemetry, door),
         telemetry=telemetry,
         database_health=DatabaseHealth(
             served.health, store.ping, SERVICES, timeout=settings.mongodb_timeout + 1.0
@@ -212,6 +232,17 @@ def build(settings: Settings, telemetry: Telemetry | None = None) -> Loom:
         backlog=BacklogSampler(store.jobs.backlog, telemetry.config.metric_interval)
         if telemetry.metrics
         else None,
+    )
+
+
+def build_limiter(settings: Settings) -> Limiter:
+    """The call limits of this replica, shared by the gRPC and HTTP doors."""
+    return Limiter(
+        Limits(
+            rate=settings.rate_limit_per_key,
+            burst=settings.rate_limit_burst,
+            streams=settings.max_streams_per_tenant,
+        )
     )
 
 
@@ -343,13 +374,15 @@ def build_grpc_server(
     settings: Settings,
     telemetry: Telemetry,
     keys: KeyService,
+    limiter: Limiter,
     *,
     assistants: AssistantServicer,
     threads: ThreadServicer,
     memory: MemoryServicer,
 ) -> Served:
     """The gRPC server with Loom's services, health, reflection and call
-    limits, bound to ``LOOM_LISTEN`` (with TLS when the settings ask).
+    limits (``limiter``, shared with the HTTP door), bound to
+    ``LOOM_LISTEN`` (with TLS when the settings ask).
 
     Raises:
         OSError: the address cannot be listened on.
@@ -357,13 +390,6 @@ def build_grpc_server(
     # Order matters: the tracing interceptor's span is the parent of all the
     # call's work and records the status code Loom's interceptor sets.
     interceptors = server_interceptors(telemetry.tracer_provider, lambda: current_tenant.get(None))
-    limiter = Limiter(
-        Limits(
-            rate=settings.rate_limit_per_key,
-            burst=settings.rate_limit_burst,
-            streams=settings.max_streams_per_tenant,
-        )
-    )
     server = aio.server(
         # The limits apply to the caller Loom's interceptor has authenticated.
         interceptors=[
@@ -388,8 +414,25 @@ def build_grpc_server(
         server,
     )
     port, transport = bind(server, settings)
-    return Served(
-        server=server, health=health_servicer, port=port, transport=transport, limiter=limiter
+    return Served(server=server, health=health_servicer, port=port, transport=transport)
+
+
+def build_http(settings: Settings, telemetry: Telemetry, door: Door) -> HttpServer | None:
+    """The OpenAI-shaped HTTP door over the same core as the gRPC services,
+    traced like them, bound to ``LOOM_HTTP_LISTEN`` with the same TLS; None
+    when that is unset.
+
+    Raises:
+        OSError: the address cannot be listened on.
+    """
+    if not settings.http_listen:
+        return None
+    app = HttpTelemetry(build_app(door), telemetry.tracer_provider, lambda s: s.get(TENANT))
+    return HttpServer(
+        app,
+        bind_http(settings.http_listen),
+        ssl_context=http_tls(settings),
+        grace=settings.shutdown_grace,
     )
 
 
