@@ -40,7 +40,7 @@ class HttpServer:
             access_log=False,  # the telemetry middleware writes one line per request
             server_header=False,
             proxy_headers=False,
-            timeout_graceful_shutdown=math.ceil(grace),
+            timeout_graceful_shutdown=max(1, math.ceil(grace)),
             ssl_context_factory=factory,
         )
         self._sock = sock
@@ -70,7 +70,9 @@ class HttpServer:
         if self._server is None or self._ticks is None:
             self._sock.close()
             return
-        self._config.timeout_graceful_shutdown = math.ceil(grace)
+        # uvicorn takes whole seconds, and with 0 cancels even when nothing
+        # runs (an error in the log): at least one second.
+        self._config.timeout_graceful_shutdown = max(1, math.ceil(grace))
         self._server.should_exit = True
         await self._ticks
         await self._server.shutdown(sockets=[self._sock])
