@@ -8,7 +8,9 @@ conversations of one assistant and user, and the errors an SDK user meets."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import uuid
 from typing import Any
 
 import httpx
@@ -17,8 +19,9 @@ import pytest
 
 from generated.loom.v1 import assistant_pb2, common_pb2
 from service.server import Loom
-from tests.conftest import Api
+from tests.conftest import Api, eventually, make_settings, start_loom
 from tests.scripted_llm import Fail, Reply, ScriptedLLM
+from tests.support.ferretdb import FerretDB
 from tests.support.openai_http import WEATHER_TOOL, base_url, converse, openai_for
 
 MODEL = "scripted-model"
@@ -458,3 +461,51 @@ async def test_a_stream_cut_by_the_client_stores_the_reply_incomplete(
             break
         await asyncio.sleep(0.05)
     assert stored.status == "incomplete"
+
+
+async def _events_of(answer: httpx.Response, into: list[dict[str, Any]]) -> None:
+    """Read a stream's events into ``into`` until it ends or breaks."""
+    with contextlib.suppress(httpx.TransportError):
+        async for line in answer.aiter_lines():
+            if line.startswith("data: "):
+                into.append(json.loads(line.removeprefix("data: ")))
+
+
+async def test_a_graceful_stop_lets_streams_finish_within_the_grace_and_cuts_the_rest(
+    ferretdb: FerretDB, llm: ScriptedLLM, loom: Loom
+) -> None:
+    door = await start_loom(make_settings(ferretdb, llm, shutdown_grace=1.5))
+    key = (await door.keys.create(f"t-{uuid.uuid4().hex[:12]}")).secret
+    llm.script(
+        Reply(text="one two three four", chunk_delay=0.2),
+        Reply(text=" ".join(f"w{i}" for i in range(12)), chunk_delay=0.5),
+    )
+    short: list[dict[str, Any]] = []
+    long: list[dict[str, Any]] = []
+    headers = {"Authorization": f"Bearer {key}"}
+    async with (
+        httpx.AsyncClient(base_url=base_url(door), headers=headers, timeout=30) as http,
+        http.stream("POST", "/responses", json={"input": "short", "stream": True}) as first,
+        http.stream("POST", "/responses", json={"input": "long", "stream": True}) as second,
+    ):
+        reading = [
+            asyncio.ensure_future(_events_of(first, short)),
+            asyncio.ensure_future(_events_of(second, long)),
+        ]
+        assert await eventually(lambda: len(short) > 2 and len(long) > 2)
+        stopping = asyncio.ensure_future(door.stop())
+        await asyncio.sleep(0.3)
+        async with httpx.AsyncClient(base_url=base_url(door), headers=headers) as late:
+            with pytest.raises(httpx.ConnectError):  # no new connections meanwhile
+                await late.post("/conversations", json={})
+        await asyncio.gather(*reading)
+        await stopping
+    assert short[-1]["type"] == "response.completed"
+    assert short[-1]["response"]["output"][0]["content"][0]["text"] == "one two three four"
+    assert long[-1]["type"] != "response.completed"  # cut at the end of the grace
+    # The cut reply was stored INCOMPLETE (read through the session's Loom:
+    # the same database).
+    async with openai_for(loom, key) as client:
+        stored = await client.responses.retrieve(long[0]["response"]["id"])
+    assert stored.status == "incomplete"
+    assert stored.output_text.startswith("w0 w1")

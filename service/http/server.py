@@ -44,14 +44,14 @@ class HttpServer:
             ssl_context_factory=factory,
         )
         self._sock = sock
+        self._port: int = sock.getsockname()[1]
         self._server: uvicorn.Server | None = None
         self._ticks: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
-        """The port it listens on."""
-        port: int = self._sock.getsockname()[1]
-        return port
+        """The port it listens on (or listened on, once stopped)."""
+        return self._port
 
     async def start(self) -> None:
         """Start accepting connections."""
