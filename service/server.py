@@ -57,7 +57,14 @@ from service.telemetry.embeddings import TracedEmbedder
 from service.telemetry.http import HttpTelemetry
 from service.telemetry.jobs import BacklogSampler
 from service.telemetry.rpc import server_interceptors
-from service.transport import bind, bind_http, describe, http_tls, server_options
+from service.transport import (
+    bind,
+    bind_http,
+    describe,
+    http_tls,
+    receive_limit,
+    server_options,
+)
 
 __all__ = [
     "TRANSLATORS",
@@ -198,7 +205,7 @@ def build(settings: Settings, telemetry: Telemetry | None = None) -> Loom:
     )
     keys = KeyService(store.keys)
     limiter = build_limiter(settings)
-    door = Door(keys.authenticate, limiter, threads, conversation, TRANSLATORS)
+    door = Door(keys.authenticate, limiter, threads, conversation, TRANSLATORS, max_body(settings))
     served = build_grpc_server(
         settings,
         telemetry,
@@ -233,6 +240,11 @@ def build(settings: Settings, telemetry: Telemetry | None = None) -> Loom:
         if telemetry.metrics
         else None,
     )
+
+
+def max_body(settings: Settings) -> int:
+    """The largest request body the HTTP door reads: the gRPC door's limit."""
+    return receive_limit(settings.max_message_chars)
 
 
 def build_limiter(settings: Settings) -> Limiter:

@@ -16,6 +16,7 @@ import pytest
 from generated.loom.v1 import assistant_pb2, thread_pb2
 from service.config import Settings
 from service.server import Loom
+from service.transport import receive_limit
 from tests.conftest import Api, eventually
 from tests.scripted_llm import Reply, ScriptedLLM
 from tests.support.openai_http import base_url, converse, openai_for
@@ -215,3 +216,13 @@ def test_the_door_is_off_unless_asked_and_plaintext_only_on_loopback() -> None:
     assert Settings(http_listen="0.0.0.0:8080", allow_plaintext=True).http_listen
     with pytest.raises(ValueError, match="host:port"):
         Settings(http_listen="8080")
+
+
+async def test_a_body_past_the_receive_limit_is_refused(loom: Loom, api: Api) -> None:
+    limit = receive_limit(loom.settings.max_message_chars)
+    headers = {"Authorization": f"Bearer {api.key}", "Content-Type": "application/json"}
+    body = b'{"metadata": {"x": "' + b"y" * limit + b'"}}'
+    async with httpx.AsyncClient(base_url=base_url(loom), headers=headers, timeout=30) as http:
+        answer = await http.post("/conversations", content=body)
+    assert answer.status_code == 400
+    assert f"larger than {limit:,} bytes" in answer.json()["error"]["message"]

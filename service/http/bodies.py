@@ -10,6 +10,7 @@ import json
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
+from starlette.requests import Request
 
 from service.core.errors import InvalidArgument
 
@@ -19,6 +20,7 @@ __all__ = [
     "ItemsCreate",
     "ResponseCreate",
     "parse",
+    "read",
 ]
 
 
@@ -92,6 +94,25 @@ def _path(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
     return path
+
+
+async def read(request: Request, kind: type[B], limit: int) -> B:
+    """The request's body as ``kind``, read up to ``limit`` bytes (the gRPC
+    door's receive limit): a larger body is refused before it is all read.
+
+    Raises:
+        InvalidArgument: too large, or not what ``kind`` takes (``parse``).
+    """
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise InvalidArgument(
+                f"the request body is larger than {limit:,} bytes, the most Loom reads "
+                "(LOOM_MAX_MESSAGE_CHARS sets it)"
+            )
+        chunks.append(chunk)
+    return parse(kind, b"".join(chunks))
 
 
 def parse(kind: type[B], raw: bytes) -> B:

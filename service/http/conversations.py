@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response
 from service.core import ids
 from service.core.errors import InvalidArgument, NotFound
 from service.core.keys import Caller
-from service.http.bodies import ConversationCreate, parse
+from service.http.bodies import ConversationCreate, read
 from service.http.door import Door
 from service.http.listing import conversation_items, paging
 from service.http.objects import conversation_object, items_of, message_of_item
@@ -52,7 +52,7 @@ def _unfinished(what: str) -> InvalidArgument:
 async def create(request: Request, door: Door, caller: Caller) -> Response:
     """``POST /v1/conversations``: a new thread (with ``items``, stored
     without a reply)."""
-    body = parse(ConversationCreate, await request.body())
+    body = await read(request, ConversationCreate, door.max_body)
     if body.items:
         raise _unfinished("creating a conversation with items")
     metadata = dict(body.metadata or {})

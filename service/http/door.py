@@ -28,6 +28,7 @@ class Door:
     threads: Threads
     conversation: Conversation
     translators: Sequence[Translator] = ()
+    max_body: int = 8 * 1024 * 1024  # bytes of a request body read at most
 
 
 Handler = Callable[[Request, Door, Caller], Awaitable[Response]]

@@ -30,7 +30,7 @@ from service.core.models import (
     Started,
     ToolCallsRequired,
 )
-from service.http.bodies import ResponseCreate, parse
+from service.http.bodies import ResponseCreate, read
 from service.http.conversations import thread_id_of
 from service.http.door import Door
 from service.http.errors import error_response, http_error
@@ -228,7 +228,7 @@ async def _stored(door: Door, tenant: str, event: ReplyEvent) -> Message | None:
 
 async def create(request: Request, door: Door, caller: Caller) -> Response:
     """``POST /v1/responses``."""
-    body = parse(ResponseCreate, await request.body())
+    body = await read(request, ResponseCreate, door.max_body)
     events = await _events(door, caller, body)
     if body.stream:
         return await _streamed(door, caller, events, _echo(body))
