@@ -51,7 +51,7 @@ async def test_a_taker_that_died_part_way_blocks_the_thread_one_lease_at_most(
             api = Api(channel, await new_tenant_key(loom))
             first = await api.send(content="hello")
             thread_id = first[0].started.thread_id
-            tenant = await loom.keys.authenticate(api.key)
+            tenant = (await loom.keys.authenticate(api.key)).tenant
             now = _now()
             leases = loom.store.db["leases"]
             await leases.insert_one(

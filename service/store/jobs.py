@@ -90,16 +90,18 @@ class MongoJobStore:
     async def due(
         self, now: datetime, stale_before: datetime, limit: int, skip_tenants: Sequence[str] = ()
     ) -> list[Job]:
-        query: Doc = {
-            "$or": [
-                {"state": JobState.PENDING.value, "next_run_time": {"$lte": now}},
-                {"state": JobState.RUNNING.value, "update_time": {"$lt": stale_before}},
-            ]
-        }
-        if skip_tenants:
-            query["tenant"] = {"$nin": list(skip_tenants)}
-        cursor = self._c.find(query).sort("next_run_time", ASCENDING).limit(limit)
-        return [_from_doc(d) async for d in cursor]
+        # One query per state rather than one $or: FerretDB pushes equality
+        # filters down to PostgreSQL but not $or, which would read every job
+        # ever run; this way MongoDB and FerretDB both read the "due" index.
+        waiting: Doc = {"state": JobState.PENDING.value, "next_run_time": {"$lte": now}}
+        stale: Doc = {"state": JobState.RUNNING.value, "update_time": {"$lt": stale_before}}
+        found: list[Job] = []
+        for query in (waiting, stale):
+            if skip_tenants:
+                query["tenant"] = {"$nin": list(skip_tenants)}
+            cursor = self._c.find(query).sort("next_run_time", ASCENDING).limit(limit)
+            found.extend([_from_doc(d) async for d in cursor])
+        return sorted(found, key=lambda job: job.next_run_time)[:limit]
 
     async def find(self, state: JobState | None, tenant: str | None, limit: int) -> list[Job]:
         query: Doc = {}
@@ -126,6 +128,8 @@ class MongoJobStore:
         return result.matched_count == 1
 
     async def backlog(self) -> tuple[int, datetime | None]:
-        cursor = self._c.find({"state": {"$in": _OPEN}}, {"create_time": 1})
-        times = [d["create_time"] async for d in cursor]
+        times = []
+        for state in _OPEN:  # one equality each: FerretDB pushes no $in down
+            cursor = self._c.find({"state": state}, {"create_time": 1})
+            times.extend([d["create_time"] async for d in cursor])
         return len(times), min(times) if times else None

@@ -11,13 +11,14 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from service.core.models import MemoryMode, Message, MessageStatus, Role, ToolCall, Usage
 
-__all__ = ["MongoMessageStore"]
+__all__ = ["MongoMessageStore", "to_doc"]
 
 Doc = dict[str, Any]
 _MAX_APPEND_ATTEMPTS = 64
 
 
-def _to_doc(m: Message) -> Doc:
+def to_doc(m: Message) -> Doc:
+    """The stored document of ``m``."""
     return {
         "_id": m.message_id,
         "tenant": m.tenant,
@@ -98,7 +99,7 @@ class MongoMessageStore:
         for _ in range(_MAX_APPEND_ATTEMPTS):
             message.sequence = sequence
             try:
-                await self._c.insert_one(_to_doc(message))
+                await self._c.insert_one(to_doc(message))
                 return message
             except DuplicateKeyError:
                 mine = await self._c.find_one({"_id": message.message_id})
@@ -114,7 +115,7 @@ class MongoMessageStore:
         for offset, message in enumerate(messages):
             message.sequence = first_try + offset
         try:
-            await self._c.insert_many([_to_doc(m) for m in messages], ordered=True)
+            await self._c.insert_many([to_doc(m) for m in messages], ordered=True)
             return messages
         except BulkWriteError as exc:
             landed = int(exc.details.get("nInserted", 0))

@@ -22,7 +22,7 @@ from service.core.models import (
 from service.core.ports import PendingThreadDelete
 from service.store.tooldocs import tool_doc, tool_from_doc
 
-__all__ = ["MongoThreadStore"]
+__all__ = ["MongoThreadStore", "to_doc"]
 
 Doc = dict[str, Any]
 
@@ -110,6 +110,23 @@ def _summary_doc(s: Summary | None) -> Doc | None:
     return {"text": s.text, "through": s.through_sequence, "model": s.model, "time": s.update_time}
 
 
+def to_doc(t: Thread) -> Doc:
+    """The stored document of ``t``, its cached context included."""
+    return {
+        "_id": t.thread_id,
+        "tenant": t.tenant,
+        "assistant_id": t.assistant_id,
+        "user_id": t.user_id,
+        "metadata": t.metadata,
+        "message_count": t.message_count,
+        "create_time": t.create_time,
+        "update_time": t.update_time,
+        "context": _context_blob(t.context) if t.context else "",
+        "summary": _summary_doc(t.summary),
+        "run": _run_doc(t.run),
+    }
+
+
 def _from_doc(d: Doc) -> Thread:
     return Thread(
         thread_id=d["_id"],
@@ -140,19 +157,7 @@ class MongoThreadStore:
         self._c = collection
 
     async def insert(self, thread: Thread) -> None:
-        await self._c.insert_one(
-            {
-                "_id": thread.thread_id,
-                "tenant": thread.tenant,
-                "assistant_id": thread.assistant_id,
-                "user_id": thread.user_id,
-                "metadata": thread.metadata,
-                "message_count": 0,
-                "create_time": thread.create_time,
-                "update_time": thread.update_time,
-                "context": "",
-            }
-        )
+        await self._c.insert_one(to_doc(thread))
 
     async def get(self, tenant: str, thread_id: str) -> Thread | None:
         doc = await self._c.find_one({"_id": thread_id})
