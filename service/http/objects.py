@@ -10,8 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from service.core import ids
-from service.core.errors import NotFound
-from service.core.limits import ID_HEX_DIGITS
+from service.core.errors import InvalidArgument, NotFound
 from service.core.models import Message, MessageStatus, Role, Thread, ToolCall, ToolSpec, Usage
 
 __all__ = [
@@ -33,10 +32,10 @@ JSON = dict[str, Any]
 
 _RESPONSE = "resp"
 _CALL = "fc"
-_HEX = rf"[0-9a-f]{{{ID_HEX_DIGITS}}}"
-_RESPONSE_ID = re.compile(rf"^{_RESPONSE}_({_HEX})$")
-_CALL_ID = re.compile(rf"^{_CALL}_({_HEX})_(\d{{1,4}})$")
-_MESSAGE_ID = re.compile(rf"^{ids.MESSAGE}_({_HEX})$")
+# The digits are a message id's; ids.check_id says how many (so a change of
+# the id format reaches these ids too).
+_RESPONSE_ID = re.compile(rf"^{_RESPONSE}_([0-9a-f]{{1,64}})$")
+_CALL_ID = re.compile(rf"^{_CALL}_([0-9a-f]{{1,64}})_(\d{{1,4}})$")
 
 # A message's status as an item's; a reply cut short or failed is incomplete.
 _ITEM_STATUS = {
@@ -82,9 +81,18 @@ def message_of_response(value: str) -> str:
         NotFound: not a response id (so no such response).
     """
     found = _RESPONSE_ID.match(value)
-    if found is None:
+    message_id = _message_id(found.group(1)) if found else None
+    if message_id is None:
         raise NotFound("response", value[:80])
-    return f"{ids.MESSAGE}_{found.group(1)}"
+    return message_id
+
+
+def _message_id(digits: str) -> str | None:
+    """The message id of those digits (None if no message has such an id)."""
+    try:
+        return ids.check_id(ids.MESSAGE, f"{ids.MESSAGE}_{digits}", "id")
+    except InvalidArgument:
+        return None
 
 
 def message_of_item(value: str) -> tuple[str, int | None]:
@@ -94,12 +102,13 @@ def message_of_item(value: str) -> tuple[str, int | None]:
     Raises:
         NotFound: not an item id (so no such item).
     """
-    if _MESSAGE_ID.match(value):
+    if value.startswith(f"{ids.MESSAGE}_") and _message_id(value.partition("_")[2]):
         return value, None
     call = _CALL_ID.match(value)
-    if call is None:
+    message_id = _message_id(call.group(1)) if call else None
+    if call is None or message_id is None:
         raise NotFound("item", value[:80])
-    return f"{ids.MESSAGE}_{call.group(1)}", int(call.group(2))
+    return message_id, int(call.group(2))
 
 
 def conversation_object(thread: Thread) -> JSON:
