@@ -33,6 +33,7 @@ from service.config import Settings
 from service.core.assistants import Assistants
 from service.core.conversation import Conversation, ReplyPolicy, ReplyServices, ReplyStores
 from service.core.errors import Translator
+from service.core.forks import Forks
 from service.core.jobs import JobRunner
 from service.core.keys import KeyService
 from service.core.leases import Leases
@@ -41,6 +42,7 @@ from service.core.ratelimit import Limiter, Limits
 from service.core.shield import Shield
 from service.core.summaries import Summarizer
 from service.core.threads import Threads
+from service.core.usage import Ledger
 from service.http.app import TENANT, build_app
 from service.http.door import Door
 from service.http.server import HttpServer
@@ -193,7 +195,7 @@ def build(settings: Settings, telemetry: Telemetry | None = None) -> Loom:
     jobs = build_jobs(settings, store, shield)
     index, memory = build_memory(settings, telemetry, store=store, jobs=jobs, llm=llm)
     assistants = Assistants(store.assistants, store.threads, store.messages, memory=memory)
-    threads = Threads(assistants, store.threads, store.messages, memory=memory)
+    threads = Threads(assistants, store.threads, store.messages, memory=memory, jobs=jobs)
     conversation = build_conversation(
         settings,
         store=store,
@@ -207,13 +209,14 @@ def build(settings: Settings, telemetry: Telemetry | None = None) -> Loom:
     keys = KeyService(store.keys)
     limiter = build_limiter(settings)
     door = Door(keys.authenticate, limiter, threads, conversation, TRANSLATORS, max_body(settings))
+    forks = Forks(threads, store.messages, context_chars=settings.context_cache_chars)
     served = build_grpc_server(
         settings,
         telemetry,
         keys,
         limiter,
         assistants=AssistantServicer(assistants),
-        threads=ThreadServicer(threads, conversation),
+        threads=ThreadServicer(threads, conversation, forks),
         memory=MemoryServicer(memory),
     )
     return Loom(
@@ -272,7 +275,8 @@ def build_model(settings: Settings, telemetry: Telemetry) -> OpenAIChatModel:
 
 
 def build_jobs(settings: Settings, store: MongoStore, shield: Shield) -> JobRunner:
-    """The runner of durable background jobs (fact extraction, summaries)."""
+    """The runner of durable background jobs (fact extraction, summaries,
+    thread expiry); the model tokens a job spends are added to its thread."""
     return JobRunner(
         store.jobs,
         store.leases,
@@ -285,6 +289,7 @@ def build_jobs(settings: Settings, store: MongoStore, shield: Shield) -> JobRunn
         max_retry_delay=settings.job_max_retry_delay,
         lease_seconds=settings.job_lease_seconds,
         translate=store_errors.translate,
+        charge=Ledger(Leases(store.leases, settings.lease_seconds, shield), store.threads).charge,
     )
 
 
