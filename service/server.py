@@ -206,8 +206,7 @@ def build(settings: Settings, telemetry: Telemetry | None = None) -> Loom:
         threads=threads,
         memory=memory,
     )
-    keys = KeyService(store.keys)
-    limiter = build_limiter(settings)
+    keys, limiter = KeyService(store.keys), build_limiter(settings)  # shared by both doors
     door = Door(keys.authenticate, limiter, threads, conversation, TRANSLATORS, max_body(settings))
     forks = Forks(threads, store.messages, context_chars=settings.context_cache_chars)
     served = build_grpc_server(
