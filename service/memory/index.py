@@ -29,7 +29,7 @@ the Chroma server cannot be reached, ``ValueError`` for a bad argument
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TypedDict, Unpack
 
@@ -41,6 +41,7 @@ from service.memory._codec import (
     belongs,
     created_us,
     now_us,
+    replacing,
     scopes_of,
     to_metadata,
     to_record,
@@ -148,8 +149,19 @@ class ChromaMemoryIndex:
         collection = existing
         if collection is None:
             collection = await self._collections.create(tenant, assistant_id, int(vectors.shape[1]))
+        stored: dict[str, Mapping[str, object]] = {}
+        if existing is not None:
+            found = await chroma.call(
+                existing.get, ids=[r.memory_id for r in records], include=["metadatas"]
+            )
+            stored = dict(zip(found["ids"], found["metadatas"] or [], strict=True))
         written = now_us()
-        metadatas = [to_metadata(r) | {"write_us": written} for r in records]
+        # A key the new version leaves out is deleted, not kept (an update
+        # replaces the metadata whole).
+        metadatas = [
+            replacing(to_metadata(r) | {"write_us": written}, stored.get(r.memory_id))
+            for r in records
+        ]
         await chroma.upsert(
             collection,
             [r.memory_id for r in records],
