@@ -69,6 +69,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# Seconds replies cut by a shutdown get to store their end and tell their caller.
+_CUT_MARGIN = 2.0
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Served:
@@ -124,14 +127,23 @@ class Loom:
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting calls, let streams in flight finish within the grace
-        period, then cancel what is left (their replies are stored
-        INCOMPLETE) and close connections."""
+        period, then cut the replies still running (each stores what it has
+        INCOMPLETE and ends UNAVAILABLE with reason SERVER_SHUTTING_DOWN),
+        and close connections."""
+        grace = self.settings.shutdown_grace if grace is None else grace
         await self.database_health.stop()
         await self.health.enter_graceful_shutdown()
         if self.backlog is not None:
             await self.backlog.stop()
         await self.jobs.stop()
-        await self.server.stop(self.settings.shutdown_grace if grace is None else grace)
+        # gRPC cancels what is left after its own grace, without a word to
+        # the caller; Loom cuts its replies first, leaving them time to
+        # store their end and say why.
+        stopping = asyncio.ensure_future(self.server.stop(grace + _CUT_MARGIN))
+        if not await self.conversation.drain(grace):
+            cut = self.conversation.interrupt()
+            log.warning("shutting down: %d replies cut short, stored INCOMPLETE", cut)
+        await stopping
         if not await self.conversation.drain(5.0):
             log.warning("replies still running at shutdown; their final state may be lost")
         await self.shield.drain()
@@ -326,6 +338,7 @@ def build_conversation(
             requests=store.requests,
             leases=leases,
             shield=shield,
+            translate=store_errors.translate,
         ),
         services=ReplyServices(llm=llm, counter=counter, memory=memory, summarizer=summarizer),
         policy=ReplyPolicy(

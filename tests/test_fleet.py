@@ -508,11 +508,6 @@ def test_a_reply_that_loses_its_lease_stops_writing(fleet: Fleet, model: Model) 
         assert _messages(channel, thread_id)[-1].content == stream.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="part 2: a reply cut by a database outage is stored with what the caller "
-    "received, and the thread is usable as soon as the database is back",
-)
 def test_database_killed_mid_stream_keeps_what_was_streamed(fleet: Fleet, model: Model) -> None:
     with fleet.replica(0).channel() as channel:
         thread_id = _first_thread(channel)

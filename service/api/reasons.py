@@ -68,7 +68,11 @@ WHEN: dict[str, str] = {
     "MODEL_STREAM_BROKEN": "the model endpoint broke off mid-reply (the part received is "
     "stored `FAILED`)",
     "MODEL_UNREACHABLE": "the model endpoint could not be reached after retries",
-    "DATABASE_UNAVAILABLE": "the database is unreachable; retry later",
+    "DATABASE_UNAVAILABLE": "the database is unreachable or busy; retry later (a reply it cut "
+    "short is stored with what the caller received once it is back, metadata `message_id`)",
+    "SERVER_SHUTTING_DOWN": "the replica serving the call is shutting down and cut the reply "
+    "short (stored `INCOMPLETE` with what the caller received); send again, another replica "
+    "serves it",
     "UNAVAILABLE": "the memory store (Chroma) or the embedding endpoint cannot be reached; "
     "retry later",
     "INTERNAL": "an unexpected failure (the detail is in Loom's log, never in the reply)",

@@ -14,13 +14,15 @@ SendMessage, step by step:
    message) and stream the model's reply as ``Delta`` events, saving
    progress now and then;
 5. store the reply as COMPLETE (or INCOMPLETE when the model hit its length
-   limit) with usage, and emit ``Completed``; or, when the model asked for
-   tools, leave the run waiting for their outputs and emit
-   ``ToolCallsRequired``.
+   limit) with usage, release the thread, and emit ``Completed``; or, when
+   the model asked for tools, leave the run waiting for their outputs and
+   emit ``ToolCallsRequired``.
 
 If the model fails, the reply is stored FAILED with what arrived and the
-error propagates; if the caller goes away (or the server shuts down), it is
-stored INCOMPLETE with what arrived and the model request is closed.
+error propagates; if the caller goes away, it is stored INCOMPLETE with
+what arrived and the model request is closed; ``reply/generate.py`` says
+what happens when the lease is lost, the database stops answering or the
+server shuts down (``interrupt``).
 """
 
 from __future__ import annotations
@@ -30,11 +32,12 @@ import contextlib
 from collections.abc import AsyncGenerator
 
 from service.core.clock import now
-from service.core.errors import FailedPrecondition
+from service.core.errors import FailedPrecondition, ShuttingDown
 from service.core.models import MemoryMode, Message, ReplyEvent
-from service.core.reply.build import RunMessages, started
+from service.core.reply.build import RunMessages, before_end, started
 from service.core.reply.collaborators import ReplyPolicy, ReplyServices, ReplyStores
 from service.core.reply.generate import Replier
+from service.core.reply.late import LateWrites
 from service.core.reply.recovery import Recovery
 from service.core.reply.request import (
     Idempotency,
@@ -58,8 +61,10 @@ class Conversation:
         self._stores = stores
         self._llm = services.llm
         self._policy = policy
-        self._recovery = Recovery(stores, services, policy)
-        self._replier = Replier(services, policy, stores.shield)
+        late = LateWrites(stores.leases, stores.shield)
+        self._leases = stores.leases
+        self._recovery = Recovery(stores, services, policy, late)
+        self._replier = Replier(services, policy, stores.shield, late)
         self._requests = Idempotency(stores, policy, self._recovery, self._replier)
         self._runs = ToolRuns(stores, self._recovery, self._replier)
         self._active = 0
@@ -96,6 +101,11 @@ class Conversation:
         """Cancel a run that waits for tool outputs; return its message (see
         ``ToolRuns.cancel`` for the errors)."""
         return await self._runs.cancel(tenant, thread_id, run_id)
+
+    def interrupt(self) -> int:
+        """Cut the replies in flight short for a shutdown: each stores what
+        it has INCOMPLETE and ends with ``ShuttingDown``; return how many."""
+        return self._leases.interrupt(ShuttingDown())
 
     async def drain(self, timeout: float) -> bool:  # noqa: ASYNC109 - a bound, not a deadline
         """Wait until no reply is running (cancelled ones store their final
@@ -144,8 +154,9 @@ class Conversation:
         memory = req.memory if req.memory is not MemoryMode.UNSPECIFIED else assistant.memory_mode
         run = run_for(req, assistant)
         stored = False
+        end: list[ReplyEvent] = []
         try:
-            async with self._recovery.hold(tenant, thread.thread_id, thread) as writes:  # 2.
+            async with self._recovery.hold(tenant, thread.thread_id) as writes:  # 2.
                 await self._runs.refuse_if_waiting(tenant, writes)
                 t = now()  # 3.
                 new = RunMessages(tenant, thread.thread_id, run.run_id, memory, t)
@@ -171,7 +182,7 @@ class Conversation:
                 yield first
                 # 4. and 5.
                 events = self._replier.generate(tenant, assistant, writes, user, reply, run)
-                async with contextlib.aclosing(events) as stream:
+                async with contextlib.aclosing(before_end(events, end)) as stream:
                     async for event in stream:
                         yield event
         finally:
@@ -180,3 +191,5 @@ class Conversation:
                 await self._stores.shield.run(
                     self._stores.thread_store.delete(tenant, thread.thread_id)
                 )
+        for event in end:  # the thread is free again
+            yield event

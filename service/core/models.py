@@ -179,6 +179,8 @@ class Thread:
     context: list[ContextEntry] = field(default_factory=list)
     summary: Summary | None = None
     run: PendingRun | None = None
+    fence: int = 0  # epoch of the last lease holder that wrote it (see ports.ThreadClaim)
+    replying: bool = False  # a reply was started and its end not yet written
 
 
 @dataclass(slots=True)

@@ -2,17 +2,18 @@
 
 ``service.store`` implements the stores over MongoDB and ``service.llm``
 implements ``ChatModel`` over an OpenAI-compatible endpoint; the domain sees
-only these protocols.
+only these protocols (and the lease store's, in ``lease_port.py``).
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 
+from service.core.errors import LoomError
 from service.core.models import (
     Assistant,
     ContextEntry,
@@ -37,10 +38,6 @@ __all__ = [
     "Job",
     "JobState",
     "JobStore",
-    "LeaseGrant",
-    "LeaseOutcome",
-    "LeaseState",
-    "LeaseStore",
     "MemoryPort",
     "MessageStore",
     "PendingThreadDelete",
@@ -48,9 +45,16 @@ __all__ = [
     "RequestRecord",
     "RequestStore",
     "TenantLimits",
+    "ThreadClaim",
     "ThreadStore",
     "TokenCounter",
+    "Translate",
 ]
+
+Translate: TypeAlias = Callable[[BaseException], LoomError | None]
+"""An adapter's translation of its own exceptions into domain errors (None:
+not one it knows), built by the wiring: the store's turns what waiting
+cures into ``DatabaseUnavailable``."""
 
 
 class AssistantStore(Protocol):
@@ -79,67 +83,6 @@ class AssistantStore(Protocol):
         """(tenant, assistant_id) of deletions that a crash interrupted."""
 
 
-class LeaseOutcome(enum.Enum):
-    """Result of trying to take a thread's reply lease."""
-
-    ACQUIRED = "acquired"
-    TAKEN_OVER = "taken_over"  # the previous holder's lease had expired
-    BUSY = "busy"
-
-
-@dataclass(frozen=True, slots=True)
-class LeaseState:
-    """A lease as stored: who holds it, until when, why, and its epoch."""
-
-    owner: str
-    expires: datetime
-    purpose: str = ""
-    epoch: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class LeaseGrant:
-    """What ``LeaseStore.acquire`` did: with ACQUIRED or TAKEN_OVER, ``epoch``
-    is the new holder's; ``other`` is the dead holder's state (TAKEN_OVER)
-    or the live holder's (BUSY, None when unknown)."""
-
-    outcome: LeaseOutcome
-    epoch: int = 0
-    other: LeaseState | None = None
-
-
-class LeaseStore(Protocol):
-    """One lease document per busy thread (or running job), created by a
-    unique insert (the one write that is atomic on MongoDB and FerretDB
-    alike) and deleted on release, so the collection only ever holds the
-    work in flight.
-
-    Epochs: a lease taken fresh gets the acquisition time in milliseconds; a
-    takeover gets at least the dead holder's epoch plus one. So epochs only
-    grow along a chain of takeovers, and (as long as replicas' clocks agree
-    to within a lease's lifetime, which expiry already assumes) across
-    releases too: a fencing check can trust a larger epoch to be newer."""
-
-    async def acquire(
-        self,
-        tenant: str,
-        thread_id: str,
-        owner: str,
-        expires: datetime,
-        now: datetime,
-        purpose: str = "",
-    ) -> LeaseGrant:
-        """Take the lease, or take over an expired one; never leaves the
-        thread blocked for longer than a lease's lifetime if the caller dies
-        part-way."""
-
-    async def renew(self, thread_id: str, owner: str, expires: datetime) -> bool:
-        """Extend ``owner``'s lease; False if it no longer holds it."""
-
-    async def release(self, thread_id: str, owner: str) -> None: ...
-    async def current(self, thread_id: str) -> LeaseState | None: ...
-
-
 @dataclass(frozen=True, slots=True)
 class PendingThreadDelete:
     """A thread deletion a crash interrupted."""
@@ -148,6 +91,29 @@ class PendingThreadDelete:
     assistant_id: str
     thread_id: str
     forget: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadClaim:
+    """What ``ThreadStore.claim`` did.
+
+    Fencing: every write made under a thread's lease (the thread's context
+    and count, its messages' progress and final state) carries the lease's
+    epoch and is refused by the store once a larger epoch has written the
+    document: each write checks it itself (``{fence: {$not: {$gt: epoch}}}``
+    in the update's filter, one document, so exact on MongoDB; FerretDB 1.x
+    reads, then writes by ``_id``, so there the check narrows what is left
+    to a stale holder whose write falls in that gap). A holder claims the
+    thread first, which fences out every earlier holder's thread writes.
+
+    ``thread`` is the thread as it was just before the claim (with
+    ``replying`` set when an earlier holder started a reply and never wrote
+    its end: a crash or an outage to recover from); None when the claim
+    was refused, then ``fence`` is the larger epoch that wrote it, or 0
+    when the thread is gone."""
+
+    thread: Thread | None
+    fence: int = 0
 
 
 class ThreadStore(Protocol):
@@ -164,6 +130,11 @@ class ThreadStore(Protocol):
 
     async def delete(self, tenant: str, thread_id: str) -> None: ...
     async def pending_deletes(self) -> list[PendingThreadDelete]: ...
+    async def claim(self, tenant: str, thread_id: str, epoch: int) -> ThreadClaim:
+        """Fence the thread on the lease ``epoch`` its caller holds and mark
+        a reply started (``Thread.replying``), unless a holder with a larger
+        epoch wrote it already; see ``ThreadClaim``."""
+
     async def save_context(
         self,
         thread_id: str,
@@ -171,15 +142,24 @@ class ThreadStore(Protocol):
         message_count: int,
         update_time: datetime,
         run: PendingRun | None = None,
-    ) -> None:
-        """Store the thread's cached context, message count and pending run
-        (written only by the holder of the thread's lease)."""
+        *,
+        epoch: int,
+        replying: bool = False,
+    ) -> bool:
+        """Store the thread's cached context, message count and pending run,
+        and whether a reply is still unfinished on it (``Thread.replying``),
+        fenced on ``epoch`` (see ``ThreadClaim``); False if a holder with a
+        larger epoch wrote the thread since (or it is gone)."""
+
+    async def end_claim(self, thread_id: str, *, epoch: int) -> bool:
+        """Mark no reply unfinished (after a claim that wrote nothing
+        else), fenced on ``epoch``."""
 
     async def save_summary(
-        self, thread_id: str, summary: Summary, context: Sequence[ContextEntry]
-    ) -> None:
-        """Store a new rolling summary and the context left after it (written
-        only by the holder of the thread's lease)."""
+        self, thread_id: str, summary: Summary, context: Sequence[ContextEntry], *, epoch: int
+    ) -> bool:
+        """Store a new rolling summary and the context left after it, fenced
+        on ``epoch`` as ``save_context``."""
 
 
 class MessageStore(Protocol):
@@ -191,8 +171,11 @@ class MessageStore(Protocol):
         (thread_id, sequence) settles races: no gaps, no duplicates, even with
         concurrent writers on several replicas."""
 
-    async def append_all(self, messages: list[Message], first_try: int) -> list[Message]:
-        """``append`` each message in turn (consecutive numbers if free)."""
+    async def append_all(
+        self, messages: list[Message], first_try: int, *, epoch: int = 0
+    ) -> list[Message]:
+        """``append`` each message in turn (consecutive numbers if free),
+        fenced on the lease ``epoch`` of their writer (see ``ThreadClaim``)."""
 
     async def get(self, tenant: str, message_id: str) -> Message | None: ...
     async def finish(
@@ -204,10 +187,18 @@ class MessageStore(Protocol):
         usage: Usage | None = None,
         error: str = "",
         tool_calls: Sequence[ToolCall] = (),
-    ) -> Message | None: ...
-    async def save_progress(self, message_id: str, content: str) -> None: ...
-    async def restart(self, tenant: str, message_id: str, model: str) -> bool:
-        """Put a FAILED, empty message back IN_PROGRESS for a retry."""
+        epoch: int,
+    ) -> Message | None:
+        """Store a message's final state, fenced on ``epoch``; None if a
+        holder with a larger epoch wrote it since, or it is gone."""
+
+    async def save_progress(self, message_id: str, content: str, *, epoch: int) -> bool:
+        """Store what a streaming message holds so far, fenced on ``epoch``;
+        False if refused or gone."""
+
+    async def restart(self, tenant: str, message_id: str, model: str, *, epoch: int) -> bool:
+        """Put a FAILED, empty message back IN_PROGRESS for a retry (fenced
+        on ``epoch``)."""
 
     async def find_page(
         self, tenant: str, thread_id: str, limit: int, after: int | None, descending: bool

@@ -9,6 +9,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
 from service.store.assistants import MongoAssistantStore
+from service.store.fencing import Fences
 from service.store.jobs import MongoJobStore
 from service.store.keys import MongoApiKeyStore
 from service.store.leases import MongoLeaseStore
@@ -58,9 +59,12 @@ class MongoStore:
     keys: MongoApiKeyStore
     jobs: MongoJobStore
     memory_versions: MongoMemoryVersions
+    fences: Fences
 
     async def ensure_indexes(self) -> None:
-        """Create the indexes (idempotent)."""
+        """Create the indexes (idempotent), and learn how the server takes a
+        fenced write (``Fences.detect``)."""
+        await self.fences.detect(self.db)
         for name, indexes in _INDEXES.items():
             collection: AsyncCollection[Doc] = self.db[name]
             # One index per command: FerretDB 1.24 drops the connection when a
@@ -101,15 +105,17 @@ def connect(uri: str, database: str, *, timeout: float = 2.0) -> MongoStore:
         appname="loom",
     )
     db = client[database]
+    fences = Fences()
     return MongoStore(
         client=client,
         db=db,
         assistants=MongoAssistantStore(db["assistants"], db["default_assistants"]),
-        threads=MongoThreadStore(db["threads"]),
+        threads=MongoThreadStore(db["threads"], fences),
         leases=MongoLeaseStore(db["leases"]),
-        messages=MongoMessageStore(db["messages"]),
+        messages=MongoMessageStore(db["messages"], fences),
         requests=MongoRequestStore(db["requests"]),
         keys=MongoApiKeyStore(db["api_keys"], db["tenants"]),
         jobs=MongoJobStore(db["jobs"]),
         memory_versions=MongoMemoryVersions(db["memory_versions"]),
+        fences=fences,
     )

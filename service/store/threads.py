@@ -19,7 +19,8 @@ from service.core.models import (
     Thread,
     ToolCall,
 )
-from service.core.ports import PendingThreadDelete
+from service.core.ports import PendingThreadDelete, ThreadClaim
+from service.store.fencing import Fences
 from service.store.tooldocs import tool_doc, tool_from_doc
 
 __all__ = ["MongoThreadStore"]
@@ -125,6 +126,8 @@ def _from_doc(d: Doc) -> Thread:
         if (s := d.get("summary"))
         else None,
         run=_run_from_doc(d.get("run")),
+        fence=int(d.get("fence", 0)),
+        replying=bool(d.get("replying")),
     )
 
 
@@ -136,8 +139,9 @@ class MongoThreadStore:
     1.x pushes down no other filter (anything else scans the collection).
     """
 
-    def __init__(self, collection: AsyncCollection[Doc]) -> None:
+    def __init__(self, collection: AsyncCollection[Doc], fences: Fences | None = None) -> None:
         self._c = collection
+        self._fences = fences or Fences()
 
     async def insert(self, thread: Thread) -> None:
         await self._c.insert_one(
@@ -201,6 +205,22 @@ class MongoThreadStore:
             async for d in cursor
         ]
 
+    async def claim(self, tenant: str, thread_id: str, epoch: int) -> ThreadClaim:
+        before = await self._fences.find_and_update(
+            self._c, thread_id, epoch, {"replying": True}, after=False
+        )
+        if before is not None and before.get("tenant") == tenant and not before.get("deleting"):
+            return ThreadClaim(_from_doc(before))
+        if before is not None:  # another tenant's, or being deleted: put the flag back
+            await self._c.update_one(
+                {"_id": thread_id}, {"$set": {"replying": bool(before.get("replying"))}}
+            )
+            return ThreadClaim(None)
+        doc = await self._c.find_one({"_id": thread_id}, {"tenant": 1, "fence": 1, "deleting": 1})
+        if doc is None or doc.get("tenant") != tenant or doc.get("deleting"):
+            return ThreadClaim(None)
+        return ThreadClaim(None, int(doc.get("fence", 0)))
+
     async def save_context(
         self,
         thread_id: str,
@@ -208,28 +228,24 @@ class MongoThreadStore:
         message_count: int,
         update_time: datetime,
         run: PendingRun | None = None,
-    ) -> None:
-        await self._c.update_one(
-            {"_id": thread_id},
-            {
-                "$set": {
-                    "context": _context_blob(context),
-                    "message_count": message_count,
-                    "update_time": update_time,
-                    "run": _run_doc(run),
-                }
-            },
-        )
+        *,
+        epoch: int,
+        replying: bool = False,
+    ) -> bool:
+        changes = {
+            "context": _context_blob(context),
+            "message_count": message_count,
+            "update_time": update_time,
+            "run": _run_doc(run),
+            "replying": replying,
+        }
+        return await self._fences.update(self._c, thread_id, epoch, changes)
+
+    async def end_claim(self, thread_id: str, *, epoch: int) -> bool:
+        return await self._fences.update(self._c, thread_id, epoch, {"replying": False})
 
     async def save_summary(
-        self, thread_id: str, summary: Summary, context: Sequence[ContextEntry]
-    ) -> None:
-        await self._c.update_one(
-            {"_id": thread_id},
-            {
-                "$set": {
-                    "summary": _summary_doc(summary),
-                    "context": _context_blob(context),
-                }
-            },
-        )
+        self, thread_id: str, summary: Summary, context: Sequence[ContextEntry], *, epoch: int
+    ) -> bool:
+        changes = {"summary": _summary_doc(summary), "context": _context_blob(context)}
+        return await self._fences.update(self._c, thread_id, epoch, changes)

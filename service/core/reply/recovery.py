@@ -1,44 +1,59 @@
 """Taking a thread's lease for a reply, and recovering a reply cut off by a
-crash: when the lease is taken over from a holder that died, its unfinished
-reply is settled INCOMPLETE and the thread's context and count are rebuilt
-from the messages themselves (the holder may have died between writes)."""
+crash or an outage.
+
+Under the lease, the holder first claims the thread (``ThreadClaim``):
+that fences out every earlier holder and reads the thread as it stands. A
+thread whose earlier holder started a reply and never wrote its end
+(``Thread.replying``: it died, or lost the database and was taken over),
+or whose lease was taken over from a holder that died, is settled before
+anything else: its unfinished reply is marked INCOMPLETE
+with what it saved, and the thread's context and count are rebuilt from
+the messages themselves (the holder may have died between writes).
+"""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
 
+from service.core.errors import LeaseLost, NotFound
+from service.core.leases import Lease
 from service.core.models import ContextEntry, MessageStatus, Thread
 from service.core.reply.collaborators import ReplyPolicy, ReplyServices, ReplyStores
+from service.core.reply.late import LateWrites
 from service.core.reply.writes import ThreadWrites
 
 __all__ = ["Recovery"]
 
+_CLAIM_ROUNDS = 3
+
 
 class Recovery:
-    """Holds thread leases for replies and settles what dead holders left."""
+    """Holds thread leases for replies and settles what earlier holders left."""
 
-    def __init__(self, stores: ReplyStores, services: ReplyServices, policy: ReplyPolicy) -> None:
+    def __init__(
+        self, stores: ReplyStores, services: ReplyServices, policy: ReplyPolicy, late: LateWrites
+    ) -> None:
         self._stores = stores
         self._counter = services.counter
         self._context_chars = policy.context_chars
+        self._lease_ttl = policy.lease_ttl
+        self._late = late
 
     @contextlib.asynccontextmanager
-    async def hold(
-        self, tenant: str, thread_id: str, thread: Thread | None = None, *, settle: bool = True
-    ) -> AsyncIterator[ThreadWrites]:
+    async def hold(self, tenant: str, thread_id: str) -> AsyncIterator[ThreadWrites]:
         """Hold the thread's lease for the body of the ``async with`` and give
-        the writes made under it. ``thread`` is the thread as already read,
-        if it was (else it is read under the lease). With ``settle``, a dead
-        holder's reply is settled first.
+        the writes made under it, after this replica's late write on the
+        thread, if any, and the recovery of an unfinished reply.
 
         Raises:
             ThreadBusy: another live holder has the lease.
             NotFound: no such thread.
+            LeaseLost: a newer holder claimed the thread meanwhile.
         """
+        await self._late.wait(thread_id, self._lease_ttl)
         async with self._stores.leases.hold(tenant, thread_id) as lease:
-            if thread is None:
-                thread = await self._stores.threads.get(tenant, thread_id)
+            thread = await self._claim(tenant, thread_id, lease)
             writes = ThreadWrites(
                 messages=self._stores.messages,
                 threads=self._stores.thread_store,
@@ -46,28 +61,44 @@ class Recovery:
                 context_chars=self._context_chars,
                 thread=thread,
                 lease=lease,
+                translate=self._stores.translate,
             )
-            if settle and lease.stale is not None:
+            if thread.replying or lease.stale is not None:
                 await self._settle(tenant, writes)
-            yield writes
+            try:
+                yield writes
+            finally:
+                await self._stores.shield.run(writes.end_claim())
+
+    async def _claim(self, tenant: str, thread_id: str, lease: Lease) -> Thread:
+        """The thread as this holder claimed it. A claim refused for a larger
+        epoch while this holder still has the lease means the holder before
+        it ran on a clock ahead of this one's: the lease's epoch is raised
+        past it and the claim tried again."""
+        for _ in range(_CLAIM_ROUNDS):
+            claimed = await self._stores.thread_store.claim(tenant, thread_id, lease.epoch)
+            if claimed.thread is not None:
+                claimed.thread.fence = lease.epoch
+                return claimed.thread
+            if not claimed.fence:
+                raise NotFound("thread", thread_id)
+            if not await self._stores.leases.advance(lease, claimed.fence + 1):
+                break
+        raise LeaseLost(thread_id)
 
     async def _settle(self, tenant: str, writes: ThreadWrites) -> None:
-        """After taking over a dead holder's lease: mark its unfinished reply
-        INCOMPLETE and rebuild the thread's context and count from the
-        messages."""
+        """Mark an earlier holder's unfinished reply INCOMPLETE and rebuild
+        the thread's context and count from the messages."""
         history = await self._stores.messages.history(tenant, writes.thread.thread_id, 2**62)
         entries: list[ContextEntry] = []
         for message in history:
             settled = message
             if message.status is MessageStatus.IN_PROGRESS:
-                settled = (
-                    await writes.finish(
-                        message.message_id,
-                        content=message.content,
-                        status=MessageStatus.INCOMPLETE,
-                        error="interrupted",
-                    )
-                    or message
+                settled = await writes.finish(
+                    message.message_id,
+                    content=message.content,
+                    status=MessageStatus.INCOMPLETE,
+                    error="interrupted",
                 )
             entries.append(settled.entry())
         await writes.rebuild(entries, history[-1].sequence + 1 if history else 0)

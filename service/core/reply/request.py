@@ -30,7 +30,7 @@ from service.core.models import (
     ToolSpec,
 )
 from service.core.ports import RequestRecord
-from service.core.reply.build import started
+from service.core.reply.build import before_end, started
 from service.core.reply.collaborators import ReplyPolicy, ReplyStores
 from service.core.reply.generate import Replier, RunSpec
 from service.core.reply.recovery import Recovery
@@ -275,6 +275,7 @@ class Idempotency:
             FailedPrecondition: the thread has moved on.
             NotFound: the thread or its assistant is gone.
         """
+        end: list[ReplyEvent] = []
         async with self._recovery.hold(tenant, record.thread_id) as writes:
             user = await self._stores.messages.get(tenant, record.user_message_id)
             if (
@@ -301,9 +302,11 @@ class Idempotency:
             )
             yield _started(record, reply)
             events = self._replier.generate(tenant, assistant, writes, user, reply, run)
-            async with contextlib.aclosing(events) as stream:
+            async with contextlib.aclosing(before_end(events, end)) as stream:
                 async for event in stream:
                     yield event
+        for event in end:  # the thread is free again
+            yield event
 
 
 def _started(record: RequestRecord, reply: Message) -> Started:

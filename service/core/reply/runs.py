@@ -11,7 +11,7 @@ from service.core import ids
 from service.core.clock import now
 from service.core.errors import FailedPrecondition, NotFound, ThreadBusy
 from service.core.models import Message, MessageStatus, PendingRun, ReplyEvent
-from service.core.reply.build import RunMessages, started
+from service.core.reply.build import RunMessages, before_end, started
 from service.core.reply.collaborators import ReplyStores
 from service.core.reply.generate import Replier, RunSpec
 from service.core.reply.recovery import Recovery
@@ -61,6 +61,7 @@ class ToolRuns:
         """
         ids.check_id(ids.RUN, run_id, "run_id")
         await self._stores.threads.get(tenant, thread_id)
+        end: list[ReplyEvent] = []
         async with self._recovery.hold(tenant, thread_id) as writes:
             pending = writes.thread.run
             if pending is None or pending.run_id != run_id:
@@ -95,9 +96,11 @@ class ToolRuns:
                 reply=reply,
             )
             events = self._replier.generate(tenant, assistant, writes, user, reply, run)
-            async with contextlib.aclosing(events) as stream:
+            async with contextlib.aclosing(before_end(events, end)) as stream:
                 async for event in stream:
                     yield event
+        for event in end:  # the thread is free again
+            yield event
 
     async def _answer(
         self,
@@ -124,9 +127,7 @@ class ToolRuns:
             usage=waiting.usage,
             tool_calls=waiting.tool_calls,
         )
-        await writes.save(
-            [(answered or waiting).entry(), *(m.entry() for m in tool_messages)], run=None
-        )
+        await writes.save([answered.entry(), *(m.entry() for m in tool_messages)], run=None)
         return reply
 
     async def cancel(self, tenant: str, thread_id: str, run_id: str) -> Message:
@@ -139,7 +140,7 @@ class ToolRuns:
         """
         ids.check_id(ids.RUN, run_id, "run_id")
         await self._stores.threads.get(tenant, thread_id)
-        async with self._recovery.hold(tenant, thread_id, settle=False) as writes:
+        async with self._recovery.hold(tenant, thread_id) as writes:
             run = writes.thread.run
             if run is None or run.run_id != run_id:
                 raise NotFound("run", run_id)
@@ -160,5 +161,5 @@ class ToolRuns:
             error=status.value,
             tool_calls=waiting.tool_calls,
         )
-        await writes.save([(closed or waiting).entry()], run=None)
-        return closed or waiting
+        await writes.save([closed.entry()], run=None)
+        return closed
