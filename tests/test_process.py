@@ -432,6 +432,8 @@ def _cut_off_by_sigterm(
     assert error_info(caught.value)["reason"] == "SERVER_SHUTTING_DOWN"
     assert time.monotonic() - stopped_at < 3, "the stream outlived the grace period"
     assert loom.wait(15) == 0, loom.output()
+    # Logged (and measured) as a shutdown, not as a client's cancellation.
+    assert "SendMessage UNAVAILABLE SERVER_SHUTTING_DOWN" in loom.output(), loom.output()
     assert llm.wait_for(lambda s: s.disconnects >= 1, timeout=5), "the model call was not closed"
     text = "".join(received)
     assert text
