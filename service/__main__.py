@@ -186,17 +186,7 @@ def _chat(argv: list[str]) -> int:
     return chat(argv, prog="python -m service chat")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the process exit code."""
-    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["chat"]:
-        return _chat(argv[1:])
-    parser = argparse.ArgumentParser(prog="python -m service", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="group")
-    sub.add_parser("serve", help="run the gRPC server (the default)")
-    sub.add_parser("chat", help="chat with a running Loom in the terminal (chat --help)")
-    sub.add_parser("health", help="check this replica's gRPC health (for container probes)")
+def _key_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     keys = sub.add_parser("api-keys", help="create, list or revoke API keys")
     key_cmds = keys.add_subparsers(dest="command", required=True)
     create = key_cmds.add_parser("create", help="create a key; it is printed on the last line")
@@ -215,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     limits.add_argument(
         "--reset", action="store_true", help="drop the tenant's overrides (back to the defaults)"
     )
+
+
+def _memory_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     memory = sub.add_parser("memory", help="maintain assistant memory")
     memory_cmds = memory.add_subparsers(dest="command", required=True)
     reindex = memory_cmds.add_parser(
@@ -222,10 +215,29 @@ def main(argv: list[str] | None = None) -> int:
         help="re-embed memories written with another embedding model than LOOM_EMBEDDING",
     )
     reindex.add_argument("--all", action="store_true", help="re-embed every assistant's memory")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m service", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="group")
+    sub.add_parser("serve", help="run the gRPC server (the default)")
+    sub.add_parser("chat", help="chat with a running Loom in the terminal (chat --help)")
+    sub.add_parser("health", help="check this replica's gRPC health (for container probes)")
+    _key_commands(sub)
+    _memory_commands(sub)
     reasons = sub.add_parser("error-reasons", help="print every ErrorInfo reason (Markdown)")
     reasons.add_argument("--write", metavar="FILE", help="replace the table between its markers")
     jobs_cli.add_parser(sub)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["chat"]:
+        return _chat(argv[1:])
+    args = _parser().parse_args(argv)
     if args.group == "error-reasons":  # reads the source only: needs no settings
         return _error_reasons(args.write)
 

@@ -281,11 +281,10 @@ def _names(variable: str, text: str) -> bool:
 def test_invalid_configuration_exits_2_naming_the_variable(
     env_for: Callable[..., dict[str, str]], variable: str, overrides: dict[str, str | None]
 ) -> None:
-    start = time.monotonic()
-    done = run_cli([], env_for(**overrides), timeout=15)
-    elapsed = time.monotonic() - start
+    # The timeout bounds a hang (the check runs before anything connects);
+    # how fast a call fails is measured by bench.outage, not here.
+    done = run_cli([], env_for(**overrides), timeout=60)
     assert done.returncode == 2, done.stderr
-    assert elapsed < 5, f"took {elapsed:.1f}s"
     assert "Traceback" not in done.stderr
     assert "LOOM_LOOM_" not in done.stderr
     assert _names(variable, done.stderr), done.stderr
@@ -295,11 +294,8 @@ def test_unreachable_database_exits_naming_the_uri(
     env_for: Callable[..., dict[str, str]],
 ) -> None:
     uri = f"mongodb://loom:s3cr3t-pw@127.0.0.1:{free_port()}"
-    start = time.monotonic()
-    done = run_cli([], env_for(LOOM_MONGODB_URI=uri), timeout=20)
-    elapsed = time.monotonic() - start
+    done = run_cli([], env_for(LOOM_MONGODB_URI=uri, LOOM_MONGODB_TIMEOUT="1"), timeout=60)
     assert done.returncode != 0
-    assert elapsed < 12, f"took {elapsed:.1f}s"
     assert _names("LOOM_MONGODB_URI", done.stderr), done.stderr
     assert "Traceback" not in done.stderr
     assert "s3cr3t-pw" not in done.stderr + done.stdout

@@ -154,7 +154,7 @@ class Summarizer:
                 summary = Summary(text, through, p["model"], now())
                 remaining = [e for e in thread.context if e.sequence > through]
                 if not await self._threads.save_summary(
-                    thread_id, summary, remaining, epoch=lease.epoch
+                    tenant, thread_id, summary, remaining, epoch=lease.epoch
                 ):
                     # A later holder wrote the thread (or this clock runs behind
                     # its): read it again on the next try.

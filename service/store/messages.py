@@ -11,17 +11,19 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from service.core.models import MemoryMode, Message, MessageStatus, Role, ToolCall, Usage
 from service.store.fencing import Fences
+from service.store.scoped import key, object_id
 
-__all__ = ["MongoMessageStore"]
+__all__ = ["MongoMessageStore", "to_doc"]
 
 Doc = dict[str, Any]
 _MAX_APPEND_ATTEMPTS = 64
 
 
-def _to_doc(m: Message, epoch: int = 0) -> Doc:
+def to_doc(m: Message, epoch: int = 0) -> Doc:
+    """The stored document of ``m``, written under the lease ``epoch``."""
     return {
         "fence": epoch,
-        "_id": m.message_id,
+        "_id": key(m.tenant, m.message_id),
         "tenant": m.tenant,
         "thread_id": m.thread_id,
         "role": m.role.value,
@@ -55,7 +57,7 @@ def _usage_doc(usage: Usage | None) -> Doc | None:
 def _from_doc(d: Doc) -> Message:
     usage = d.get("usage")
     return Message(
-        message_id=d["_id"],
+        message_id=object_id(d["_id"]),
         tenant=d["tenant"],
         thread_id=d["thread_id"],
         role=Role(d["role"]),
@@ -80,10 +82,10 @@ def _from_doc(d: Doc) -> Message:
 class MongoMessageStore:
     """``MessageStore`` over the messages collection.
 
-    One message is read and written by ``_id`` alone (the tenant is checked
-    in code), which MongoDB serves from the primary key and FerretDB 1.x
-    pushes down to SQLite; listing a thread uses the (thread_id, sequence)
-    index on MongoDB.
+    One message is read and written by ``_id`` alone, which holds the
+    tenant (``scoped.py``) and which MongoDB serves from the primary key and
+    FerretDB 1.x pushes down to SQLite; listing a thread uses the
+    (thread_id, sequence) index on MongoDB.
     """
 
     def __init__(self, collection: AsyncCollection[Doc], fences: Fences | None = None) -> None:
@@ -101,10 +103,10 @@ class MongoMessageStore:
         for _ in range(_MAX_APPEND_ATTEMPTS):
             message.sequence = sequence
             try:
-                await self._c.insert_one(_to_doc(message, epoch))
+                await self._c.insert_one(to_doc(message, epoch))
                 return message
             except DuplicateKeyError:
-                mine = await self._c.find_one({"_id": message.message_id})
+                mine = await self._c.find_one({"_id": key(message.tenant, message.message_id)})
                 if mine is not None:  # a retried insert that had in fact landed
                     message.sequence = int(mine["sequence"])
                     return message
@@ -119,7 +121,7 @@ class MongoMessageStore:
         for offset, message in enumerate(messages):
             message.sequence = first_try + offset
         try:
-            await self._c.insert_many([_to_doc(m, epoch) for m in messages], ordered=True)
+            await self._c.insert_many([to_doc(m, epoch) for m in messages], ordered=True)
             return messages
         except BulkWriteError as exc:
             landed = int(exc.details.get("nInserted", 0))
@@ -130,13 +132,12 @@ class MongoMessageStore:
         return messages
 
     async def get(self, tenant: str, message_id: str) -> Message | None:
-        doc = await self._c.find_one({"_id": message_id})
-        if doc is None or doc.get("tenant") != tenant:
-            return None
-        return _from_doc(doc)
+        doc = await self._c.find_one({"_id": key(tenant, message_id)})
+        return _from_doc(doc) if doc else None
 
     async def finish(
         self,
+        tenant: str,
         message_id: str,
         *,
         content: str,
@@ -153,18 +154,23 @@ class MongoMessageStore:
             "error": error,
             "tool_calls": _calls_doc(tool_calls),
         }
-        doc = await self._fences.find_and_update(self._c, message_id, epoch, changes, after=True)
+        doc_id = key(tenant, message_id)
+        doc = await self._fences.find_and_update(self._c, doc_id, epoch, changes, after=True)
         return _from_doc(doc) if doc else None
 
-    async def save_progress(self, message_id: str, content: str, *, epoch: int) -> bool:
-        return await self._fences.update(self._c, message_id, epoch, {"content": content})
+    async def save_progress(
+        self, tenant: str, message_id: str, content: str, *, epoch: int
+    ) -> bool:
+        return await self._fences.update(
+            self._c, key(tenant, message_id), epoch, {"content": content}
+        )
 
     async def restart(self, tenant: str, message_id: str, model: str, *, epoch: int) -> bool:
         current = await self.get(tenant, message_id)
         if current is None or current.status is not MessageStatus.FAILED or current.content:
             return False
         changes = {"status": MessageStatus.IN_PROGRESS.value, "model": model, "error": ""}
-        return await self._fences.update(self._c, message_id, epoch, changes)
+        return await self._fences.update(self._c, key(tenant, message_id), epoch, changes)
 
     async def find_page(
         self, tenant: str, thread_id: str, limit: int, after: int | None, descending: bool

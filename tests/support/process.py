@@ -109,9 +109,11 @@ class LoomProcess:
             errors="replace"
         )
 
-    def wait_ready(self, timeout: float = 20.0) -> LoomProcess:
+    def wait_ready(self, timeout: float = 60.0) -> LoomProcess:
         """Wait until it serves; if it does not, kill it (so that no process
-        outlives a failed test) and fail with its output."""
+        outlives a failed test) and fail with its output. ``timeout`` bounds a
+        hang and measures nothing: a start (imports, the embedding model)
+        takes seconds, and several times that on a loaded machine."""
         try:
             wait_serving(self.address, timeout, self.proc)
         except AssertionError as exc:

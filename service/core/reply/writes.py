@@ -119,8 +119,10 @@ class ThreadWrites:
         Raises:
             LeaseLost: a newer holder wrote it. NotFound: the thread is gone.
         """
-        epoch = self.lease.epoch
-        if not await self._write(self._messages.save_progress(message_id, content, epoch=epoch)):
+        saved = self._messages.save_progress(
+            self.thread.tenant, message_id, content, epoch=self.lease.epoch
+        )
+        if not await self._write(saved):
             raise await self._refused(message_id)
 
     async def finish(
@@ -140,6 +142,7 @@ class ThreadWrites:
         """
         stored = await self._write(
             self._messages.finish(
+                self.thread.tenant,
                 message_id,
                 content=content,
                 status=status,
@@ -182,6 +185,7 @@ class ThreadWrites:
         self.thread.run = run
         t = self.thread
         saved = self._threads.save_context(
+            t.tenant,
             t.thread_id,
             t.context,
             t.message_count,
@@ -207,7 +211,9 @@ class ThreadWrites:
         if self.written or self.thread.replying or self.lease.lost.is_set():
             return
         try:
-            await self._threads.end_claim(self.thread.thread_id, epoch=self.lease.epoch)
+            await self._threads.end_claim(
+                self.thread.tenant, self.thread.thread_id, epoch=self.lease.epoch
+            )
         except Exception:
             log.warning("could not end the claim on %s", self.thread.thread_id, exc_info=True)
 
