@@ -5,10 +5,12 @@ or FAILED, or leave it waiting for the tool outputs the model asked for.
 How a round ends when something goes wrong: the model fails (stored
 FAILED, the model's error raised); the caller goes away (INCOMPLETE); the
 server shuts down (INCOMPLETE, ``ShuttingDown``); the lease is lost to
-another holder (nothing more is written, ``LeaseLost``); the database
-stops answering (the reply is stored later with what the caller received,
-``late.py``, and ``DatabaseUnavailable`` raised). Losing the lease or
-shutting down cuts the wait for the model's next chunk short."""
+another holder (``LeaseLost``: one last write, fenced by the store, keeps
+what the caller received unless that holder wrote the reply already, and
+nothing more is written); the database stops answering (the reply is
+stored later with what the caller received, ``late.py``, and
+``DatabaseUnavailable`` raised). Losing the lease or shutting down cuts
+the wait for the model's next chunk short."""
 
 from __future__ import annotations
 
@@ -141,8 +143,9 @@ class Replier:
                     if text := writer.received.add(chunk):
                         yield Delta(text)
                         writer.checkpoint()
-        except LeaseLost:
-            raise  # another holder has the thread: nothing more is written
+        except LeaseLost:  # another holder has the thread: it settles the reply
+            await self._shield.run(writer.keep_received())
+            raise
         except DatabaseUnavailable:
             self._late.hand_off(writer, Ending(MessageStatus.INCOMPLETE, "database unavailable"))
             raise

@@ -302,6 +302,19 @@ class ReplyWriter:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._saving)
 
+    async def keep_received(self) -> None:
+        """After the lease was lost: store the text the caller received as
+        the reply's progress, fenced by the store alone (refused once the
+        holder that took the thread over wrote the reply), so that what is
+        stored is what the caller saw. The reply stays IN_PROGRESS for that
+        holder to settle; this is the lost holder's last write."""
+        await self._saved()
+        self._writes.checked = False
+        try:
+            await self._writes.save_progress(self.reply.message_id, self.received.text)
+        except Exception as exc:  # noqa: BLE001 - refused or unreachable: the successor's text stands
+            log.debug("reply %s: received text not kept: %s", self.reply.message_id, exc)
+
     async def settle(self, ending: Ending) -> Message:
         """Store the reply as ``ending`` says with what was received, and the
         thread with it (waiting for ``ending.pending``'s tool outputs, if
