@@ -3,9 +3,9 @@ as OS processes on one FerretDB and one Chroma server, the scripted model,
 and clients spreading calls over the replicas. Each test leaves the fleet
 as it found it (every replica and dependency up).
 
-Tests marked ``xfail(strict=True, reason="part 2: ...")`` describe what the
-reply loop must do once it is fenced on its lease (issue 10, part 2); they
-fail today, and part 2 turns them green."""
+The reply loop's own faults (issue 10, part 2) are here too: a reply whose
+lease is taken over, the database killed mid-stream, the next message sent
+right after ``completed``, one request id sent to two replicas at once."""
 
 from __future__ import annotations
 
@@ -41,6 +41,7 @@ LEASE = 3.0
 MD = (("x-api-key", DEV_KEY),)
 EXTRACT_MARK = EXTRACT_PROMPT.splitlines()[0]
 SLOW_WORDS = " ".join(f"w{i}" for i in range(40))
+USER = "fleet-user"
 
 
 @pytest.fixture(scope="module")
@@ -230,7 +231,10 @@ def test_a_replica_killed_mid_stream_leaves_nothing_stuck(
         model.hang_extraction = True
         fleet.signal(1, signal.SIGSTOP)
         try:
-            done = _send(zero, content="I have a cat named Tom.", assistant_id=assistant_id)
+            # A thread with a user: a user-less one writes no memory.
+            done = _send(
+                zero, content="I have a cat named Tom.", assistant_id=assistant_id, user_id=USER
+            )
             operation_id = done[-1].completed.memory_operation_id
             _eventually(
                 lambda: any(
@@ -327,8 +331,15 @@ def test_chroma_down_replies_stream_and_memory_writes_wait_for_it(
         assistant_id = _assistant(channel)
         fleet.stop_chroma()
         try:
-            events = _send(channel, content="I have a dog called Rex.", assistant_id=assistant_id)
+            events = _send(
+                channel, content="I have a dog called Rex.", assistant_id=assistant_id, user_id=USER
+            )
             assert events[-1].completed.message.status == thread_pb2.MESSAGE_STATUS_COMPLETE
+            # The reply went on without recall, and says so.
+            announced = [e.memory for e in events if e.HasField("memory")]
+            assert [(list(m.memories), m.skipped_reason) for m in announced] == [
+                ([], "UNAVAILABLE")
+            ]
             operation_id = events[-1].completed.memory_operation_id
             code = _code(lambda: _memories(channel, assistant_id))
             assert code == grpc.StatusCode.UNAVAILABLE

@@ -256,9 +256,12 @@ class Recalled:
 
 @dataclass(frozen=True, slots=True)
 class MemoryRecalled:
-    """The memories recalled for a reply, before its first delta."""
+    """The memories recalled for a reply, before its first delta; or, with
+    ``skipped_reason`` (the ErrorInfo reason of what failed), none because
+    recall was skipped."""
 
     memories: list[Recalled]
+    skipped_reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,7 +34,6 @@ from service.core.models import (
     Assistant,
     Completed,
     Delta,
-    MemoryRecalled,
     Message,
     MessageStatus,
     PendingRun,
@@ -101,9 +100,10 @@ class Replier:
         first_round = run.round == 1
         remembering = self._hooks.remember(tenant, assistant, thread, user) if first_round else None
         try:
-            recalled = await self._hooks.recall(tenant, thread, user) if first_round else []
-            if recalled:
-                yield MemoryRecalled(recalled)
+            announced = await self._hooks.recall(tenant, thread, user) if first_round else None
+            if announced is not None:
+                yield announced
+            recalled = announced.memories if announced is not None else []
             fitted = await fit_prompt(
                 self._counter,
                 assistant=assistant,
