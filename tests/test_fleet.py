@@ -442,11 +442,6 @@ def test_sigterm_under_load_lets_every_stream_finish(fleet: Fleet, model: Model)
             assert stored[-1].content == stream.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="part 2: a request_id already running waits for and replays its result "
-    "instead of ABORTED REQUEST_IN_PROGRESS",
-)
 def test_same_request_id_on_two_replicas_at_once(
     fleet: Fleet, model: Model, llm: ScriptedLLM
 ) -> None:

@@ -44,8 +44,9 @@ WHEN: dict[str, str] = {
     "(metadata `thread_id`); retry when it has completed",
     "LEASE_LOST": "the replica serving the call lost the thread's lease to another (it "
     "stopped writing at once); retry, and another replica serves it",
-    "REQUEST_IN_PROGRESS": "the first attempt with this `request_id` is still running; retry "
-    "shortly",
+    "REQUEST_IN_PROGRESS": "the first attempt with this `request_id` was still running after a "
+    "repeat waited 5 minutes for its result (a repeat otherwise waits and replays it); retry "
+    "later",
     "MODEL_NOT_CONFIGURED": "Loom has no model endpoint (`LOOM_LLM_BASE_URL`)",
     "MODEL_AUTH_FAILED": "the model endpoint refused Loom's key (`LOOM_LLM_API_KEY`)",
     "MODEL_NOT_FOUND": "the model endpoint does not serve the model asked for",
