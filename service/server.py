@@ -288,6 +288,7 @@ def build_memory(
         settings.chroma_url,
         embedder,
         versions=store.memory_versions,
+        max_cached_bytes=settings.memory_cache_mb * 2**20,
         # A span per Chroma call, when tracing.
         wrap_client=(lambda client: TracedChromaClient(client, chroma_server))
         if telemetry.tracing

@@ -58,10 +58,11 @@ __all__ = ["ChromaMemoryIndex", "IndexOptions", "open_index"]
 class ChromaMemoryIndex:
     """``MemoryIndex`` over a chromadb client; see the module docstring.
 
-    ``max_cached_records`` bounds the memories held in this process's
-    search caches together (about 1.5 KB each with MiniLM's 384 dimensions,
-    plus the BM25 postings); the least recently searched collections are
-    dropped first and rebuilt from Chroma when searched again.
+    ``max_cached_bytes`` bounds the memory this process's search caches
+    hold together (about 3 KB a memory with MiniLM's 384 dimensions and a
+    short text: the vector, its id, the BM25 postings); the least recently
+    searched collections are dropped first and rebuilt from Chroma when
+    searched again.
     ``refresh_margin`` is how far back (seconds) a refresh after another
     replica's write looks, to cover clocks that disagree and writes in flight.
     ``context_vectors=False`` embeds a record's text alone, ignoring its
@@ -78,7 +79,7 @@ class ChromaMemoryIndex:
         versions: VersionSource | None = None,
         cache_max_age: float = 300.0,
         refresh_margin: float = 30.0,
-        max_cached_records: int = 500_000,
+        max_cached_bytes: int = 512 * 2**20,
         context_vectors: bool = True,
         owns_client: bool = False,
     ) -> None:
@@ -89,10 +90,14 @@ class ChromaMemoryIndex:
             self.tuning,
             max_age=cache_max_age,
             margin_us=int(refresh_margin * 1_000_000),
-            max_records=max_cached_records,
+            max_bytes=max_cached_bytes,
         )
         self._owns_client = owns_client
         self._context_vectors = context_vectors
+
+    def cached_bytes(self) -> int:
+        """About how much memory this process's search caches hold."""
+        return self._caches.nbytes()
 
     @property
     def client(self) -> chroma.Client:
@@ -401,7 +406,7 @@ class IndexOptions(TypedDict, total=False):
     versions: VersionSource | None
     cache_max_age: float
     refresh_margin: float
-    max_cached_records: int
+    max_cached_bytes: int
     context_vectors: bool
 
 
