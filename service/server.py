@@ -4,9 +4,10 @@ interceptors, health, reflection and graceful shutdown."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from grpc import aio
@@ -106,6 +107,7 @@ class Loom:
     backlog: BacklogSampler | None = None
     transport: str
     limiter: Limiter
+    _sweep: asyncio.Task[None] | None = field(default=None, init=False)
 
     async def start(self) -> None:
         """Prepare the database, then start serving."""
@@ -124,6 +126,9 @@ class Loom:
             self.backlog.start()
         await self.database_health.set(True)
         self.database_health.start()
+        self._sweep = asyncio.create_task(
+            self.conversation.sweep(self.settings.lease_seconds), name="sweep unfinished replies"
+        )
         log.log(*describe(self.transport, self.settings.listen.rsplit(":", 1)[0] + f":{self.port}"))
 
     async def stop(self, grace: float | None = None) -> None:
@@ -133,6 +138,10 @@ class Loom:
         and close connections."""
         grace = self.settings.shutdown_grace if grace is None else grace
         await self.database_health.stop()
+        if self._sweep is not None:
+            self._sweep.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweep
         await self.health.enter_graceful_shutdown()
         if self.backlog is not None:
             await self.backlog.stop()

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncGenerator
 
 from service.core.clock import now
@@ -49,6 +50,9 @@ from service.core.reply.request import (
 from service.core.reply.runs import ToolRuns
 
 __all__ = ["Conversation", "ReplyPolicy", "ReplyServices", "ReplyStores", "SendRequest"]
+
+
+log = logging.getLogger(__name__)
 
 
 class Conversation:
@@ -106,6 +110,18 @@ class Conversation:
         """Cut the replies in flight short for a shutdown: each stores what
         it has INCOMPLETE and ends with ``ShuttingDown``; return how many."""
         return self._leases.interrupt(ShuttingDown())
+
+    async def sweep(self, period: float) -> None:
+        """Every ``period`` seconds, settle the replies whose holder died on
+        threads nobody has taken since (``Recovery.sweep``), so that none is
+        left IN_PROGRESS; runs until cancelled."""
+        while True:
+            await asyncio.sleep(period)
+            try:
+                if settled := await self._recovery.sweep():
+                    log.info("settled the replies of %d threads whose holder died", settled)
+            except Exception:  # the database is away: the next sweep tries again
+                log.warning("the sweep of unfinished replies failed", exc_info=True)
 
     async def drain(self, timeout: float) -> bool:  # noqa: ASYNC109 - a bound, not a deadline
         """Wait until no reply is running (cancelled ones store their final

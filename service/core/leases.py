@@ -209,6 +209,10 @@ class Leases:
             lease.interrupt(cause)
         return len(held)
 
+    async def state(self, thread_id: str) -> LeaseState | None:
+        """The lease on the thread as stored (live or expired), if any."""
+        return await self._store.current(thread_id)
+
     async def expired(self, thread_id: str) -> bool:
         """True when nobody holds a live lease on the thread."""
         state = await self._store.current(thread_id)

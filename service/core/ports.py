@@ -167,6 +167,10 @@ class ThreadStore(Protocol):
         fenced on ``epoch`` (see ``ThreadClaim``); False if a holder with a
         larger epoch wrote the thread since (or it is gone)."""
 
+    async def unfinished(self, limit: int) -> list[tuple[str, str]]:
+        """(tenant, thread_id) of threads marked mid-reply (``Thread.replying``),
+        for the sweep that settles replies whose holder died."""
+
     async def end_claim(self, tenant: str, thread_id: str, *, epoch: int) -> bool:
         """Mark no reply unfinished (after a claim that wrote nothing
         else), fenced on ``epoch``."""

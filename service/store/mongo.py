@@ -57,6 +57,9 @@ _INDEXES: dict[str, list[IndexModel]] = {
         ),
         # Deletions a crash interrupted, finished at start: {deleting: true}.
         IndexModel([("deleting", ASCENDING)], name="deleting"),
+        # Replies whose holder died mid-reply, settled by the sweep
+        # (core/reply/recovery.py): {replying: true}.
+        IndexModel([("replying", ASCENDING)], name="replying"),
     ],
     "messages": [
         # ListMessages, a prompt's history and a thread's deletion:

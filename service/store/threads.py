@@ -253,6 +253,10 @@ class MongoThreadStore:
         }
         return await self._fences.update(self._c, key(tenant, thread_id), epoch, changes)
 
+    async def unfinished(self, limit: int) -> list[tuple[str, str]]:
+        cursor = self._c.find({"replying": True}, {"tenant": 1}).limit(limit)
+        return [(d["tenant"], object_id(d["_id"])) async for d in cursor]
+
     async def end_claim(self, tenant: str, thread_id: str, *, epoch: int) -> bool:
         return await self._fences.update(
             self._c, key(tenant, thread_id), epoch, {"replying": False}

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
-from service.core.errors import LeaseLost, NotFound
+from service.core.clock import now
+from service.core.errors import DatabaseUnavailable, LeaseLost, NotFound, ThreadBusy
 from service.core.leases import Lease
 from service.core.models import ContextEntry, MessageStatus, Thread
 from service.core.reply.collaborators import ReplyPolicy, ReplyServices, ReplyStores
@@ -69,6 +71,23 @@ class Recovery:
                 yield writes
             finally:
                 await self._stores.shield.run(writes.end_claim())
+
+    async def sweep(self, limit: int = 100) -> int:
+        """Settle replies whose holder died mid-reply on threads nobody took
+        since (``Thread.replying``, and no lease, or one expired a lease's
+        lifetime ago: a late write of a holder that lost the database
+        reconfirms its lapsed lease first); return how many threads."""
+        settled = 0
+        for tenant, thread_id in await self._stores.thread_store.unfinished(limit):
+            held = await self._stores.leases.state(thread_id)
+            if held is not None and held.expires > now() - timedelta(seconds=self._lease_ttl):
+                continue  # running, or its holder may still write its end
+            try:
+                async with self.hold(tenant, thread_id):
+                    settled += 1
+            except (ThreadBusy, NotFound, LeaseLost, DatabaseUnavailable):
+                continue  # taken meanwhile, gone, or the database is away: next sweep
+        return settled
 
     async def _claim(self, tenant: str, thread_id: str, lease: Lease) -> Thread:
         """The thread as this holder claimed it. A claim refused for a larger
