@@ -52,6 +52,7 @@ class Lease:
     cause: LoomError | None = None
     stopped: LoomError | None = None
     handed_off: bool = False
+    ending: bool = False  # its holder is writing its final state, then releases it
     purpose: str = REPLY
     _renewer: asyncio.Task[None] | None = field(default=None, repr=False)
     _timeout: asyncio.Timeout | None = field(default=None, repr=False)
@@ -135,7 +136,9 @@ class Leases:
     async def hold(self, tenant: str, thread_id: str, purpose: str = REPLY) -> AsyncIterator[Lease]:
         """Hold the thread's lease for the body of the ``async with``. A
         holder that only needs the thread for a moment (a summary being
-        stored) is waited for, up to ``BRIEF_WAIT`` seconds.
+        stored, or a reply of this process writing its end: its caller may
+        have seen it stored already) is waited for, up to ``BRIEF_WAIT``
+        seconds.
 
         Raises:
             ThreadBusy: another live holder has it.
@@ -146,7 +149,8 @@ class Leases:
             lease, holder = await self._take(tenant, thread_id, purpose)
             if lease is not None:
                 break
-            if holder is None or holder.purpose != BRIEF or loop.time() > deadline:
+            brief = holder is not None and (holder.purpose == BRIEF or self._ending(holder.owner))
+            if not brief or loop.time() > deadline:
                 raise ThreadBusy(thread_id)
             await asyncio.sleep(0.02)
         try:
@@ -208,6 +212,11 @@ class Leases:
         for lease in held:
             lease.interrupt(cause)
         return len(held)
+
+    def _ending(self, owner: str) -> bool:
+        """Whether ``owner`` is a lease of this process whose holder is
+        writing its final state."""
+        return any(lease.owner == owner and lease.ending for lease in self._held)
 
     async def state(self, thread_id: str) -> LeaseState | None:
         """The lease on the thread as stored (live or expired), if any."""

@@ -325,6 +325,7 @@ class ReplyWriter:
             LeaseLost: a newer holder has the thread.
             DatabaseUnavailable: the database did not take the writes.
         """
+        self._writes.lease.ending = True  # a new reply on the thread waits for the release
         await self._saved()
         got = self.received
         stored = await self._writes.finish(
