@@ -525,11 +525,20 @@ def test_database_killed_mid_stream_keeps_what_was_streamed(fleet: Fleet, model:
         _eventually(
             lambda: fleet.health(0) == health_pb2.HealthCheckResponse.SERVING, 30, "SERVING"
         )
+
+        def stored_whole() -> bool:
+            # The cut reply's end is written once the database answers again
+            # (its retries are at most 2 s apart): the reply, then the thread.
+            stored = _messages(channel, thread_id)
+            thread = _threads(channel).GetThread(
+                thread_pb2.GetThreadRequest(thread_id=thread_id), metadata=MD, timeout=10
+            )
+            return (
+                stored[3].status != thread_pb2.MESSAGE_STATUS_IN_PROGRESS
+                and thread.thread.message_count == len(stored)
+            )
+
+        _eventually(stored_whole, LEASE + 2, "the cut reply and its thread stored, counts agreeing")
         stored = _messages(channel, thread_id)
-        assert stored[3].status != thread_pb2.MESSAGE_STATUS_IN_PROGRESS
         assert stored[3].content == stream.text
-        thread = _threads(channel).GetThread(
-            thread_pb2.GetThreadRequest(thread_id=thread_id), metadata=MD, timeout=10
-        )
-        assert thread.thread.message_count == len(stored)
         assert _send(channel, content="next", thread_id=thread_id)[-1].HasField("completed")
