@@ -191,7 +191,9 @@ def audit(fleet: Fleet, outcome: Outcome, settle: float = 0.0) -> Audit:
     seconds, for leases of replicas killed mid-reply to lapse)."""
     time.sleep(settle)
     found = Audit()
-    with MongoClient(fleet.ferretdb.uri, serverSelectionTimeoutMS=10_000) as client:
+    # A database that stopped answering fails the audit rather than hanging it.
+    timeouts = {"serverSelectionTimeoutMS": 10_000, "socketTimeoutMS": 120_000}
+    with MongoClient(fleet.ferretdb.uri, **timeouts) as client:
         db = client[fleet.database_name]
         fields = {"role": 1, "status": 1, "content": 1, "request_id": 1}
         docs: list[dict[str, Any]] = list(db["messages"].find({}, fields))
