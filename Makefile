@@ -19,7 +19,7 @@ STAMP := $(VENV)/.installed
 CLIENT := clients/python
 LINTED := service tests bench $(CLIENT)
 
-.PHONY: setup run-deps postgres jaeger go-plugins proto proto-check lint test bench bench-lists bench-imports bench-memory bench-tracing bench-outage run fleet clean
+.PHONY: setup run-deps postgres jaeger go-plugins proto proto-check lint test bench bench-lists bench-imports bench-memory bench-tracing bench-outage soak run fleet clean
 
 # The local database is FerretDB over PostgreSQL (scripts/postgres.sh makes and
 # starts the cluster); LOOM_LOCAL_DB=sqlite needs no PostgreSQL.
@@ -128,6 +128,10 @@ bench-tracing: setup
 
 bench-outage: setup
 	$(BENCH_ENV) $(PY) -m bench.outage
+
+# A fleet under load and faults, then an audit of the database (bench/soak.py).
+soak: setup
+	$(BENCH_ENV) $(PY) -m bench.soak
 
 run: run-deps
 	FERRETDB=$(FERRETDB) PY=$(PY) ./scripts/run.sh

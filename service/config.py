@@ -109,6 +109,12 @@ class Settings(BaseSettings):
     )
     memory_recall_limit: int = Field(8, ge=1, le=100)
     memory_min_score: float = Field(0.05, ge=0, le=1)
+    memory_cache_mb: int = Field(
+        512,
+        ge=1,
+        le=1_048_576,
+        description="memory each replica's search caches may hold, MB (LRU by bytes)",
+    )
     memory_extraction_model: str = ""
     max_tool_rounds: int = Field(8, ge=1, le=100, description="tool rounds allowed per reply")
     run_expiry_seconds: float = Field(

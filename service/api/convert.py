@@ -296,7 +296,8 @@ def event_to_pb(event: models.ReplyEvent, response: type[_Response]) -> _Respons
                             memory_id=m.memory_id, content=m.content, score=m.score
                         )
                         for m in event.memories
-                    ]
+                    ],
+                    skipped_reason=event.skipped_reason,
                 )
             )
         case models.Delta():

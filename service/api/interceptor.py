@@ -25,7 +25,7 @@ from service.api.context import current_caller, current_tenant
 from service.api.errors import Translator, classify, status_details
 from service.core.errors import InvalidArgument
 from service.core.keys import Caller
-from service.telemetry import annotate
+from service.telemetry import annotate, record_reason
 
 __all__ = ["LoomInterceptor"]
 
@@ -102,6 +102,7 @@ async def _abort(
     # codes that are server errors; the tracing interceptor records the
     # status code from the abort below.
     annotate(error_reason=error.reason)
+    record_reason(error.reason)
     if code in _SERVER_ERRORS:
         annotate({"error.type": code.name})
     if code is grpc.StatusCode.INTERNAL:  # the detail is in the log, with the trace id
