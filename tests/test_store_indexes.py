@@ -13,7 +13,7 @@ import pytest
 from pymongo import monitoring
 
 from service.core import ids
-from service.core.filters import Clause
+from service.core.filtering import Comparison
 from service.core.memory_history import MemoryVersion
 from service.core.models import Assistant, Message, MessageStatus, Role, Thread, Usage
 from service.core.ports import ApiKey, Job, JobState
@@ -84,13 +84,13 @@ async def _every_query(store: MongoStore, thread: Thread, assistant_id: str) -> 
     for assistant, user in [("", ""), (assistant_id, ""), ("", "u1"), (assistant_id, "u1")]:
         await store.threads.find_page(TENANT, assistant, user, 10, None)
         await store.threads.find_page(TENANT, assistant, user, 10, (t, thread.thread_id))
-    for clause in [
-        Clause("user_id", "=", "u1"),
-        Clause("assistant_id", "=", assistant_id),
-        Clause("update_time", ">=", t - timedelta(days=1)),
-        Clause("metadata.ticket", "=", "123"),
+    for comparison in [
+        Comparison("user_id", "", "=", "u1"),
+        Comparison("assistant_id", "", "=", assistant_id),
+        Comparison("update_time", "", ">=", t - timedelta(days=1)),
+        Comparison("metadata", "ticket", "=", "123"),
     ]:
-        await store.threads.find_page(TENANT, "", "", 10, (t, thread.thread_id), [clause])
+        await store.threads.find_page(TENANT, "", "", 10, (t, thread.thread_id), [comparison])
     await store.threads.update(TENANT, thread.thread_id, {"metadata": {"ticket": "123"}}, t)
     await store.threads.mark_batch(TENANT, thread.thread_id, None)
     await store.threads.add_usage(TENANT, thread.thread_id, Usage(3, 4))

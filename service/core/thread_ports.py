@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from service.core.filters import Clause
+from service.core.filtering import Comparison
 from service.core.models import (
     ContextEntry,
     Message,
@@ -74,11 +74,11 @@ class ThreadStore(Protocol):
         user_id: str,
         limit: int,
         after: tuple[datetime, str] | None,
-        clauses: Sequence[Clause] = (),
+        where: Sequence[Comparison] = (),
     ) -> list[Thread]:
         """Threads newest first (by create_time, then id), after ``after``
         (the create_time and id of the last thread of the previous page),
-        matching every clause."""
+        matching every comparison."""
 
     async def update(
         self, tenant: str, thread_id: str, changes: dict[str, object], update_time: datetime

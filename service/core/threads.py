@@ -13,7 +13,7 @@ from service.core import ids
 from service.core.assistants import Assistants
 from service.core.clock import now
 from service.core.errors import InvalidArgument, NotFound
-from service.core.filters import FieldKind, canonical, parse_filter
+from service.core.filtering import ORDERED, FieldSpec, parse_filter
 from service.core.jobs import JobRunner
 from service.core.limits import MAX_PAGE_SIZE, MAX_USER_ID
 from service.core.models import Message, Page, Thread, Usage
@@ -28,13 +28,16 @@ log = logging.getLogger(__name__)
 
 _ORDERS = {"": False, "sequence": False, "sequence asc": False, "sequence desc": True}
 UPDATABLE_FIELDS = ("metadata", "assistant_id", "expire_time", "ttl", "expire_memories")
-# What ListThreads can filter on (service.core.filters).
+# What ListThreads can filter on (service.core.filtering): equality on the
+# ids and metadata keys, ranges on update_time (each is a MongoDB query).
+_EQUAL = frozenset({"="})
 FILTERS = {
-    "user_id": FieldKind.TEXT,
-    "assistant_id": FieldKind.TEXT,
-    "metadata": FieldKind.MAP,
-    "update_time": FieldKind.TIME,
+    "user_id": FieldSpec("string", _EQUAL),
+    "assistant_id": FieldSpec("string", _EQUAL),
+    "metadata": FieldSpec("string", _EQUAL, map=True),
+    "update_time": FieldSpec("timestamp", ORDERED - {"!="}),
 }
+_EXAMPLE = 'metadata.ticket = "123" AND update_time >= "2025-01-01T00:00:00Z"'
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,13 +191,13 @@ class Threads:
         if assistant_id:
             ids.check_id(ids.ASSISTANT, assistant_id, "assistant_id")
         check_text(user_id, "user_id", MAX_USER_ID)
-        clauses = parse_filter(filter_text, FILTERS)
+        where = parse_filter(filter_text, FILTERS, example=_EXAMPLE)
         filters: dict[str, object] = {"list": "threads", "a": assistant_id, "u": user_id}
-        if clauses:
-            filters["f"] = canonical(clauses)
+        if where:
+            filters["f"] = where.canonical()
         cursor = open_cursor(page_size, page_token, filters, "created")
         items = await self._threads.find_page(
-            tenant, assistant_id, user_id, cursor.fetch, cursor.after, clauses
+            tenant, assistant_id, user_id, cursor.fetch, cursor.after, where.comparisons
         )
         page = cursor.page(items, lambda t: created(t.create_time, t.thread_id))
         await self.with_totals(page.items)

@@ -227,7 +227,7 @@ class Memories:
             "u": user_id,
             "w": assistant_wide_only,
             "i": query.include_invalidated,
-            "f": query.filter,
+            "f": matching.canonical(),
         }
         cursor = open_cursor(page_size, page_token, filters, "position")
         await self._assistant(tenant, assistant_id)

@@ -11,7 +11,7 @@ from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 
 from service.core.clock import now
-from service.core.filters import Clause
+from service.core.filtering import Comparison
 from service.core.models import (
     ContextEntry,
     MessageStatus,
@@ -133,10 +133,10 @@ def _summary_doc(s: Summary | None) -> Doc | None:
 _OPERATORS = {"=": "$eq", ">": "$gt", ">=": "$gte", "<": "$lt", "<=": "$lte"}
 
 
-def _clause_query(clause: Clause) -> Doc:
-    """One filter clause as a query on the threads collection (metadata keys
-    by dot notation, which MongoDB and FerretDB both read)."""
-    return {clause.field: {_OPERATORS[clause.op]: clause.value}}
+def _comparison_query(c: Comparison) -> Doc:
+    """One filter comparison as a query on the threads collection (metadata
+    keys by dot notation, which MongoDB and FerretDB both read)."""
+    return {c.name: {_OPERATORS[c.op]: c.value}}
 
 
 def _unexpired(t: datetime) -> Doc:
@@ -235,14 +235,14 @@ class MongoThreadStore:
         user_id: str,
         limit: int,
         after: tuple[datetime, str] | None,
-        clauses: Sequence[Clause] = (),
+        where: Sequence[Comparison] = (),
     ) -> list[Thread]:
         query: Doc = {"tenant": tenant, "deleting": {"$ne": True}}
         if assistant_id:
             query["assistant_id"] = assistant_id
         if user_id:
             query["user_id"] = user_id
-        query["$and"] = [_unexpired(now()), *(_clause_query(c) for c in clauses)]
+        query["$and"] = [_unexpired(now()), *(_comparison_query(c) for c in where)]
         if after is not None:
             query["$and"].append(older_than(after, key(tenant, after[1])))
         cursor = self._c.find(query, {"context": 0}).sort(NEWEST_FIRST).limit(limit)
