@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
+import hypothesis
 import pytest
 from grpc import aio
 
@@ -21,8 +23,13 @@ from service.config import Settings
 from service.server import Loom, build
 from tests.scripted_llm import ScriptedLLM
 from tests.support.ferretdb import FerretDB
+from tests.support.fuzzing import STARTED, STATS, machine, register_profiles
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+# Hypothesis: "ci" unless `--hypothesis-profile long` (make fuzz) says otherwise.
+register_profiles()
+hypothesis.settings.load_profile("ci")
 
 DEV_KEY = "loom-test-dev-key"
 REPO = Path(__file__).resolve().parents[1]
@@ -173,3 +180,20 @@ async def eventually(predicate: Any, timeout: float = 5.0, interval: float = 0.0
             return True
         await asyncio.sleep(interval)
     return bool(predicate())
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The fuzz tests' figures, when any ran: examples, statuses, failures,
+    time and the machine."""
+    if not STATS["examples"]:
+        return
+    codes = ", ".join(
+        f"{k.removeprefix('code ')} {v}" for k, v in sorted(STATS.items()) if k.startswith("code ")
+    )
+    profile = hypothesis.settings.get_current_profile_name()
+    write = terminalreporter.write_line
+    write(f"fuzz ({profile} profile): {STATS['examples']} calls fuzzed; answered: {codes}")
+    if STATS["steps"]:
+        write(f"isolation: {STATS['runs']} histories, {STATS['steps']} steps")
+    failed = len(terminalreporter.stats.get("failed", []))
+    write(f"fuzz: {failed} failing tests; {time.monotonic() - STARTED:.0f} s on {machine()}")
