@@ -19,12 +19,17 @@ STAMP := $(VENV)/.installed
 CLIENT := clients/python
 LINTED := service tests bench $(CLIENT)
 
-.PHONY: setup run-deps jaeger go-plugins proto proto-check lint test bench bench-memory bench-tracing bench-outage run fleet clean
+.PHONY: setup run-deps postgres jaeger go-plugins proto proto-check lint test bench bench-lists bench-memory bench-tracing bench-outage run fleet clean
+
+# The local database is FerretDB over PostgreSQL (scripts/postgres.sh makes and
+# starts the cluster); LOOM_LOCAL_DB=sqlite needs no PostgreSQL.
+postgres:
+	@[ "$(LOOM_LOCAL_DB)" = sqlite ] || scripts/postgres.sh check >/dev/null
 
 # Everything the tests need; `make run` needs only run-deps (no grpcurl, no
-# Jaeger: a newcomer's first `make run` builds FerretDB alone).
+# Jaeger: a newcomer's first `make run` builds FerretDB and checks PostgreSQL).
 setup: run-deps $(GRPCURL) $(JAEGER) go-plugins
-run-deps: $(STAMP) $(FERRETDB)
+run-deps: $(STAMP) $(FERRETDB) postgres
 
 # The venv (the service, its dev tools, and the Python client in clients/python)
 # is rebuilt only when a pyproject.toml changes.
@@ -104,6 +109,11 @@ bench: setup
 	$(BENCH_ENV) $(PY) -m bench.messages
 	$(BENCH_ENV) $(PY) -m bench.context
 	$(BENCH_ENV) $(PY) -m bench.tokens
+	$(BENCH_ENV) $(PY) -m bench.isolation
+
+# About an hour: a million messages written into each local database set-up.
+bench-lists: setup
+	$(BENCH_ENV) $(PY) -m bench.lists
 
 bench-memory: setup
 	$(BENCH_ENV) $(PY) -m bench.memory

@@ -1,5 +1,6 @@
-"""What every benchmark shares: the machine description, percentiles, and
-starting the real parts (FerretDB, the scripted model, Loom) as processes."""
+"""What every benchmark shares: the machine description, percentiles, CPU
+time, and starting the real parts (FerretDB, the scripted model, Loom) as
+processes."""
 
 from __future__ import annotations
 
@@ -13,9 +14,19 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.support.ferretdb import FerretDB, free_port
+from tests.support.ferretdb import BACKENDS, FerretDB, free_port
+from tests.support.postgres import process_cpu_seconds
 
-__all__ = ["FerretDB", "Process", "machine", "pct", "start_loom", "start_model"]
+__all__ = [
+    "BACKENDS",
+    "FerretDB",
+    "Process",
+    "machine",
+    "pct",
+    "process_cpu_seconds",
+    "start_loom",
+    "start_model",
+]
 
 REPO = Path(__file__).resolve().parents[1]
 # Chroma's default embedding model, shipped beside the repository for offline use.
@@ -61,7 +72,7 @@ class Process:
         self.proc = subprocess.Popen(
             args, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60  # Loom imports for 20 s on a busy machine
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode() if self.proc.stderr else ""

@@ -7,9 +7,11 @@
 2. Messages per second with 16 concurrent streams (each on its own thread),
    next to the direct model's rate at the same concurrency.
 
-Loom, FerretDB and the scripted model each run as their own process.
+Loom, FerretDB (over ``--database``: the local set-up by default) and the
+scripted model each run as their own process; the CPU time Loom and the
+database spend per message of the throughput run is printed beside it.
 
-    make bench            # or: python -m bench.messages [--samples 200]
+    make bench            # or: python -m bench.messages [--samples 200] [--database sqlite]
 """
 
 from __future__ import annotations
@@ -23,7 +25,15 @@ import grpc
 import openai
 from grpc import aio
 
-from bench.common import FerretDB, machine, pct, start_loom, start_model
+from bench.common import (
+    BACKENDS,
+    FerretDB,
+    machine,
+    pct,
+    process_cpu_seconds,
+    start_loom,
+    start_model,
+)
 from generated.loom.v1 import thread_pb2, thread_pb2_grpc
 
 METADATA = (("x-api-key", "bench-key"),)
@@ -95,8 +105,8 @@ async def throughput(
     return done, errors, time.perf_counter() - started
 
 
-async def run(samples: int, concurrency: int, seconds: float) -> None:
-    ferretdb = FerretDB().start()
+async def run(samples: int, concurrency: int, seconds: float, database: str) -> None:
+    ferretdb = FerretDB(backend=database).start()
     model = start_model()
     loom = start_loom(ferretdb, model, "bench_messages")
     try:
@@ -131,7 +141,10 @@ async def run(samples: int, concurrency: int, seconds: float) -> None:
                 overhead.append((lt - d) * 1000)
 
             threads = [await _new_thread(stub, f"worker {i}") for i in range(concurrency)]
+            cpu_before = process_cpu_seconds(loom.proc.pid), ferretdb.cpu_seconds()
             done, errors, elapsed = await throughput(stub, threads, seconds)
+            loom_cpu = process_cpu_seconds(loom.proc.pid) - cpu_before[0]
+            database_cpu = ferretdb.cpu_seconds() - cpu_before[1]
             loom_rate = done / elapsed
 
             direct_done = 0
@@ -153,6 +166,7 @@ async def run(samples: int, concurrency: int, seconds: float) -> None:
         ferretdb.stop()
 
     print(f"machine: {machine()}")
+    print(f"database: FerretDB over {ferretdb.backend}")
     print(f"time to first delta, {samples} interleaved samples (ms):")
     print(f"  {'':<22}{'p50':>8}{'p95':>8}")
     print(f"  {'direct to model':<22}{pct(direct_t, 50):>8.2f}{pct(direct_t, 95):>8.2f}")
@@ -161,6 +175,11 @@ async def run(samples: int, concurrency: int, seconds: float) -> None:
     print(f"throughput, {concurrency} concurrent streams, {seconds:g} s each:")
     print(f"  through Loom: {loom_rate:.1f} messages/s ({done} messages, {errors} errors)")
     print(f"  direct to model: {direct_rate:.1f} completions/s")
+    per_message = 1000 / max(done, 1)
+    print(
+        f"  CPU per message: Loom {loom_cpu * per_message:.1f} ms, "
+        f"database {database_cpu * per_message:.1f} ms"
+    )
 
 
 def main() -> None:
@@ -169,8 +188,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--database", choices=BACKENDS, default="", help="default: LOOM_LOCAL_DB")
     args = parser.parse_args()
-    asyncio.run(run(args.samples, args.concurrency, args.seconds))
+    asyncio.run(run(args.samples, args.concurrency, args.seconds, args.database))
 
 
 if __name__ == "__main__":

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, monitoring
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -13,6 +14,7 @@ from service.store.jobs import MongoJobStore
 from service.store.keys import MongoApiKeyStore
 from service.store.leases import MongoLeaseStore
 from service.store.messages import MongoMessageStore
+from service.store.migrate import scope_keys
 from service.store.requests import MongoRequestStore
 from service.store.threads import MongoThreadStore
 from service.store.versions import MongoMemoryVersions
@@ -21,26 +23,58 @@ __all__ = ["MongoStore", "connect"]
 
 Doc = dict[str, object]
 
+# Every query the store issues, by the index that serves it. A read or write
+# of one document filters on _id (each collection's primary key, which holds
+# the tenant: store/scoped.py) and is not listed. On MongoDB each index
+# serves its equality fields and then its sort. FerretDB over PostgreSQL
+# pushes the equality filters down and serves them from the GIN twin
+# scripts/postgres-gin-twins.sql gives each index, then sorts in memory: the
+# sort part (after the equality fields) is used by MongoDB only. FerretDB
+# over SQLite pushes down nothing but a lone _id: it uses these indexes only
+# to enforce the unique ones.
+# Lists are newest first by (create_time, _id): ids are random (core/ids.py).
+_NEWEST = [("create_time", DESCENDING), ("_id", DESCENDING)]
 _INDEXES: dict[str, list[IndexModel]] = {
-    "assistants": [IndexModel([("tenant", ASCENDING), ("_id", DESCENDING)], name="tenant_id")],
+    "assistants": [
+        # ListAssistants: {tenant, deleting $ne} newest first.
+        IndexModel([("tenant", ASCENDING), *_NEWEST], name="tenant_created"),
+        # Deletions a crash interrupted, finished at start: {deleting: true}.
+        IndexModel([("deleting", ASCENDING)], name="deleting"),
+    ],
     "threads": [
-        IndexModel([("tenant", ASCENDING), ("_id", DESCENDING)], name="tenant_id"),
+        # ListThreads: {tenant, deleting $ne} and any of assistant_id and
+        # user_id, newest first (with both, the user's index: a user has few
+        # threads); and a deleted assistant's threads {tenant, assistant_id}.
+        IndexModel([("tenant", ASCENDING), *_NEWEST], name="tenant_created"),
         IndexModel(
-            [("tenant", ASCENDING), ("assistant_id", ASCENDING), ("_id", DESCENDING)],
-            name="tenant_assistant_id",
+            [("tenant", ASCENDING), ("assistant_id", ASCENDING), *_NEWEST],
+            name="tenant_assistant_created",
         ),
         IndexModel(
-            [("tenant", ASCENDING), ("user_id", ASCENDING), ("_id", DESCENDING)],
-            name="tenant_user_id",
+            [("tenant", ASCENDING), ("user_id", ASCENDING), *_NEWEST],
+            name="tenant_user_created",
         ),
+        # Deletions a crash interrupted, finished at start: {deleting: true}.
+        IndexModel([("deleting", ASCENDING)], name="deleting"),
     ],
     "messages": [
-        # The unique index is what makes sequence numbers gap- and duplicate-free
-        # across concurrent writers and replicas.
+        # ListMessages, a prompt's history and a thread's deletion:
+        # {thread_id, tenant} by sequence. Unique, it also makes sequence
+        # numbers gap- and duplicate-free across writers and replicas.
         IndexModel([("thread_id", ASCENDING), ("sequence", ASCENDING)], unique=True, name="seq"),
     ],
-    "api_keys": [IndexModel([("digest", ASCENDING)], unique=True, name="digest")],
-    "jobs": [IndexModel([("state", ASCENDING), ("next_run_time", ASCENDING)], name="due")],
+    "api_keys": [
+        # Authentication: {digest}.
+        IndexModel([("digest", ASCENDING)], unique=True, name="digest"),
+        # `api-keys list --tenant`: {tenant} by creation time.
+        IndexModel([("tenant", ASCENDING), ("create_time", ASCENDING)], name="tenant_created"),
+    ],
+    "jobs": [
+        # The job poller: {state: pending, next_run_time $lte} and {state:
+        # running, update_time $lt} by next_run_time; the backlog metric:
+        # {state} for each open state.
+        IndexModel([("state", ASCENDING), ("next_run_time", ASCENDING)], name="due"),
+    ],
 }
 
 
@@ -58,6 +92,11 @@ class MongoStore:
     keys: MongoApiKeyStore
     jobs: MongoJobStore
     memory_versions: MongoMemoryVersions
+
+    async def migrate(self) -> int:
+        """Bring documents stored by earlier versions to today's shape (keys
+        scoped by tenant: ``migrate.scope_keys``); return how many moved."""
+        return await scope_keys(self.db)
 
     async def ensure_indexes(self) -> None:
         """Create the indexes (idempotent)."""
@@ -81,8 +120,15 @@ class MongoStore:
         await self.client.close()
 
 
-def connect(uri: str, database: str, *, timeout: float = 2.0) -> MongoStore:
-    """Return a store over ``database`` (connections open lazily).
+def connect(
+    uri: str,
+    database: str,
+    *,
+    timeout: float = 2.0,
+    listeners: Sequence[monitoring.CommandListener] = (),
+) -> MongoStore:
+    """Return a store over ``database`` (connections open lazily);
+    ``listeners`` see every command it sends.
 
     ``timeout`` (seconds, ``LOOM_MONGODB_TIMEOUT``) bounds finding a server
     and opening a connection, so a call made while the database is down
@@ -99,6 +145,7 @@ def connect(uri: str, database: str, *, timeout: float = 2.0) -> MongoStore:
         connectTimeoutMS=ms,
         socketTimeoutMS=10 * ms,
         appname="loom",
+        event_listeners=list(listeners),
     )
     db = client[database]
     return MongoStore(

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from pymongo import DESCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 
 from service.core.models import (
@@ -20,9 +19,11 @@ from service.core.models import (
     ToolCall,
 )
 from service.core.ports import PendingThreadDelete
+from service.store.order import NEWEST_FIRST, older_than
+from service.store.scoped import key, object_id
 from service.store.tooldocs import tool_doc, tool_from_doc
 
-__all__ = ["MongoThreadStore"]
+__all__ = ["MongoThreadStore", "to_doc"]
 
 Doc = dict[str, Any]
 
@@ -110,9 +111,26 @@ def _summary_doc(s: Summary | None) -> Doc | None:
     return {"text": s.text, "through": s.through_sequence, "model": s.model, "time": s.update_time}
 
 
+def to_doc(t: Thread) -> Doc:
+    """The stored document of ``t``, its cached context included."""
+    return {
+        "_id": key(t.tenant, t.thread_id),
+        "tenant": t.tenant,
+        "assistant_id": t.assistant_id,
+        "user_id": t.user_id,
+        "metadata": t.metadata,
+        "message_count": t.message_count,
+        "create_time": t.create_time,
+        "update_time": t.update_time,
+        "context": _context_blob(t.context) if t.context else "",
+        "summary": _summary_doc(t.summary),
+        "run": _run_doc(t.run),
+    }
+
+
 def _from_doc(d: Doc) -> Thread:
     return Thread(
-        thread_id=d["_id"],
+        thread_id=object_id(d["_id"]),
         tenant=d["tenant"],
         assistant_id=d["assistant_id"],
         user_id=d.get("user_id", ""),
@@ -131,64 +149,56 @@ def _from_doc(d: Doc) -> Thread:
 class MongoThreadStore:
     """``ThreadStore`` over one collection.
 
-    Reads and writes of one thread filter on ``_id`` alone and check the
-    tenant in code: MongoDB serves that from the primary key, and FerretDB
-    1.x pushes down no other filter (anything else scans the collection).
+    Reads and writes of one thread filter on ``_id`` alone, which holds the
+    tenant (``scoped.py``): MongoDB serves that from the primary key, and
+    FerretDB 1.x pushes down no other filter (anything else scans the
+    collection).
     """
 
     def __init__(self, collection: AsyncCollection[Doc]) -> None:
         self._c = collection
 
     async def insert(self, thread: Thread) -> None:
-        await self._c.insert_one(
-            {
-                "_id": thread.thread_id,
-                "tenant": thread.tenant,
-                "assistant_id": thread.assistant_id,
-                "user_id": thread.user_id,
-                "metadata": thread.metadata,
-                "message_count": 0,
-                "create_time": thread.create_time,
-                "update_time": thread.update_time,
-                "context": "",
-            }
-        )
+        await self._c.insert_one(to_doc(thread))
 
     async def get(self, tenant: str, thread_id: str) -> Thread | None:
-        doc = await self._c.find_one({"_id": thread_id})
-        if doc is None or doc.get("tenant") != tenant or doc.get("deleting"):
+        doc = await self._c.find_one({"_id": key(tenant, thread_id)})
+        if doc is None or doc.get("deleting"):
             return None
         return _from_doc(doc)
 
     async def find_page(
-        self, tenant: str, assistant_id: str, user_id: str, limit: int, after: str | None
+        self,
+        tenant: str,
+        assistant_id: str,
+        user_id: str,
+        limit: int,
+        after: tuple[datetime, str] | None,
     ) -> list[Thread]:
         query: Doc = {"tenant": tenant, "deleting": {"$ne": True}}
         if assistant_id:
             query["assistant_id"] = assistant_id
         if user_id:
             query["user_id"] = user_id
-        if after is not None:
-            query["_id"] = {"$lt": after}
-        cursor = self._c.find(query, {"context": 0}).sort("_id", DESCENDING).limit(limit)
+        query |= older_than(after, key(tenant, after[1]) if after else "")
+        cursor = self._c.find(query, {"context": 0}).sort(NEWEST_FIRST).limit(limit)
         return [_from_doc(d) async for d in cursor]
 
     async def ids_of_assistant(self, tenant: str, assistant_id: str) -> list[str]:
         cursor = self._c.find({"tenant": tenant, "assistant_id": assistant_id}, {"_id": 1})
-        return [d["_id"] async for d in cursor]
+        return [object_id(d["_id"]) async for d in cursor]
 
     async def mark_deleting(self, tenant: str, thread_id: str, forget: bool = False) -> bool:
         if await self.get(tenant, thread_id) is None:
             return False
         await self._c.update_one(
-            {"_id": thread_id}, {"$set": {"deleting": True, "forget_memories": forget}}
+            {"_id": key(tenant, thread_id)},
+            {"$set": {"deleting": True, "forget_memories": forget}},
         )
         return True
 
     async def delete(self, tenant: str, thread_id: str) -> None:
-        doc = await self._c.find_one({"_id": thread_id}, {"tenant": 1})
-        if doc is not None and doc.get("tenant") == tenant:
-            await self._c.delete_one({"_id": thread_id})
+        await self._c.delete_one({"_id": key(tenant, thread_id)})
 
     async def pending_deletes(self) -> list[PendingThreadDelete]:
         cursor = self._c.find(
@@ -196,13 +206,14 @@ class MongoThreadStore:
         )
         return [
             PendingThreadDelete(
-                d["tenant"], d["assistant_id"], d["_id"], bool(d.get("forget_memories"))
+                d["tenant"], d["assistant_id"], object_id(d["_id"]), bool(d.get("forget_memories"))
             )
             async for d in cursor
         ]
 
     async def save_context(
         self,
+        tenant: str,
         thread_id: str,
         context: Sequence[ContextEntry],
         message_count: int,
@@ -210,7 +221,7 @@ class MongoThreadStore:
         run: PendingRun | None = None,
     ) -> None:
         await self._c.update_one(
-            {"_id": thread_id},
+            {"_id": key(tenant, thread_id)},
             {
                 "$set": {
                     "context": _context_blob(context),
@@ -222,10 +233,10 @@ class MongoThreadStore:
         )
 
     async def save_summary(
-        self, thread_id: str, summary: Summary, context: Sequence[ContextEntry]
+        self, tenant: str, thread_id: str, summary: Summary, context: Sequence[ContextEntry]
     ) -> None:
         await self._c.update_one(
-            {"_id": thread_id},
+            {"_id": key(tenant, thread_id)},
             {
                 "$set": {
                     "summary": _summary_doc(summary),

@@ -1,5 +1,6 @@
-"""A real FerretDB server (MongoDB wire protocol over SQLite) for tests and
-benchmarks, on a free port with its own data folder."""
+"""A real FerretDB server (the MongoDB wire protocol) for tests and benchmarks,
+on a free port, over the local database `make run` uses: PostgreSQL (the
+default) or SQLite, chosen by ``LOOM_LOCAL_DB`` as for `make run`."""
 
 from __future__ import annotations
 
@@ -10,10 +11,20 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import IO
+from urllib.parse import urlsplit
 
-__all__ = ["FerretDB", "free_port"]
+from tests.support.postgres import Postgres, process_cpu_seconds
+
+__all__ = ["BACKENDS", "FerretDB", "free_port"]
 
 REPO = Path(__file__).resolve().parents[2]
+
+# What FerretDB stores in: PostgreSQL, where the GIN twins of
+# scripts/postgres-gin-twins.sql serve the declared indexes; SQLite with
+# FerretDB's pragmas (WAL, an fsync per commit); SQLite with
+# synchronous(normal) (WAL, fsync at checkpoints only).
+BACKENDS = ("postgresql", "sqlite", "sqlite-normal")
 
 
 def free_port() -> int:
@@ -27,11 +38,18 @@ def free_port() -> int:
 class FerretDB:
     """Start with ``start()``; ``uri`` is then a MongoDB URI to it."""
 
-    def __init__(self, binary: str | None = None, *, synchronous: str = "") -> None:
-        """``synchronous`` sets SQLite's synchronous pragma (FerretDB's default
-        is FULL: an fsync per commit); "normal" trades durability on power
-        loss for speed, for benchmarks that want Loom's cost, not the disk's."""
-        self.url_query = f"?_pragma=synchronous({synchronous})" if synchronous else ""
+    def __init__(
+        self,
+        binary: str | None = None,
+        *,
+        backend: str = "",
+        postgres_settings: dict[str, str] | None = None,
+    ) -> None:
+        """``postgres_settings`` are set on the PostgreSQL database before
+        FerretDB connects (``ALTER DATABASE ... SET``)."""
+        self.backend = backend or os.environ.get("LOOM_LOCAL_DB", "") or BACKENDS[0]
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown backend {self.backend!r}; expected one of {BACKENDS}")
         self.binary = binary or os.environ.get(
             "LOOM_FERRETDB_BIN", str(REPO / ".tools" / "bin" / "ferretdb")
         )
@@ -39,7 +57,11 @@ class FerretDB:
             raise RuntimeError(f"FerretDB not found at {self.binary}; run `make setup`")
         self.port = 0
         self.dir = ""
+        self.postgres: Postgres | None = None
+        self.database = ""  # the PostgreSQL database, if any
+        self.postgres_settings = postgres_settings or {}
         self.proc: subprocess.Popen[bytes] | None = None
+        self._args: list[str] = []
 
     @property
     def uri(self) -> str:
@@ -48,26 +70,38 @@ class FerretDB:
     def start(self) -> FerretDB:
         self.dir = tempfile.mkdtemp(prefix="loom-ferretdb-")
         self.port = free_port()
+        self._args = [self.binary, *self._storage_args(), *self._common_args()]
         with open(Path(self.dir) / "ferretdb.log", "wb") as log:
             self.proc = self._spawn(log)
         self._wait()
         return self
 
-    def _spawn(self, log: object) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [
-                self.binary,
-                "--handler=sqlite",
-                f"--sqlite-url=file:{self.dir}/{self.url_query}",
-                f"--state-dir={self.dir}",
-                "--telemetry=disable",
-                f"--listen-addr=127.0.0.1:{self.port}",
-                "--log-level=error",
-                "--debug-addr=-",  # its debug HTTP port is fixed (8088) by default
-            ],
-            stdout=log,  # type: ignore[arg-type]
-            stderr=subprocess.STDOUT,
-        )
+    def _spawn(self, log: IO[bytes]) -> subprocess.Popen[bytes]:
+        # The same arguments every time: a restart must find the same
+        # PostgreSQL database (or SQLite directory) and port.
+        return subprocess.Popen(self._args, stdout=log, stderr=subprocess.STDOUT)
+
+    def _storage_args(self) -> list[str]:
+        if self.backend == "postgresql":
+            self.postgres = Postgres.shared()
+            url = self.postgres.create_database()
+            self.database = urlsplit(url).path.lstrip("/")
+            for name, value in self.postgres_settings.items():
+                self.postgres.psql(
+                    "postgres", f'ALTER DATABASE "{self.database}" SET {name} = {value}'
+                )
+            return ["--handler=postgresql", f"--postgresql-url={url}"]
+        query = "?_pragma=synchronous(normal)" if self.backend == "sqlite-normal" else ""
+        return ["--handler=sqlite", f"--sqlite-url=file:{self.dir}/{query}"]
+
+    def _common_args(self) -> list[str]:
+        return [
+            f"--state-dir={self.dir}",
+            "--telemetry=disable",
+            f"--listen-addr=127.0.0.1:{self.port}",
+            "--log-level=error",
+            "--debug-addr=-",  # its debug HTTP port is fixed (8088) by default
+        ]
 
     def _wait(self) -> None:
         assert self.proc is not None
@@ -96,6 +130,15 @@ class FerretDB:
             self.proc = self._spawn(log)
         self._wait()
         return self
+
+    def cpu_seconds(self) -> float:
+        """CPU time of the database so far: FerretDB, and PostgreSQL under it
+        (the whole cluster, shared by this process's FerretDBs)."""
+        assert self.proc is not None
+        total = process_cpu_seconds(self.proc.pid)
+        if self.postgres is not None:
+            total += self.postgres.cpu_seconds()
+        return total
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
