@@ -23,7 +23,9 @@ from service.config import Settings
 from service.server import Loom, build
 from tests.scripted_llm import ScriptedLLM
 from tests.support.ferretdb import FerretDB
+from tests.support.fuzzing import MAX_MESSAGE_CHARS as FUZZ_MESSAGE_CHARS
 from tests.support.fuzzing import STARTED, STATS, machine, register_profiles
+from tests.support.threaded import ThreadedLoom
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
@@ -94,6 +96,25 @@ async def loom(ferretdb: FerretDB, llm: ScriptedLLM) -> AsyncIterator[Loom]:
     server = await start_loom(make_settings(ferretdb, llm))
     yield server
     await server.stop(0)
+
+
+@pytest.fixture(scope="session")
+def threaded_loom(ferretdb: FerretDB, llm: ScriptedLLM) -> Iterator[ThreadedLoom]:
+    """A Loom of its own on a thread of its own, for the synchronous
+    property tests (test_fuzz, test_isolation)."""
+    settings = make_settings(
+        ferretdb,
+        llm,
+        mongodb_db="loom_fuzz",
+        max_message_chars=FUZZ_MESSAGE_CHARS,
+        # Call limits would answer RESOURCE_EXHAUSTED to the tests' pace,
+        # which says nothing about the input.
+        rate_limit_per_key=0,
+        max_streams_per_tenant=0,
+    )
+    server = ThreadedLoom(settings).start()
+    yield server
+    server.stop()
 
 
 class Api:

@@ -31,9 +31,8 @@ from grpc_health.v1 import health_pb2
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.conftest import make_settings
+from generated.loom.v1 import assistant_pb2, thread_pb2, tools_pb2
 from tests.scripted_llm import ScriptedLLM
-from tests.support.ferretdb import FerretDB
 from tests.support.fuzzing import (
     MAX_MESSAGE_CHARS,
     METHODS,
@@ -74,40 +73,26 @@ class Fuzz:
 
     def refresh(self) -> None:
         self.pool.ids[:] = [*self.mine.ids(), *self.other.ids()]
+        self.pool.own[:] = [i for i in self.mine.ids() if i != self.mine.deleted]
         self.pool.tokens[:] = [self.mine.token, self.other.token]
         self.pool.users[:] = ["", self.mine.user, "u2", "U1"]
         self.pool.tool_call_ids[:] = [self.mine.call, self.other.call]
 
 
 @pytest.fixture(scope="module")
-def fuzz(ferretdb: FerretDB, llm: ScriptedLLM) -> Iterator[Fuzz]:
+def fuzz(threaded_loom: ThreadedLoom, llm: ScriptedLLM) -> Iterator[Fuzz]:
     llm.set_default(model_route)
-    settings = make_settings(
-        ferretdb,
-        llm,
-        mongodb_db="loom_fuzz",
-        max_message_chars=MAX_MESSAGE_CHARS,
-        # Limits would answer RESOURCE_EXHAUSTED to the fuzzer's pace, and
-        # say nothing about the input.
-        rate_limit_per_key=0,
-        max_streams_per_tenant=0,
-    )
-    loom = ThreadedLoom(settings).start()
-    channel = loom.channel()
-    try:
-        mine = TenantWorld(channel, loom.new_key("fuzz")).build()
-        other = TenantWorld(channel, loom.new_key("other")).build()
+    with threaded_loom.channel() as channel:
+        mine = TenantWorld(channel, threaded_loom.new_key("fuzz")).build()
+        other = TenantWorld(channel, threaded_loom.new_key("other")).build()
         pool = Pool()
-        state = Fuzz(loom, channel, mine, other, pool, other.counts(), {})
+        state = Fuzz(threaded_loom, channel, mine, other, pool, other.counts(), {})
         for name, method in METHODS.items():
             valid = requests(method, pool).map(lambda m: m.SerializeToString())
             state.strategies[name] = valid
             state.strategies[f"raw {name}"] = byte_mutations(valid)
         state.refresh()
         yield state
-    finally:
-        channel.close()
-        loom.stop()
 
 
 @pytest.fixture(autouse=True)
@@ -181,3 +166,27 @@ def test_raw_bytes_never_crash_the_server_or_answer_internal(
 ) -> None:
     run_example(fuzz, name, data.draw(fuzz.strategies[f"raw {name}"], label="bytes"))
     assert_serving(fuzz)
+
+
+# -- failures the fuzzer found, kept as regressions ---------------------------
+
+
+def _tool(parameters: dict[str, Any]) -> tools_pb2.Tool:
+    tool = tools_pb2.Tool(type="function", function=tools_pb2.FunctionDefinition(name="lookup"))
+    tool.function.parameters.update(parameters)
+    return tool
+
+
+@pytest.mark.parametrize("number", [float("nan"), float("inf"), -float("inf")])
+def test_a_tool_schema_with_nan_or_infinity_is_invalid_argument(fuzz: Fuzz, number: float) -> None:
+    """Was INTERNAL: protobuf's JSON printer refuses NaN and infinities."""
+    create = assistant_pb2.CreateAssistantRequest(
+        assistant=assistant_pb2.Assistant(name="nan", tools=[_tool({"maximum": number})])
+    )
+    send = thread_pb2.SendMessageRequest(
+        content="hi", assistant_id=fuzz.mine.assistant, tools=[_tool({"x": [number]})]
+    )
+    for name, request in (("AssistantService/CreateAssistant", create), ("ThreadService/SendMessage", send)):
+        outcome = run_example(fuzz, name, request.SerializeToString())
+        assert outcome.code is grpc.StatusCode.INVALID_ARGUMENT, outcome
+        assert "parameters" in outcome.details, outcome.details

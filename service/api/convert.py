@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import TypeVar, assert_never
+from typing import Any, TypeVar, assert_never
 
 from google.protobuf import field_mask_pb2, json_format, message, struct_pb2
 from google.protobuf.descriptor import EnumDescriptor
@@ -68,7 +68,8 @@ def tools_from_pb(tools: Iterable[tools_pb2.Tool], field: str) -> list[models.To
     """Function tools from the API's OpenAI-shaped definitions.
 
     Raises:
-        InvalidArgument: a tool whose type is not "function".
+        InvalidArgument: a tool whose type is not "function", or whose
+            parameters hold a number JSON cannot write (NaN, infinity).
     """
     specs = []
     for i, tool in enumerate(tools):
@@ -81,10 +82,26 @@ def tools_from_pb(tools: Iterable[tools_pb2.Tool], field: str) -> list[models.To
             models.ToolSpec(
                 name=tool.function.name,
                 description=tool.function.description,
-                parameters=json_format.MessageToDict(tool.function.parameters),
+                parameters=_parameters(tool.function.parameters, f"{field}[{i}].function.parameters"),
             )
         )
     return specs
+
+
+def _parameters(parameters: struct_pb2.Struct, field: str) -> dict[str, Any]:
+    """A tool's JSON schema as a dict.
+
+    Raises:
+        InvalidArgument: it holds NaN or an infinity, which JSON (and so the
+            model endpoint) cannot carry.
+    """
+    try:
+        return json_format.MessageToDict(parameters)
+    except ValueError:
+        raise InvalidArgument(
+            f"{field} holds a number JSON cannot write (NaN or infinity); use finite numbers",
+            field=field,
+        ) from None
 
 
 def _tool_to_pb(spec: models.ToolSpec) -> tools_pb2.Tool:

@@ -99,6 +99,7 @@ class Pool:
     """Real values the strategies mix in; the test keeps them current."""
 
     ids: list[str] = field(default_factory=lambda: ["none"])
+    own: list[str] = field(default_factory=lambda: ["none"])  # the caller's live objects
     tokens: list[str] = field(default_factory=lambda: [""])
     users: list[str] = field(default_factory=lambda: [""])
     tool_call_ids: list[str] = field(default_factory=lambda: ["call_1"])
@@ -354,11 +355,96 @@ def _field(message: Descriptor, f: FieldDescriptor, pool: Pool, depth: int) -> s
 
 
 def _message(descriptor: Descriptor, pool: Pool, depth: int = 0) -> st.SearchStrategy[dict[str, Any]]:
-    """A dict of some of the message's fields (a message as field values)."""
+    """A message as field values: usually plausible ones with one field
+    mangled (so that a request gets past the first check), sometimes every
+    field mangled."""
     if depth > 3:
         return st.just({})
-    optional = {f.name: _field(descriptor, f, pool, depth) for f in descriptor.fields}
-    return st.fixed_dictionaries({}, optional=optional)
+    names = [f.name for f in descriptor.fields]
+    sane = {f.name: _sane(descriptor, f, pool, depth) for f in descriptor.fields}
+    junk = {f.name: _field(descriptor, f, pool, depth) for f in descriptor.fields}
+
+    @st.composite
+    def one_bad(draw: st.DrawFn) -> dict[str, Any]:
+        bad = draw(st.sampled_from([None, *names]), label="mangled field")
+        values = {}
+        for name in names:
+            if name == bad:
+                values[name] = draw(junk[name])
+            elif draw(st.integers(0, 3)):  # most fields set
+                values[name] = draw(sane[name])
+        return values
+
+    return st.one_of(one_bad(), st.fixed_dictionaries({}, optional=junk))
+
+
+_PREFIX = {
+    "assistant_id": "asst_",
+    "thread_id": "thread_",
+    "memory_id": "mem_",
+    "operation_id": "memop_",
+    "run_id": "run_",
+}
+_WORDS = st.text("abcdefghijklmnopqrstuvwxyz ", min_size=1, max_size=24).filter(str.strip)
+_SANE_TEXT: dict[str, st.SearchStrategy[str]] = {
+    "type": st.just("function"),
+    "tool_choice": st.sampled_from(["", "auto", "none", "required"]),
+    "order_by": st.sampled_from(["", "sequence", "sequence desc"]),
+    "model": st.sampled_from(["", "scripted-model"]),
+    "request_id": st.text("0123456789abcdef", min_size=8, max_size=32),
+    "arguments": st.just("{}"),
+    "name": st.sampled_from(["lookup", "get_weather", "Support"]),
+}
+_SANE_INT = {"page_size": (0, 50), "limit": (0, 20), "context_window": (1000, 100_000)}
+
+
+def _own_id(pool: Pool, prefix: str) -> st.SearchStrategy[str]:
+    def choose(i: int) -> str:
+        fitting = [x for x in pool.own if x.startswith(prefix)] or pool.own
+        return fitting[i % len(fitting)]
+
+    return st.integers(0, 1 << 16).map(choose)
+
+
+def _sane(message: Descriptor, f: FieldDescriptor, pool: Pool, depth: int) -> st.SearchStrategy[Any]:
+    """A value of ``f`` that Loom should accept (or answer NOT_FOUND to)."""
+    if f.message_type is not None and f.message_type.GetOptions().map_entry:
+        return st.dictionaries(_WORDS, _WORDS, max_size=3)
+    if f.is_repeated:
+        single = _sane_one(message, f, pool, depth)
+        return st.lists(single, max_size=2)
+    return _sane_one(message, f, pool, depth)
+
+
+def _sane_one(message: Descriptor, f: FieldDescriptor, pool: Pool, depth: int) -> st.SearchStrategy[Any]:
+    name = f.name
+    if f.type == FieldDescriptor.TYPE_STRING:
+        if name in _PREFIX:
+            return _own_id(pool, _PREFIX[name])
+        if name == "user_id":
+            return pool.pick(lambda p: p.users)
+        if name == "tool_call_id":
+            return pool.pick(lambda p: p.tool_call_ids)
+        if name == "page_token":
+            return st.one_of(st.just(""), pool.pick(lambda p: p.tokens))
+        return _SANE_TEXT.get(name, _WORDS)
+    if f.type == FieldDescriptor.TYPE_ENUM:
+        return st.sampled_from([v.number for v in f.enum_type.values])
+    if f.type == FieldDescriptor.TYPE_BOOL:
+        return st.booleans()
+    if f.type in (FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_DOUBLE):
+        return st.floats(0, 1)
+    if f.type != FieldDescriptor.TYPE_MESSAGE:
+        lo, hi = _SANE_INT.get(name, (0, 100))
+        return st.integers(lo, hi)
+    kind = f.message_type.full_name
+    if kind == "google.protobuf.Struct":
+        return st.just({"type": "object", "properties": {"order": {"type": "string"}}})
+    if kind == "google.protobuf.FieldMask":
+        return _mask(message)
+    if kind == "google.protobuf.Timestamp":
+        return st.just({})
+    return _message(f.message_type, pool, depth + 1)
 
 
 def request_class(method: MethodDescriptor) -> type[Message]:
