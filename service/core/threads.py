@@ -98,7 +98,7 @@ class Threads:
             ids.check_id(ids.ASSISTANT, assistant_id, "assistant_id")
         check_text(user_id, "user_id", MAX_USER_ID)
         filters: dict[str, object] = {"list": "threads", "a": assistant_id, "u": user_id}
-        cursor = open_cursor(page_size, page_token, filters, "created")
+        cursor = open_cursor(tenant, page_size, page_token, filters, "created")
         items = await self._threads.find_page(
             tenant, assistant_id, user_id, cursor.fetch, cursor.after
         )
@@ -155,7 +155,7 @@ class Threads:
             )
         descending = _ORDERS[order]
         filters: dict[str, object] = {"list": "messages", "t": thread_id, "d": descending}
-        cursor = open_cursor(page_size, page_token, filters, "position")
+        cursor = open_cursor(tenant, page_size, page_token, filters, "position")
         await self.get(tenant, thread_id)
         items = await self._messages.find_page(
             tenant, thread_id, cursor.fetch, cursor.after, descending

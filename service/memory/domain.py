@@ -357,7 +357,7 @@ class AssistantMemory:
             "u": user_id,
             "w": assistant_wide_only,
         }
-        cursor = open_cursor(page_size, page_token, filters, "position")
+        cursor = open_cursor(tenant, page_size, page_token, filters, "position")
         await self._assistant(tenant, assistant_id)
         # The index pages by offset: the key a page resumes after is the
         # number of items before it.
