@@ -206,7 +206,7 @@ async def eventually(predicate: Any, timeout: float = 5.0, interval: float = 0.0
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """The fuzz tests' figures, when any ran: examples, statuses, failures,
     time and the machine."""
-    if not STATS["examples"]:
+    if not (STATS["examples"] or STATS["steps"]):
         return
     codes = ", ".join(
         f"{k.removeprefix('code ')} {v}" for k, v in sorted(STATS.items()) if k.startswith("code ")
@@ -215,6 +215,11 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     write = terminalreporter.write_line
     write(f"fuzz ({profile} profile): {STATS['examples']} calls fuzzed; answered: {codes}")
     if STATS["steps"]:
-        write(f"isolation: {STATS['runs']} histories, {STATS['steps']} steps")
+        rules = ", ".join(
+            f"{k.removeprefix('rule ')} {v}"
+            for k, v in sorted(STATS.items())
+            if k.startswith("rule ")
+        )
+        write(f"isolation: {STATS['runs']} histories, {STATS['steps']} steps ({rules})")
     failed = len(terminalreporter.stats.get("failed", []))
     write(f"fuzz: {failed} failing tests; {time.monotonic() - STARTED:.0f} s on {machine()}")

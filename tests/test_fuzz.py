@@ -186,7 +186,10 @@ def test_a_tool_schema_with_nan_or_infinity_is_invalid_argument(fuzz: Fuzz, numb
     send = thread_pb2.SendMessageRequest(
         content="hi", assistant_id=fuzz.mine.assistant, tools=[_tool({"x": [number]})]
     )
-    for name, request in (("AssistantService/CreateAssistant", create), ("ThreadService/SendMessage", send)):
+    for name, request in (
+        ("AssistantService/CreateAssistant", create),
+        ("ThreadService/SendMessage", send),
+    ):
         outcome = run_example(fuzz, name, request.SerializeToString())
         assert outcome.code is grpc.StatusCode.INVALID_ARGUMENT, outcome
         assert "parameters" in outcome.details, outcome.details

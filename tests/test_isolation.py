@@ -79,7 +79,8 @@ def _code(call: Callable[[], Any]) -> tuple[grpc.StatusCode, Any]:
     try:
         return grpc.StatusCode.OK, call()
     except grpc.RpcError as error:
-        assert isinstance(error, grpc.Call)
+        if not isinstance(error, grpc.Call):
+            raise
         return error.code(), None
 
 
@@ -94,6 +95,7 @@ class Isolation(RuleBasedStateMachine):
         super().__init__()
         self.tenants = [Tenant(Stubs(self.channel, self.loom.new_key(f"iso{i}"))) for i in (0, 1)]
         self.owners: dict[str, Scope] = {}  # marker -> scope it belongs to
+        self.texts: dict[str, str] = {}  # marker -> the text it starts
         self.thread_markers: dict[str, list[str]] = {}  # thread -> markers sent in it
         self.dead: set[str] = set()  # markers whose memory was deleted
         self.tokens: list[tuple[int, str, dict[str, Any], str]] = []  # tenant, rpc, request, token
@@ -154,6 +156,7 @@ class Isolation(RuleBasedStateMachine):
     @rule(i=st.sampled_from([0, 1]))
     @precondition(lambda self: sum(len(t.assistants) for t in self.tenants) < 6)
     def create_assistant(self, i: int) -> None:
+        STATS["rule create_assistant"] += 1
         self._create_assistant(i)
 
     @precondition(lambda self: all(t.assistants for t in self.tenants))
@@ -161,6 +164,7 @@ class Isolation(RuleBasedStateMachine):
     def send(self, data: st.DataObject, i: int, user: str) -> None:
         """A message with memory AUTO, in a new thread or one of the user's,
         asking about someone's marker: recall must stay in scope."""
+        STATS["rule send"] += 1
         t = self.tenants[i]
         mine = sorted(k for k, s in t.threads.items() if s.user == user)
         thread = data.draw(st.sampled_from(["", *mine]), label="thread")
@@ -173,6 +177,7 @@ class Isolation(RuleBasedStateMachine):
         marker = self.mark(scope)
         asked = data.draw(st.sampled_from(self.others()), label="asked")
         content = f"{marker} wants to know about {asked} and {' '.join(USERS)}."
+        self.texts[marker] = content
         events = t.api.send(
             content=content,
             thread_id=thread,
@@ -192,19 +197,28 @@ class Isolation(RuleBasedStateMachine):
         system = " ".join(
             str(m.get("content")) for m in prompts[-1]["messages"] if m["role"] == "system"
         )
+        # A visible memory may quote other markers (its user asked about them).
+        quoted = {
+            m
+            for v in self.owners
+            if self.visible(i, assistant, user, v)
+            for m in _MARK.findall(self.texts.get(v, ""))
+        }
         for seen in _MARK.findall(system):
-            assert self.visible(i, assistant, user, seen), f"the prompt held {seen}"
+            assert seen in quoted, f"the prompt held {seen} ({self.owners.get(seen)})"
 
     @precondition(lambda self: all(t.assistants for t in self.tenants))
     @rule(data=st.data(), i=st.sampled_from([0, 1]), user=st.sampled_from([*USERS, ""]))
     def create_memory(self, data: st.DataObject, i: int, user: str) -> None:
+        STATS["rule create_memory"] += 1
         t = self.tenants[i]
         assistant = data.draw(st.sampled_from(sorted(t.assistants)), label="assistant")
         marker = self.mark(Scope(i, assistant, user))
+        self.texts[marker] = f"{marker} likes {' '.join(USERS)}"
         made = t.api.memory.CreateMemory(
             memory_pb2.CreateMemoryRequest(
                 memory=memory_pb2.Memory(
-                    assistant_id=assistant, user_id=user, content=f"{marker} likes {' '.join(USERS)}"
+                    assistant_id=assistant, user_id=user, content=self.texts[marker]
                 )
             ),
             metadata=t.api.md,
@@ -215,6 +229,7 @@ class Isolation(RuleBasedStateMachine):
     @rule(data=st.data(), i=st.sampled_from([0, 1]), user=st.sampled_from([*USERS, ""]))
     def search(self, data: st.DataObject, i: int, user: str) -> None:
         """SearchMemories and ListMemories, for words of anyone's."""
+        STATS["rule search"] += 1
         t = self.tenants[i]
         assistant = data.draw(st.sampled_from(sorted(t.assistants)), label="assistant")
         asked = data.draw(st.sampled_from(self.others()), label="asked")
@@ -230,15 +245,21 @@ class Isolation(RuleBasedStateMachine):
             )
         listed = [m.content for m in t.api.all_memories(assistant, user)]
         self.check_memories(i, assistant, user, listed, "list")
-        alive = {m for m, s in self.owners.items() if m in t.memories.values()}
-        expected = {m for m in alive if self.visible(i, assistant, user, m)}
-        expected &= {v for k, v in t.memories.items()}
+        # ListMemories with a user lists that user's memories alone.
+        expected = {
+            m
+            for m in t.memories.values()
+            if self.visible(i, assistant, user, m)
+            and self.owners[m].user in ("", user)
+            and (self.owners[m].user == user or not user)
+        }
         missing = expected - {owner_of(text) for text in listed}
         assert not missing, f"ListMemories lost {missing}"
 
     @precondition(lambda self: any(t.memories for t in self.tenants))
     @rule(data=st.data(), i=st.sampled_from([0, 1]), delete=st.booleans())
     def change_memory(self, data: st.DataObject, i: int, delete: bool) -> None:
+        STATS["rule change_memory"] += 1
         t = self.tenants[i]
         if not t.memories:
             return
@@ -253,6 +274,7 @@ class Isolation(RuleBasedStateMachine):
             del t.memories[memory_id]
         else:
             marker = self.mark(scope)
+            self.texts[marker] = f"{marker} now"
             t.api.memory.UpdateMemory(
                 memory_pb2.UpdateMemoryRequest(
                     memory=memory_pb2.Memory(
@@ -268,6 +290,7 @@ class Isolation(RuleBasedStateMachine):
     @precondition(lambda self: any(t.threads for t in self.tenants))
     @rule(data=st.data(), i=st.sampled_from([0, 1]), forget=st.booleans())
     def delete_thread(self, data: st.DataObject, i: int, forget: bool) -> None:
+        STATS["rule delete_thread"] += 1
         t = self.tenants[i]
         if not t.threads:
             return
@@ -283,6 +306,7 @@ class Isolation(RuleBasedStateMachine):
     @precondition(lambda self: any(len(t.assistants) > 1 for t in self.tenants))
     @rule(data=st.data(), i=st.sampled_from([0, 1]))
     def delete_assistant(self, data: st.DataObject, i: int) -> None:
+        STATS["rule delete_assistant"] += 1
         t = self.tenants[i]
         if len(t.assistants) < 2:
             return
@@ -297,11 +321,14 @@ class Isolation(RuleBasedStateMachine):
         for memory_id, marker in list(t.memories.items()):
             if self.owners[marker].assistant == assistant:
                 del t.memories[memory_id]
-        self.dead.update(m for m, s in self.owners.items() if (s.tenant, s.assistant) == (i, assistant))
+        self.dead.update(
+            m for m, s in self.owners.items() if (s.tenant, s.assistant) == (i, assistant)
+        )
 
     @rule(data=st.data(), i=st.sampled_from([0, 1]))
     def trespass(self, data: st.DataObject, i: int) -> None:
         """The other tenant's objects, with this tenant's key: NOT_FOUND."""
+        STATS["rule trespass"] += 1
         me, them = self.tenants[i], self.tenants[1 - i]
         targets = sorted(them.created_assistants | them.created_threads | set(them.memories))
         if not targets:
@@ -309,7 +336,7 @@ class Isolation(RuleBasedStateMachine):
         target = data.draw(st.sampled_from(targets), label="target")
         attempts = self._attempts(target, them)
         name = data.draw(st.sampled_from(sorted(attempts)), label="rpc")
-        code, answer = _code(lambda: attempts[name](me.api))
+        code, _ = _code(lambda: attempts[name](me.api))
         assert code == grpc.StatusCode.NOT_FOUND, f"{name} on the other tenant's {target}: {code}"
         self._still_theirs(target, them)
 
@@ -407,6 +434,7 @@ class Isolation(RuleBasedStateMachine):
     @rule(data=st.data(), i=st.sampled_from([0, 1]), user=st.sampled_from(["", *USERS]))
     def page(self, data: st.DataObject, i: int, user: str) -> None:
         """A first page of one item; its token goes in the bag."""
+        STATS["rule page"] += 1
         t = self.tenants[i]
         kind = data.draw(st.sampled_from(["assistants", "threads", "memories"]), label="list")
         assistant = data.draw(st.sampled_from(sorted(t.assistants) or [""]), label="assistant")
@@ -422,15 +450,20 @@ class Isolation(RuleBasedStateMachine):
 
     def _list(self, api: Stubs, kind: str, request: dict[str, Any]) -> Any:
         if kind == "assistants":
-            call = api.assistants.ListAssistants(assistant_pb2.ListAssistantsRequest(**request), metadata=api.md)
+            call = api.assistants.ListAssistants(
+                assistant_pb2.ListAssistantsRequest(**request), metadata=api.md
+            )
             return call
         if kind == "threads":
-            return api.threads.ListThreads(thread_pb2.ListThreadsRequest(**request), metadata=api.md)
+            return api.threads.ListThreads(
+                thread_pb2.ListThreadsRequest(**request), metadata=api.md
+            )
         return api.memory.ListMemories(memory_pb2.ListMemoriesRequest(**request), metadata=api.md)
 
     @precondition(lambda self: bool(self.tokens))
     @rule(data=st.data(), how=st.sampled_from(["other tenant", "other filters", "as issued"]))
     def replay(self, data: st.DataObject, how: str) -> None:
+        STATS["rule replay"] += 1
         i, kind, request, token = data.draw(st.sampled_from(self.tokens), label="token")
         request = {**request, "page_token": token}
         tenant = self.tenants[i]
@@ -444,7 +477,7 @@ class Isolation(RuleBasedStateMachine):
                 request["user_id"] = "bob" if request["user_id"] != "bob" else "alice"
         if kind != "assistants" and request["assistant_id"] not in self.tenants[i].assistants:
             return  # the assistant was deleted: NOT_FOUND says nothing about tokens
-        code, page = _code(lambda: self._list(tenant.api, kind, request))
+        code, _ = _code(lambda: self._list(tenant.api, kind, request))
         if how == "as issued":
             assert code == grpc.StatusCode.OK, f"{kind} token replayed as issued: {code}"
         elif how == "other tenant" and kind != "assistants":

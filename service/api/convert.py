@@ -82,7 +82,9 @@ def tools_from_pb(tools: Iterable[tools_pb2.Tool], field: str) -> list[models.To
             models.ToolSpec(
                 name=tool.function.name,
                 description=tool.function.description,
-                parameters=_parameters(tool.function.parameters, f"{field}[{i}].function.parameters"),
+                parameters=_parameters(
+                    tool.function.parameters, f"{field}[{i}].function.parameters"
+                ),
             )
         )
     return specs

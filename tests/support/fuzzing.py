@@ -72,7 +72,7 @@ def machine() -> str:
 
 
 def register_profiles() -> None:
-    """"ci": a short, fixed-seed slice for ``make test``; "long": the
+    """ "ci": a short, fixed-seed slice for ``make test``; "long": the
     thousands of examples of ``make fuzz``. Calls go to a real server, so
     no example has a deadline (the machine may be loaded)."""
     common: dict[str, Any] = {
@@ -89,9 +89,7 @@ def register_profiles() -> None:
         "ci", max_examples=8, stateful_step_count=12, derandomize=True, database=None, **common
     )
     long_examples = int(os.environ.get("LOOM_FUZZ_EXAMPLES", "300"))
-    settings.register_profile(
-        "long", max_examples=long_examples, stateful_step_count=40, **common
-    )
+    settings.register_profile("long", max_examples=long_examples, stateful_step_count=40, **common)
 
 
 @dataclass
@@ -105,7 +103,11 @@ class Pool:
     tool_call_ids: list[str] = field(default_factory=lambda: ["call_1"])
 
     def pick(self, values: Callable[[Pool], list[str]]) -> st.SearchStrategy[str]:
-        return st.integers(0, 1 << 16).map(lambda i: (lambda v: v[i % len(v)])(values(self)))
+        def choose(i: int) -> str:
+            current = values(self)
+            return current[i % len(current)]
+
+        return st.integers(0, 1 << 16).map(choose)
 
 
 # Text that has broken services before: NUL, bidi overrides, a BOM,
@@ -214,9 +216,13 @@ def _mangled_token(pool: Pool) -> st.SearchStrategy[str]:
         pool.pick(lambda p: p.tokens),
         st.builds(lambda t, i: t[:i], pool.pick(lambda p: p.tokens), st.integers(0, 60)),
         st.builds(lambda t: t[::-1], pool.pick(lambda p: p.tokens)),
-        st.builds(lambda t, s: t + s, pool.pick(lambda p: p.tokens), st.sampled_from(["=", "A", "%"])),
+        st.builds(
+            lambda t, s: t + s, pool.pick(lambda p: p.tokens), st.sampled_from(["=", "A", "%"])
+        ),
         st.builds(forged, json_values),
-        st.builds(forged, st.fixed_dictionaries({"v": json_values, "a": json_values, "f": json_values})),
+        st.builds(
+            forged, st.fixed_dictionaries({"v": json_values, "a": json_values, "f": json_values})
+        ),
         st.text(max_size=60),
     )
 
@@ -252,7 +258,11 @@ def _number(f: FieldDescriptor) -> st.SearchStrategy[Any]:
         return st.one_of(
             st.sampled_from(numbers), st.integers(-9, 99), st.sampled_from(list(_INT32))
         )
-    if t in (FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_SINT32, FieldDescriptor.TYPE_SFIXED32):
+    if t in (
+        FieldDescriptor.TYPE_INT32,
+        FieldDescriptor.TYPE_SINT32,
+        FieldDescriptor.TYPE_SFIXED32,
+    ):
         lo, hi = _INT32
     elif t in (FieldDescriptor.TYPE_UINT32, FieldDescriptor.TYPE_FIXED32):
         lo, hi = 0, 2**32 - 1
@@ -266,7 +276,9 @@ def _number(f: FieldDescriptor) -> st.SearchStrategy[Any]:
 
 def _json() -> st.SearchStrategy[Any]:
     """Values a google.protobuf.Struct holds (numbers are doubles)."""
-    leaves = st.none() | st.booleans() | st.floats() | st.text(max_size=20) | st.sampled_from(AWKWARD)
+    leaves = (
+        st.none() | st.booleans() | st.floats() | st.text(max_size=20) | st.sampled_from(AWKWARD)
+    )
     return st.recursive(
         leaves,
         lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_text(20), inner, max_size=4),
@@ -276,9 +288,7 @@ def _json() -> st.SearchStrategy[Any]:
 
 def _schemas() -> st.SearchStrategy[dict[str, Any]]:
     """JSON schemas for tool parameters: plausible ones, odd ones, deep ones."""
-    deep = st.integers(1, 60).map(
-        lambda n: _nest(n, {"type": "object", "properties": {}})
-    )
+    deep = st.integers(1, 60).map(lambda n: _nest(n, {"type": "object", "properties": {}}))
     plausible = st.fixed_dictionaries(
         {"type": st.sampled_from(["object", "string", "array", "nonsense"])},
         optional={
@@ -315,7 +325,9 @@ def _value(
     if kind == "google.protobuf.FieldMask":
         return _mask(message)
     if kind == "google.protobuf.Timestamp":
-        seconds = st.one_of(st.integers(-62135596800, 253402300799), st.integers(-(2**63), 2**63 - 1))
+        seconds = st.one_of(
+            st.integers(-62135596800, 253402300799), st.integers(-(2**63), 2**63 - 1)
+        )
         return st.fixed_dictionaries({"seconds": seconds, "nanos": st.integers(-1, 10**9)})
     return _message(f.message_type, pool, depth + 1)
 
@@ -323,8 +335,12 @@ def _value(
 def _mask(request: Descriptor) -> st.SearchStrategy[dict[str, Any]]:
     """Update mask paths: the target's fields, nested and invented ones."""
     target = next(
-        (f.message_type for f in request.fields if f.type == FieldDescriptor.TYPE_MESSAGE
-         and f.message_type.full_name != "google.protobuf.FieldMask"),
+        (
+            f.message_type
+            for f in request.fields
+            if f.type == FieldDescriptor.TYPE_MESSAGE
+            and f.message_type.full_name != "google.protobuf.FieldMask"
+        ),
         None,
     )
     names = [f.name for f in target.fields] if target is not None else ["name"]
@@ -337,9 +353,14 @@ def _mask(request: Descriptor) -> st.SearchStrategy[dict[str, Any]]:
     return st.fixed_dictionaries({"paths": st.lists(path, max_size=5)})
 
 
-def _field(message: Descriptor, f: FieldDescriptor, pool: Pool, depth: int) -> st.SearchStrategy[Any]:
+def _field(
+    message: Descriptor, f: FieldDescriptor, pool: Pool, depth: int
+) -> st.SearchStrategy[Any]:
     if f.message_type is not None and f.message_type.GetOptions().map_entry:
-        key_f, value_f = f.message_type.fields_by_name["key"], f.message_type.fields_by_name["value"]
+        key_f, value_f = (
+            f.message_type.fields_by_name["key"],
+            f.message_type.fields_by_name["value"],
+        )
         keys = _string(f.message_type, key_f, pool)
         values = _value(f.message_type, value_f, pool, depth)
         sized = st.sampled_from([limits.MAX_METADATA_PAIRS, limits.MAX_METADATA_PAIRS + 1])
@@ -354,7 +375,9 @@ def _field(message: Descriptor, f: FieldDescriptor, pool: Pool, depth: int) -> s
     return st.one_of(st.lists(one, max_size=4), many)
 
 
-def _message(descriptor: Descriptor, pool: Pool, depth: int = 0) -> st.SearchStrategy[dict[str, Any]]:
+def _message(
+    descriptor: Descriptor, pool: Pool, depth: int = 0
+) -> st.SearchStrategy[dict[str, Any]]:
     """A message as field values: usually plausible ones with one field
     mangled (so that a request gets past the first check), sometimes every
     field mangled."""
@@ -406,7 +429,9 @@ def _own_id(pool: Pool, prefix: str) -> st.SearchStrategy[str]:
     return st.integers(0, 1 << 16).map(choose)
 
 
-def _sane(message: Descriptor, f: FieldDescriptor, pool: Pool, depth: int) -> st.SearchStrategy[Any]:
+def _sane(
+    message: Descriptor, f: FieldDescriptor, pool: Pool, depth: int
+) -> st.SearchStrategy[Any]:
     """A value of ``f`` that Loom should accept (or answer NOT_FOUND to)."""
     if f.message_type is not None and f.message_type.GetOptions().map_entry:
         return st.dictionaries(_WORDS, _WORDS, max_size=3)
@@ -416,7 +441,9 @@ def _sane(message: Descriptor, f: FieldDescriptor, pool: Pool, depth: int) -> st
     return _sane_one(message, f, pool, depth)
 
 
-def _sane_one(message: Descriptor, f: FieldDescriptor, pool: Pool, depth: int) -> st.SearchStrategy[Any]:
+def _sane_one(
+    message: Descriptor, f: FieldDescriptor, pool: Pool, depth: int
+) -> st.SearchStrategy[Any]:
     name = f.name
     if f.type == FieldDescriptor.TYPE_STRING:
         if name in _PREFIX:
@@ -456,9 +483,9 @@ def _fill(target: Message, values: dict[str, Any]) -> Message:
     for name, value in values.items():
         f = descriptor.fields_by_name[name]
         kind = f.message_type.full_name if f.message_type is not None else ""
-        if kind == "google.protobuf.Struct":
-            getattr(target, name).update(value)
-        elif f.message_type is not None and f.message_type.GetOptions().map_entry:
+        if kind == "google.protobuf.Struct" or (
+            f.message_type is not None and f.message_type.GetOptions().map_entry
+        ):
             getattr(target, name).update(value)
         elif f.is_repeated and f.message_type is not None:
             for item in value:
