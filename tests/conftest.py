@@ -213,7 +213,8 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     )
     profile = hypothesis.settings.get_current_profile_name()
     write = terminalreporter.write_line
-    write(f"fuzz ({profile} profile): {STATS['examples']} calls fuzzed; answered: {codes}")
+    if STATS["examples"]:
+        write(f"fuzz ({profile} profile): {STATS['examples']} calls fuzzed; answered: {codes}")
     if STATS["steps"]:
         rules = ", ".join(
             f"{k.removeprefix('rule ')} {v}"
@@ -222,4 +223,6 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         )
         write(f"isolation: {STATS['runs']} histories, {STATS['steps']} steps ({rules})")
     failed = len(terminalreporter.stats.get("failed", []))
-    write(f"fuzz: {failed} failing tests; {time.monotonic() - STARTED:.0f} s on {machine()}")
+    write(
+        f"{profile} profile: {failed} failing tests; {time.monotonic() - STARTED:.0f} s on {machine()}"
+    )

@@ -86,7 +86,7 @@ def register_profiles() -> None:
         "print_blob": True,
     }
     settings.register_profile(
-        "ci", max_examples=8, stateful_step_count=12, derandomize=True, database=None, **common
+        "ci", max_examples=8, stateful_step_count=30, derandomize=True, database=None, **common
     )
     long_examples = int(os.environ.get("LOOM_FUZZ_EXAMPLES", "300"))
     settings.register_profile("long", max_examples=long_examples, stateful_step_count=40, **common)
