@@ -223,6 +223,5 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         )
         write(f"isolation: {STATS['runs']} histories, {STATS['steps']} steps ({rules})")
     failed = len(terminalreporter.stats.get("failed", []))
-    write(
-        f"{profile} profile: {failed} failing tests; {time.monotonic() - STARTED:.0f} s on {machine()}"
-    )
+    took = time.monotonic() - STARTED
+    write(f"{profile} profile: {failed} failing tests; {took:.0f} s on {machine()}")
