@@ -583,3 +583,20 @@ async def test_database_down_is_unavailable_with_a_clear_message(llm: ScriptedLL
     finally:
         database.stop()
         await server.stop(0)
+
+
+def test_a_long_message_is_cut_to_fit_the_trailers() -> None:
+    """A status message quoting a caller's long input is cut, so that the
+    status (sent twice in trailers) stays under a client's metadata limit."""
+    from google.rpc import status_pb2
+
+    from service.api.errors import MAX_MESSAGE_CHARS, caller_message, status_details
+    from service.core.errors import InvalidArgument
+
+    error = InvalidArgument("x" * 100_000)
+    assert len(caller_message(error)) <= MAX_MESSAGE_CHARS
+    assert caller_message(error).endswith("(cut off)")
+    status = status_pb2.Status.FromString(status_details(grpc.StatusCode.INVALID_ARGUMENT, error))
+    assert status.message == caller_message(error)
+    short = InvalidArgument("page_size must not be negative")
+    assert caller_message(short) == short.message

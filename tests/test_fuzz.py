@@ -193,3 +193,21 @@ def test_a_tool_schema_with_nan_or_infinity_is_invalid_argument(fuzz: Fuzz, numb
         outcome = run_example(fuzz, name, request.SerializeToString())
         assert outcome.code is grpc.StatusCode.INVALID_ARGUMENT, outcome
         assert "parameters" in outcome.details, outcome.details
+
+
+def test_an_error_quoting_a_long_input_still_carries_its_error_info(fuzz: Fuzz) -> None:
+    """Was RESOURCE_EXHAUSTED on the client: an order_by of 1,001 NULs came
+    back quoted whole, twice, past the 8 KiB a client takes in trailers."""
+    request = thread_pb2.ListMessagesRequest(thread_id=fuzz.mine.thread, order_by="\x00" * 1001)
+    outcome = run_example(fuzz, "ThreadService/ListMessages", request.SerializeToString())
+    assert outcome.code is grpc.StatusCode.INVALID_ARGUMENT, outcome
+    assert outcome.reason == "INVALID_ARGUMENT"
+    assert len(outcome.details) < 300, outcome.details
+
+
+def test_a_send_refused_for_its_tool_choice_creates_no_thread(fuzz: Fuzz) -> None:
+    """Was a thread left behind: tool_choice "required" with no tools was
+    refused after the new thread had been stored."""
+    request = thread_pb2.SendMessageRequest(content="a", tool_choice="required")
+    outcome = run_example(fuzz, "ThreadService/SendMessage", request.SerializeToString())
+    assert outcome.code is grpc.StatusCode.INVALID_ARGUMENT, outcome

@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 import re
 import secrets
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -516,3 +517,40 @@ def test_no_tenant_or_user_sees_anothers_objects_or_memories(
     current = settings.default
     runs = current.max_examples if current.derandomize else max(3, current.max_examples // 2)
     run_state_machine_as_test(isolated, settings=settings(current, max_examples=runs))
+
+
+def test_a_thread_deleted_with_its_memories_stays_forgotten(
+    threaded_loom: ThreadedLoom, llm: ScriptedLLM
+) -> None:
+    """Found by the state machine: the memory job of a thread's last
+    exchange indexed its message again after DeleteThread with
+    delete_memories had forgotten it, so it was recalled in later threads."""
+    llm.set_default(model_route)
+    with threaded_loom.channel() as channel:
+        api = Stubs(channel, threaded_loom.new_key("forget"))
+        assistant = api.assistants.CreateAssistant(
+            assistant_pb2.CreateAssistantRequest(
+                assistant=assistant_pb2.Assistant(
+                    name="forget", memory_mode=common_pb2.MEMORY_MODE_AUTO
+                )
+            ),
+            metadata=api.md,
+        ).assistant.assistant_id
+        first = api.send(content="mkf1 my first words", assistant_id=assistant, user_id="alice")
+        thread = first[0].started.thread_id
+        last = api.send(content="mkf2 my second words", thread_id=thread, user_id="alice")
+        operation = last[-1].completed.memory_operation_id
+        api.threads.DeleteThread(
+            thread_pb2.DeleteThreadRequest(thread_id=thread, delete_memories=True),
+            metadata=api.md,
+        )
+        done = (memory_pb2.MemoryOperation.STATE_SUCCEEDED, memory_pb2.MemoryOperation.STATE_FAILED)
+        for _ in range(600):  # a bound on a hang, not a measurement
+            state = api.memory.GetMemoryOperation(
+                memory_pb2.GetMemoryOperationRequest(operation_id=operation), metadata=api.md
+            ).operation.state
+            if state in done:
+                break
+            time.sleep(0.05)
+        assert state in done, state
+        assert [m.content for m in api.all_memories(assistant)] == []

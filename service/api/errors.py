@@ -15,11 +15,24 @@ from google.rpc import error_details_pb2, status_pb2
 
 from service.core import errors
 
-__all__ = ["DOMAIN", "Translator", "classify", "status_code", "status_details"]
+__all__ = [
+    "DOMAIN",
+    "MAX_MESSAGE_CHARS",
+    "Translator",
+    "caller_message",
+    "classify",
+    "status_code",
+    "status_details",
+]
 
 log = logging.getLogger(__name__)
 
 DOMAIN = "loom.v1"
+# A status travels in HTTP/2 trailers, where the message is sent twice
+# (grpc-message, and inside grpc-status-details-bin) and a client refuses
+# more than 8 KiB of metadata, turning the status into its own
+# RESOURCE_EXHAUSTED. Messages that quote the caller's input stay below this.
+MAX_MESSAGE_CHARS = 1000
 
 _CODES: list[tuple[type[errors.LoomError], grpc.StatusCode]] = [
     (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
@@ -79,6 +92,14 @@ def _packed(detail: Message) -> any_pb2.Any:
     return packed
 
 
+def caller_message(error: errors.LoomError) -> str:
+    """The error's message as sent, cut to ``MAX_MESSAGE_CHARS``."""
+    message = error.message
+    if len(message) <= MAX_MESSAGE_CHARS:
+        return message
+    return message[: MAX_MESSAGE_CHARS - 14] + " ... (cut off)"
+
+
 def status_details(code: grpc.StatusCode, error: errors.LoomError) -> bytes:
     """A serialized ``google.rpc.Status`` carrying an ``ErrorInfo`` (and a
     ``RetryInfo`` for a ``ResourceExhausted`` that knows its retry delay),
@@ -89,6 +110,6 @@ def status_details(code: grpc.StatusCode, error: errors.LoomError) -> bytes:
         delay = duration_pb2.Duration()
         delay.FromTimedelta(timedelta(seconds=error.retry_after))
         details.append(_packed(error_details_pb2.RetryInfo(retry_delay=delay)))
-    status = status_pb2.Status(code=code.value[0], message=error.message, details=details)
+    status = status_pb2.Status(code=code.value[0], message=caller_message(error), details=details)
     serialized: bytes = status.SerializeToString()
     return serialized

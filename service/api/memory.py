@@ -10,7 +10,8 @@ from generated.loom.v1 import memory_pb2, memory_pb2_grpc
 from service.api.context import tenant
 from service.api.convert import timestamp, update_paths
 from service.core.ports import Job, JobState
-from service.memory.domain import UPDATABLE_FIELDS, AssistantMemory, MemoryDraft
+from service.memory.domain import UPDATABLE_FIELDS, AssistantMemory
+from service.memory.draft import MemoryDraft
 from service.memory.ports import MemoryRecord
 
 __all__ = ["MemoryServicer", "memory_to_pb"]
