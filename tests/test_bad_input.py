@@ -261,6 +261,8 @@ async def test_forged_page_token_positions_are_refused(
         "a": assistant.assistant_id,
         "u": "",
         "w": False,
+        "i": False,
+        "f": "",
         "tenant": tenant,
     }
     error = await _invalid(

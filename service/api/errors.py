@@ -17,7 +17,7 @@ from service.core import errors
 
 __all__ = [
     "DOMAIN",
-    "MAX_MESSAGE_CHARS",
+    "MAX_MESSAGE_BYTES",
     "Translator",
     "caller_message",
     "classify",
@@ -29,10 +29,11 @@ log = logging.getLogger(__name__)
 
 DOMAIN = "loom.v1"
 # A status travels in HTTP/2 trailers, where the message is sent twice
-# (grpc-message, and inside grpc-status-details-bin) and a client refuses
-# more than 8 KiB of metadata, turning the status into its own
-# RESOURCE_EXHAUSTED. Messages that quote the caller's input stay below this.
-MAX_MESSAGE_CHARS = 1000
+# (grpc-message, percent-encoded: 9 bytes for a 3-byte character, and in
+# grpc-status-details-bin) and a client refuses more than 8 KiB of metadata,
+# turning the status into its own RESOURCE_EXHAUSTED. A message quoting the
+# caller's input is cut to this many bytes as grpc-message sends them.
+MAX_MESSAGE_BYTES = 2000
 
 _CODES: list[tuple[type[errors.LoomError], grpc.StatusCode]] = [
     (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
@@ -92,12 +93,25 @@ def _packed(detail: Message) -> any_pb2.Any:
     return packed
 
 
+def _wire_bytes(char: str) -> int:
+    """Bytes ``char`` takes in grpc-message (printable ASCII but '%' as is,
+    anything else percent-encoded byte by byte)."""
+    return 1 if " " <= char <= "~" and char != "%" else 3 * len(char.encode())
+
+
 def caller_message(error: errors.LoomError) -> str:
-    """The error's message as sent, cut to ``MAX_MESSAGE_CHARS``."""
+    """The error's message as sent: cut to ``MAX_MESSAGE_BYTES`` on the wire."""
     message = error.message
-    if len(message) <= MAX_MESSAGE_CHARS:
+    if len(message) * 9 <= MAX_MESSAGE_BYTES:  # fits however it is encoded
         return message
-    return message[: MAX_MESSAGE_CHARS - 14] + " ... (cut off)"
+    kept: list[str] = []
+    size = 0
+    for char in message:
+        size += _wire_bytes(char)
+        if size > MAX_MESSAGE_BYTES - 20:
+            return "".join(kept) + " ... (cut off)"
+        kept.append(char)
+    return message
 
 
 def status_details(code: grpc.StatusCode, error: errors.LoomError) -> bytes:

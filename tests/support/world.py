@@ -5,6 +5,7 @@ counts that say whether a refused write left anything behind."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import secrets
 from dataclasses import dataclass, field
@@ -317,21 +318,32 @@ class TenantWorld:
             return
         if waiting != self.run:
             self.open_run()
+        for thread_id in (self.thread, self.run_thread):  # undo a fuzzed expiration
+            with contextlib.suppress(grpc.RpcError):  # THREAD_BUSY: a run waits
+                api.threads.UpdateThread(
+                    thread_pb2.UpdateThreadRequest(
+                        thread=thread_pb2.Thread(thread_id=thread_id),
+                        update_mask={"paths": ["expire_time"]},
+                    ),
+                    metadata=md,
+                )
 
     def counts(self) -> dict[str, int]:
         """How many of each thing the tenant has, as its lists show it."""
         api = self.api
-        found = {
-            "assistants": len(api.all_assistants()),
-            "threads": len(api.all_threads()),
-        }
+        # Threads a fuzzed call gave an expiration go (and may take their
+        # memories) in the background: only lasting ones are counted.
+        lasting = [t for t in api.all_threads() if not t.HasField("expire_time")]
+        found = {"assistants": len(api.all_assistants()), "threads": len(lasting)}
         for name, thread_id in (("messages", self.thread), ("run_messages", self.run_thread)):
             try:
                 found[name] = len(api.all_messages(thread_id))
             except grpc.RpcError:
                 found[name] = -1
         try:
-            found["memories"] = len(api.all_memories(self.assistant))
+            sources = ("", self.thread, self.run_thread)
+            memories = api.all_memories(self.assistant)
+            found["memories"] = len([m for m in memories if m.source_thread_id in sources])
         except grpc.RpcError:
             found["memories"] = -1
         return found
