@@ -117,6 +117,8 @@ class Marks:
         self.edited = _mark("edited")
         self.renamed = _mark("renamed")
         self.refused = _mark("refused")
+        self.imported = _mark("imported")
+        self.batch = _mark("batch")
 
     def all(self) -> dict[str, str]:
         return dict(vars(self))
@@ -285,9 +287,37 @@ def _every_other_rpc(
         ),
         metadata=md,
     )
+    memory.ListMemoryHistory(
+        memory_pb2.ListMemoryHistoryRequest(assistant_id=assistant_id, memory_id=one.memory_id),
+        metadata=md,
+    )
     memory.DeleteMemory(
         memory_pb2.DeleteMemoryRequest(assistant_id=assistant_id, memory_id=one.memory_id),
         metadata=md,
+    )
+    memory.BatchCreateMemories(
+        memory_pb2.BatchCreateMemoriesRequest(
+            assistant_id=assistant_id,
+            memories=[memory_pb2.Memory(content=f"Has {marks.batch}.", user_id="u1")],
+        ),
+        metadata=md,
+    )
+    threads.AddMessages(
+        thread_pb2.AddMessagesRequest(
+            thread_id=made.thread_id,
+            messages=[thread_pb2.Message(role=thread_pb2.ROLE_USER, content=marks.imported)],
+        ),
+        metadata=md,
+    )
+    threads.UpdateThread(
+        thread_pb2.UpdateThreadRequest(
+            thread=thread_pb2.Thread(thread_id=made.thread_id, metadata={"ticket": "1"}),
+            update_mask={"paths": ["metadata"]},
+        ),
+        metadata=md,
+    )
+    threads.ForkThread(
+        thread_pb2.ForkThreadRequest(thread_id=made.thread_id, through_sequence=0), metadata=md
     )
     # Refused: bad input that holds a secret must not be logged either.
     refused = [
@@ -364,6 +394,9 @@ def test_no_key_content_or_memory_text_in_debug_logs_or_exported_telemetry(
         '"name": "/loom.v1.ThreadService/SubmitToolOutputs"',
         '"name": "/loom.v1.MemoryService/SearchMemories"',
         '"name": "/loom.v1.MemoryService/UpdateMemory"',
+        '"name": "/loom.v1.ThreadService/AddMessages"',
+        '"name": "/loom.v1.ThreadService/ForkThread"',
+        '"name": "/loom.v1.MemoryService/BatchCreateMemories"',
         '"name": "/loom.v1.AssistantService/DeleteAssistant"',
         '"rpc.code": "INVALID_ARGUMENT"',
         '"gen_ai.usage.output_tokens"',
