@@ -211,3 +211,17 @@ def test_a_send_refused_for_its_tool_choice_creates_no_thread(fuzz: Fuzz) -> Non
     request = thread_pb2.SendMessageRequest(content="a", tool_choice="required")
     outcome = run_example(fuzz, "ThreadService/SendMessage", request.SerializeToString())
     assert outcome.code is grpc.StatusCode.INVALID_ARGUMENT, outcome
+
+
+@pytest.mark.parametrize(("seconds", "nanos"), [(0, -1), (0, 10**9), (-(2**40), 0)])
+def test_a_thread_expiring_at_an_invalid_time_is_invalid_argument(
+    fuzz: Fuzz, seconds: int, nanos: int
+) -> None:
+    """Was INTERNAL (the long fuzz run): protobuf refuses to turn a
+    Timestamp out of its range into a time."""
+    thread = thread_pb2.Thread(assistant_id=fuzz.mine.assistant)
+    thread.expire_time.seconds, thread.expire_time.nanos = seconds, nanos
+    create = thread_pb2.CreateThreadRequest(thread=thread)
+    outcome = run_example(fuzz, "ThreadService/CreateThread", create.SerializeToString())
+    assert outcome.code is grpc.StatusCode.INVALID_ARGUMENT, outcome
+    assert "expire_time" in outcome.details
