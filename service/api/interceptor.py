@@ -22,7 +22,7 @@ from google.protobuf.message import DecodeError
 from grpc import aio
 
 from service.api.context import current_caller, current_tenant
-from service.api.errors import Translator, classify, status_details
+from service.api.errors import Translator, caller_message, classify, status_details
 from service.core.errors import InvalidArgument
 from service.core.keys import Caller
 from service.telemetry import annotate, record_reason
@@ -109,7 +109,7 @@ async def _abort(
         annotate(exception_type=type(exc).__qualname__)
     await context.abort(
         code,
-        error.message,
+        caller_message(error),
         trailing_metadata=(("grpc-status-details-bin", status_details(code, error)),),
     )
 

@@ -195,7 +195,7 @@ class Threads:
         filters: dict[str, object] = {"list": "threads", "a": assistant_id, "u": user_id}
         if where:
             filters["f"] = where.canonical()
-        cursor = open_cursor(page_size, page_token, filters, "created")
+        cursor = open_cursor(tenant, page_size, page_token, filters, "created")
         items = await self._threads.find_page(
             tenant, assistant_id, user_id, cursor.fetch, cursor.after, where.comparisons
         )
@@ -223,9 +223,13 @@ class Threads:
     async def _finish_delete(
         self, tenant: str, assistant_id: str, thread_id: str, forget: bool
     ) -> int:
+        # Messages before memories: a memory job that indexed a message of
+        # this thread checks afterwards that the message still exists (and
+        # unwrites it if not); so either it sees them gone, or it wrote
+        # before the forgetting below, which then removes what it wrote.
+        count = await self._messages.delete_thread(tenant, thread_id)
         if forget and self._memory is not None:
             await self._memory.forget_thread(tenant, assistant_id, thread_id)
-        count = await self._messages.delete_thread(tenant, thread_id)
         await self._threads.delete(tenant, thread_id)
         return count
 
@@ -249,12 +253,12 @@ class Threads:
         order = " ".join(order_by.lower().split())
         if order not in _ORDERS:
             raise InvalidArgument(
-                f"order_by {order_by!r} is not supported; use 'sequence' or 'sequence desc'",
+                f"order_by {order_by[:40]!r} is not supported; use 'sequence' or 'sequence desc'",
                 field="order_by",
             )
         descending = _ORDERS[order]
         filters: dict[str, object] = {"list": "messages", "t": thread_id, "d": descending}
-        cursor = open_cursor(page_size, page_token, filters, "position")
+        cursor = open_cursor(tenant, page_size, page_token, filters, "position")
         thread = await self.get(tenant, thread_id)
         # A batch still being appended (or left by a writer that died) is not shown.
         items = await self._messages.find_page(
