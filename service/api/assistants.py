@@ -15,6 +15,7 @@ from service.api.convert import (
     tools_from_pb,
     update_paths,
 )
+from service.api.generation import generation_from_pb
 from service.core.assistants import UPDATABLE_FIELDS, AssistantDraft, Assistants
 
 __all__ = ["AssistantServicer"]
@@ -33,6 +34,7 @@ def _draft(a: assistant_pb2.Assistant) -> AssistantDraft:
         context_strategy=strategy_from_pb(a.context_strategy),
         tools=tools_from_pb(a.tools, "assistant.tools"),
         memory_from_tool_outputs=a.memory_from_tool_outputs,
+        generation=generation_from_pb(a.generation, "assistant.generation."),
     )
 
 

@@ -10,6 +10,7 @@ from google.protobuf import field_mask_pb2, json_format, message, struct_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from generated.loom.v1 import assistant_pb2, common_pb2, thread_pb2, tools_pb2
+from service.api.generation import generation_to_pb
 from service.core import models
 from service.core.errors import InvalidArgument
 
@@ -137,6 +138,7 @@ def assistant_to_pb(a: models.Assistant) -> assistant_pb2.Assistant:
         context_strategy=_STRATEGY_TO_PB[a.context_strategy],
         tools=[_tool_to_pb(t) for t in a.tools],
         memory_from_tool_outputs=a.memory_from_tool_outputs,
+        generation=generation_to_pb(a.generation),
     )
 
 
@@ -188,6 +190,7 @@ def message_to_pb(m: models.Message) -> thread_pb2.Message:
         tool_calls=_calls_to_pb(m.tool_calls),
         tool_call_id=m.tool_call_id,
         run_id=m.run_id,
+        schema_error=m.schema_error,
     )
 
 

@@ -17,6 +17,7 @@ from service.api.convert import (
     thread_to_pb,
     tools_from_pb,
 )
+from service.api.generation import generation_from_pb
 from service.core.conversation import Conversation, SendRequest
 from service.core.threads import Threads
 
@@ -87,6 +88,9 @@ class ThreadServicer(thread_pb2_grpc.ThreadServiceServicer):
             metadata=dict(request.metadata),
             tools=tools_from_pb(request.tools, "tools") if request.tools else None,
             tool_choice=request.tool_choice,
+            generation=generation_from_pb(request.generation, "generation.")
+            if request.HasField("generation")
+            else None,
         )
         async with contextlib.aclosing(self._conversation.send(tenant(), send)) as events:
             async for event in events:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from service.core import ids
 from service.core.clock import now
 from service.core.errors import InvalidArgument, NotFound
+from service.core.generation import GenerationSettings, check_generation
 from service.core.limits import (
     MAX_ASSISTANT_NAME,
     MAX_CONTEXT_WINDOW,
@@ -48,6 +49,7 @@ UPDATABLE_FIELDS = (
     "context_strategy",
     "tools",
     "memory_from_tool_outputs",
+    "generation",
 )
 
 
@@ -64,6 +66,7 @@ class AssistantDraft:
     context_strategy: ContextStrategy | None = None
     tools: list[ToolSpec] = field(default_factory=list)
     memory_from_tool_outputs: bool = False
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
 
 
 def _check_window(window: int, prefix: str) -> int:
@@ -101,6 +104,7 @@ def _checked(
         "context_strategy": lambda: draft.context_strategy or ContextStrategy.SUMMARIZE,
         "tools": lambda: check_tools(draft.tools, prefix + "tools"),
         "memory_from_tool_outputs": lambda: draft.memory_from_tool_outputs,
+        "generation": lambda: check_generation(draft.generation, prefix + "generation."),
     }
     return {name: checks[name]() for name in fields}
 

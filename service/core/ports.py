@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from service.core.generation import GenerationSettings
 from service.core.models import (
     Assistant,
     ContextEntry,
@@ -204,6 +205,7 @@ class MessageStore(Protocol):
         usage: Usage | None = None,
         error: str = "",
         tool_calls: Sequence[ToolCall] = (),
+        schema_error: str = "",
     ) -> Message | None: ...
     async def save_progress(self, message_id: str, content: str) -> None: ...
     async def restart(self, tenant: str, message_id: str, model: str) -> bool:
@@ -327,8 +329,11 @@ class ChatModel(Protocol):
         turns: Sequence[ChatTurn],
         tools: Sequence[ToolSpec] = (),
         tool_choice: str = "",
+        generation: GenerationSettings | None = None,
     ) -> AsyncGenerator[ChatChunk, None]:
-        """Stream a reply. Retries transient failures until the first chunk.
+        """Stream a reply, written with ``generation``'s settings (unset ones
+        left to the endpoint). Retries transient failures until the first
+        chunk.
 
         Raises:
             Unavailable, ResourceExhausted, DeadlineExceeded, FailedPrecondition:

@@ -26,8 +26,10 @@ import openai
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from service.core.errors import FailedPrecondition, LoomError, ResourceExhausted, Unavailable
+from service.core.generation import GenerationSettings
 from service.core.models import ToolCall, ToolSpec, Usage
 from service.core.ports import ChatChunk, ChatTurn
+from service.llm.params import MaxTokensField, generation_params
 from service.telemetry.genai import GenAITelemetry, ModelCall
 
 __all__ = ["OpenAIChatModel"]
@@ -63,6 +65,7 @@ class OpenAIChatModel:
         retry_base_delay: float,
         retry_max_delay: float = 10.0,
         capture_content: bool = False,
+        max_tokens_field: MaxTokensField = "max_completion_tokens",
     ) -> None:
         self._telemetry = GenAITelemetry(base_url, capture_content=capture_content)
         self._configured = bool(base_url or api_key)
@@ -70,6 +73,7 @@ class OpenAIChatModel:
         self._base_delay = retry_base_delay
         self._max_delay = retry_max_delay
         self._timeout = timeout
+        self._max_tokens_field: MaxTokensField = max_tokens_field
         self._client = openai.AsyncOpenAI(
             base_url=base_url,
             # Local endpoints (Ollama, vLLM) need no key, but the SDK wants one.
@@ -93,6 +97,7 @@ class OpenAIChatModel:
         turns: Sequence[ChatTurn],
         tools: Sequence[ToolSpec] = (),
         tool_choice: str = "",
+        generation: GenerationSettings | None = None,
     ) -> AsyncGenerator[ChatChunk, None]:
         """Stream one reply; see ``ChatModel.stream``. Tool calls arrive in
         pieces and are sent on as one final chunk, complete."""
@@ -101,6 +106,7 @@ class OpenAIChatModel:
             "messages": [_message(t) for t in turns],
             "stream": True,
             "stream_options": {"include_usage": True},
+            **(generation_params(generation, self._max_tokens_field) if generation else {}),
         }
         if tools:
             body["tools"] = [_tool(t) for t in tools]

@@ -73,6 +73,7 @@ def _from_doc(d: Doc) -> Message:
         ],
         tool_call_id=d.get("tool_call_id", ""),
         run_id=d.get("run_id", ""),
+        schema_error=d.get("schema_error", ""),
     )
 
 
@@ -140,6 +141,7 @@ class MongoMessageStore:
         usage: Usage | None = None,
         error: str = "",
         tool_calls: Sequence[ToolCall] = (),
+        schema_error: str = "",
     ) -> Message | None:
         doc = await self._c.find_one_and_update(
             {"_id": message_id},
@@ -150,6 +152,7 @@ class MongoMessageStore:
                     "usage": _usage_doc(usage),
                     "error": error,
                     "tool_calls": _calls_doc(tool_calls),
+                    "schema_error": schema_error,
                 }
             },
             return_document=ReturnDocument.AFTER,

@@ -20,6 +20,7 @@ from service.core.models import (
     ToolCall,
 )
 from service.core.ports import PendingThreadDelete
+from service.store.generation import generation_doc, generation_from_doc
 from service.store.tooldocs import tool_doc, tool_from_doc
 
 __all__ = ["MongoThreadStore", "to_doc"]
@@ -79,6 +80,7 @@ def _run_doc(run: PendingRun | None) -> Doc | None:
         "tools": None if run.tools is None else [tool_doc(t) for t in run.tools],
         "tool_choice": run.tool_choice,
         "request_id": run.request_id,
+        "generation": generation_doc(run.generation),
     }
 
 
@@ -97,6 +99,7 @@ def _run_from_doc(d: Doc | None) -> PendingRun | None:
         tools=None if tools is None else tuple(tool_from_doc(t) for t in tools),
         tool_choice=d.get("tool_choice", ""),
         request_id=d.get("request_id", ""),
+        generation=generation_from_doc(d.get("generation")),
     )
 
 

@@ -11,6 +11,7 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from generated.loom.v1 import common_pb2 as _common_pb2
+from generated.loom.v1 import generation_pb2 as _generation_pb2
 from generated.loom.v1 import tools_pb2 as _tools_pb2
 import builtins as _builtins
 import sys
@@ -93,6 +94,7 @@ class Assistant(_message.Message):
     CONTEXT_STRATEGY_FIELD_NUMBER: _builtins.int
     TOOLS_FIELD_NUMBER: _builtins.int
     MEMORY_FROM_TOOL_OUTPUTS_FIELD_NUMBER: _builtins.int
+    GENERATION_FIELD_NUMBER: _builtins.int
     assistant_id: _builtins.str
     """Output only. Server-assigned id, e.g. `asst_6650c3b2e1f4a9d0c1b2a3f4`."""
     name: _builtins.str
@@ -139,6 +141,12 @@ class Assistant(_message.Message):
         narrow or replace them for itself.
         """
 
+    @_builtins.property
+    def generation(self) -> _generation_pb2.GenerationSettings:
+        """Default generation settings (temperature, output limit, response format
+        ...) for replies; a message may override them field by field.
+        """
+
     def __init__(
         self,
         *,
@@ -154,10 +162,11 @@ class Assistant(_message.Message):
         context_strategy: Global___ContextStrategy.ValueType = ...,
         tools: _abc.Iterable[_tools_pb2.Tool] | None = ...,
         memory_from_tool_outputs: _builtins.bool = ...,
+        generation: _generation_pb2.GenerationSettings | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "generation", b"generation", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_id", b"assistant_id", "context_strategy", b"context_strategy", "context_window", b"context_window", "create_time", b"create_time", "instructions", b"instructions", "memory_from_tool_outputs", b"memory_from_tool_outputs", "memory_mode", b"memory_mode", "metadata", b"metadata", "model", b"model", "name", b"name", "tools", b"tools", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_id", b"assistant_id", "context_strategy", b"context_strategy", "context_window", b"context_window", "create_time", b"create_time", "generation", b"generation", "instructions", b"instructions", "memory_from_tool_outputs", b"memory_from_tool_outputs", "memory_mode", b"memory_mode", "metadata", b"metadata", "model", b"model", "name", b"name", "tools", b"tools", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -331,7 +340,8 @@ class UpdateAssistantRequest(_message.Message):
     def update_mask(self) -> _field_mask_pb2.FieldMask:
         """Fields to change: any of `name`, `instructions`, `model`, `memory_mode`,
         `metadata`, `context_window`, `context_strategy`, `tools`,
-        `memory_from_tool_outputs`, or `*` for all of them. Empty means every
+        `memory_from_tool_outputs`, `generation` (replaced whole), or `*` for
+        all of them. Empty means every
         field that is set in `assistant`.
         """
 

@@ -7,12 +7,13 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from service.core.budget import Fitted
 from service.core.clock import now
 from service.core.errors import LoomError, ResourceExhausted
+from service.core.generation import GenerationSettings, schema_error
 from service.core.models import (
     Assistant,
     Completed,
@@ -46,6 +47,8 @@ class RunSpec:
     own_tools: tuple[ToolSpec, ...] | None  # the message's own tool set, if it had one
     tool_choice: str
     request_id: str = ""
+    # The message's generation settings over the assistant's.
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
 
 
 class Replier:
@@ -112,7 +115,9 @@ class Replier:
         arrived; if the caller goes away (or the server stops), INCOMPLETE."""
         model = writer.reply.model
         try:
-            chunks = self._llm.stream(model, fitted.turns, run.tools, run.tool_choice)
+            chunks = self._llm.stream(
+                model, fitted.turns, run.tools, run.tool_choice, run.generation
+            )
             async with contextlib.aclosing(chunks) as stream:
                 async for chunk in stream:
                     if text := writer.received.add(chunk):
@@ -149,7 +154,10 @@ class Replier:
             await self._observe(remembering)
             return await self._await_tools(writer, user, run)
         length = got.finish_reason == "length"
-        stored = await writer.settle(MessageStatus.INCOMPLETE if length else MessageStatus.COMPLETE)
+        schema = run.generation.schema
+        mismatch = schema_error(got.text, schema) if schema is not None else ""
+        status = MessageStatus.INCOMPLETE if length else MessageStatus.COMPLETE
+        stored = await writer.settle(status, schema_error=mismatch)
         thread = writer.thread
         await self._hooks.fold(tenant, assistant, thread, reply.model, fitted.limit)
         await self._observe(remembering)
@@ -185,6 +193,7 @@ class Replier:
             tools=run.own_tools,
             tool_choice=run.tool_choice,
             request_id=run.request_id,
+            generation=run.generation,
         )
         await writer.settle(MessageStatus.REQUIRES_ACTION, pending=pending)
         return ToolCallsRequired(run.run_id, reply.message_id, list(calls), pending.expire_time)

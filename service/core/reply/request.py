@@ -9,13 +9,14 @@ import contextlib
 import hashlib
 import json
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TypeAlias
 
 from service.core import ids
 from service.core.clock import now
 from service.core.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
+from service.core.generation import GenerationSettings, check_generation
 from service.core.limits import MAX_MODEL, MAX_REQUEST_ID, MAX_USER_ID
 from service.core.models import (
     Assistant,
@@ -57,11 +58,14 @@ class SendRequest:
     metadata: dict[str, str] = field(default_factory=dict)
     tools: list[ToolSpec] | None = None  # None: the assistant's
     tool_choice: str = ""
+    generation: GenerationSettings | None = None  # None: the assistant's
 
     def fingerprint(self) -> str:
         """A digest of everything but the request id, to spot a reused id."""
         body = asdict(self)
         body.pop("request_id")
+        if body["generation"] is None:  # as digested before requests had settings
+            body.pop("generation")
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
@@ -82,6 +86,8 @@ def check_request(req: SendRequest, max_content: int) -> None:
     check_metadata(req.metadata)
     if req.tools is not None:
         check_tools(req.tools, "tools")
+    if req.generation is not None:
+        check_generation(req.generation, "generation.")
 
 
 async def resolve(
@@ -124,7 +130,7 @@ async def resolve(
 
 def run_for(req: SendRequest, assistant: Assistant) -> RunSpec:
     """A new run for the request: its own tools if it sent some, else the
-    assistant's.
+    assistant's; its generation settings over the assistant's.
 
     Raises:
         InvalidArgument: ``tool_choice`` names no tool on offer.
@@ -137,6 +143,7 @@ def run_for(req: SendRequest, assistant: Assistant) -> RunSpec:
         own_tools=None if req.tools is None else tuple(req.tools),
         tool_choice=check_tool_choice(req.tool_choice, tools),
         request_id=req.request_id,
+        generation=(req.generation or GenerationSettings()).over(assistant.generation),
     )
 
 
@@ -237,7 +244,7 @@ class Idempotency:
             reply = await self._first_reply(tenant, req, record)
             if reply.status is MessageStatus.FAILED and not reply.content:
                 # The model was never heard from: run it now, in the same slot.
-                events = self._retry_failed(tenant, record, reply)
+                events = self._retry_failed(tenant, req, record, reply)
             else:
                 events = _replay(record, reply)
         async with contextlib.aclosing(events) as stream:
@@ -267,9 +274,12 @@ class Idempotency:
             pass
         return await self._stores.messages.get(tenant, record.assistant_message_id) or reply
 
-    async def _retry_failed(self, tenant: str, record: RequestRecord, reply: Message) -> Events:
+    async def _retry_failed(
+        self, tenant: str, req: SendRequest, record: RequestRecord, reply: Message
+    ) -> Events:
         """Run the model again for a first attempt that failed before the
-        model sent anything, if the thread has not moved on since.
+        model sent anything, if the thread has not moved on since, with the
+        request's tools and settings (a repeat is the same request).
 
         Raises:
             FailedPrecondition: the thread has moved on.
@@ -291,14 +301,7 @@ class Idempotency:
                 assistant = await self._stores.assistants.get(tenant, record.assistant_id)
             except NotFound:
                 raise NotFound("thread", record.thread_id) from None
-            run = RunSpec(
-                run_id=reply.run_id or ids.new_id(ids.RUN),
-                round=1,
-                tools=assistant.tools,
-                own_tools=None,
-                tool_choice="",
-                request_id=user.request_id,
-            )
+            run = replace(run_for(req, assistant), run_id=reply.run_id or ids.new_id(ids.RUN))
             yield _started(record, reply)
             events = self._replier.generate(tenant, assistant, writes, user, reply, run)
             async with contextlib.aclosing(events) as stream:

@@ -86,6 +86,7 @@ class ToolRuns:
                 own_tools=pending.tools,
                 tool_choice=pending.tool_choice,
                 request_id=pending.request_id,
+                generation=pending.generation,
             )
             yield started(
                 thread_id=thread_id,

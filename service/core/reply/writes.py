@@ -75,6 +75,7 @@ class ThreadWrites:
         usage: Usage | None = None,
         error: str = "",
         tool_calls: Sequence[ToolCall] = (),
+        schema_error: str = "",
     ) -> Message | None:
         """Store a message's final state; None if it is gone (its thread was
         deleted)."""
@@ -85,6 +86,7 @@ class ThreadWrites:
             usage=usage,
             error=error,
             tool_calls=tool_calls,
+            schema_error=schema_error,
         )
 
     async def restart(self, tenant: str, message_id: str, model: str) -> bool:
@@ -161,10 +163,16 @@ class ReplyWriter:
             await self._writes.save_progress(self.reply.message_id, self.received.text)
 
     async def settle(
-        self, status: MessageStatus, error: str = "", pending: PendingRun | None = None
+        self,
+        status: MessageStatus,
+        error: str = "",
+        pending: PendingRun | None = None,
+        *,
+        schema_error: str = "",
     ) -> Message:
-        """Store the reply as ``status`` with what was received, and the
-        thread with it (waiting for ``pending``'s tool outputs, if given).
+        """Store the reply as ``status`` with what was received (and why it
+        misses its schema, if it does), and the thread with it (waiting for
+        ``pending``'s tool outputs, if given).
 
         Raises:
             NotFound: the thread was deleted while the reply ran.
@@ -177,6 +185,7 @@ class ReplyWriter:
             usage=got.usage,
             error=error,
             tool_calls=got.calls,
+            schema_error=schema_error,
         )
         if stored is None:
             raise NotFound("thread", self.reply.thread_id)
