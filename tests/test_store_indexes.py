@@ -85,6 +85,7 @@ async def _every_query(store: MongoStore, thread: Thread, assistant_id: str) -> 
     await store.messages.find_page(TENANT, thread.thread_id, 10, None, False)
     await store.messages.find_page(TENANT, thread.thread_id, 10, 3, True)
     await store.messages.history(TENANT, thread.thread_id, 3)
+    await store.messages.last_reply(TENANT, thread.thread_id, ids.new_id(ids.RUN))
     await store.messages.delete_thread(TENANT, ids.new_id(ids.THREAD))
     await store.keys.find("digest-1")
     await store.keys.list_keys(TENANT)

@@ -217,6 +217,9 @@ class MessageStore(Protocol):
     async def history(self, tenant: str, thread_id: str, before: int) -> list[Message]:
         """Messages with sequence below ``before``, oldest first."""
 
+    async def last_reply(self, tenant: str, thread_id: str, run_id: str) -> Message | None:
+        """The run's last assistant message (its latest round), if any."""
+
     async def delete_thread(self, tenant: str, thread_id: str) -> int: ...
 
 

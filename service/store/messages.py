@@ -188,6 +188,13 @@ class MongoMessageStore:
         ).sort("sequence", ASCENDING)
         return [_from_doc(d) async for d in cursor]
 
+    async def last_reply(self, tenant: str, thread_id: str, run_id: str) -> Message | None:
+        doc = await self._c.find_one(
+            {"thread_id": thread_id, "tenant": tenant, "run_id": run_id, "role": "assistant"},
+            sort=[("sequence", DESCENDING)],
+        )
+        return _from_doc(doc) if doc else None
+
     async def delete_thread(self, tenant: str, thread_id: str) -> int:
         result = await self._c.delete_many({"thread_id": thread_id, "tenant": tenant})
         return result.deleted_count

@@ -28,6 +28,7 @@ from service.core.models import (
     ReplyEvent,
     Started,
     Thread,
+    ToolCallsRequired,
     ToolSpec,
 )
 from service.core.ports import RequestRecord
@@ -241,26 +242,32 @@ class Idempotency:
                     reason="REQUEST_IN_PROGRESS",
                 )
         else:
-            reply = await self._first_reply(tenant, req, record)
-            if reply.status is MessageStatus.FAILED and not reply.content:
+            reply = await self._last_reply(tenant, req, record)
+            first = reply.message_id == record.assistant_message_id
+            if first and reply.status is MessageStatus.FAILED and not reply.content:
                 # The model was never heard from: run it now, in the same slot.
                 events = self._retry_failed(tenant, req, record, reply)
             else:
-                events = _replay(record, reply)
+                events = self._replay(tenant, record, reply)
         async with contextlib.aclosing(events) as stream:
             async for event in stream:
                 yield event
 
-    async def _first_reply(self, tenant: str, req: SendRequest, record: RequestRecord) -> Message:
-        """The reply the first attempt stored, settled if its writer died.
+    async def _last_reply(self, tenant: str, req: SendRequest, record: RequestRecord) -> Message:
+        """What the first attempt finally produced: the last reply of its
+        run (the first round's, or a later one after tool outputs were
+        submitted), settled if its writer died.
 
         Raises:
             NotFound: the thread is gone.
             Aborted: the reply is still streaming.
         """
-        reply = await self._stores.messages.get(tenant, record.assistant_message_id)
+        messages = self._stores.messages
+        reply = await messages.get(tenant, record.assistant_message_id)
         if reply is None:
             raise NotFound("thread", record.thread_id)
+        if reply.run_id:
+            reply = await messages.last_reply(tenant, record.thread_id, reply.run_id) or reply
         if reply.status is not MessageStatus.IN_PROGRESS:
             return reply
         if not await self._stores.leases.expired(record.thread_id):
@@ -272,7 +279,24 @@ class Idempotency:
         # Its writer died: taking its lease over settles the reply INCOMPLETE.
         async with self._recovery.hold(tenant, record.thread_id):
             pass
-        return await self._stores.messages.get(tenant, record.assistant_message_id) or reply
+        return await messages.get(tenant, reply.message_id) or reply
+
+    async def _replay(self, tenant: str, record: RequestRecord, reply: Message) -> Events:
+        """The events of a finished first attempt, replayed from what it
+        stored: its run's last reply, and the tool calls that run still
+        waits for, if it does."""
+        waiting = None
+        if reply.status is MessageStatus.REQUIRES_ACTION:
+            waiting = (await self._stores.threads.get(tenant, record.thread_id)).run
+        yield _started(record, reply)
+        if reply.content:
+            yield Delta(reply.content)
+        if waiting is not None and waiting.message_id == reply.message_id:
+            yield ToolCallsRequired(
+                waiting.run_id, reply.message_id, list(reply.tool_calls), waiting.expire_time
+            )
+        else:
+            yield Completed(reply)
 
     async def _retry_failed(
         self, tenant: str, req: SendRequest, record: RequestRecord, reply: Message
@@ -317,11 +341,3 @@ def _started(record: RequestRecord, reply: Message) -> Started:
         user_message_id=record.user_message_id,
         reply=reply,
     )
-
-
-async def _replay(record: RequestRecord, reply: Message) -> Events:
-    """The events of a finished first attempt, replayed from what it stored."""
-    yield _started(record, reply)
-    if reply.content:
-        yield Delta(reply.content)
-    yield Completed(reply)

@@ -691,7 +691,9 @@ class SendMessageRequest(_message.Message):
     """Model for this reply only; empty means the assistant's default."""
     request_id: _builtins.str
     """Idempotency key (AIP-155), at most 128 characters: a retry with the same
-    id returns the first result and never calls the model twice.
+    id returns the first result and never calls the model twice. After tool
+    rounds, that result is the run's last reply (`completed`), or the
+    `tool_calls_required` the run still waits for.
     """
     tool_choice: _builtins.str
     """"auto" (the default), "none", "required", or the name of one tool the
