@@ -109,6 +109,7 @@ bench: setup
 	$(BENCH_ENV) $(PY) -m bench.messages
 	$(BENCH_ENV) $(PY) -m bench.context
 	$(BENCH_ENV) $(PY) -m bench.tokens
+	$(BENCH_ENV) $(PY) -m bench.isolation
 
 # About an hour: a million messages written into each local database set-up.
 bench-lists: setup

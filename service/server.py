@@ -110,6 +110,7 @@ class Loom:
         # Only around it: the server's tasks must not inherit this span.
         with span(tracer("loom.server"), "loom.start"):
             await self.store.ensure_indexes()
+            await self.store.migrate()
             if self.settings.dev_api_key is not None:
                 await self.keys.register(self.settings.dev_api_key.get_secret_value(), "dev")
             await self.assistants.resume_deletes()

@@ -22,6 +22,7 @@ from service.core.shield import Shield
 from service.core.threads import Threads
 from service.server import Loom, build_conversation, build_jobs, build_model
 from service.store import connect
+from service.store.scoped import key
 from service.telemetry import Telemetry
 from tests.conftest import Api, eventually, expect_error, make_settings, new_tenant_key, start_loom
 from tests.scripted_llm import Fail, Reply, ScriptedLLM
@@ -181,7 +182,7 @@ async def test_expired_lease_of_a_crashed_holder_is_taken_over(
         [
             {
                 **base,
-                "_id": "msg_" + "d" * 24,
+                "_id": key(tenant, "msg_" + "d" * 24),
                 "role": "user",
                 "content": "dead question",
                 "status": "complete",
@@ -189,7 +190,7 @@ async def test_expired_lease_of_a_crashed_holder_is_taken_over(
             },
             {
                 **base,
-                "_id": "msg_" + "e" * 24,
+                "_id": key(tenant, "msg_" + "e" * 24),
                 "role": "assistant",
                 "content": "half an ans",
                 "status": "in_progress",
@@ -395,7 +396,7 @@ async def test_a_failed_episodic_write_is_observed_however_the_reply_ends(
         if ending == "model failed"
         else Reply(chunks=["one ", "two ", "three"], chunk_delay=0.2)
     )
-    request = SendRequest(content="My cat is called Miso.", memory=MemoryMode.AUTO)
+    request = SendRequest(content="My cat is called Miso.", user_id="u1", memory=MemoryMode.AUTO)
     events = conversation.send(f"t-{uuid.uuid4().hex[:12]}", request)
     try:
         with caplog.at_level(logging.WARNING, logger="service.core.reply.hooks"):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TypeVar, assert_never
 
 from google.protobuf import field_mask_pb2, json_format, message, struct_pb2
+from google.protobuf.descriptor import EnumDescriptor
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from generated.loom.v1 import assistant_pb2, common_pb2, thread_pb2, tools_pb2
@@ -30,6 +31,7 @@ __all__ = [
 _Response = TypeVar(
     "_Response", thread_pb2.SendMessageResponse, thread_pb2.SubmitToolOutputsResponse
 )
+_Value = TypeVar("_Value")
 
 _MEMORY_TO_PB = {
     models.MemoryMode.UNSPECIFIED: common_pb2.MEMORY_MODE_UNSPECIFIED,
@@ -37,12 +39,15 @@ _MEMORY_TO_PB = {
     models.MemoryMode.READONLY: common_pb2.MEMORY_MODE_READONLY,
     models.MemoryMode.OFF: common_pb2.MEMORY_MODE_OFF,
 }
-_MEMORY_FROM_PB = {v: k for k, v in _MEMORY_TO_PB.items()}
+_MEMORY_FROM_PB: dict[int, models.MemoryMode] = {v: k for k, v in _MEMORY_TO_PB.items()}
 _STRATEGY_TO_PB = {
     models.ContextStrategy.SUMMARIZE: assistant_pb2.CONTEXT_STRATEGY_SUMMARIZE,
     models.ContextStrategy.TRUNCATE: assistant_pb2.CONTEXT_STRATEGY_TRUNCATE,
 }
-_STRATEGY_FROM_PB = {v: k for k, v in _STRATEGY_TO_PB.items()}
+_STRATEGY_FROM_PB: dict[int, models.ContextStrategy | None] = {
+    assistant_pb2.CONTEXT_STRATEGY_UNSPECIFIED: None,
+    **{v: k for k, v in _STRATEGY_TO_PB.items()},
+}
 _ROLE_TO_PB = {
     models.Role.USER: thread_pb2.ROLE_USER,
     models.Role.ASSISTANT: thread_pb2.ROLE_ASSISTANT,
@@ -118,9 +123,30 @@ def update_paths(
     return list(mask.paths) or [f.name for f, _ in resource.ListFields() if f.name in updatable]
 
 
-def memory_from_pb(value: int) -> models.MemoryMode:
-    """Unknown enum numbers (from newer clients) read as UNSPECIFIED."""
-    return _MEMORY_FROM_PB.get(value, models.MemoryMode.UNSPECIFIED)  # type: ignore[call-overload,no-any-return]
+def _enum_from_pb(
+    value: int, table: Mapping[int, _Value], descriptor: EnumDescriptor, field: str
+) -> _Value:
+    """``table[value]``; a number the contract does not define is refused
+    rather than read as a default (proto3 enums carry any number).
+
+    Raises:
+        InvalidArgument: naming the field and every value it accepts.
+    """
+    if value in table:
+        return table[value]
+    accepted = ", ".join(f"{v.name} ({v.number})" for v in descriptor.values)
+    raise InvalidArgument(
+        f"{field} {value} is not a {descriptor.name} value; use one of {accepted}", field=field
+    )
+
+
+def memory_from_pb(value: int, field: str) -> models.MemoryMode:
+    """A MemoryMode from the API (UNSPECIFIED included).
+
+    Raises:
+        InvalidArgument: a number the contract does not define.
+    """
+    return _enum_from_pb(value, _MEMORY_FROM_PB, common_pb2.MemoryMode.DESCRIPTOR, field)
 
 
 def assistant_to_pb(a: models.Assistant) -> assistant_pb2.Assistant:
@@ -138,13 +164,18 @@ def assistant_to_pb(a: models.Assistant) -> assistant_pb2.Assistant:
         context_strategy=_STRATEGY_TO_PB[a.context_strategy],
         tools=[_tool_to_pb(t) for t in a.tools],
         memory_from_tool_outputs=a.memory_from_tool_outputs,
+        shared_memory_writes=a.shared_memory_writes,
         generation=generation_to_pb(a.generation),
     )
 
 
-def strategy_from_pb(value: int) -> models.ContextStrategy | None:
-    """None for UNSPECIFIED (and for numbers from newer clients)."""
-    return _STRATEGY_FROM_PB.get(value)  # type: ignore[call-overload,no-any-return]
+def strategy_from_pb(value: int, field: str) -> models.ContextStrategy | None:
+    """A ContextStrategy from the API; None for UNSPECIFIED.
+
+    Raises:
+        InvalidArgument: a number the contract does not define.
+    """
+    return _enum_from_pb(value, _STRATEGY_FROM_PB, assistant_pb2.ContextStrategy.DESCRIPTOR, field)
 
 
 def thread_to_pb(t: models.Thread) -> thread_pb2.Thread:

@@ -119,7 +119,9 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         self, request: memory_pb2.UpdateMemoryRequest, context: Context
     ) -> memory_pb2.UpdateMemoryResponse:
         m = request.memory
-        paths = update_paths(request.update_mask, m, UPDATABLE_FIELDS)
+        # Without a mask, every field set is to change (AIP-134): a user_id
+        # set is named too, so that it is refused rather than ignored.
+        paths = update_paths(request.update_mask, m, (*UPDATABLE_FIELDS, "user_id"))
         record = await self._memory.update(
             tenant(),
             m.assistant_id,

@@ -82,7 +82,7 @@ class ThreadServicer(thread_pb2_grpc.ThreadServiceServicer):
             thread_id=request.thread_id,
             assistant_id=request.assistant_id,
             user_id=request.user_id,
-            memory=memory_from_pb(request.memory),
+            memory=memory_from_pb(request.memory, "memory"),
             model=request.model,
             request_id=request.request_id,
             metadata=dict(request.metadata),

@@ -7,6 +7,7 @@ __all__ = [
     "DEFAULT_PAGE_SIZE",
     "DEFAULT_SEARCH_LIMIT",
     "ID_HEX_DIGITS",
+    "LEGACY_ID_HEX_DIGITS",
     "MAX_ASSISTANT_NAME",
     "MAX_CONTEXT_WINDOW",
     "MAX_INSTRUCTIONS",
@@ -39,7 +40,8 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 
 # Ids: a type prefix, '_' and this many hex digits (service.core.ids).
-ID_HEX_DIGITS = 24
+ID_HEX_DIGITS = 32  # 128 random bits (core/ids.py)
+LEGACY_ID_HEX_DIGITS = 24  # ids stored before ids were random
 # Caller-chosen strings that name things.
 MAX_USER_ID = 256
 MAX_REQUEST_ID = 128

@@ -103,6 +103,7 @@ class Assistant:
     context_strategy: ContextStrategy = ContextStrategy.SUMMARIZE
     tools: list[ToolSpec] = field(default_factory=list)
     memory_from_tool_outputs: bool = False
+    shared_memory_writes: bool = False  # threads without a user write assistant-wide memory
     generation: GenerationSettings = field(default_factory=GenerationSettings)
 
 

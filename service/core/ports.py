@@ -55,7 +55,8 @@ __all__ = [
 
 
 class AssistantStore(Protocol):
-    """Assistants, always scoped to a tenant."""
+    """Assistants, always scoped to a tenant: every read and write names it,
+    so another tenant's assistant is never read, not even to be refused."""
 
     async def insert(self, assistant: Assistant) -> None: ...
     async def get(self, tenant: str, assistant_id: str) -> Assistant | None: ...
@@ -68,7 +69,12 @@ class AssistantStore(Protocol):
         default's id as it now stands. Concurrent claims that replace the
         same default agree on one winner."""
 
-    async def find_page(self, tenant: str, limit: int, after: str | None) -> list[Assistant]: ...
+    async def find_page(
+        self, tenant: str, limit: int, after: tuple[datetime, str] | None
+    ) -> list[Assistant]:
+        """Newest first (by create_time, then id), after ``after``: the
+        create_time and id of the last assistant of the previous page."""
+
     async def update(
         self, tenant: str, assistant_id: str, changes: dict[str, object], now: datetime
     ) -> Assistant | None: ...
@@ -152,13 +158,22 @@ class PendingThreadDelete:
 
 
 class ThreadStore(Protocol):
-    """Threads, always scoped to a tenant."""
+    """Threads, always scoped to a tenant: every read and write names it, so
+    another tenant's thread is never read, not even to be refused."""
 
     async def insert(self, thread: Thread) -> None: ...
     async def get(self, tenant: str, thread_id: str) -> Thread | None: ...
     async def find_page(
-        self, tenant: str, assistant_id: str, user_id: str, limit: int, after: str | None
-    ) -> list[Thread]: ...
+        self,
+        tenant: str,
+        assistant_id: str,
+        user_id: str,
+        limit: int,
+        after: tuple[datetime, str] | None,
+    ) -> list[Thread]:
+        """Newest first (by create_time, then id), after ``after``: the
+        create_time and id of the last thread of the previous page."""
+
     async def ids_of_assistant(self, tenant: str, assistant_id: str) -> list[str]: ...
     async def mark_deleting(self, tenant: str, thread_id: str, forget: bool = False) -> bool:
         """Hide the thread from reads, noting whether its memories go too."""
@@ -167,6 +182,7 @@ class ThreadStore(Protocol):
     async def pending_deletes(self) -> list[PendingThreadDelete]: ...
     async def save_context(
         self,
+        tenant: str,
         thread_id: str,
         context: Sequence[ContextEntry],
         message_count: int,
@@ -177,14 +193,15 @@ class ThreadStore(Protocol):
         (written only by the holder of the thread's lease)."""
 
     async def save_summary(
-        self, thread_id: str, summary: Summary, context: Sequence[ContextEntry]
+        self, tenant: str, thread_id: str, summary: Summary, context: Sequence[ContextEntry]
     ) -> None:
         """Store a new rolling summary and the context left after it (written
         only by the holder of the thread's lease)."""
 
 
 class MessageStore(Protocol):
-    """Messages, always scoped to a tenant and a thread."""
+    """Messages, always scoped to a tenant and a thread: every read and
+    write names the tenant."""
 
     async def append(self, message: Message, first_try: int) -> Message:
         """Store ``message`` at the thread's next sequence number, trying
@@ -198,6 +215,7 @@ class MessageStore(Protocol):
     async def get(self, tenant: str, message_id: str) -> Message | None: ...
     async def finish(
         self,
+        tenant: str,
         message_id: str,
         *,
         content: str,
@@ -207,7 +225,7 @@ class MessageStore(Protocol):
         tool_calls: Sequence[ToolCall] = (),
         schema_error: str = "",
     ) -> Message | None: ...
-    async def save_progress(self, message_id: str, content: str) -> None: ...
+    async def save_progress(self, tenant: str, message_id: str, content: str) -> None: ...
     async def restart(self, tenant: str, message_id: str, model: str) -> bool:
         """Put a FAILED, empty message back IN_PROGRESS for a retry."""
 
@@ -380,7 +398,8 @@ class Job:
 
 
 class JobStore(Protocol):
-    """Jobs, by id."""
+    """Jobs, by tenant and id (a read names the tenant, so another tenant's
+    job is never read)."""
 
     async def insert(self, job: Job) -> bool:
         """Record a new job; False if one with its id exists already."""
@@ -408,7 +427,7 @@ class JobStore(Protocol):
         """Jobs in ``state`` (any when None) of ``tenant`` (any when None),
         most recently updated first."""
 
-    async def requeue(self, job_id: str, now: datetime) -> bool:
+    async def requeue(self, tenant: str, job_id: str, now: datetime) -> bool:
         """Put a FAILED job back to PENDING, due now, with its attempts
         reset; False if there is no FAILED job with that id."""
 

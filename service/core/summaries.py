@@ -153,7 +153,7 @@ class Summarizer:
                     return {"skipped": "superseded by another fold"}
                 summary = Summary(text, through, p["model"], now())
                 remaining = [e for e in thread.context if e.sequence > through]
-                await self._threads.save_summary(thread_id, summary, remaining)
+                await self._threads.save_summary(tenant, thread_id, summary, remaining)
         except ThreadBusy:
             raise RetryLater(0.5, "a reply is running on the thread") from None
         return {"through": through}

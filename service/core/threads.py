@@ -10,7 +10,7 @@ from service.core.clock import now
 from service.core.errors import InvalidArgument, NotFound
 from service.core.limits import MAX_USER_ID
 from service.core.models import Message, Page, Thread
-from service.core.paging import open_cursor
+from service.core.paging import created, open_cursor
 from service.core.ports import MemoryPort, MessageStore, ThreadStore
 from service.core.validation import check_metadata, check_text
 
@@ -98,11 +98,11 @@ class Threads:
             ids.check_id(ids.ASSISTANT, assistant_id, "assistant_id")
         check_text(user_id, "user_id", MAX_USER_ID)
         filters: dict[str, object] = {"list": "threads", "a": assistant_id, "u": user_id}
-        cursor = open_cursor(page_size, page_token, filters, str)
+        cursor = open_cursor(page_size, page_token, filters, "created")
         items = await self._threads.find_page(
             tenant, assistant_id, user_id, cursor.fetch, cursor.after
         )
-        return cursor.page(items, lambda t: t.thread_id)
+        return cursor.page(items, lambda t: created(t.create_time, t.thread_id))
 
     async def delete(self, tenant: str, thread_id: str, *, forget: bool = False) -> int:
         """Delete the thread and its messages (and, with ``forget``, the
@@ -155,7 +155,7 @@ class Threads:
             )
         descending = _ORDERS[order]
         filters: dict[str, object] = {"list": "messages", "t": thread_id, "d": descending}
-        cursor = open_cursor(page_size, page_token, filters, int)
+        cursor = open_cursor(page_size, page_token, filters, "position")
         await self.get(tenant, thread_id)
         items = await self._messages.find_page(
             tenant, thread_id, cursor.fetch, cursor.after, descending

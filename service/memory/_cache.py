@@ -106,7 +106,7 @@ class CollectionCache:
             bm25 = {h.doc_id: h for h in found}
             missing = [i for i in ids if i not in bm25]
             if missing:
-                bm25.update(self.lexical.score(query, missing))
+                bm25.update(self.lexical.score(query, missing, scopes))
         return Candidates(dense, found, cosine, bm25)
 
 

@@ -4,8 +4,9 @@ during it, fact extraction after it, and the MemoryService use cases.
 Scope: a memory belongs to (tenant, assistant, user); user "" means
 assistant-wide. Recall in a user's thread sees that user's memories and the
 assistant-wide ones, never another user's; a thread without a user sees only
-assistant-wide ones. Every index call names the tenant and assistant, and the
-index filters on both.
+assistant-wide ones (and writes none unless its assistant allows it: the
+reply's hooks decide, ``core/reply/hooks.py``). Every index call names the
+tenant and assistant, and the index filters on both.
 """
 
 from __future__ import annotations
@@ -356,7 +357,7 @@ class AssistantMemory:
             "u": user_id,
             "w": assistant_wide_only,
         }
-        cursor = open_cursor(page_size, page_token, filters, int)
+        cursor = open_cursor(page_size, page_token, filters, "position")
         await self._assistant(tenant, assistant_id)
         # The index pages by offset: the key a page resumes after is the
         # number of items before it.
@@ -377,13 +378,21 @@ class AssistantMemory:
         """Rank the scope's memories against ``query``.
 
         Raises:
-            InvalidArgument: blank or long query, bad limit.
+            InvalidArgument: blank or long query, bad limit, ``min_score``
+                not a number from 0 to 1.
             NotFound: no such assistant.
         """
         check_text(query, "query", MAX_QUERY_CHARS, required=True)
         self._check_user(user_id)
         if limit < 0:
             raise InvalidArgument("limit must not be negative", field="limit")
+        # NaN fails both comparisons, so it is refused with the infinities.
+        if not 0.0 <= min_score <= 1.0:
+            raise InvalidArgument(
+                f"min_score {min_score} is out of range: scores run from 0 to 1, so use a "
+                "number in [0, 1] (0, the default, keeps every match)",
+                field="min_score",
+            )
         await self._assistant(tenant, assistant_id)
         return await self._index.search(
             tenant,
@@ -391,7 +400,7 @@ class AssistantMemory:
             query,
             user_id=user_id,
             limit=min(limit or DEFAULT_SEARCH_LIMIT, MAX_SEARCH_LIMIT),
-            min_score=max(min_score, 0.0),
+            min_score=min_score,
         )
 
     async def update(
@@ -406,11 +415,26 @@ class AssistantMemory:
         both (``check_update_mask``).
 
         Raises:
-            InvalidArgument: a bad mask, bad values.
+            InvalidArgument: a bad mask, bad values, a user_id other than
+                the memory's (a memory keeps its user).
             NotFound: no such assistant or memory.
         """
-        wanted = check_update_mask(paths, UPDATABLE_FIELDS)
+        names_user = "user_id" in paths  # immutable (AIP-203): checked below
+        rest = [p for p in paths if p != "user_id"]
+        wanted = check_update_mask(rest, UPDATABLE_FIELDS) if rest or not names_user else []
         existing = await self.get(tenant, assistant_id, memory_id)
+        if names_user and draft.user_id != existing.user_id:
+            raise InvalidArgument(
+                "memory.user_id cannot be changed: a memory keeps the user it was created for "
+                "(create the memory for the other user and delete this one)",
+                field="memory.user_id",
+            )
+        if not wanted:
+            raise InvalidArgument(
+                "update_mask path 'user_id' cannot be updated (a memory keeps its user); "
+                f"name fields from {', '.join(UPDATABLE_FIELDS)}",
+                field="update_mask",
+            )
         changes: dict[str, Any] = {"update_time": now()}
         if "content" in wanted:
             changes["text"] = check_text(

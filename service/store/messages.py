@@ -10,6 +10,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from service.core.models import MemoryMode, Message, MessageStatus, Role, ToolCall, Usage
+from service.store.scoped import key, object_id
 
 __all__ = ["MongoMessageStore", "to_doc"]
 
@@ -20,7 +21,7 @@ _MAX_APPEND_ATTEMPTS = 64
 def to_doc(m: Message) -> Doc:
     """The stored document of ``m``."""
     return {
-        "_id": m.message_id,
+        "_id": key(m.tenant, m.message_id),
         "tenant": m.tenant,
         "thread_id": m.thread_id,
         "role": m.role.value,
@@ -54,7 +55,7 @@ def _usage_doc(usage: Usage | None) -> Doc | None:
 def _from_doc(d: Doc) -> Message:
     usage = d.get("usage")
     return Message(
-        message_id=d["_id"],
+        message_id=object_id(d["_id"]),
         tenant=d["tenant"],
         thread_id=d["thread_id"],
         role=Role(d["role"]),
@@ -80,10 +81,10 @@ def _from_doc(d: Doc) -> Message:
 class MongoMessageStore:
     """``MessageStore`` over the messages collection.
 
-    One message is read and written by ``_id`` alone (the tenant is checked
-    in code), which MongoDB serves from the primary key and FerretDB 1.x
-    pushes down to SQLite; listing a thread uses the (thread_id, sequence)
-    index on MongoDB.
+    One message is read and written by ``_id`` alone, which holds the
+    tenant (``scoped.py``) and which MongoDB serves from the primary key and
+    FerretDB 1.x pushes down to SQLite; listing a thread uses the
+    (thread_id, sequence) index on MongoDB.
     """
 
     def __init__(self, collection: AsyncCollection[Doc]) -> None:
@@ -103,7 +104,7 @@ class MongoMessageStore:
                 await self._c.insert_one(to_doc(message))
                 return message
             except DuplicateKeyError:
-                mine = await self._c.find_one({"_id": message.message_id})
+                mine = await self._c.find_one({"_id": key(message.tenant, message.message_id)})
                 if mine is not None:  # a retried insert that had in fact landed
                     message.sequence = int(mine["sequence"])
                     return message
@@ -127,13 +128,12 @@ class MongoMessageStore:
         return messages
 
     async def get(self, tenant: str, message_id: str) -> Message | None:
-        doc = await self._c.find_one({"_id": message_id})
-        if doc is None or doc.get("tenant") != tenant:
-            return None
-        return _from_doc(doc)
+        doc = await self._c.find_one({"_id": key(tenant, message_id)})
+        return _from_doc(doc) if doc else None
 
     async def finish(
         self,
+        tenant: str,
         message_id: str,
         *,
         content: str,
@@ -144,7 +144,7 @@ class MongoMessageStore:
         schema_error: str = "",
     ) -> Message | None:
         doc = await self._c.find_one_and_update(
-            {"_id": message_id},
+            {"_id": key(tenant, message_id)},
             {
                 "$set": {
                     "content": content,
@@ -159,15 +159,15 @@ class MongoMessageStore:
         )
         return _from_doc(doc) if doc else None
 
-    async def save_progress(self, message_id: str, content: str) -> None:
-        await self._c.update_one({"_id": message_id}, {"$set": {"content": content}})
+    async def save_progress(self, tenant: str, message_id: str, content: str) -> None:
+        await self._c.update_one({"_id": key(tenant, message_id)}, {"$set": {"content": content}})
 
     async def restart(self, tenant: str, message_id: str, model: str) -> bool:
         current = await self.get(tenant, message_id)
         if current is None or current.status is not MessageStatus.FAILED or current.content:
             return False
         await self._c.update_one(
-            {"_id": message_id},
+            {"_id": key(tenant, message_id)},
             {"$set": {"status": MessageStatus.IN_PROGRESS.value, "model": model, "error": ""}},
         )
         return True

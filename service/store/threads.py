@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from pymongo import DESCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 
 from service.core.models import (
@@ -21,6 +20,8 @@ from service.core.models import (
 )
 from service.core.ports import PendingThreadDelete
 from service.store.generation import generation_doc, generation_from_doc
+from service.store.order import NEWEST_FIRST, older_than
+from service.store.scoped import key, object_id
 from service.store.tooldocs import tool_doc, tool_from_doc
 
 __all__ = ["MongoThreadStore", "to_doc"]
@@ -116,7 +117,7 @@ def _summary_doc(s: Summary | None) -> Doc | None:
 def to_doc(t: Thread) -> Doc:
     """The stored document of ``t``, its cached context included."""
     return {
-        "_id": t.thread_id,
+        "_id": key(t.tenant, t.thread_id),
         "tenant": t.tenant,
         "assistant_id": t.assistant_id,
         "user_id": t.user_id,
@@ -132,7 +133,7 @@ def to_doc(t: Thread) -> Doc:
 
 def _from_doc(d: Doc) -> Thread:
     return Thread(
-        thread_id=d["_id"],
+        thread_id=object_id(d["_id"]),
         tenant=d["tenant"],
         assistant_id=d["assistant_id"],
         user_id=d.get("user_id", ""),
@@ -151,9 +152,10 @@ def _from_doc(d: Doc) -> Thread:
 class MongoThreadStore:
     """``ThreadStore`` over one collection.
 
-    Reads and writes of one thread filter on ``_id`` alone and check the
-    tenant in code: MongoDB serves that from the primary key, and FerretDB
-    1.x pushes down no other filter (anything else scans the collection).
+    Reads and writes of one thread filter on ``_id`` alone, which holds the
+    tenant (``scoped.py``): MongoDB serves that from the primary key, and
+    FerretDB 1.x pushes down no other filter (anything else scans the
+    collection).
     """
 
     def __init__(self, collection: AsyncCollection[Doc]) -> None:
@@ -163,40 +165,43 @@ class MongoThreadStore:
         await self._c.insert_one(to_doc(thread))
 
     async def get(self, tenant: str, thread_id: str) -> Thread | None:
-        doc = await self._c.find_one({"_id": thread_id})
-        if doc is None or doc.get("tenant") != tenant or doc.get("deleting"):
+        doc = await self._c.find_one({"_id": key(tenant, thread_id)})
+        if doc is None or doc.get("deleting"):
             return None
         return _from_doc(doc)
 
     async def find_page(
-        self, tenant: str, assistant_id: str, user_id: str, limit: int, after: str | None
+        self,
+        tenant: str,
+        assistant_id: str,
+        user_id: str,
+        limit: int,
+        after: tuple[datetime, str] | None,
     ) -> list[Thread]:
         query: Doc = {"tenant": tenant, "deleting": {"$ne": True}}
         if assistant_id:
             query["assistant_id"] = assistant_id
         if user_id:
             query["user_id"] = user_id
-        if after is not None:
-            query["_id"] = {"$lt": after}
-        cursor = self._c.find(query, {"context": 0}).sort("_id", DESCENDING).limit(limit)
+        query |= older_than(after, key(tenant, after[1]) if after else "")
+        cursor = self._c.find(query, {"context": 0}).sort(NEWEST_FIRST).limit(limit)
         return [_from_doc(d) async for d in cursor]
 
     async def ids_of_assistant(self, tenant: str, assistant_id: str) -> list[str]:
         cursor = self._c.find({"tenant": tenant, "assistant_id": assistant_id}, {"_id": 1})
-        return [d["_id"] async for d in cursor]
+        return [object_id(d["_id"]) async for d in cursor]
 
     async def mark_deleting(self, tenant: str, thread_id: str, forget: bool = False) -> bool:
         if await self.get(tenant, thread_id) is None:
             return False
         await self._c.update_one(
-            {"_id": thread_id}, {"$set": {"deleting": True, "forget_memories": forget}}
+            {"_id": key(tenant, thread_id)},
+            {"$set": {"deleting": True, "forget_memories": forget}},
         )
         return True
 
     async def delete(self, tenant: str, thread_id: str) -> None:
-        doc = await self._c.find_one({"_id": thread_id}, {"tenant": 1})
-        if doc is not None and doc.get("tenant") == tenant:
-            await self._c.delete_one({"_id": thread_id})
+        await self._c.delete_one({"_id": key(tenant, thread_id)})
 
     async def pending_deletes(self) -> list[PendingThreadDelete]:
         cursor = self._c.find(
@@ -204,13 +209,14 @@ class MongoThreadStore:
         )
         return [
             PendingThreadDelete(
-                d["tenant"], d["assistant_id"], d["_id"], bool(d.get("forget_memories"))
+                d["tenant"], d["assistant_id"], object_id(d["_id"]), bool(d.get("forget_memories"))
             )
             async for d in cursor
         ]
 
     async def save_context(
         self,
+        tenant: str,
         thread_id: str,
         context: Sequence[ContextEntry],
         message_count: int,
@@ -218,7 +224,7 @@ class MongoThreadStore:
         run: PendingRun | None = None,
     ) -> None:
         await self._c.update_one(
-            {"_id": thread_id},
+            {"_id": key(tenant, thread_id)},
             {
                 "$set": {
                     "context": _context_blob(context),
@@ -230,10 +236,10 @@ class MongoThreadStore:
         )
 
     async def save_summary(
-        self, thread_id: str, summary: Summary, context: Sequence[ContextEntry]
+        self, tenant: str, thread_id: str, summary: Summary, context: Sequence[ContextEntry]
     ) -> None:
         await self._c.update_one(
-            {"_id": thread_id},
+            {"_id": key(tenant, thread_id)},
             {
                 "$set": {
                     "summary": _summary_doc(summary),

@@ -86,7 +86,9 @@ class Memory(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     memory_id: _builtins.str
-    """Output only. Server-assigned id, e.g. `mem_6650c3b2e1f4a9d0c1b2a3f4`."""
+    """Output only. Server-assigned random id (128 bits), e.g.
+    `mem_6650c3b2e1f4a9d0c1b2a3f4e5d6c7b8`.
+    """
     assistant_id: _builtins.str
     """The assistant whose memory this is."""
     user_id: _builtins.str

@@ -147,7 +147,9 @@ class Thread(_message.Message):
     SUMMARY_FIELD_NUMBER: _builtins.int
     PENDING_RUN_ID_FIELD_NUMBER: _builtins.int
     thread_id: _builtins.str
-    """Output only. Server-assigned id, e.g. `thread_6650c3b2e1f4a9d0c1b2a3f4`."""
+    """Output only. Server-assigned random id (128 bits), e.g.
+    `thread_6650c3b2e1f4a9d0c1b2a3f4e5d6c7b8`.
+    """
     assistant_id: _builtins.str
     """The assistant this thread talks to. Set when the thread is created."""
     user_id: _builtins.str
@@ -281,7 +283,9 @@ class Message(_message.Message):
     RUN_ID_FIELD_NUMBER: _builtins.int
     SCHEMA_ERROR_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
-    """Output only. Server-assigned id, e.g. `msg_6650c3b2e1f4a9d0c1b2a3f4`."""
+    """Output only. Server-assigned random id (128 bits), e.g.
+    `msg_6650c3b2e1f4a9d0c1b2a3f4e5d6c7b8`.
+    """
     thread_id: _builtins.str
     """The thread the message belongs to."""
     role: Global___Role.ValueType
@@ -680,8 +684,10 @@ class SendMessageRequest(_message.Message):
     assistant if set.
     """
     user_id: _builtins.str
-    """The end user of a new thread. With `thread_id`, it must be the thread's
-    own user if set.
+    """The end user of a new thread; its memories are that user's alone. With
+    `thread_id`, it may be omitted (the thread keeps the user it was created
+    for) and if set must be that user. A thread without a user writes no
+    memory unless the assistant has `shared_memory_writes`.
     """
     memory: _common_pb2.MemoryMode.ValueType
     """What this message does with the assistant's memory; UNSPECIFIED means
@@ -925,7 +931,9 @@ class RecalledMemory(_message.Message):
     memory_id: _builtins.str
     """Id of the memory."""
     content: _builtins.str
-    """Its text, as given to the model."""
+    """Its text. The prompt holds it quoted and escaped, so that nothing in it
+    can leave the block of remembered facts.
+    """
     score: _builtins.float
     """Its relevance to the message."""
     def __init__(

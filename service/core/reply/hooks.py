@@ -1,6 +1,12 @@
 """What a reply does around the model call with the assistant's memory and
 the thread's summary: recall and an episodic write before it, a summary fold
-and a fact-extraction job after it. None of them ever fails a reply."""
+and a fact-extraction job after it. None of them ever fails a reply.
+
+Who may write memory: with memory AUTO, a thread with a user writes that
+user's memories; a thread without one would write assistant-wide memories,
+recalled into every user's prompt, so it writes none unless its assistant
+opts in (``shared_memory_writes``).
+"""
 
 from __future__ import annotations
 
@@ -61,14 +67,24 @@ class ReplyHooks:
         self._summarizer = summarizer
         self._shield = shield
 
-    def remember(self, tenant: str, thread: Thread, user: Message) -> Remembering:
+    def _writes(self, assistant: Assistant, thread: Thread, user: Message) -> MemoryPort | None:
+        """The memory to write to for this message, if it may write at all
+        (see the module docstring)."""
+        if self._memory is None or user.memory is not MemoryMode.AUTO:
+            return None
+        if not thread.user_id and not assistant.shared_memory_writes:
+            return None
+        return self._memory
+
+    def remember(
+        self, tenant: str, assistant: Assistant, thread: Thread, user: Message
+    ) -> Remembering:
         """Start indexing the user's message (memory AUTO), so that the next
         request can recall it; the reply waits for it before it ends."""
-        if self._memory is None or user.memory is not MemoryMode.AUTO:
+        memory = self._writes(assistant, thread, user)
+        if memory is None:
             return Remembering(None, user.message_id)
-        write = self._memory.remember(
-            tenant, thread.assistant_id, thread.user_id, thread.thread_id, user
-        )
+        write = memory.remember(tenant, thread.assistant_id, thread.user_id, thread.thread_id, user)
         return Remembering(asyncio.ensure_future(self._shield.run(write)), user.message_id)
 
     async def recall(self, tenant: str, thread: Thread, user: Message) -> list[Recalled]:
@@ -107,7 +123,8 @@ class ReplyHooks:
     ) -> str:
         """Queue the job that learns facts from the exchange (memory AUTO);
         return its id, or "" if none was queued."""
-        if self._memory is None or user.memory is not MemoryMode.AUTO:
+        memory = self._writes(assistant, thread, user)
+        if memory is None:
             return ""
         tool_outputs = (
             [
@@ -119,7 +136,7 @@ class ReplyHooks:
             else []
         )
         try:
-            return await self._memory.schedule_extraction(
+            return await memory.schedule_extraction(
                 tenant,
                 thread.assistant_id,
                 thread.user_id,

@@ -118,8 +118,8 @@ async def resolve(
         )
     if req.user_id and req.user_id != thread.user_id:
         raise InvalidArgument(
-            f"thread {thread.thread_id!r} belongs to another user; omit user_id when "
-            "continuing a thread, or start a new thread for this user",
+            f"thread {thread.thread_id!r} belongs to another user: a thread keeps the user it "
+            "was created for, so start a new thread for this user",
             field="user_id",
         )
     try:

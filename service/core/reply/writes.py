@@ -64,7 +64,7 @@ class ThreadWrites:
 
     async def save_progress(self, message_id: str, content: str) -> None:
         """Save what a streaming message holds so far."""
-        await self._messages.save_progress(message_id, content)
+        await self._messages.save_progress(self.thread.tenant, message_id, content)
 
     async def finish(
         self,
@@ -80,6 +80,7 @@ class ThreadWrites:
         """Store a message's final state; None if it is gone (its thread was
         deleted)."""
         return await self._messages.finish(
+            self.thread.tenant,
             message_id,
             content=content,
             status=status,
@@ -105,7 +106,9 @@ class ThreadWrites:
         await self.cache(entries)
         self.thread.run = run
         t = self.thread
-        await self._threads.save_context(t.thread_id, t.context, t.message_count, now(), t.run)
+        await self._threads.save_context(
+            t.tenant, t.thread_id, t.context, t.message_count, now(), t.run
+        )
 
     async def rebuild(self, entries: Iterable[ContextEntry], message_count: int) -> None:
         """Replace the thread's context and count with ones rebuilt from its
