@@ -275,3 +275,31 @@ def test_the_output_limit_goes_in_the_field_the_endpoint_reads() -> None:
     }
     assert generation_params(settings, "max_tokens")["max_tokens"] == 64
     assert json.dumps(generation_params(GenerationSettings())) == "{}"
+
+
+async def test_the_prompt_leaves_room_for_the_output_limit(api: Api, llm: ScriptedLLM) -> None:
+    created = await api.call(
+        api.assistants.CreateAssistant,
+        assistant_pb2.CreateAssistantRequest(
+            assistant=assistant_pb2.Assistant(
+                context_window=2048, context_strategy=assistant_pb2.CONTEXT_STRATEGY_TRUNCATE
+            )
+        ),
+    )
+    assistant_id = created.assistant.assistant_id
+    events = await api.send(content="Let us count words together.", assistant_id=assistant_id)
+    thread_id = events[0].started.thread_id
+    for i in range(15):
+        await api.send(content=f"Message {i}: " + "word " * 20, thread_id=thread_id)
+    await api.send(content="How far did we get?", thread_id=thread_id)
+    whole = llm.requests[-1].body["messages"]
+    assert len(whole) == 2 * 16 + 1  # every earlier turn, and the new message
+    limited = _settings(maxOutputTokens=1700)
+    await api.send(content="How far did we get?", thread_id=thread_id, generation=limited)
+    fitted = llm.requests[-1].body["messages"]
+    # 2048 - 1700 tokens: the oldest turns are left out, the newest kept.
+    words = [sum(len(m["content"].split()) for m in b) for b in (whole, fitted)]
+    assert words[0] > 2048 - 1700 >= words[1]
+    assert 2 < len(fitted) < len(whole)
+    assert fitted[-1]["content"] == "How far did we get?"
+    assert fitted[-2]["content"] == "Echo: How far did we get?"

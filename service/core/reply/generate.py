@@ -93,6 +93,7 @@ class Replier:
                 user=user,
                 reply=reply,
                 recalled=recalled,
+                reply_tokens=run.generation.max_output_tokens,
             )
             writer = ReplyWriter(writes, reply, self._policy.flush_interval)
             async with contextlib.aclosing(self._stream(writer, fitted, run)) as deltas:

@@ -86,7 +86,8 @@ class GenerationSettings(_message.Message):
     max_output_tokens: _builtins.int
     """Most tokens the reply may have, 1 to 1,000,000 (reasoning tokens count
     too, on models that reason). A reply cut off by it is stored
-    INCOMPLETE. Sent as `max_completion_tokens`.
+    INCOMPLETE. The prompt is fitted to leave this much of the context
+    window free. Sent as `max_completion_tokens`.
     """
     seed: _builtins.int
     """Seed for sampling: the same seed, prompt and settings make the endpoint
