@@ -112,7 +112,7 @@ class OpenAIChatModel:
             body["tools"] = [_tool(t) for t in tools]
             if tool_choice:
                 body["tool_choice"] = _tool_choice(tool_choice)
-        call = self._telemetry.start("chat", model, body["messages"], stream=True)
+        call = self._telemetry.start("chat", model, body["messages"], stream=True, parameters=body)
         try:
             once = functools.partial(self._stream_once, call, body)
             async with contextlib.aclosing(self._retrying(call, model, once)) as chunks:
@@ -215,7 +215,7 @@ class OpenAIChatModel:
         }
         if json:
             body["response_format"] = {"type": "json_object"}
-        call = self._telemetry.start("chat", model, body["messages"], stream=False)
+        call = self._telemetry.start("chat", model, body["messages"], stream=False, parameters=body)
         try:
             once = functools.partial(self._complete_once, call, body)
             [text] = [t async for t in self._retrying(call, model, once)]
