@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import grpc
 
-from generated.loom.v1 import thread_pb2
+from generated.loom.v1 import generation_pb2, thread_pb2
 from tests.conftest import Api, expect_error
-from tests.scripted_llm import ScriptedLLM
-from tests.test_tools import TIME, WEATHER, Model, _assistant, _submit
+from tests.scripted_llm import Fail, Reply, ScriptedLLM
+from tests.test_tools import TIME, WEATHER, Model, _assistant, _submit, _tool
 
 TWO_ROUNDS = [
     [{"id": "call_a", "name": "get_weather", "arguments": '{"city": "Oslo"}'}],
@@ -94,3 +94,30 @@ async def test_a_retry_after_the_run_was_cancelled_gets_the_cancelled_reply(
         ),
         grpc.StatusCode.NOT_FOUND,
     )
+
+
+async def test_a_retry_after_a_model_outage_runs_with_its_own_tools_and_settings(
+    api: Api, llm: ScriptedLLM
+) -> None:
+    assistant_id = await _assistant(api, WEATHER, TIME)
+    request = thread_pb2.SendMessageRequest(
+        content="what time is it?",
+        assistant_id=assistant_id,
+        request_id="r4",
+        tools=[_tool(TIME)],
+        tool_choice="get_time",
+        generation=generation_pb2.GenerationSettings(temperature=0.0, seed=5),
+    )
+    llm.script(*[Fail(status=503)] * 3)
+    await expect_error(
+        api.threads.SendMessage(request, metadata=api.metadata),
+        grpc.StatusCode.UNAVAILABLE,
+        "MODEL_UNAVAILABLE",
+    )
+    llm.script(Reply(text="Noon."))
+    retry = [e async for e in api.threads.SendMessage(request, metadata=api.metadata)]
+    assert retry[-1].completed.message.content == "Noon."
+    body = llm.requests[-1].body
+    assert (body["temperature"], body["seed"]) == (0, 5)
+    assert [t["function"]["name"] for t in body["tools"]] == ["get_time"]
+    assert body["tool_choice"] == {"type": "function", "function": {"name": "get_time"}}
