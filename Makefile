@@ -19,7 +19,7 @@ STAMP := $(VENV)/.installed
 CLIENT := clients/python
 LINTED := service tests bench $(CLIENT)
 
-.PHONY: setup run-deps postgres jaeger go-plugins proto proto-check lint test bench bench-lists bench-memory bench-tracing bench-outage run fleet clean
+.PHONY: setup run-deps postgres jaeger go-plugins proto proto-check lint test bench bench-lists bench-imports bench-memory bench-tracing bench-outage run fleet clean
 
 # The local database is FerretDB over PostgreSQL (scripts/postgres.sh makes and
 # starts the cluster); LOOM_LOCAL_DB=sqlite needs no PostgreSQL.
@@ -114,6 +114,9 @@ bench: setup
 # About an hour: a million messages written into each local database set-up.
 bench-lists: setup
 	$(BENCH_ENV) $(PY) -m bench.lists
+
+bench-imports: setup
+	$(BENCH_ENV) $(PY) -m bench.imports
 
 bench-memory: setup
 	$(BENCH_ENV) $(PY) -m bench.memory

@@ -33,6 +33,7 @@ from service.api.threads import ThreadServicer
 from service.config import Settings
 from service.core.assistants import Assistants
 from service.core.conversation import Conversation, ReplyPolicy, ReplyServices, ReplyStores
+from service.core.forks import Forks
 from service.core.jobs import JobRunner
 from service.core.keys import KeyService
 from service.core.leases import Leases
@@ -41,6 +42,7 @@ from service.core.ratelimit import Limiter, Limits
 from service.core.shield import Shield
 from service.core.summaries import Summarizer
 from service.core.threads import Threads
+from service.core.usage import Ledger
 from service.llm import OpenAIChatModel
 from service.llm.tokens import TokenBudgets
 from service.memory.domain import AssistantMemory
@@ -170,7 +172,7 @@ def build(settings: Settings, telemetry: Telemetry | None = None) -> Loom:
     jobs = build_jobs(settings, store, shield)
     index, memory = build_memory(settings, telemetry, store=store, jobs=jobs, llm=llm)
     assistants = Assistants(store.assistants, store.threads, store.messages, memory=memory)
-    threads = Threads(assistants, store.threads, store.messages, memory=memory)
+    threads = Threads(assistants, store.threads, store.messages, memory=memory, jobs=jobs)
     conversation = build_conversation(
         settings,
         store=store,
@@ -182,12 +184,13 @@ def build(settings: Settings, telemetry: Telemetry | None = None) -> Loom:
         memory=memory,
     )
     keys = KeyService(store.keys)
+    forks = Forks(threads, store.messages, context_chars=settings.context_cache_chars)
     served = build_grpc_server(
         settings,
         telemetry,
         keys,
         assistants=AssistantServicer(assistants),
-        threads=ThreadServicer(threads, conversation),
+        threads=ThreadServicer(threads, conversation, forks),
         memory=MemoryServicer(memory),
     )
     return Loom(
@@ -230,7 +233,8 @@ def build_model(settings: Settings, telemetry: Telemetry) -> OpenAIChatModel:
 
 
 def build_jobs(settings: Settings, store: MongoStore, shield: Shield) -> JobRunner:
-    """The runner of durable background jobs (fact extraction, summaries)."""
+    """The runner of durable background jobs (fact extraction, summaries,
+    thread expiry); the model tokens a job spends are added to its thread."""
     return JobRunner(
         store.jobs,
         store.leases,
@@ -243,6 +247,7 @@ def build_jobs(settings: Settings, store: MongoStore, shield: Shield) -> JobRunn
         max_retry_delay=settings.job_max_retry_delay,
         lease_seconds=settings.job_lease_seconds,
         translate=store_errors.translate,
+        charge=Ledger(Leases(store.leases, settings.lease_seconds, shield), store.threads).charge,
     )
 
 

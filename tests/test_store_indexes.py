@@ -13,7 +13,8 @@ import pytest
 from pymongo import monitoring
 
 from service.core import ids
-from service.core.models import Assistant, Message, MessageStatus, Role, Thread
+from service.core.filters import Clause
+from service.core.models import Assistant, Message, MessageStatus, Role, Thread, Usage
 from service.core.ports import ApiKey, Job, JobState
 from service.store import MongoStore, connect
 from tests.support.ferretdb import FerretDB
@@ -80,12 +81,26 @@ async def _every_query(store: MongoStore, thread: Thread, assistant_id: str) -> 
     for assistant, user in [("", ""), (assistant_id, ""), ("", "u1"), (assistant_id, "u1")]:
         await store.threads.find_page(TENANT, assistant, user, 10, None)
         await store.threads.find_page(TENANT, assistant, user, 10, (t, thread.thread_id))
+    for clause in [
+        Clause("user_id", "=", "u1"),
+        Clause("assistant_id", "=", assistant_id),
+        Clause("update_time", ">=", t - timedelta(days=1)),
+        Clause("metadata.ticket", "=", "123"),
+    ]:
+        await store.threads.find_page(TENANT, "", "", 10, (t, thread.thread_id), [clause])
+    await store.threads.update(TENANT, thread.thread_id, {"metadata": {"ticket": "123"}}, t)
+    await store.threads.mark_batch(TENANT, thread.thread_id, None)
+    await store.threads.add_usage(TENANT, thread.thread_id, Usage(3, 4))
+    await store.threads.job_usage(TENANT, [thread.thread_id])
+    await store.threads.claim_expired(TENANT, thread.thread_id, t)
     await store.threads.ids_of_assistant(TENANT, assistant_id)
     await store.threads.pending_deletes()
     await store.threads.save_context(TENANT, thread.thread_id, [], 4, t)
     await store.messages.find_page(TENANT, thread.thread_id, 10, None, False)
     await store.messages.find_page(TENANT, thread.thread_id, 10, 3, True)
+    await store.messages.find_page(TENANT, thread.thread_id, 2, None, False, before=2)
     await store.messages.history(TENANT, thread.thread_id, 3)
+    await store.messages.delete_from(TENANT, ids.new_id(ids.THREAD), 0)
     await store.messages.last_reply(TENANT, thread.thread_id, ids.new_id(ids.RUN))
     await store.messages.delete_thread(TENANT, ids.new_id(ids.THREAD))
     await store.keys.find("digest-1")

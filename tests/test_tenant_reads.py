@@ -76,7 +76,7 @@ async def stores(loom: Loom) -> AsyncIterator[Stores]:
     yield Stores(
         replies,
         MongoAssistantStore(db["assistants"], db["default_assistants"]),
-        MongoThreadStore(db["threads"]),
+        MongoThreadStore(db["threads"], db["thread_usage"]),
         MongoMessageStore(db["messages"]),
         MongoJobStore(db["jobs"]),
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TypeVar, assert_never
 
 from google.protobuf import field_mask_pb2, json_format, message, struct_pb2
@@ -13,14 +13,19 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from generated.loom.v1 import assistant_pb2, common_pb2, thread_pb2, tools_pb2
 from service.api.generation import generation_to_pb
 from service.core import models
+from service.core.batches import NewMessage
 from service.core.errors import InvalidArgument
+from service.core.threads import Expiration, ThreadDraft
 
 __all__ = [
     "assistant_to_pb",
     "event_to_pb",
+    "expiration_from_pb",
     "memory_from_pb",
     "message_to_pb",
+    "new_message_from_pb",
     "strategy_from_pb",
+    "thread_draft_from_pb",
     "thread_to_pb",
     "timestamp",
     "tools_from_pb",
@@ -54,6 +59,7 @@ _ROLE_TO_PB = {
     models.Role.SYSTEM: thread_pb2.ROLE_SYSTEM,
     models.Role.TOOL: thread_pb2.ROLE_TOOL,
 }
+_ROLE_FROM_PB = {v: k for k, v in _ROLE_TO_PB.items()}
 _STATUS_TO_PB = {
     models.MessageStatus.IN_PROGRESS: thread_pb2.MESSAGE_STATUS_IN_PROGRESS,
     models.MessageStatus.COMPLETE: thread_pb2.MESSAGE_STATUS_COMPLETE,
@@ -121,6 +127,41 @@ def update_paths(
     """The paths of an update (AIP-134): the mask's, or without one every
     updatable field the caller set on ``resource``."""
     return list(mask.paths) or [f.name for f, _ in resource.ListFields() if f.name in updatable]
+
+
+def _time_from_pb(value: Timestamp) -> datetime:
+    return value.ToDatetime(tzinfo=UTC)
+
+
+def expiration_from_pb(t: thread_pb2.Thread) -> Expiration:
+    """A thread's expiration as the caller gave it (``expire_time`` or ``ttl``)."""
+    which = t.WhichOneof("expiration")
+    return Expiration(
+        expire_time=_time_from_pb(t.expire_time) if which == "expire_time" else None,
+        ttl=t.ttl.ToTimedelta() if which == "ttl" else None,
+        expire_memories=t.expire_memories,
+    )
+
+
+def thread_draft_from_pb(t: thread_pb2.Thread) -> ThreadDraft:
+    """The updatable fields of a thread as the caller gave them."""
+    return ThreadDraft(
+        assistant_id=t.assistant_id, metadata=dict(t.metadata), expiration=expiration_from_pb(t)
+    )
+
+
+def new_message_from_pb(m: thread_pb2.Message) -> NewMessage:
+    """A message given to AddMessages (a role Loom does not know reads as
+    none, for the domain to refuse)."""
+    return NewMessage(
+        role=_ROLE_FROM_PB.get(m.role),
+        content=m.content,
+        create_time=_time_from_pb(m.create_time) if m.HasField("create_time") else None,
+        metadata=dict(m.metadata),
+        model=m.model,
+        tool_calls=[models.ToolCall(c.tool_call_id, c.name, c.arguments) for c in m.tool_calls],
+        tool_call_id=m.tool_call_id,
+    )
 
 
 def _enum_from_pb(
@@ -197,6 +238,16 @@ def thread_to_pb(t: models.Thread) -> thread_pb2.Thread:
         if t.summary
         else None,
         pending_run_id=t.run.run_id if t.run else "",
+        expire_time=timestamp(t.expire_time),
+        expire_memories=t.expire_memories,
+        forked_from=thread_pb2.ThreadOrigin(
+            thread_id=t.forked_from.thread_id, through_sequence=t.forked_from.through_sequence
+        )
+        if t.forked_from
+        else None,
+        usage=common_pb2.Usage(
+            input_tokens=t.usage.input_tokens, output_tokens=t.usage.output_tokens
+        ),
     )
 
 

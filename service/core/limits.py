@@ -8,8 +8,11 @@ __all__ = [
     "DEFAULT_SEARCH_LIMIT",
     "ID_HEX_DIGITS",
     "LEGACY_ID_HEX_DIGITS",
+    "MAX_ADDED_MESSAGES",
     "MAX_ASSISTANT_NAME",
     "MAX_CONTEXT_WINDOW",
+    "MAX_FILTER_CHARS",
+    "MAX_FILTER_CLAUSES",
     "MAX_INSTRUCTIONS",
     "MAX_MEMORY_CHARS",
     "MAX_METADATA_KEY",
@@ -26,7 +29,10 @@ __all__ = [
     "MAX_STOP_CHARS",
     "MAX_STOP_SEQUENCES",
     "MAX_TENANT",
+    "MAX_THREAD_TTL_DAYS",
     "MAX_TOOLS",
+    "MAX_TOOL_ARGUMENTS_CHARS",
+    "MAX_TOOL_CALL_ID",
     "MAX_TOOL_DESCRIPTION",
     "MAX_TOOL_NAME",
     "MAX_TOOL_OUTPUT_CHARS",
@@ -66,6 +72,16 @@ MAX_TOOL_NAME = 64
 MAX_TOOL_DESCRIPTION = 4096
 MAX_TOOL_SCHEMA_CHARS = 64_000
 MAX_TOOL_OUTPUT_CHARS = 100_000
+# Tool calls given with AddMessages (the model writes them in replies).
+MAX_TOOL_CALL_ID = 256
+MAX_TOOL_ARGUMENTS_CHARS = 64_000
+
+# Threads: messages per AddMessages call, how far ahead they may expire, and
+# ListThreads filters (service.core.filters).
+MAX_ADDED_MESSAGES = 1000
+MAX_THREAD_TTL_DAYS = 3650
+MAX_FILTER_CHARS = 2000
+MAX_FILTER_CLAUSES = 16
 
 # Generation settings (service.core.generation).
 MAX_OUTPUT_TOKENS = 1_000_000

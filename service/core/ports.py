@@ -2,7 +2,8 @@
 
 ``service.store`` implements the stores over MongoDB and ``service.llm``
 implements ``ChatModel`` over an OpenAI-compatible endpoint; the domain sees
-only these protocols.
+only these protocols. The thread and message stores are written in
+``service.core.thread_ports`` and imported from here like the rest.
 """
 
 from __future__ import annotations
@@ -16,17 +17,13 @@ from typing import Any, Protocol
 from service.core.generation import GenerationSettings
 from service.core.models import (
     Assistant,
-    ContextEntry,
     Message,
-    MessageStatus,
-    PendingRun,
     Recalled,
-    Summary,
-    Thread,
     ToolCall,
     ToolSpec,
     Usage,
 )
+from service.core.thread_ports import MessageStore, PendingThreadDelete, ThreadStore
 
 __all__ = [
     "ApiKey",
@@ -145,100 +142,6 @@ class LeaseStore(Protocol):
 
     async def release(self, thread_id: str, owner: str) -> None: ...
     async def current(self, thread_id: str) -> LeaseState | None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class PendingThreadDelete:
-    """A thread deletion a crash interrupted."""
-
-    tenant: str
-    assistant_id: str
-    thread_id: str
-    forget: bool
-
-
-class ThreadStore(Protocol):
-    """Threads, always scoped to a tenant: every read and write names it, so
-    another tenant's thread is never read, not even to be refused."""
-
-    async def insert(self, thread: Thread) -> None: ...
-    async def get(self, tenant: str, thread_id: str) -> Thread | None: ...
-    async def find_page(
-        self,
-        tenant: str,
-        assistant_id: str,
-        user_id: str,
-        limit: int,
-        after: tuple[datetime, str] | None,
-    ) -> list[Thread]:
-        """Newest first (by create_time, then id), after ``after``: the
-        create_time and id of the last thread of the previous page."""
-
-    async def ids_of_assistant(self, tenant: str, assistant_id: str) -> list[str]: ...
-    async def mark_deleting(self, tenant: str, thread_id: str, forget: bool = False) -> bool:
-        """Hide the thread from reads, noting whether its memories go too."""
-
-    async def delete(self, tenant: str, thread_id: str) -> None: ...
-    async def pending_deletes(self) -> list[PendingThreadDelete]: ...
-    async def save_context(
-        self,
-        tenant: str,
-        thread_id: str,
-        context: Sequence[ContextEntry],
-        message_count: int,
-        update_time: datetime,
-        run: PendingRun | None = None,
-    ) -> None:
-        """Store the thread's cached context, message count and pending run
-        (written only by the holder of the thread's lease)."""
-
-    async def save_summary(
-        self, tenant: str, thread_id: str, summary: Summary, context: Sequence[ContextEntry]
-    ) -> None:
-        """Store a new rolling summary and the context left after it (written
-        only by the holder of the thread's lease)."""
-
-
-class MessageStore(Protocol):
-    """Messages, always scoped to a tenant and a thread: every read and
-    write names the tenant."""
-
-    async def append(self, message: Message, first_try: int) -> Message:
-        """Store ``message`` at the thread's next sequence number, trying
-        ``first_try`` first (the thread's message count). A unique index on
-        (thread_id, sequence) settles races: no gaps, no duplicates, even with
-        concurrent writers on several replicas."""
-
-    async def append_all(self, messages: list[Message], first_try: int) -> list[Message]:
-        """``append`` each message in turn (consecutive numbers if free)."""
-
-    async def get(self, tenant: str, message_id: str) -> Message | None: ...
-    async def finish(
-        self,
-        tenant: str,
-        message_id: str,
-        *,
-        content: str,
-        status: MessageStatus,
-        usage: Usage | None = None,
-        error: str = "",
-        tool_calls: Sequence[ToolCall] = (),
-        schema_error: str = "",
-    ) -> Message | None: ...
-    async def save_progress(self, tenant: str, message_id: str, content: str) -> None: ...
-    async def restart(self, tenant: str, message_id: str, model: str) -> bool:
-        """Put a FAILED, empty message back IN_PROGRESS for a retry."""
-
-    async def find_page(
-        self, tenant: str, thread_id: str, limit: int, after: int | None, descending: bool
-    ) -> list[Message]: ...
-    async def history(self, tenant: str, thread_id: str, before: int) -> list[Message]:
-        """Messages with sequence below ``before``, oldest first."""
-
-    async def last_reply(self, tenant: str, thread_id: str, run_id: str) -> Message | None:
-        """The run's last assistant message (its latest round), if any."""
-
-    async def delete_thread(self, tenant: str, thread_id: str) -> int: ...
 
 
 @dataclass(slots=True)
@@ -459,6 +362,29 @@ class MemoryPort(Protocol):
     ) -> str:
         """Record a durable job that extracts facts from the exchange (and
         ``tool_outputs``, when the assistant opted in); return its id."""
+
+    async def remember_all(
+        self,
+        tenant: str,
+        assistant_id: str,
+        user_id: str,
+        thread_id: str,
+        messages: Sequence[Message],
+    ) -> None:
+        """Index user messages added without a reply, in one batch."""
+
+    async def schedule_batch_extraction(
+        self,
+        tenant: str,
+        assistant_id: str,
+        user_id: str,
+        thread_id: str,
+        messages: Sequence[Message],
+        model: str,
+    ) -> str:
+        """Record one durable job that extracts facts from a batch of messages
+        added without a reply (its user messages, the others as context);
+        return its id."""
 
     async def forget_thread(self, tenant: str, assistant_id: str, thread_id: str) -> int:
         """Delete every memory learnt in the thread."""

@@ -29,6 +29,7 @@ from service.core.errors import FailedPrecondition, LoomError, ResourceExhausted
 from service.core.generation import GenerationSettings
 from service.core.models import ToolCall, ToolSpec, Usage
 from service.core.ports import ChatChunk, ChatTurn
+from service.core.usage import record
 from service.llm.params import MaxTokensField, generation_params
 from service.telemetry.genai import GenAITelemetry, ModelCall
 
@@ -237,6 +238,8 @@ class OpenAIChatModel:
         choice = response.choices[0] if response.choices else None
         text = (choice.message.content or "") if choice else ""
         usage = response.usage
+        if usage:  # charged to the thread a summary or extraction job works for
+            record(Usage(usage.prompt_tokens, usage.completion_tokens))
         call.chunk(
             text=text,
             model=response.model,

@@ -39,6 +39,7 @@ from service.core.validation import (
     check_text,
     check_update_mask,
 )
+from service.memory.exchanges import batch_payload, read_exchange
 from service.memory.extraction import Candidate, Operation, extract_facts, reconcile
 from service.memory.ports import MemoryHit, MemoryIndex, MemoryRecord
 from service.telemetry import span, tracer
@@ -143,24 +144,35 @@ class AssistantMemory:
     async def remember(
         self, tenant: str, assistant_id: str, user_id: str, thread_id: str, message: Message
     ) -> None:
-        t = message.create_time or now()
-        with span(_tracer, "memory.remember"):
-            await self._index.upsert(
-                [
-                    MemoryRecord(
-                        memory_id=episodic_id(message.message_id),
-                        tenant=tenant,
-                        assistant_id=assistant_id,
-                        user_id=user_id,
-                        text=message.content[:MAX_MEMORY_CHARS],
-                        kind=EPISODIC,
-                        source_thread_id=thread_id,
-                        source_message_id=message.message_id,
-                        create_time=t,
-                        update_time=t,
-                    )
-                ]
+        await self.remember_all(tenant, assistant_id, user_id, thread_id, [message])
+
+    async def remember_all(
+        self,
+        tenant: str,
+        assistant_id: str,
+        user_id: str,
+        thread_id: str,
+        messages: Sequence[Message],
+    ) -> None:
+        records = []
+        for message in messages:
+            t = message.create_time or now()
+            records.append(
+                MemoryRecord(
+                    memory_id=episodic_id(message.message_id),
+                    tenant=tenant,
+                    assistant_id=assistant_id,
+                    user_id=user_id,
+                    text=message.content[:MAX_MEMORY_CHARS],
+                    kind=EPISODIC,
+                    source_thread_id=thread_id,
+                    source_message_id=message.message_id,
+                    create_time=t,
+                    update_time=t,
+                )
             )
+        with span(_tracer, "memory.remember"):
+            await self._index.upsert(records)
 
     async def schedule_extraction(
         self,
@@ -190,6 +202,21 @@ class AssistantMemory:
         )
         return job_id
 
+    async def schedule_batch_extraction(
+        self,
+        tenant: str,
+        assistant_id: str,
+        user_id: str,
+        thread_id: str,
+        messages: Sequence[Message],
+        model: str,
+    ) -> str:
+        job_id = ids.derived_id(ids.OPERATION, thread_id, "batch", messages[0].message_id)
+        payload = batch_payload(assistant_id, user_id, thread_id, messages)
+        payload["model"] = self._extraction_model or model or self._default_model
+        await self._jobs.enqueue(tenant, EXTRACTION_JOB, payload, job_id=job_id)
+        return job_id
+
     async def forget_thread(self, tenant: str, assistant_id: str, thread_id: str) -> int:
         return await self._index.delete_where(tenant, assistant_id, source_thread_id=thread_id)
 
@@ -203,16 +230,16 @@ class AssistantMemory:
         tenant, assistant_id, user_id = job.tenant, p["assistant_id"], p["user_id"]
         if "facts" not in job.checkpoint:
             with span(_tracer, "memory.extract") as current:
-                user = await self._messages.get(tenant, p["user_message_id"])
-                reply = await self._messages.get(tenant, p["reply_message_id"])
-                if user is None or reply is None:  # the thread was deleted meanwhile
+                exchange = await read_exchange(self._messages, tenant, p)
+                if exchange is None:  # the thread was deleted meanwhile
                     current.set_attribute("loom.memory.skipped", "messages deleted")
                     return {"added": [], "updated": [], "deleted": []}
+                users, user_text, reply_text = exchange
                 # Idempotent: makes sure the episodic write landed even if the
                 # inline one during the reply failed.
-                await self.remember(tenant, assistant_id, user_id, p["thread_id"], user)
+                await self.remember_all(tenant, assistant_id, user_id, p["thread_id"], users)
                 extracted = await extract_facts(
-                    self._llm, p["model"], user.content, reply.content, p.get("tool_outputs") or []
+                    self._llm, p["model"], user_text, reply_text, p.get("tool_outputs") or []
                 )
                 current.set_attribute("loom.memory.facts", len(extracted))
             await checkpoint({"facts": extracted})

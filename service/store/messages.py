@@ -173,11 +173,22 @@ class MongoMessageStore:
         return True
 
     async def find_page(
-        self, tenant: str, thread_id: str, limit: int, after: int | None, descending: bool
+        self,
+        tenant: str,
+        thread_id: str,
+        limit: int,
+        after: int | None,
+        descending: bool,
+        before: int | None = None,
     ) -> list[Message]:
         query: Doc = {"thread_id": thread_id, "tenant": tenant}
+        bounds: Doc = {}
         if after is not None:
-            query["sequence"] = {"$lt" if descending else "$gt": after}
+            bounds["$lt" if descending else "$gt"] = after
+        if before is not None:
+            bounds["$lt"] = min(before, bounds.get("$lt", before))
+        if bounds:
+            query["sequence"] = bounds
         order = DESCENDING if descending else ASCENDING
         cursor = self._c.find(query).sort("sequence", order).limit(limit)
         return [_from_doc(d) async for d in cursor]
@@ -187,6 +198,12 @@ class MongoMessageStore:
             {"thread_id": thread_id, "tenant": tenant, "sequence": {"$lt": before}}
         ).sort("sequence", ASCENDING)
         return [_from_doc(d) async for d in cursor]
+
+    async def delete_from(self, tenant: str, thread_id: str, sequence: int) -> int:
+        result = await self._c.delete_many(
+            {"thread_id": thread_id, "tenant": tenant, "sequence": {"$gte": sequence}}
+        )
+        return result.deleted_count
 
     async def last_reply(self, tenant: str, thread_id: str, run_id: str) -> Message | None:
         doc = await self._c.find_one(

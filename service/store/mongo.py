@@ -54,8 +54,16 @@ _INDEXES: dict[str, list[IndexModel]] = {
             [("tenant", ASCENDING), ("user_id", ASCENDING), *_NEWEST],
             name="tenant_user_created",
         ),
+        # ListThreads' update_time ranges. Metadata filters have no index: any
+        # key may be asked for, and wildcard indexes are MongoDB-only; they
+        # narrow what the other clauses and the tenant select.
+        IndexModel([("tenant", ASCENDING), ("update_time", DESCENDING)], name="tenant_update_time"),
         # Deletions a crash interrupted, finished at start: {deleting: true}.
         IndexModel([("deleting", ASCENDING)], name="deleting"),
+    ],
+    "thread_usage": [
+        # Usage totals of a page of threads: {tenant, _id $in}.
+        IndexModel([("tenant", ASCENDING)], name="tenant"),
     ],
     "messages": [
         # ListMessages, a prompt's history and a thread's deletion:
@@ -155,7 +163,7 @@ def connect(
         client=client,
         db=db,
         assistants=MongoAssistantStore(db["assistants"], db["default_assistants"]),
-        threads=MongoThreadStore(db["threads"]),
+        threads=MongoThreadStore(db["threads"], db["thread_usage"]),
         leases=MongoLeaseStore(db["leases"]),
         messages=MongoMessageStore(db["messages"]),
         requests=MongoRequestStore(db["requests"]),
