@@ -109,6 +109,7 @@ bench: setup
 	$(BENCH_ENV) $(PY) -m bench.messages
 	$(BENCH_ENV) $(PY) -m bench.context
 	$(BENCH_ENV) $(PY) -m bench.tokens
+	$(BENCH_ENV) $(PY) -m bench.memory_writes
 	$(BENCH_ENV) $(PY) -m bench.isolation
 
 # About an hour: a million messages written into each local database set-up.
@@ -120,6 +121,7 @@ bench-imports: setup
 
 bench-memory: setup
 	$(BENCH_ENV) $(PY) -m bench.memory
+	$(BENCH_ENV) $(PY) -m bench.memory_api
 
 bench-tracing: setup
 	$(BENCH_ENV) LOOM_JAEGER_BIN=$(JAEGER) $(PY) -m bench.tracing

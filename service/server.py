@@ -47,7 +47,9 @@ from service.llm import OpenAIChatModel
 from service.llm.tokens import TokenBudgets
 from service.memory.domain import AssistantMemory
 from service.memory.embeddings import EmbeddingError, embedder_from_settings
+from service.memory.history import History
 from service.memory.index import ChromaMemoryIndex, open_index
+from service.memory.memories import Memories
 from service.store import MongoStore, connect
 from service.store import errors as store_errors
 from service.telemetry import Telemetry, TelemetryConfigError, setup, span, tracer
@@ -139,6 +141,7 @@ class Loom:
             log.warning("replies still running at shutdown; their final state may be lost")
         await self.shield.drain()
         await self.memory_index.close()
+        await self.memory_index.embedder.aclose()
         await self.llm.close()
         await self.store.close()
 
@@ -170,7 +173,7 @@ def build(settings: Settings, telemetry: Telemetry | None = None) -> Loom:
     llm = build_model(settings, telemetry)
     shield = Shield()
     jobs = build_jobs(settings, store, shield)
-    index, memory = build_memory(settings, telemetry, store=store, jobs=jobs, llm=llm)
+    index, memory, memories = build_memory(settings, telemetry, store=store, jobs=jobs, llm=llm)
     assistants = Assistants(store.assistants, store.threads, store.messages, memory=memory)
     threads = Threads(assistants, store.threads, store.messages, memory=memory, jobs=jobs)
     conversation = build_conversation(
@@ -191,7 +194,7 @@ def build(settings: Settings, telemetry: Telemetry | None = None) -> Loom:
         keys,
         assistants=AssistantServicer(assistants),
         threads=ThreadServicer(threads, conversation, forks),
-        memory=MemoryServicer(memory),
+        memory=MemoryServicer(memories),
     )
     return Loom(
         settings=settings,
@@ -258,9 +261,10 @@ def build_memory(
     store: MongoStore,
     jobs: JobRunner,
     llm: OpenAIChatModel,
-) -> tuple[ChromaMemoryIndex, AssistantMemory]:
-    """The memory index (Chroma, with spans per call when tracing) and the
-    assistant memory over it.
+) -> tuple[ChromaMemoryIndex, AssistantMemory, Memories]:
+    """The memory index (Chroma, with spans per call when tracing), the
+    assistant memory over it (what replies use) and the MemoryService use
+    cases.
 
     Raises:
         EmbeddingError: the embedding model cannot be loaded.
@@ -287,11 +291,11 @@ def build_memory(
         if telemetry.tracing
         else None,
     )
+    history = History(index, store.memory_history)
     memory = AssistantMemory(
         index=index,
+        history=history,
         jobs=jobs,
-        job_store=store.jobs,
-        assistants=store.assistants,
         messages=store.messages,
         llm=llm,
         default_model=settings.llm_model,
@@ -299,7 +303,10 @@ def build_memory(
         recall_limit=settings.memory_recall_limit,
         recall_min_score=settings.memory_min_score,
     )
-    return index, memory
+    memories = Memories(
+        index=index, history=history, assistants=store.assistants, job_store=store.jobs
+    )
+    return index, memory, memories
 
 
 def build_conversation(

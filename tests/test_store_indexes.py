@@ -14,6 +14,7 @@ from pymongo import monitoring
 
 from service.core import ids
 from service.core.filters import Clause
+from service.core.memory_history import MemoryVersion
 from service.core.models import Assistant, Message, MessageStatus, Role, Thread, Usage
 from service.core.ports import ApiKey, Job, JobState
 from service.store import MongoStore, connect
@@ -67,6 +68,8 @@ async def _seed(store: MongoStore) -> tuple[Thread, str]:
     await store.keys.insert(ApiKey("k1", TENANT, "lm_", t), "digest-1")
     job = Job(ids.new_id(ids.JOB), "kind", TENANT, {}, JobState.PENDING, t, t, t)
     await store.jobs.insert(job)
+    version = MemoryVersion("m1", 1, "an earlier text", {}, "updated", t)
+    await store.memory_history.add(TENANT, assistant.assistant_id, thread.thread_id, [version])
     return thread, assistant.assistant_id
 
 
@@ -110,6 +113,11 @@ async def _every_query(store: MongoStore, thread: Thread, assistant_id: str) -> 
     await store.leases.acquire(TENANT, thread.thread_id, "me", t + timedelta(seconds=30), t)
     await store.leases.renew(thread.thread_id, "me", t + timedelta(seconds=60))
     await store.leases.release(thread.thread_id, "me")
+    await store.memory_history.versions(TENANT, assistant_id, "m1")
+    await store.memory_history.versions_of(TENANT, assistant_id, ["m1", "m2"])
+    await store.memory_history.delete(TENANT, assistant_id, ["m1"])
+    await store.memory_history.delete_thread(TENANT, assistant_id, thread.thread_id)
+    await store.memory_history.delete_assistant(TENANT, assistant_id)
 
 
 def _scans(plan: dict[str, Any]) -> bool:

@@ -9,7 +9,7 @@ only these protocols. The thread and message stores are written in
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -239,9 +239,18 @@ class ChatModel(Protocol):
     def configured(self) -> bool:
         """False when no endpoint is set up; replies then fail with a hint."""
 
-    async def complete(self, model: str, turns: Sequence[ChatTurn], *, json: bool = False) -> str:
+    async def complete(
+        self,
+        model: str,
+        turns: Sequence[ChatTurn],
+        *,
+        json: bool = False,
+        schema: Mapping[str, Any] | None = None,
+    ) -> str:
         """One reply, not streamed; with ``json`` the endpoint is asked for a
-        JSON object (callers still validate what comes back).
+        JSON object, with ``schema`` for one that follows that JSON schema
+        (its ``title`` names it), as far as the model supports either;
+        callers still validate what comes back.
 
         Raises:
             Unavailable, ResourceExhausted, FailedPrecondition: as ``stream``.

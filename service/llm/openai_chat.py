@@ -17,7 +17,7 @@ import functools
 import itertools
 import logging
 import random
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -30,6 +30,7 @@ from service.core.generation import GenerationSettings
 from service.core.models import ToolCall, ToolSpec, Usage
 from service.core.ports import ChatChunk, ChatTurn
 from service.core.usage import record
+from service.llm.formats import AnswerFormats, refuses_format
 from service.llm.params import MaxTokensField, generation_params
 from service.telemetry.genai import GenAITelemetry, ModelCall
 
@@ -69,6 +70,7 @@ class OpenAIChatModel:
         max_tokens_field: MaxTokensField = "max_completion_tokens",
     ) -> None:
         self._telemetry = GenAITelemetry(base_url, capture_content=capture_content)
+        self._formats = AnswerFormats()
         self._configured = bool(base_url or api_key)
         self._max_retries = max_retries
         self._base_delay = retry_base_delay
@@ -208,14 +210,33 @@ class OpenAIChatModel:
                 )
             )
 
-    async def complete(self, model: str, turns: Sequence[ChatTurn], *, json: bool = False) -> str:
-        """One reply, not streamed; see ``ChatModel.complete``."""
-        body: dict[str, Any] = {
-            "model": model,
-            "messages": [_message(t) for t in turns],
-        }
-        if json:
-            body["response_format"] = {"type": "json_object"}
+    async def complete(
+        self,
+        model: str,
+        turns: Sequence[ChatTurn],
+        *,
+        json: bool = False,
+        schema: Mapping[str, Any] | None = None,
+    ) -> str:
+        """One reply, not streamed; see ``ChatModel.complete``. The answer
+        format is the best the model takes (``formats.py``): a refusal of
+        one is remembered and the call made again with the next."""
+        messages = [_message(t) for t in turns]
+        candidates = self._formats.candidates(model, json=json, schema=schema)
+        for n, answer in enumerate(candidates, 1):
+            body: dict[str, Any] = {"model": model, "messages": messages}
+            if answer.response_format is not None:
+                body["response_format"] = answer.response_format
+            try:
+                return await self._complete(model, body)
+            except FailedPrecondition as exc:
+                if n == len(candidates) or not refuses_format(exc):
+                    raise
+                self._formats.refused(model, answer.name)
+                log.info("model %r refused response_format %s; trying the next", model, answer.name)
+        raise AssertionError("the last candidate format always returns or raises")
+
+    async def _complete(self, model: str, body: dict[str, Any]) -> str:
         call = self._telemetry.start("chat", model, body["messages"], stream=False, parameters=body)
         try:
             once = functools.partial(self._complete_once, call, body)

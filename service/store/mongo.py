@@ -13,6 +13,7 @@ from service.store.assistants import MongoAssistantStore
 from service.store.jobs import MongoJobStore
 from service.store.keys import MongoApiKeyStore
 from service.store.leases import MongoLeaseStore
+from service.store.memory_history import MongoMemoryHistory
 from service.store.messages import MongoMessageStore
 from service.store.migrate import scope_keys
 from service.store.requests import MongoRequestStore
@@ -86,6 +87,15 @@ _INDEXES: dict[str, list[IndexModel]] = {
         # {state} for each open state.
         IndexModel([("state", ASCENDING), ("next_run_time", ASCENDING)], name="due"),
     ],
+    "memory_history": [
+        # Forgetting a thread's memories: {tenant, assistant_id,
+        # source_thread_id}; an assistant's: {tenant, assistant_id}. A
+        # memory's own history is read and deleted by _id.
+        IndexModel(
+            [("tenant", ASCENDING), ("assistant_id", ASCENDING), ("source_thread_id", ASCENDING)],
+            name="tenant_assistant_thread",
+        )
+    ],
 }
 
 
@@ -103,6 +113,7 @@ class MongoStore:
     keys: MongoApiKeyStore
     jobs: MongoJobStore
     memory_versions: MongoMemoryVersions
+    memory_history: MongoMemoryHistory
 
     async def migrate(self) -> int:
         """Bring documents stored by earlier versions to today's shape (keys
@@ -170,4 +181,5 @@ def connect(
         keys=MongoApiKeyStore(db["api_keys"], db["tenants"]),
         jobs=MongoJobStore(db["jobs"]),
         memory_versions=MongoMemoryVersions(db["memory_versions"]),
+        memory_history=MongoMemoryHistory(db["memory_history"]),
     )
