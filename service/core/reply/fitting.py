@@ -24,8 +24,10 @@ async def fit_prompt(
     reply: Message,
     recalled: list[Recalled],
     reply_tokens: int | None = None,
+    instructions: str = "",
 ) -> Fitted:
-    """The prompt for ``reply``: the assistant's instructions, recalled
+    """The prompt for ``reply``: the assistant's instructions (then the
+    run's own ``instructions``, if any), recalled
     memories, the summary (assistants that summarise), as much history as
     fits, and the user's message, leaving room for ``reply_tokens`` (the
     reply's output limit, if it has one). Leaving messages out is logged and
@@ -33,7 +35,7 @@ async def fit_prompt(
     window = counter.context_window(reply.model, assistant.context_window)
     summarize = assistant.context_strategy is ContextStrategy.SUMMARIZE
     fitted = await fit(
-        instructions=assistant.instructions,
+        instructions="\n\n".join(p for p in (assistant.instructions, instructions) if p),
         memories=recalled,
         summary=thread.summary if summarize else None,
         history=thread.context,

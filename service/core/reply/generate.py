@@ -49,6 +49,7 @@ class RunSpec:
     request_id: str = ""
     # The message's generation settings over the assistant's.
     generation: GenerationSettings = field(default_factory=GenerationSettings)
+    instructions: str = ""  # added to the assistant's for this run only
 
 
 class Replier:
@@ -94,6 +95,7 @@ class Replier:
                 reply=reply,
                 recalled=recalled,
                 reply_tokens=run.generation.max_output_tokens,
+                instructions=run.instructions,
             )
             writer = ReplyWriter(writes, reply, self._policy.flush_interval)
             async with contextlib.aclosing(self._stream(writer, fitted, run)) as deltas:

@@ -17,7 +17,7 @@ from service.core import ids
 from service.core.clock import now
 from service.core.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
 from service.core.generation import GenerationSettings, check_generation
-from service.core.limits import MAX_MODEL, MAX_REQUEST_ID, MAX_USER_ID
+from service.core.limits import MAX_INSTRUCTIONS, MAX_MODEL, MAX_REQUEST_ID, MAX_USER_ID
 from service.core.models import (
     Assistant,
     Completed,
@@ -69,6 +69,9 @@ class SendRequest:
     tools: list[ToolSpec] | None = None  # None: the assistant's
     tool_choice: str = ""
     generation: GenerationSettings | None = None  # None: the assistant's
+    # Added to the assistant's instructions for this reply only (the HTTP
+    # door's per-response ``instructions``).
+    instructions: str = ""
 
     def fingerprint(self) -> str:
         """A digest of everything but the request id, to spot a reused id."""
@@ -95,6 +98,7 @@ def check_request(req: SendRequest, max_content: int) -> None:
     check_text(req.user_id, "user_id", MAX_USER_ID)
     check_text(req.model, "model", MAX_MODEL)
     check_text(req.request_id, "request_id", MAX_REQUEST_ID)
+    check_text(req.instructions, "instructions", MAX_INSTRUCTIONS)
     check_metadata(req.metadata)
     if req.tools is not None:
         check_tools(req.tools, "tools")
@@ -197,6 +201,7 @@ def run_for(req: SendRequest, assistant: Assistant) -> RunSpec:
         tool_choice=check_tool_choice(req.tool_choice, tools),
         request_id=req.request_id,
         generation=(req.generation or GenerationSettings()).over(assistant.generation),
+        instructions=req.instructions,
     )
 
 
