@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import ssl
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -88,6 +89,10 @@ class Settings(BaseSettings):
     llm_timeout: float = Field(60.0, gt=0, description="seconds to wait for the model to answer")
     llm_max_retries: int = Field(2, ge=0, le=10)
     llm_retry_delay: float = Field(0.5, ge=0, description="first retry back-off, seconds")
+    llm_max_tokens_field: Literal["max_completion_tokens", "max_tokens"] = Field(
+        "max_completion_tokens",
+        description="request field for a reply's output limit (max_tokens for older servers)",
+    )
     dev_api_key: SecretStr | None = None
     max_message_chars: int = Field(100_000, gt=0)
     lease_seconds: float = Field(30.0, gt=0)

@@ -292,6 +292,7 @@ def build_model(settings: Settings, telemetry: Telemetry) -> OpenAIChatModel:
         max_retries=settings.llm_max_retries,
         retry_base_delay=settings.llm_retry_delay,
         capture_content=telemetry.capture_content,
+        max_tokens_field=settings.llm_max_tokens_field,
     )
 
 

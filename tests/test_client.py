@@ -195,6 +195,54 @@ async def test_assistants_create_get_list_update_delete(client: Uniform) -> None
         await client.threads.get(thread.thread_id)
 
 
+PERSON = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "born": {"type": "integer"}},
+    "required": ["name", "born"],
+}
+
+
+async def test_generation_settings_on_the_assistant_and_the_message(
+    client: Uniform, llm: ScriptedLLM
+) -> None:
+    assistant = await client.assistants.create(
+        name="Extractor", generation={"temperature": 0, "reasoning_effort": "low", "seed": 3}
+    )
+    assert assistant.generation == {"temperature": 0, "reasoning_effort": "low", "seed": 3}
+    llm.script(Scripted(text='{"name": "Ada"}'))
+    schema = {"json_schema": {"name": "person", "schema": PERSON, "strict": True}}
+    reply = await client.send_message(
+        "Extract Ada.",
+        assistant_id=assistant.assistant_id,
+        generation={"max_output_tokens": 80, "stop": ["END"], "response_format": schema},
+    )
+    body = llm.requests[-1].body
+    assert {k: body[k] for k in ("temperature", "seed", "max_completion_tokens", "stop")} == {
+        "temperature": 0,
+        "seed": 3,
+        "max_completion_tokens": 80,
+        "stop": ["END"],
+    }
+    assert body["reasoning_effort"] == "low"
+    assert body["response_format"]["json_schema"]["name"] == "person"
+    assert "'born' is a required property" in reply.schema_error
+    messages = await client.threads.messages(reply.thread_id, order="desc", page_size=1)
+    assert messages[0].message_id == reply.message_id
+    assert messages[0].schema_error == reply.schema_error
+
+    llm.script(Scripted(text="{}"))
+    plain = await client.send_message(
+        "JSON, please.", thread_id=reply.thread_id, generation={"response_format": "json_object"}
+    )
+    assert llm.requests[-1].body["response_format"] == {"type": "json_object"}
+    assert plain.schema_error == ""
+    with pytest.raises(InvalidArgument) as caught:
+        await client.send_message("hot", generation={"temperature": 3})
+    assert "generation.temperature" in str(caught.value)
+    with pytest.raises(ValueError, match="generation"):
+        await client.send_message("?", generation={"temprature": 1})  # type: ignore[typeddict-unknown-key]
+
+
 async def test_threads_create_get_list_delete_and_every_message(
     client: Uniform, routed: ScriptedLLM
 ) -> None:

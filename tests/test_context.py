@@ -106,6 +106,10 @@ def test_budget_reserve_and_model_registry() -> None:
     assert plan_budget(8192) == 8192 - 1024
     assert plan_budget(128_000) == 128_000 - 4096
     assert plan_budget(1024) == 1024 - 256
+    # A reply's own output limit is what is kept for it, above a floor.
+    assert plan_budget(8192, 3000) == 8192 - 3000
+    assert plan_budget(128_000, 100) == 128_000 - 256
+    assert plan_budget(1024, 5000) == 256
     assert lookup_window("gpt-4o-mini-2024-07-18") == 128_000
     assert lookup_window("openai/gpt-4o") == 128_000
     assert lookup_window("llama3.1:8b") == 131_072

@@ -148,6 +148,13 @@ async def test_node_client_seed_scenarios_and_calls(
     assert re.search(r"^# pass [1-9]", out, re.MULTILINE), out
     # The continued thread reached the model with its history.
     assert _saw_history(llm, "What did I just tell you?", "My favorite color is blue.")
+    # The generation settings reached it too: the assistant's, then the message's.
+    last = "node generation settings"
+    [sent] = [r.body for r in llm.requests if r.body["messages"][-1]["content"] == last]
+    assert sent["temperature"] == 0
+    assert sent["reasoning_effort"] == "low"
+    assert sent["max_completion_tokens"] == 57
+    assert sent["response_format"]["json_schema"]["name"] == "person"
 
 
 async def test_the_openai_npm_package_runs_a_conversation_over_the_http_door(
@@ -210,7 +217,14 @@ def test_buf_gen_yaml_generates_the_typescript_the_client_compiles(
     )
     generated = tmp_path / "gen" / "ts" / "loom" / "v1"
     names = sorted(p.name for p in generated.glob("*.ts"))
-    assert names == ["assistant.ts", "common.ts", "memory.ts", "thread.ts", "tools.ts"]
+    assert names == [
+        "assistant.ts",
+        "common.ts",
+        "generation.ts",
+        "memory.ts",
+        "thread.ts",
+        "tools.ts",
+    ]
     for name in names:
         assert (generated / name).read_text() == (
             node / "src" / "gen" / "loom" / "v1" / name
@@ -262,7 +276,7 @@ def test_protoc_generates_go_without_m_flags(go_example: Path, tmp_path: Path) -
 def test_buf_gen_yaml_generates_go_that_vets(go_example: Path) -> None:
     generated = sorted(p.name for p in (go_example / "gen" / "go" / "loom" / "v1").glob("*.go"))
     assert "thread_grpc.pb.go" in generated
-    assert len(generated) == 8
+    assert len(generated) == 9  # six message files, three services
     code = (go_example / "gen" / "go" / "loom" / "v1" / "thread.pb.go").read_text()
     # One set of event types: no `SendMessageResponse_Started_` beside `..._Memory`.
     assert "type ReplyStarted struct" in code

@@ -156,6 +156,34 @@ def test_the_first_grpcurl_example_runs_as_written(
     assert events[-1]["completed"]["message"]["content"] == "You said: My favorite color is blue."
 
 
+def _run_sh(block: str, cwd: Path) -> list[Any]:
+    command = block.replace("grpcurl", grpcurl_bin(), 1)
+    done = subprocess.run(
+        ["bash", "-c", command], cwd=cwd, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return json_objects(done.stdout)
+
+
+def test_the_generation_examples_run_as_written(
+    readme_server: None, llm: ScriptedLLM, tmp_path: Path
+) -> None:
+    [assistant_block] = [b for b in _blocks("sh") if '"name": "Extractor"' in b]
+    [created] = _run_sh(assistant_block, tmp_path)
+    assert created["assistant"]["generation"] == {"temperature": 0, "max_output_tokens": 400}
+    [send_block] = [b for b in _blocks("sh") if '"name": "person"' in b]
+    llm.script(Reply(text='{"name": "Ada Lovelace", "born": 1815}'))
+    events = _run_sh(send_block, tmp_path)
+    done = events[-1]["completed"]["message"]
+    assert "schema_error" not in done  # matched: grpcurl leaves out empty fields
+    body = llm.requests[-1].body
+    assert body["seed"] == 7
+    assert body["response_format"]["json_schema"]["name"] == "person"
+    llm.script(Reply(text='{"name": "Ada Lovelace"}'))
+    missed = _run_sh(send_block, tmp_path)[-1]["completed"]["message"]
+    assert "'born' is a required property" in missed["schema_error"]
+
+
 def test_the_first_curl_example_runs_as_written(
     readme_server: None, routed: ScriptedLLM, tmp_path: Path
 ) -> None:

@@ -107,6 +107,7 @@ async def _every_query(store: MongoStore, thread: Thread, assistant_id: str) -> 
     await store.messages.find_page(TENANT, thread.thread_id, 2, None, False, before=2)
     await store.messages.history(TENANT, thread.thread_id, 3)
     await store.messages.delete_from(TENANT, ids.new_id(ids.THREAD), 0)
+    await store.messages.last_reply(TENANT, thread.thread_id, ids.new_id(ids.RUN))
     await store.messages.delete_thread(TENANT, ids.new_id(ids.THREAD))
     await store.keys.find("digest-1")
     await store.keys.list_keys(TENANT)

@@ -23,6 +23,7 @@ from typing import Any
 import grpc
 import openai
 import pytest
+from google.protobuf import json_format
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -33,6 +34,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from generated.loom.v1 import (
     assistant_pb2,
     common_pb2,
+    generation_pb2,
     memory_pb2,
     memory_pb2_grpc,
     thread_pb2,
@@ -1025,3 +1027,30 @@ async def test_a_prompt_that_drops_messages_says_so_on_the_rpc_span(
     attributes = dict(_server_span(otel).attributes or {})
     assert int(attributes["loom.prompt_dropped_messages"]) > 0
     assert attributes["loom.prompt_summary_ready"] is False
+
+
+async def test_the_model_span_names_the_generation_settings_sent(
+    client: Traced, llm: ScriptedLLM, otel: OTel
+) -> None:
+    generation = json_format.ParseDict(
+        {
+            "temperature": 0.25,
+            "maxOutputTokens": 64,
+            "stop": ["END"],
+            "seed": 9,
+            "responseFormat": {"jsonObject": {}},
+        },
+        generation_pb2.GenerationSettings(),
+    )
+    llm.script(Reply(text="{}", usage=CHAT_USAGE))
+    otel.spans.clear()
+    events = await client.send(content="JSON, please.", generation=generation)
+    assert events[-1].HasField("completed")
+    assert await eventually(lambda: any(s.name == SEND for s in otel.spans.get_finished_spans()))
+    attrs = _one(list(otel.spans.get_finished_spans()), f"chat {MODEL}").attributes or {}
+    assert attrs["gen_ai.request.temperature"] == 0.25
+    assert attrs["gen_ai.request.max_tokens"] == 64
+    assert tuple(attrs["gen_ai.request.stop_sequences"]) == ("END",)  # type: ignore[arg-type]
+    assert attrs["gen_ai.request.seed"] == 9
+    assert attrs["gen_ai.output.type"] == "json"
+    assert "gen_ai.request.top_p" not in attrs  # not set: not sent, not recorded

@@ -16,7 +16,9 @@ from service.api.convert import (
     tools_from_pb,
     update_paths,
 )
+from service.api.generation import generation_from_pb
 from service.core.assistants import UPDATABLE_FIELDS, AssistantDraft, Assistants
+from service.core.generation import GenerationSettings
 from service.core.models import MemoryMode
 
 __all__ = ["AssistantServicer"]
@@ -44,6 +46,9 @@ def _draft(a: assistant_pb2.Assistant, paths: Collection[str] = ("*",)) -> Assis
         tools=tools_from_pb(a.tools, "assistant.tools"),
         memory_from_tool_outputs=a.memory_from_tool_outputs,
         shared_memory_writes=a.shared_memory_writes,
+        generation=generation_from_pb(a.generation, "assistant.generation.")
+        if read or "generation" in paths
+        else GenerationSettings(),
     )
 
 

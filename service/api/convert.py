@@ -11,6 +11,7 @@ from google.protobuf.descriptor import EnumDescriptor
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from generated.loom.v1 import assistant_pb2, common_pb2, thread_pb2, tools_pb2
+from service.api.generation import generation_to_pb
 from service.core import models
 from service.core.batches import NewMessage
 from service.core.errors import InvalidArgument
@@ -244,6 +245,7 @@ def assistant_to_pb(a: models.Assistant) -> assistant_pb2.Assistant:
         tools=[_tool_to_pb(t) for t in a.tools],
         memory_from_tool_outputs=a.memory_from_tool_outputs,
         shared_memory_writes=a.shared_memory_writes,
+        generation=generation_to_pb(a.generation),
     )
 
 
@@ -309,6 +311,7 @@ def message_to_pb(m: models.Message) -> thread_pb2.Message:
         tool_calls=_calls_to_pb(m.tool_calls),
         tool_call_id=m.tool_call_id,
         run_id=m.run_id,
+        schema_error=m.schema_error,
     )
 
 

@@ -21,6 +21,7 @@ from service.api.convert import (
     tools_from_pb,
     update_paths,
 )
+from service.api.generation import generation_from_pb
 from service.core.conversation import BatchRequest, Conversation, SendRequest
 from service.core.forks import Forks
 from service.core.threads import UPDATABLE_FIELDS, Threads
@@ -136,6 +137,9 @@ class ThreadServicer(thread_pb2_grpc.ThreadServiceServicer):
             metadata=dict(request.metadata),
             tools=tools_from_pb(request.tools, "tools") if request.tools else None,
             tool_choice=request.tool_choice,
+            generation=generation_from_pb(request.generation, "generation.")
+            if request.HasField("generation")
+            else None,
         )
         async with contextlib.aclosing(self._conversation.send(tenant(), send)) as events:
             async for event in events:

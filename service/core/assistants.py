@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from service.core import ids
 from service.core.clock import now
 from service.core.errors import InvalidArgument, NotFound
+from service.core.generation import GenerationSettings, check_generation
 from service.core.limits import (
     MAX_ASSISTANT_NAME,
     MAX_CONTEXT_WINDOW,
@@ -49,6 +50,7 @@ UPDATABLE_FIELDS = (
     "tools",
     "memory_from_tool_outputs",
     "shared_memory_writes",
+    "generation",
 )
 
 
@@ -66,6 +68,7 @@ class AssistantDraft:
     tools: list[ToolSpec] = field(default_factory=list)
     memory_from_tool_outputs: bool = False
     shared_memory_writes: bool = False
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
 
 
 def _check_window(window: int, prefix: str) -> int:
@@ -104,6 +107,7 @@ def _checked(
         "tools": lambda: check_tools(draft.tools, prefix + "tools"),
         "memory_from_tool_outputs": lambda: draft.memory_from_tool_outputs,
         "shared_memory_writes": lambda: draft.shared_memory_writes,
+        "generation": lambda: check_generation(draft.generation, prefix + "generation."),
     }
     return {name: checks[name]() for name in fields}
 

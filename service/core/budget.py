@@ -48,10 +48,16 @@ class Fitted:
     summary_used: bool
 
 
-def plan_budget(window: int) -> int:
-    """Tokens a prompt may use in ``window``: the rest is kept for the reply
-    (an eighth of the window, between 256 and 4,096 tokens)."""
-    reserve = min(max(window // 8, MIN_RESERVE), MAX_RESERVE)
+def plan_budget(window: int, reply_tokens: int | None = None) -> int:
+    """Tokens a prompt may use in ``window``: the rest is kept for the reply,
+    ``reply_tokens`` when the request limits it (endpoints refuse a prompt
+    and output limit that together overflow the window), else an eighth of
+    the window; between 256 and 4,096 tokens without a limit, and never less
+    than 256 either way, nor a prompt under 256."""
+    if reply_tokens is None:
+        reserve = min(max(window // 8, MIN_RESERVE), MAX_RESERVE)
+    else:
+        reserve = max(reply_tokens, MIN_RESERVE)
     return max(window - reserve, MIN_RESERVE)
 
 

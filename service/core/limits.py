@@ -20,10 +20,15 @@ __all__ = [
     "MAX_METADATA_PAIRS",
     "MAX_METADATA_VALUE",
     "MAX_MODEL",
+    "MAX_OUTPUT_TOKENS",
     "MAX_PAGE_SIZE",
     "MAX_QUERY_CHARS",
     "MAX_REQUEST_ID",
+    "MAX_RESPONSE_SCHEMA_CHARS",
+    "MAX_SCHEMA_NAME",
     "MAX_SEARCH_LIMIT",
+    "MAX_STOP_CHARS",
+    "MAX_STOP_SEQUENCES",
     "MAX_TENANT",
     "MAX_THREAD_TTL_DAYS",
     "MAX_TOOLS",
@@ -79,6 +84,13 @@ MAX_THREAD_TTL_DAYS = 3650
 # The filter of every list and search (service.core.filtering).
 MAX_FILTER_CHARS = 2000
 MAX_FILTER_CLAUSES = 16
+
+# Generation settings (service.core.generation).
+MAX_OUTPUT_TOKENS = 1_000_000
+MAX_STOP_SEQUENCES = 4  # as the Chat Completions API allows
+MAX_STOP_CHARS = 256
+MAX_SCHEMA_NAME = 64
+MAX_RESPONSE_SCHEMA_CHARS = 64_000
 
 # Memories and their search.
 MAX_MEMORY_CHARS = 4000

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
+from service.core.generation import GenerationSettings
+
 __all__ = [
     "Assistant",
     "Completed",
@@ -103,6 +105,7 @@ class Assistant:
     tools: list[ToolSpec] = field(default_factory=list)
     memory_from_tool_outputs: bool = False
     shared_memory_writes: bool = False  # threads without a user write assistant-wide memory
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +141,8 @@ class PendingRun:
     tools: tuple[ToolSpec, ...] | None = None  # the message's own tool set, if it had one
     tool_choice: str = ""
     request_id: str = ""
+    # The run's generation settings, as resolved when it started.
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +229,7 @@ class Message:
     tool_calls: list[ToolCall] = field(default_factory=list)
     tool_call_id: str = ""
     run_id: str = ""
+    schema_error: str = ""  # why the content misses the schema it was asked to match
 
     def entry(self) -> ContextEntry:
         """This message as a context entry."""

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any, Protocol, TypeAlias
 
 from service.core.errors import LoomError
+from service.core.generation import GenerationSettings
 from service.core.models import (
     Assistant,
     Message,
@@ -210,8 +211,11 @@ class ChatModel(Protocol):
         turns: Sequence[ChatTurn],
         tools: Sequence[ToolSpec] = (),
         tool_choice: str = "",
+        generation: GenerationSettings | None = None,
     ) -> AsyncGenerator[ChatChunk, None]:
-        """Stream a reply. Retries transient failures until the first chunk.
+        """Stream a reply, written with ``generation``'s settings (unset ones
+        left to the endpoint). Retries transient failures until the first
+        chunk.
 
         Raises:
             Unavailable, ResourceExhausted, DeadlineExceeded, FailedPrecondition:

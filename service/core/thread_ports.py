@@ -182,9 +182,11 @@ class MessageStore(Protocol):
         error: str = "",
         tool_calls: Sequence[ToolCall] = (),
         epoch: int,
+        schema_error: str = "",
     ) -> Message | None:
-        """Store a message's final state, fenced on ``epoch``; None if a
-        holder with a larger epoch wrote it since, or it is gone."""
+        """Store a message's final state (with ``schema_error``, why a reply
+        asked for in a JSON schema does not match it), fenced on ``epoch``;
+        None if a holder with a larger epoch wrote it since, or it is gone."""
 
     async def save_progress(
         self, tenant: str, message_id: str, content: str, *, epoch: int
@@ -210,6 +212,9 @@ class MessageStore(Protocol):
 
     async def history(self, tenant: str, thread_id: str, before: int) -> list[Message]:
         """Messages with sequence below ``before``, oldest first."""
+
+    async def last_reply(self, tenant: str, thread_id: str, run_id: str) -> Message | None:
+        """The run's last assistant message (its latest round), if any."""
 
     async def delete_from(self, tenant: str, thread_id: str, sequence: int) -> int:
         """Delete the thread's messages from ``sequence`` on (a batch rolled back)."""

@@ -26,10 +26,12 @@ import openai
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from service.core.errors import FailedPrecondition, LoomError, ResourceExhausted, Unavailable
+from service.core.generation import GenerationSettings
 from service.core.models import ToolCall, ToolSpec, Usage
 from service.core.ports import ChatChunk, ChatTurn
 from service.core.usage import record
 from service.llm.formats import AnswerFormats, refuses_format
+from service.llm.params import MaxTokensField, generation_params
 from service.telemetry.genai import GenAITelemetry, ModelCall
 
 __all__ = ["OpenAIChatModel"]
@@ -65,6 +67,7 @@ class OpenAIChatModel:
         retry_base_delay: float,
         retry_max_delay: float = 10.0,
         capture_content: bool = False,
+        max_tokens_field: MaxTokensField = "max_completion_tokens",
     ) -> None:
         self._telemetry = GenAITelemetry(base_url, capture_content=capture_content)
         self._formats = AnswerFormats()
@@ -73,6 +76,7 @@ class OpenAIChatModel:
         self._base_delay = retry_base_delay
         self._max_delay = retry_max_delay
         self._timeout = timeout
+        self._max_tokens_field: MaxTokensField = max_tokens_field
         self._client = openai.AsyncOpenAI(
             base_url=base_url,
             # Local endpoints (Ollama, vLLM) need no key, but the SDK wants one.
@@ -96,6 +100,7 @@ class OpenAIChatModel:
         turns: Sequence[ChatTurn],
         tools: Sequence[ToolSpec] = (),
         tool_choice: str = "",
+        generation: GenerationSettings | None = None,
     ) -> AsyncGenerator[ChatChunk, None]:
         """Stream one reply; see ``ChatModel.stream``. Tool calls arrive in
         pieces and are sent on as one final chunk, complete."""
@@ -104,12 +109,13 @@ class OpenAIChatModel:
             "messages": [_message(t) for t in turns],
             "stream": True,
             "stream_options": {"include_usage": True},
+            **(generation_params(generation, self._max_tokens_field) if generation else {}),
         }
         if tools:
             body["tools"] = [_tool(t) for t in tools]
             if tool_choice:
                 body["tool_choice"] = _tool_choice(tool_choice)
-        call = self._telemetry.start("chat", model, body["messages"], stream=True)
+        call = self._telemetry.start("chat", model, body["messages"], stream=True, parameters=body)
         try:
             once = functools.partial(self._stream_once, call, body)
             async with contextlib.aclosing(self._retrying(call, model, once)) as chunks:
@@ -231,7 +237,7 @@ class OpenAIChatModel:
         raise AssertionError("the last candidate format always returns or raises")
 
     async def _complete(self, model: str, body: dict[str, Any]) -> str:
-        call = self._telemetry.start("chat", model, body["messages"], stream=False)
+        call = self._telemetry.start("chat", model, body["messages"], stream=False, parameters=body)
         try:
             once = functools.partial(self._complete_once, call, body)
             [text] = [t async for t in self._retrying(call, model, once)]

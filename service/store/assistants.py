@@ -10,6 +10,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
 from service.core.models import Assistant, ContextStrategy, MemoryMode, ToolSpec
+from service.store.generation import generation_doc, generation_from_doc
 from service.store.order import NEWEST_FIRST, older_than
 from service.store.scoped import key, object_id
 from service.store.tooldocs import tool_doc, tool_from_doc
@@ -36,6 +37,7 @@ def _to_doc(a: Assistant) -> Doc:
         "tools": _tools_doc(a.tools),
         "memory_from_tool_outputs": a.memory_from_tool_outputs,
         "shared_memory_writes": a.shared_memory_writes,
+        "generation": generation_doc(a.generation),
     }
 
 
@@ -61,6 +63,7 @@ def _from_doc(d: Doc) -> Assistant:
         tools=[tool_from_doc(t) for t in d.get("tools") or ()],
         memory_from_tool_outputs=bool(d.get("memory_from_tool_outputs", False)),
         shared_memory_writes=bool(d.get("shared_memory_writes", False)),
+        generation=generation_from_doc(d.get("generation")),
     )
 
 
@@ -141,6 +144,8 @@ class MongoAssistantStore:
         }
         if "tools" in values:
             values["tools"] = _tools_doc(changes["tools"])  # type: ignore[arg-type]
+        if "generation" in values:
+            values["generation"] = generation_doc(changes["generation"])  # type: ignore[arg-type]
         values["update_time"] = now
         doc = await self._c.find_one_and_update(
             {"_id": key(tenant, assistant_id), **_LIVE},

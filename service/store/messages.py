@@ -76,6 +76,7 @@ def _from_doc(d: Doc) -> Message:
         ],
         tool_call_id=d.get("tool_call_id", ""),
         run_id=d.get("run_id", ""),
+        schema_error=d.get("schema_error", ""),
     )
 
 
@@ -146,6 +147,7 @@ class MongoMessageStore:
         error: str = "",
         tool_calls: Sequence[ToolCall] = (),
         epoch: int,
+        schema_error: str = "",
     ) -> Message | None:
         changes = {
             "content": content,
@@ -153,6 +155,7 @@ class MongoMessageStore:
             "usage": _usage_doc(usage),
             "error": error,
             "tool_calls": _calls_doc(tool_calls),
+            "schema_error": schema_error,
         }
         doc_id = key(tenant, message_id)
         doc = await self._fences.find_and_update(self._c, doc_id, epoch, changes, after=True)
@@ -204,6 +207,13 @@ class MongoMessageStore:
             {"thread_id": thread_id, "tenant": tenant, "sequence": {"$gte": sequence}}
         )
         return result.deleted_count
+
+    async def last_reply(self, tenant: str, thread_id: str, run_id: str) -> Message | None:
+        doc = await self._c.find_one(
+            {"thread_id": thread_id, "tenant": tenant, "run_id": run_id, "role": "assistant"},
+            sort=[("sequence", DESCENDING)],
+        )
+        return _from_doc(doc) if doc else None
 
     async def delete_thread(self, tenant: str, thread_id: str) -> int:
         result = await self._c.delete_many({"thread_id": thread_id, "tenant": tenant})

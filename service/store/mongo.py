@@ -72,7 +72,10 @@ _INDEXES: dict[str, list[IndexModel]] = {
     ],
     "messages": [
         # ListMessages, a prompt's history and a thread's deletion:
-        # {thread_id, tenant} by sequence. Unique, it also makes sequence
+        # {thread_id, tenant} by sequence; a run's last reply: {thread_id,
+        # tenant, run_id, role} by sequence, newest first (the rest of the
+        # filter is applied as the index is walked back from the thread's
+        # end, where a replayed run is). Unique, it also makes sequence
         # numbers gap- and duplicate-free across writers and replicas.
         IndexModel([("thread_id", ASCENDING), ("sequence", ASCENDING)], unique=True, name="seq"),
     ],

@@ -25,6 +25,7 @@ from service.core.models import (
 )
 from service.core.ports import PendingThreadDelete, ThreadClaim
 from service.store.fencing import Fences
+from service.store.generation import generation_doc, generation_from_doc
 from service.store.order import NEWEST_FIRST, older_than
 from service.store.scoped import key, object_id
 from service.store.tooldocs import tool_doc, tool_from_doc
@@ -92,6 +93,7 @@ def _run_doc(run: PendingRun | None) -> Doc | None:
         "tools": None if run.tools is None else [tool_doc(t) for t in run.tools],
         "tool_choice": run.tool_choice,
         "request_id": run.request_id,
+        "generation": generation_doc(run.generation),
     }
 
 
@@ -110,6 +112,7 @@ def _run_from_doc(d: Doc | None) -> PendingRun | None:
         tools=None if tools is None else tuple(tool_from_doc(t) for t in tools),
         tool_choice=d.get("tool_choice", ""),
         request_id=d.get("request_id", ""),
+        generation=generation_from_doc(d.get("generation")),
     )
 
 

@@ -6,8 +6,11 @@ Each call to the model (all of its retries) is one CLIENT span
 ``gen_ai.operation.name``, ``gen_ai.provider.name``, ``gen_ai.request.model``,
 ``gen_ai.response.model``, ``gen_ai.response.id``,
 ``gen_ai.response.finish_reasons``, ``gen_ai.usage.input_tokens``,
-``gen_ai.usage.output_tokens``, ``server.address``/``server.port``, and
-``error.type`` on failure. Time to the first token of a streamed reply is
+``gen_ai.usage.output_tokens``, ``server.address``/``server.port``, the
+sampling settings the request sets (``gen_ai.request.temperature``,
+``.top_p``, ``.max_tokens``, ``.stop_sequences``, ``.seed``),
+``gen_ai.output.type`` for a response format, and ``error.type`` on
+failure. Time to the first token of a streamed reply is
 the attribute ``gen_ai.response.time_to_first_chunk`` (seconds) and the event
 ``gen_ai.first_chunk``; each failed attempt that is retried is a ``retry``
 event (``error.type``, attempt, back-off) and ``loom.llm.attempts`` counts
@@ -27,7 +30,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
@@ -104,10 +107,17 @@ class GenAITelemetry:
         )
 
     def start(
-        self, operation: str, model: str, messages: Sequence[dict[str, Any]], *, stream: bool
+        self,
+        operation: str,
+        model: str,
+        messages: Sequence[dict[str, Any]],
+        *,
+        stream: bool,
+        parameters: Mapping[str, Any] | None = None,
     ) -> ModelCall:
         """Start the span of one call (not made current: a streamed reply
-        is consumed between yields of the caller's generator)."""
+        is consumed between yields of the caller's generator); ``parameters``
+        is the request body, whose sampling settings become attributes."""
         attributes: dict[str, AttributeValue] = {
             "gen_ai.operation.name": operation,
             "gen_ai.provider.name": self.provider,
@@ -117,6 +127,7 @@ class GenAITelemetry:
         }
         name = f"{operation} {model}"
         span = _tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
+        span.set_attributes(_request_attributes(parameters or {}))
         call = ModelCall(self, span, attributes)
         if self.capture_content and span.is_recording():
             system, inputs = _input_messages(messages)
@@ -287,3 +298,26 @@ def _input_messages(
         else:
             inputs.append({"role": message.get("role", ""), "parts": _parts(message)})
     return system, inputs
+
+
+# Chat Completions request parameters and the attributes that carry them.
+_REQUEST_ATTRIBUTES = {
+    "temperature": "gen_ai.request.temperature",
+    "top_p": "gen_ai.request.top_p",
+    "max_completion_tokens": "gen_ai.request.max_tokens",
+    "max_tokens": "gen_ai.request.max_tokens",
+    "stop": "gen_ai.request.stop_sequences",
+    "seed": "gen_ai.request.seed",
+}
+
+
+def _request_attributes(parameters: Mapping[str, Any]) -> dict[str, AttributeValue]:
+    """The sampling settings a request sets, and the kind of output it asks
+    for (``gen_ai.output.type``: json for a JSON response format)."""
+    attributes: dict[str, AttributeValue] = {
+        name: parameters[key] for key, name in _REQUEST_ATTRIBUTES.items() if key in parameters
+    }
+    fmt = parameters.get("response_format")
+    if isinstance(fmt, Mapping):
+        attributes["gen_ai.output.type"] = "text" if fmt.get("type") == "text" else "json"
+    return attributes

@@ -19,7 +19,7 @@ import {
 } from "./gen/loom/v1/thread.js";
 import type { Tool } from "./gen/loom/v1/tools.js";
 import { type MemoryOption, memoryMode } from "./memory.js";
-import { Assistants, Memories, Threads } from "./resources.js";
+import { Assistants, type Generation, Memories, Threads } from "./resources.js";
 import { ReplyStream } from "./stream.js";
 
 export interface LoomOptions {
@@ -50,6 +50,12 @@ export interface SendOptions extends CallSettings {
   tools?: Tool[];
   /** "auto", "none", "required" or a tool's name. */
   toolChoice?: string;
+  /**
+   * Generation settings for this reply, over the assistant's: each field
+   * given replaces the assistant's (e.g. `{ temperature: 0, responseFormat:
+   * { format: { $case: "jsonObject", value: {} } } }`).
+   */
+  generation?: Generation;
 }
 
 const SEND_OPTIONS = [
@@ -62,6 +68,7 @@ const SEND_OPTIONS = [
   "metadata",
   "tools",
   "toolChoice",
+  "generation",
   ...CALL_SETTINGS,
 ] as const;
 
@@ -108,6 +115,7 @@ export class Loom {
       metadata: options.metadata ?? {},
       tools: options.tools ?? [],
       toolChoice: options.toolChoice ?? "",
+      generation: options.generation,
     });
     const svc = this.#threadService;
     return new ReplyStream(this.#caller.stream(svc.sendMessage.bind(svc), request, options));

@@ -13,6 +13,7 @@ import {
   ListAssistantsRequest,
   UpdateAssistantRequest,
 } from "./gen/loom/v1/assistant.js";
+import type { GenerationSettings } from "./gen/loom/v1/generation.js";
 import {
   CreateMemoryRequest,
   DeleteMemoryRequest,
@@ -40,6 +41,9 @@ import {
 import type { Tool } from "./gen/loom/v1/tools.js";
 import { type MemoryOption, memoryMode } from "./memory.js";
 
+/** Generation settings: only the fields given are set (see GenerationSettings). */
+export type Generation = Partial<GenerationSettings>;
+
 /** The fields of an assistant a caller sets. */
 export interface AssistantFields {
   name?: string;
@@ -51,6 +55,8 @@ export interface AssistantFields {
   contextStrategy?: ContextStrategy;
   tools?: Tool[];
   memoryFromToolOutputs?: boolean;
+  /** Default generation settings of its replies. */
+  generation?: Generation;
 }
 
 const ASSISTANT_FIELDS = [
@@ -63,6 +69,7 @@ const ASSISTANT_FIELDS = [
   "contextStrategy",
   "tools",
   "memoryFromToolOutputs",
+  "generation",
 ] as const;
 
 /** camelCase option names as the proto's field paths (update masks). */
@@ -70,7 +77,10 @@ function fieldPaths(fields: object): string[] {
   return Object.keys(fields).map((k) => k.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`));
 }
 
-function assistantOf(fields: AssistantFields, assistantId = ""): Partial<Assistant> {
+function assistantOf(
+  fields: AssistantFields,
+  assistantId = "",
+): Omit<Partial<Assistant>, "generation"> & Pick<AssistantFields, "generation"> {
   checkOptions("assistant", fields, ASSISTANT_FIELDS);
   const { memoryMode: mode, ...rest } = fields;
   return { ...rest, assistantId, ...(mode === undefined ? {} : { memoryMode: memoryMode(mode) }) };

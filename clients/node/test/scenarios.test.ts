@@ -8,7 +8,7 @@ import { after, describe, test } from "node:test";
 
 import { status } from "@grpc/grpc-js";
 
-import { Loom, LoomError, MemoryMode, MessageStatus, Role } from "../src/index.js";
+import { Loom, LoomError, MemoryMode, MessageStatus, ReasoningEffort, Role } from "../src/index.js";
 import type { Reply, ReplyEvent } from "../src/index.js";
 
 const address = process.env.LOOM_ADDRESS ?? "127.0.0.1:50051";
@@ -102,6 +102,28 @@ describe("resources", () => {
     await loom.assistants.delete(created.assistantId);
     const gone = await rejection(loom.assistants.get(created.assistantId));
     assert.equal(gone.reason, "ASSISTANT_NOT_FOUND");
+  });
+
+  test("generation settings: the assistant's defaults, a message's override, schema_error", async () => {
+    const assistant = await loom.assistants.create({
+      name: "Extractor",
+      generation: { temperature: 0, reasoningEffort: ReasoningEffort.REASONING_EFFORT_LOW },
+    });
+    assert.equal(assistant.generation?.temperature, 0);
+    assert.equal(assistant.generation?.reasoningEffort, ReasoningEffort.REASONING_EFFORT_LOW);
+    const schema = { type: "object", required: ["name"], properties: { name: { type: "string" } } };
+    const reply = await loom
+      .sendMessage("node generation settings", {
+        assistantId: assistant.assistantId,
+        generation: {
+          maxOutputTokens: 57,
+          responseFormat: { format: { $case: "jsonSchema", value: { name: "person", schema, strict: false } } },
+        },
+      })
+      .finalReply();
+    // The scripted model answers in prose: stored, and flagged.
+    assert.equal(reply.message?.status, MessageStatus.MESSAGE_STATUS_COMPLETE);
+    assert.match(reply.message?.schemaError ?? "", /the reply is not JSON/);
   });
 
   test("threads: create, get, delete", async () => {

@@ -12,6 +12,7 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from generated.loom.v1 import common_pb2 as _common_pb2
+from generated.loom.v1 import generation_pb2 as _generation_pb2
 from generated.loom.v1 import tools_pb2 as _tools_pb2
 import builtins as _builtins
 import sys
@@ -353,6 +354,7 @@ class Message(_message.Message):
     TOOL_CALLS_FIELD_NUMBER: _builtins.int
     TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
     RUN_ID_FIELD_NUMBER: _builtins.int
+    SCHEMA_ERROR_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     """Output only. Server-assigned random id (128 bits), e.g.
     `msg_6650c3b2e1f4a9d0c1b2a3f4e5d6c7b8`.
@@ -377,6 +379,12 @@ class Message(_message.Message):
     """For tool messages: the call this output answers."""
     run_id: _builtins.str
     """The run (one reply, over one or more tool rounds) the message belongs to."""
+    schema_error: _builtins.str
+    """For assistant messages written under a `json_schema` response format:
+    why the content does not match the schema (not JSON, or the first
+    violation and where it is). Empty when it matches, and when no schema
+    was asked for. The message is stored either way.
+    """
     @_builtins.property
     def usage(self) -> _common_pb2.Usage:
         """For assistant messages: the tokens the reply cost."""
@@ -412,10 +420,11 @@ class Message(_message.Message):
         tool_calls: _abc.Iterable[_tools_pb2.ToolCall] | None = ...,
         tool_call_id: _builtins.str = ...,
         run_id: _builtins.str = ...,
+        schema_error: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "create_time", b"create_time", "memory", b"memory", "message_id", b"message_id", "metadata", b"metadata", "model", b"model", "role", b"role", "run_id", b"run_id", "sequence", b"sequence", "status", b"status", "thread_id", b"thread_id", "tool_call_id", b"tool_call_id", "tool_calls", b"tool_calls", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "create_time", b"create_time", "memory", b"memory", "message_id", b"message_id", "metadata", b"metadata", "model", b"model", "role", b"role", "run_id", b"run_id", "schema_error", b"schema_error", "sequence", b"sequence", "status", b"status", "thread_id", b"thread_id", "tool_call_id", b"tool_call_id", "tool_calls", b"tool_calls", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -804,6 +813,7 @@ class SendMessageRequest(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     TOOLS_FIELD_NUMBER: _builtins.int
     TOOL_CHOICE_FIELD_NUMBER: _builtins.int
+    GENERATION_FIELD_NUMBER: _builtins.int
     content: _builtins.str
     """The user's message, at most `LOOM_MAX_MESSAGE_CHARS` characters (100,000
     by default). Required, except on a thread whose last message is the
@@ -834,7 +844,9 @@ class SendMessageRequest(_message.Message):
     """Model for this reply only; empty means the assistant's default."""
     request_id: _builtins.str
     """Idempotency key (AIP-155), at most 128 characters: a retry with the same
-    id returns the first result and never calls the model twice.
+    id returns the first result and never calls the model twice. After tool
+    rounds, that result is the run's last reply (`completed`), or the
+    `tool_calls_required` the run still waits for.
     """
     tool_choice: _builtins.str
     """"auto" (the default), "none", "required", or the name of one tool the
@@ -850,6 +862,13 @@ class SendMessageRequest(_message.Message):
         send the subset). Empty: the assistant's tools.
         """
 
+    @_builtins.property
+    def generation(self) -> _generation_pb2.GenerationSettings:
+        """Generation settings for this reply, over the assistant's: each field set
+        here replaces the assistant's value, each field left unset keeps it.
+        The run keeps them over its tool rounds (SubmitToolOutputs).
+        """
+
     def __init__(
         self,
         *,
@@ -863,10 +882,11 @@ class SendMessageRequest(_message.Message):
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         tools: _abc.Iterable[_tools_pb2.Tool] | None = ...,
         tool_choice: _builtins.str = ...,
+        generation: _generation_pb2.GenerationSettings | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_id", b"assistant_id", "content", b"content", "memory", b"memory", "metadata", b"metadata", "model", b"model", "request_id", b"request_id", "thread_id", b"thread_id", "tool_choice", b"tool_choice", "tools", b"tools", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_id", b"assistant_id", "content", b"content", "generation", b"generation", "memory", b"memory", "metadata", b"metadata", "model", b"model", "request_id", b"request_id", "thread_id", b"thread_id", "tool_choice", b"tool_choice", "tools", b"tools", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

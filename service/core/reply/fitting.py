@@ -23,13 +23,15 @@ async def fit_prompt(
     user: Message,
     reply: Message,
     recalled: list[Recalled],
+    reply_tokens: int | None = None,
     instructions: str = "",
 ) -> Fitted:
     """The prompt for ``reply``: the assistant's instructions (then the
     run's own ``instructions``, if any), recalled
     memories, the summary (assistants that summarise), as much history as
-    fits, and the user's message. Leaving messages out is logged and noted
-    on the current span."""
+    fits, and the user's message, leaving room for ``reply_tokens`` (the
+    reply's output limit, if it has one). Leaving messages out is logged and
+    noted on the current span."""
     window = counter.context_window(reply.model, assistant.context_window)
     summarize = assistant.context_strategy is ContextStrategy.SUMMARIZE
     fitted = await fit(
@@ -38,7 +40,7 @@ async def fit_prompt(
         summary=thread.summary if summarize else None,
         history=thread.context,
         new=user.entry(),
-        budget=plan_budget(window),
+        budget=plan_budget(window, reply_tokens),
         ratio=counter.ratio(reply.model),
         counter=counter,
     )

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from service.core.budget import Fitted
@@ -30,6 +30,7 @@ from service.core.errors import (
     ResourceExhausted,
     ShuttingDown,
 )
+from service.core.generation import GenerationSettings, schema_error
 from service.core.models import (
     Assistant,
     Completed,
@@ -63,6 +64,8 @@ class RunSpec:
     own_tools: tuple[ToolSpec, ...] | None  # the message's own tool set, if it had one
     tool_choice: str
     request_id: str = ""
+    # The message's generation settings over the assistant's.
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
     instructions: str = ""  # added to the assistant's for this run only
 
 
@@ -112,6 +115,7 @@ class Replier:
                 user=user,
                 reply=reply,
                 recalled=recalled,
+                reply_tokens=run.generation.max_output_tokens,
                 instructions=run.instructions,
             )
             writer = ReplyWriter(writes, reply, self._policy.flush_interval, self._shield)
@@ -135,7 +139,9 @@ class Replier:
         module docstring)."""
         lease = writer.writes.lease
         try:
-            chunks = self._llm.stream(writer.reply.model, fitted.turns, run.tools, run.tool_choice)
+            chunks = self._llm.stream(
+                writer.reply.model, fitted.turns, run.tools, run.tool_choice, run.generation
+            )
             async with contextlib.aclosing(chunks) as stream:
                 while True:
                     async with lease.interruptible():
@@ -212,8 +218,10 @@ class Replier:
             await self._observe(remembering)
             return await self._await_tools(writer, user, run)
         length = got.finish_reason == "length"
+        schema = run.generation.schema
+        mismatch = schema_error(got.text, schema) if schema is not None else ""
         status = MessageStatus.INCOMPLETE if length else MessageStatus.COMPLETE
-        stored = await self._settle(writer, Ending(status))
+        stored = await self._settle(writer, Ending(status, schema_error=mismatch))
         thread = writer.thread
         await self._hooks.fold(tenant, assistant, thread, reply.model, fitted.limit)
         await self._observe(remembering)
@@ -249,6 +257,7 @@ class Replier:
             tools=run.own_tools,
             tool_choice=run.tool_choice,
             request_id=run.request_id,
+            generation=run.generation,
         )
         await self._settle(writer, Ending(MessageStatus.REQUIRES_ACTION, pending=pending))
         return ToolCallsRequired(run.run_id, reply.message_id, list(calls), pending.expire_time)

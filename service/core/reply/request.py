@@ -10,13 +10,14 @@ import contextlib
 import hashlib
 import json
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TypeAlias
 
 from service.core import ids
 from service.core.clock import now
 from service.core.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
+from service.core.generation import GenerationSettings, check_generation
 from service.core.limits import MAX_INSTRUCTIONS, MAX_MODEL, MAX_REQUEST_ID, MAX_USER_ID
 from service.core.models import (
     Assistant,
@@ -28,6 +29,7 @@ from service.core.models import (
     ReplyEvent,
     Started,
     Thread,
+    ToolCallsRequired,
     ToolSpec,
 )
 from service.core.ports import RequestRecord
@@ -74,6 +76,7 @@ class SendRequest:
     metadata: dict[str, str] = field(default_factory=dict)
     tools: list[ToolSpec] | None = None  # None: the assistant's
     tool_choice: str = ""
+    generation: GenerationSettings | None = None  # None: the assistant's
     # Added to the assistant's instructions for this reply only (the HTTP
     # door's per-response ``instructions``).
     instructions: str = ""
@@ -82,6 +85,8 @@ class SendRequest:
         """A digest of everything but the request id, to spot a reused id."""
         body = asdict(self)
         body.pop("request_id")
+        if body["generation"] is None:  # as digested before requests had settings
+            body.pop("generation")
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
@@ -105,6 +110,8 @@ def check_request(req: SendRequest, max_content: int) -> None:
     check_metadata(req.metadata)
     if req.tools is not None:
         check_tools(req.tools, "tools")
+    if req.generation is not None:
+        check_generation(req.generation, "generation.")
 
 
 async def resolve(
@@ -188,7 +195,7 @@ async def thread_assistant(
 
 def run_for(req: SendRequest, assistant: Assistant) -> RunSpec:
     """A new run for the request: its own tools if it sent some, else the
-    assistant's.
+    assistant's; its generation settings over the assistant's.
 
     Raises:
         InvalidArgument: ``tool_choice`` names no tool on offer.
@@ -201,6 +208,7 @@ def run_for(req: SendRequest, assistant: Assistant) -> RunSpec:
         own_tools=None if req.tools is None else tuple(req.tools),
         tool_choice=check_tool_choice(req.tool_choice, tools),
         request_id=req.request_id,
+        generation=(req.generation or GenerationSettings()).over(assistant.generation),
         instructions=req.instructions,
     )
 
@@ -312,11 +320,12 @@ class Idempotency:
                     tenant, req.request_id, record.create_time, now()
                 ):
                     return self._released_on_failure(tenant, req, fresh())
-            elif (reply := await self._first_reply(tenant, record)) is not None:
-                if reply.status is MessageStatus.FAILED and not reply.content:
+            elif (reply := await self._last_reply(tenant, record)) is not None:
+                first = reply.message_id == record.assistant_message_id
+                if first and reply.status is MessageStatus.FAILED and not reply.content:
                     # The model was never heard from: run it now, in the same slot.
-                    return self._retry_failed(tenant, record, reply, req.instructions)
-                return _replay(record, reply)
+                    return self._retry_failed(tenant, req, record, reply)
+                return self._replay(tenant, record, reply)
             if loop.time() + delay > give_up:
                 raise Aborted(
                     f"a request with request_id {req.request_id!r} is still being processed; "
@@ -330,16 +339,21 @@ class Idempotency:
                 return self._released_on_failure(tenant, req, fresh())
             record = again
 
-    async def _first_reply(self, tenant: str, record: RequestRecord) -> Message | None:
-        """The reply the first attempt stored, settled if its writer died;
-        None while it is still streaming.
+    async def _last_reply(self, tenant: str, record: RequestRecord) -> Message | None:
+        """What the first attempt finally produced: the last reply of its
+        run (the first round's, or a later one after tool outputs were
+        submitted), settled if its writer died; None while it is still
+        streaming.
 
         Raises:
             NotFound: the thread is gone.
         """
-        reply = await self._stores.messages.get(tenant, record.assistant_message_id)
+        messages = self._stores.messages
+        reply = await messages.get(tenant, record.assistant_message_id)
         if reply is None:
             raise NotFound("thread", record.thread_id)
+        if reply.run_id:
+            reply = await messages.last_reply(tenant, record.thread_id, reply.run_id) or reply
         if reply.status is not MessageStatus.IN_PROGRESS:
             return reply
         if not await self._stores.leases.expired(record.thread_id):
@@ -347,13 +361,31 @@ class Idempotency:
         # Its writer died: taking its lease over settles the reply INCOMPLETE.
         async with self._recovery.hold(tenant, record.thread_id):
             pass
-        return await self._stores.messages.get(tenant, record.assistant_message_id) or reply
+        return await messages.get(tenant, reply.message_id) or reply
+
+    async def _replay(self, tenant: str, record: RequestRecord, reply: Message) -> Events:
+        """The events of a finished first attempt, replayed from what it
+        stored: its run's last reply, and the tool calls that run still
+        waits for, if it does."""
+        waiting = None
+        if reply.status is MessageStatus.REQUIRES_ACTION:
+            waiting = (await self._stores.threads.get(tenant, record.thread_id)).run
+        yield _started(record, reply)
+        if reply.content:
+            yield Delta(reply.content)
+        if waiting is not None and waiting.message_id == reply.message_id:
+            yield ToolCallsRequired(
+                waiting.run_id, reply.message_id, list(reply.tool_calls), waiting.expire_time
+            )
+        else:
+            yield Completed(reply)
 
     async def _retry_failed(
-        self, tenant: str, record: RequestRecord, reply: Message, instructions: str
+        self, tenant: str, req: SendRequest, record: RequestRecord, reply: Message
     ) -> Events:
         """Run the model again for a first attempt that failed before the
-        model sent anything, if the thread has not moved on since.
+        model sent anything, if the thread has not moved on since, with the
+        request's tools and settings (a repeat is the same request).
 
         Raises:
             FailedPrecondition: the thread has moved on.
@@ -376,15 +408,7 @@ class Idempotency:
                 assistant = await self._stores.assistants.get(tenant, record.assistant_id)
             except NotFound:
                 raise NotFound("thread", record.thread_id) from None
-            run = RunSpec(
-                run_id=reply.run_id or ids.new_id(ids.RUN),
-                round=1,
-                tools=assistant.tools,
-                own_tools=None,
-                tool_choice="",
-                request_id=user.request_id,
-                instructions=instructions,
-            )
+            run = replace(run_for(req, assistant), run_id=reply.run_id or ids.new_id(ids.RUN))
             yield _started(record, reply)
             events = self._replier.generate(tenant, assistant, writes, user, reply, run)
             async with contextlib.aclosing(before_end(events, end)) as stream:
@@ -402,11 +426,3 @@ def _started(record: RequestRecord, reply: Message) -> Started:
         user_message_id=record.user_message_id,
         reply=reply,
     )
-
-
-async def _replay(record: RequestRecord, reply: Message) -> Events:
-    """The events of a finished first attempt, replayed from what it stored."""
-    yield _started(record, reply)
-    if reply.content:
-        yield Delta(reply.content)
-    yield Completed(reply)

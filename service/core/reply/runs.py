@@ -10,7 +10,7 @@ from collections.abc import AsyncGenerator
 from service.core import ids
 from service.core.clock import now
 from service.core.errors import FailedPrecondition, NotFound, ThreadBusy
-from service.core.models import Message, MessageStatus, PendingRun, ReplyEvent
+from service.core.models import Assistant, Message, MessageStatus, PendingRun, ReplyEvent
 from service.core.reply.build import RunMessages, before_end, started
 from service.core.reply.collaborators import ReplyStores
 from service.core.reply.generate import Replier, RunSpec
@@ -85,15 +85,7 @@ class ToolRuns:
             if user is None or waiting is None:
                 raise NotFound("run", run_id)
             reply = await self._answer(tenant, writes, pending, answers, user, waiting)
-            run = RunSpec(
-                run_id=run_id,
-                round=pending.round + 1,
-                tools=assistant.tools if pending.tools is None else list(pending.tools),
-                own_tools=pending.tools,
-                tool_choice=pending.tool_choice,
-                request_id=pending.request_id,
-                instructions=instructions,
-            )
+            run = _next_round(pending, assistant, instructions)
             yield started(
                 thread_id=thread_id,
                 thread_created=False,
@@ -170,3 +162,18 @@ class ToolRuns:
         )
         await writes.save([closed.entry()], run=None)
         return closed
+
+
+def _next_round(pending: PendingRun, assistant: Assistant, instructions: str) -> RunSpec:
+    """The run's next round: its own tools (or the assistant's), tool
+    choice and generation settings carry over."""
+    return RunSpec(
+        run_id=pending.run_id,
+        round=pending.round + 1,
+        tools=assistant.tools if pending.tools is None else list(pending.tools),
+        own_tools=pending.tools,
+        tool_choice=pending.tool_choice,
+        request_id=pending.request_id,
+        generation=pending.generation,
+        instructions=instructions,
+    )

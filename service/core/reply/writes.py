@@ -134,6 +134,7 @@ class ThreadWrites:
         usage: Usage | None = None,
         error: str = "",
         tool_calls: Sequence[ToolCall] = (),
+        schema_error: str = "",
     ) -> Message:
         """Store a message's final state.
 
@@ -150,6 +151,7 @@ class ThreadWrites:
                 error=error,
                 tool_calls=tool_calls,
                 epoch=self.lease.epoch,
+                schema_error=schema_error,
             )
         )
         if stored is None:
@@ -268,11 +270,13 @@ class Received:
 
 @dataclass(frozen=True, slots=True)
 class Ending:
-    """How a reply ends: its status, error and the run it leaves waiting."""
+    """How a reply ends: its status, error, the run it leaves waiting, and
+    whether it matches the schema asked for."""
 
     status: MessageStatus
     error: str = ""
     pending: PendingRun | None = None
+    schema_error: str = ""  # why a reply asked for in a JSON schema does not match it
 
 
 class ReplyWriter:
@@ -360,6 +364,7 @@ class ReplyWriter:
             usage=got.usage,
             error=ending.error,
             tool_calls=got.calls,
+            schema_error=ending.schema_error,
         )
         await self._writes.save([stored.entry()], ending.pending, got.usage)
         return stored

@@ -17,11 +17,12 @@ from google.protobuf import json_format, timestamp_pb2
 from loom_client._proto.loom.v1 import (
     assistant_pb2,
     common_pb2,
+    generation_pb2,
     memory_pb2,
     thread_pb2,
     tools_pb2,
 )
-from loom_client.params import AssistantFields, SendOptions, ToolSpec
+from loom_client.params import AssistantFields, Generation, SendOptions, ToolSpec
 from loom_client.tools import function_tool
 from loom_client.types import (
     Assistant,
@@ -121,6 +122,7 @@ def assistant(pb: assistant_pb2.Assistant) -> Assistant:
         memory_from_tool_outputs=pb.memory_from_tool_outputs,
         create_time=timestamp(pb, "create_time"),
         update_time=timestamp(pb, "update_time"),
+        generation=generation_from_pb(pb.generation),
     )
 
 
@@ -158,6 +160,7 @@ def message(pb: thread_pb2.Message) -> Message:
         tool_calls=tool_calls(pb.tool_calls),
         tool_call_id=pb.tool_call_id,
         run_id=pb.run_id,
+        schema_error=pb.schema_error,
     )
 
 
@@ -226,6 +229,8 @@ def send_request(
         tools=[tool_to_pb(t) for t in options.get("tools") or ()],
         request_id=request_id,
     )
+    if "generation" in options:
+        request.generation.CopyFrom(generation_pb(options["generation"]))
     mode = options.get("memory")
     if mode:
         request.memory = enum_to_pb(MemoryMode, mode, "memory")
@@ -252,9 +257,45 @@ def assistant_pb(fields: AssistantFields) -> tuple[assistant_pb2.Assistant, list
         tools=[tool_to_pb(t) for t in fields.get("tools") or ()],
         memory_from_tool_outputs=fields.get("memory_from_tool_outputs", False),
     )
+    if "generation" in fields:
+        pb.generation.CopyFrom(generation_pb(fields["generation"]))
     if "memory_mode" in fields:
         pb.memory_mode = enum_to_pb(MemoryMode, fields["memory_mode"], "memory_mode")
     if "context_strategy" in fields:
         strategy = fields["context_strategy"]
         pb.context_strategy = enum_to_pb(ContextStrategy, strategy, "context_strategy")
     return pb, list(fields)
+
+
+_EFFORT = "REASONING_EFFORT_"
+
+
+def generation_pb(settings: Generation) -> generation_pb2.GenerationSettings:
+    """GenerationSettings from the keyword form (``reasoning_effort="low"``,
+    ``response_format="json_object"``), or the contract's JSON form.
+
+    Raises:
+        ValueError: a field the settings do not have, or a value of the wrong kind.
+    """
+    body: dict[str, Any] = dict(settings)
+    effort = body.get("reasoning_effort")
+    if isinstance(effort, str) and not effort.startswith(_EFFORT):
+        body["reasoning_effort"] = _EFFORT + effort.upper()
+    fmt = body.get("response_format")
+    if isinstance(fmt, str):
+        body["response_format"] = {fmt: {}}
+    try:
+        return json_format.ParseDict(body, generation_pb2.GenerationSettings())
+    except json_format.ParseError as exc:
+        raise ValueError(f"generation: {exc}") from None
+
+
+def generation_from_pb(pb: generation_pb2.GenerationSettings) -> dict[str, Any]:
+    """Settings in the form ``generation=`` takes (only the fields set)."""
+    body = json_format.MessageToDict(pb, preserving_proto_field_name=True)
+    effort = body.get("reasoning_effort")
+    if effort:
+        body["reasoning_effort"] = effort.removeprefix(_EFFORT).lower()
+    if "seed" in body:  # an int64, which JSON carries as a string
+        body["seed"] = int(body["seed"])
+    return body

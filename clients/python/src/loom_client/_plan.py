@@ -241,6 +241,7 @@ class _Attempt:
             tool_calls=message.tool_calls,
             run_id=message.run_id,
             memory_operation_id=completed.memory_operation_id,
+            schema_error=message.schema_error,
         )
 
     def _tools_required(self, required: Any) -> Reply:

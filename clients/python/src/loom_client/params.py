@@ -14,6 +14,7 @@ from loom_client.types import ContextStrategy, MemoryMode
 
 __all__ = [
     "AssistantFields",
+    "Generation",
     "MemoryChanges",
     "NewMemory",
     "SendOptions",
@@ -25,6 +26,27 @@ ToolSpec = Mapping[str, Any] | Callable[..., Any]
 """A tool: an OpenAI-format definition (``{"type": "function", "function":
 {...}}``), or a Python function, described from its signature and docstring
 (see ``loom_client.tools.function_tool``)."""
+
+
+class Generation(TypedDict, total=False):
+    """Generation settings (``GenerationSettings`` in the contract): on an
+    assistant its defaults, on a message an override of the fields given."""
+
+    temperature: float
+    """0 to 2."""
+    top_p: float
+    """0 to 1."""
+    max_output_tokens: int
+    """Most tokens the reply may have."""
+    stop: Sequence[str]
+    """Up to 4 sequences at which the model stops."""
+    seed: int
+    reasoning_effort: str
+    """``"none"``, ``"minimal"``, ``"low"``, ``"medium"`` or ``"high"``."""
+    response_format: str | Mapping[str, Any]
+    """``"text"``, ``"json_object"``, or ``{"json_schema": {"name": ...,
+    "schema": {...}, "strict": True}}``: JSON matching the schema (the reply's
+    ``schema_error`` says when it does not)."""
 
 
 class SendOptions(TypedDict, total=False):
@@ -47,6 +69,8 @@ class SendOptions(TypedDict, total=False):
     """``"auto"``, ``"none"``, ``"required"`` or the name of one tool."""
     metadata: Mapping[str, str]
     """Labels stored on the user message."""
+    generation: Generation
+    """Generation settings for this reply, over the assistant's."""
     request_id: str
     """Idempotency key; the client makes one per call when it is not given."""
 
@@ -63,6 +87,7 @@ class AssistantFields(TypedDict, total=False):
     context_strategy: ContextStrategy | str
     tools: Sequence[ToolSpec]
     memory_from_tool_outputs: bool
+    generation: Generation
 
 
 class ThreadFields(TypedDict, total=False):

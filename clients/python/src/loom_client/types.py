@@ -130,6 +130,8 @@ class Assistant:
     memory_from_tool_outputs: bool
     create_time: datetime | None
     update_time: datetime | None
+    generation: dict[str, Any] = field(default_factory=dict)
+    """Default generation settings, in the shape ``generation=`` takes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +177,9 @@ class Message:
     tool_calls: list[ToolCall]
     tool_call_id: str
     run_id: str
+    schema_error: str = ""
+    """Why the content misses the JSON Schema it was asked to match ("": it
+    matches, or no schema was asked for)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +290,9 @@ class Reply:
     run_id: str = ""
     memory_operation_id: str = ""
     expire_time: datetime | None = None
+    schema_error: str = ""
+    """With a ``json_schema`` response format: why the reply does not match
+    it ("" when it does)."""
 
     @property
     def requires_action(self) -> bool:

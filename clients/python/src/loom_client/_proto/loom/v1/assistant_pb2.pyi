@@ -11,6 +11,7 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from loom_client._proto.loom.v1 import common_pb2 as _common_pb2
+from loom_client._proto.loom.v1 import generation_pb2 as _generation_pb2
 from loom_client._proto.loom.v1 import tools_pb2 as _tools_pb2
 import builtins as _builtins
 import sys
@@ -94,6 +95,7 @@ class Assistant(_message.Message):
     TOOLS_FIELD_NUMBER: _builtins.int
     MEMORY_FROM_TOOL_OUTPUTS_FIELD_NUMBER: _builtins.int
     SHARED_MEMORY_WRITES_FIELD_NUMBER: _builtins.int
+    GENERATION_FIELD_NUMBER: _builtins.int
     assistant_id: _builtins.str
     """Output only. Server-assigned random id (128 bits), e.g.
     `asst_6650c3b2e1f4a9d0c1b2a3f4e5d6c7b8`.
@@ -150,6 +152,12 @@ class Assistant(_message.Message):
         narrow or replace them for itself.
         """
 
+    @_builtins.property
+    def generation(self) -> _generation_pb2.GenerationSettings:
+        """Default generation settings (temperature, output limit, response format
+        ...) for replies; a message may override them field by field.
+        """
+
     def __init__(
         self,
         *,
@@ -166,10 +174,11 @@ class Assistant(_message.Message):
         tools: _abc.Iterable[_tools_pb2.Tool] | None = ...,
         memory_from_tool_outputs: _builtins.bool = ...,
         shared_memory_writes: _builtins.bool = ...,
+        generation: _generation_pb2.GenerationSettings | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "generation", b"generation", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_id", b"assistant_id", "context_strategy", b"context_strategy", "context_window", b"context_window", "create_time", b"create_time", "instructions", b"instructions", "memory_from_tool_outputs", b"memory_from_tool_outputs", "memory_mode", b"memory_mode", "metadata", b"metadata", "model", b"model", "name", b"name", "shared_memory_writes", b"shared_memory_writes", "tools", b"tools", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_id", b"assistant_id", "context_strategy", b"context_strategy", "context_window", b"context_window", "create_time", b"create_time", "generation", b"generation", "instructions", b"instructions", "memory_from_tool_outputs", b"memory_from_tool_outputs", "memory_mode", b"memory_mode", "metadata", b"metadata", "model", b"model", "name", b"name", "shared_memory_writes", b"shared_memory_writes", "tools", b"tools", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -343,8 +352,9 @@ class UpdateAssistantRequest(_message.Message):
     def update_mask(self) -> _field_mask_pb2.FieldMask:
         """Fields to change: any of `name`, `instructions`, `model`, `memory_mode`,
         `metadata`, `context_window`, `context_strategy`, `tools`,
-        `memory_from_tool_outputs`, or `*` for all of them. Empty means every
-        field that is set in `assistant`.
+        `memory_from_tool_outputs`, `shared_memory_writes`, `generation`
+        (replaced whole), or `*` for all of them. Empty means every field that
+        is set in `assistant`.
         """
 
     def __init__(
