@@ -19,7 +19,7 @@ STAMP := $(VENV)/.installed
 CLIENT := clients/python
 LINTED := service tests bench $(CLIENT)
 
-.PHONY: setup run-deps postgres jaeger go-plugins proto proto-check lint test bench bench-lists bench-memory bench-tracing bench-outage run fleet clean
+.PHONY: setup run-deps postgres jaeger go-plugins proto proto-check lint test bench bench-profile bench-lists bench-memory bench-tracing bench-outage run fleet clean
 
 # The local database is FerretDB over PostgreSQL (scripts/postgres.sh makes and
 # starts the cluster); LOOM_LOCAL_DB=sqlite needs no PostgreSQL.
@@ -113,6 +113,11 @@ bench: setup
 # About an hour: a million messages written into each local database set-up.
 bench-lists: setup
 	$(BENCH_ENV) $(PY) -m bench.lists
+
+# Round trips per message, CPU per process, py-spy of Loom and pprof of FerretDB
+# (docs/benchmarks.md, "Where a message's cost goes"); needs go for pprof.
+bench-profile: setup
+	$(BENCH_ENV) $(PY) -m bench.hotpath --pprof --profile pyspy
 
 bench-memory: setup
 	$(BENCH_ENV) $(PY) -m bench.memory

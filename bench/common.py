@@ -106,8 +106,11 @@ def start_model() -> Process:
     return Process([sys.executable, "-m", "tests.scripted_llm", "--port", str(port)], _env(), port)
 
 
-def start_loom(ferretdb: FerretDB, model: Process, db: str, **extra: str) -> Process:
-    """``python -m service`` against that FerretDB and model."""
+def start_loom(
+    ferretdb: FerretDB, model: Process, db: str, *, module: str = "service", **extra: str
+) -> Process:
+    """``python -m service`` (or ``module``, a wrapper of it such as
+    bench/probe.py) against that FerretDB and model."""
     port = free_port()
     env = _env(
         LOOM_LISTEN=f"127.0.0.1:{port}",
@@ -125,4 +128,4 @@ def start_loom(ferretdb: FerretDB, model: Process, db: str, **extra: str) -> Pro
         LOOM_MAX_STREAMS_PER_TENANT="0",
         **extra,
     )
-    return Process([sys.executable, "-m", "service"], env, port)
+    return Process([sys.executable, "-m", module], env, port)
