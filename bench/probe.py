@@ -6,7 +6,8 @@ is recorded there as ``[start, seconds, name, collection]`` (start on the
 system-wide monotonic clock, so the benchmark can place each command before
 or after a message's first delta). With ``BENCH_PROBE_PROFILE`` set to a
 file, the service runs under cProfile and its stats are written there. Both
-are written when the service stops (SIGTERM).
+are written when the service stops (SIGTERM). ``BENCH_PROBE_UVLOOP=1`` runs
+it on uvloop's event loop instead of asyncio's, to measure the difference.
 """
 
 from __future__ import annotations
@@ -56,6 +57,12 @@ def main() -> int:
     out = os.environ.get("BENCH_PROBE_OUT")
     if out:
         monitoring.register(log)
+    if os.environ.get("BENCH_PROBE_UVLOOP") == "1":
+        import asyncio
+
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     profile_out = os.environ.get("BENCH_PROBE_PROFILE")
     profiler = cProfile.Profile() if profile_out else None
     # The service stops gracefully on SIGTERM; so does this wrapper.
