@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 
 from service.core.clock import now
 from service.core.errors import FailedPrecondition
-from service.core.models import Assistant, MemoryMode, Message, ReplyEvent, Thread
+from service.core.models import MemoryMode, Message, ReplyEvent
 from service.core.reply.build import RunMessages, started
 from service.core.reply.collaborators import ReplyPolicy, ReplyServices, ReplyStores
 from service.core.reply.generate import Replier
@@ -39,13 +39,11 @@ from service.core.reply.recovery import Recovery
 from service.core.reply.request import (
     Idempotency,
     SendRequest,
-    assistant_of,
     check_request,
     resolve,
     run_for,
 )
 from service.core.reply.runs import ToolRuns
-from service.core.reply.writes import ThreadWrites
 
 __all__ = ["Conversation", "ReplyPolicy", "ReplyServices", "ReplyStores", "SendRequest"]
 
@@ -141,15 +139,13 @@ class Conversation:
     async def _fresh(self, tenant: str, req: SendRequest) -> AsyncGenerator[ReplyEvent, None]:
         """Steps 2 to 5; a thread created for the request is deleted again
         if nothing was stored in it."""
-        thread, created, known = await resolve(self._stores, tenant, req)
+        thread, created, assistant = await resolve(self._stores, tenant, req)
+        model = req.model.strip() or assistant.model or self._policy.default_model
+        memory = req.memory if req.memory is not MemoryMode.UNSPECIFIED else assistant.memory_mode
+        run = run_for(req, assistant)
         stored = False
         try:
-            async with self._held(tenant, thread, known) as (writes, assistant):  # 2.
-                model = req.model.strip() or assistant.model or self._policy.default_model
-                memory = req.memory
-                if memory is MemoryMode.UNSPECIFIED:
-                    memory = assistant.memory_mode
-                run = run_for(req, assistant)
+            async with self._recovery.hold(tenant, thread.thread_id, thread) as writes:  # 2.
                 await self._runs.refuse_if_waiting(tenant, writes)
                 t = now()  # 3.
                 new = RunMessages(tenant, thread.thread_id, run.run_id, memory, t)
@@ -184,31 +180,3 @@ class Conversation:
                 await self._stores.shield.run(
                     self._stores.thread_store.delete(tenant, thread.thread_id)
                 )
-
-    @contextlib.asynccontextmanager
-    async def _held(
-        self, tenant: str, thread: Thread, known: Assistant | None
-    ) -> AsyncIterator[tuple[ThreadWrites, Assistant]]:
-        """The thread's lease (see ``Recovery.hold``) and its assistant. An
-        assistant not read yet is read while the lease is taken: only the
-        lease must come before the thread's writes, so the two round trips
-        overlap and the first delta comes one round trip sooner.
-
-        Raises:
-            ThreadBusy: another live holder has the lease.
-            NotFound: no such thread, or its assistant is being deleted.
-        """
-        if known is not None:  # a new thread's: read to create it
-            async with self._recovery.hold(tenant, thread.thread_id, thread) as writes:
-                yield writes, known
-            return
-        reading = asyncio.ensure_future(assistant_of(self._stores, tenant, thread))
-        try:
-            async with self._recovery.hold(tenant, thread.thread_id, thread) as writes:
-                yield writes, await reading
-        finally:
-            if not reading.done():
-                reading.cancel()
-            # Its error, if any, was raised above or is moot (the lease was
-            # refused): retrieve it so that it is not reported as lost.
-            reading.add_done_callback(lambda t: t.cancelled() or t.exception())

@@ -37,7 +37,7 @@ from service.core.reply.recovery import Recovery
 from service.core.tools import check_tool_choice, check_tools
 from service.core.validation import check_metadata, check_text
 
-__all__ = ["Idempotency", "SendRequest", "assistant_of", "check_request", "resolve", "run_for"]
+__all__ = ["Idempotency", "SendRequest", "check_request", "resolve", "run_for"]
 
 
 Events: TypeAlias = AsyncGenerator[ReplyEvent, None]
@@ -86,10 +86,9 @@ def check_request(req: SendRequest, max_content: int) -> None:
 
 async def resolve(
     stores: ReplyStores, tenant: str, req: SendRequest
-) -> tuple[Thread, bool, Assistant | None]:
+) -> tuple[Thread, bool, Assistant]:
     """The thread the request continues, or a new one under the assistant it
-    names (the tenant's default if none); whether it is new; its assistant
-    if it was read for a new thread (else None: see ``assistant_of``).
+    names (the tenant's default if none); whether it is new; its assistant.
 
     Raises:
         NotFound: no such thread or assistant.
@@ -116,19 +115,11 @@ async def resolve(
             "continuing a thread, or start a new thread for this user",
             field="user_id",
         )
-    return thread, False, None
-
-
-async def assistant_of(stores: ReplyStores, tenant: str, thread: Thread) -> Assistant:
-    """The assistant of an existing thread.
-
-    Raises:
-        NotFound: the thread (its assistant is being deleted, and it with it).
-    """
     try:
-        return await stores.assistants.get(tenant, thread.assistant_id)
-    except NotFound:
+        assistant = await stores.assistants.get(tenant, thread.assistant_id)
+    except NotFound:  # the assistant is being deleted, and the thread with it
         raise NotFound("thread", thread.thread_id) from None
+    return thread, False, assistant
 
 
 def run_for(req: SendRequest, assistant: Assistant) -> RunSpec:
