@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from service.core.models import (
     Assistant,
@@ -26,17 +28,31 @@ log = logging.getLogger(__name__)
 
 
 class Remembering:
-    """The episodic write of a user's message, started before the model is
-    called. Every path of a reply waits for it (under the shield, so a
-    caller who goes away cannot leave it unobserved), and a failure is
+    """The episodic write of a user's message. It starts with the first
+    delta (``begin``): it would otherwise compete with recall and the model
+    call for the cores before the first token, and the text's vector is
+    then at hand (the recall query's). Every path of a reply waits for it
+    (``wait`` starts it if nothing did, under the shield, so a caller who
+    goes away cannot leave it unwritten or unobserved), and a failure is
     logged, not raised."""
 
-    def __init__(self, write: asyncio.Future[None] | None, message_id: str) -> None:
-        self._write = write
+    def __init__(
+        self, start: Callable[[], Coroutine[Any, Any, None]] | None, message_id: str, shield: Shield
+    ) -> None:
+        self._start = start
+        self._write: asyncio.Future[None] | None = None
         self._message_id = message_id
+        self._shield = shield
+
+    def begin(self) -> None:
+        """Start the write, if it has not started."""
+        start, self._start = self._start, None
+        if start is not None:
+            self._write = asyncio.ensure_future(self._shield.run(start()))
 
     async def wait(self) -> None:
         """Wait for the write the first time; later calls return at once."""
+        self.begin()
         write, self._write = self._write, None
         if write is None:
             return
@@ -62,14 +78,19 @@ class ReplyHooks:
         self._shield = shield
 
     def remember(self, tenant: str, thread: Thread, user: Message) -> Remembering:
-        """Start indexing the user's message (memory AUTO), so that the next
-        request can recall it; the reply waits for it before it ends."""
-        if self._memory is None or user.memory is not MemoryMode.AUTO:
-            return Remembering(None, user.message_id)
-        write = self._memory.remember(
-            tenant, thread.assistant_id, thread.user_id, thread.thread_id, user
-        )
-        return Remembering(asyncio.ensure_future(self._shield.run(write)), user.message_id)
+        """The indexing of the user's message (memory AUTO), so that the next
+        request can recall it; the reply starts it with its first delta and
+        waits for it before it ends."""
+        memory = self._memory
+        if memory is None or user.memory is not MemoryMode.AUTO:
+            return Remembering(None, user.message_id, self._shield)
+
+        def start() -> Coroutine[Any, Any, None]:
+            return memory.remember(
+                tenant, thread.assistant_id, thread.user_id, thread.thread_id, user
+            )
+
+        return Remembering(start, user.message_id, self._shield)
 
     async def recall(self, tenant: str, thread: Thread, user: Message) -> list[Recalled]:
         """Memories for the reply's prompt (memory AUTO or READONLY); none if
