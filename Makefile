@@ -19,7 +19,7 @@ STAMP := $(VENV)/.installed
 CLIENT := clients/python
 LINTED := service tests bench $(CLIENT)
 
-.PHONY: setup run-deps postgres jaeger go-plugins proto proto-check lint test bench bench-profile bench-lists bench-memory bench-tracing bench-outage run fleet clean
+.PHONY: setup run-deps postgres jaeger go-plugins proto proto-check lint test bench bench-rss bench-profile bench-lists bench-memory bench-tracing bench-outage run fleet clean
 
 # The local database is FerretDB over PostgreSQL (scripts/postgres.sh makes and
 # starts the cluster); LOOM_LOCAL_DB=sqlite needs no PostgreSQL.
@@ -105,7 +105,9 @@ MODEL_DIR ?= $(abspath ../shared/models/all-MiniLM-L6-v2/onnx)
 BENCH_ENV = LOOM_FERRETDB_BIN=$(FERRETDB) ORT_DISABLE_TELEMETRY=1 \
 	$(if $(wildcard $(MODEL_DIR)/model.onnx),LOOM_EMBEDDING_MODEL_DIR=$(MODEL_DIR))
 
+# Issue 12's targets beside their baselines, and the chart in docs/.
 bench: setup
+	$(BENCH_ENV) $(PY) -m bench.targets --chart docs/bench-concurrency.png
 	$(BENCH_ENV) $(PY) -m bench.messages
 	$(BENCH_ENV) $(PY) -m bench.context
 	$(BENCH_ENV) $(PY) -m bench.tokens
@@ -116,6 +118,10 @@ bench-lists: setup
 
 # Round trips per message, CPU per process, py-spy of Loom and pprof of FerretDB
 # (docs/benchmarks.md, "Where a message's cost goes"); needs go for pprof.
+# Loom's RSS over 10 minutes at 16 streams.
+bench-rss: setup
+	$(BENCH_ENV) $(PY) -m bench.targets --rss 600
+
 bench-profile: setup
 	$(BENCH_ENV) $(PY) -m bench.hotpath --pprof --profile pyspy
 

@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import statistics
 import subprocess
 import tempfile
@@ -67,6 +68,7 @@ class Side:
     stub: thread_pb2_grpc.ThreadServiceStub | None = None
     assistant: str = ""
     solo: str = ""
+    threads: list[str] = field(default_factory=list)  # one per stream, a user each
     ttfd: list[float] = field(default_factory=list)
     rates: list[float] = field(default_factory=list)
     errors: int = 0
@@ -140,7 +142,7 @@ async def _loom_once(side: Side, thread_id: str, content: str = "ping") -> tuple
     return first, started
 
 
-async def _prepare(side: Side, channel: aio.Channel, memory: str) -> None:
+async def _prepare(side: Side, channel: aio.Channel, memory: str, streams: int) -> None:
     side.stub = thread_pb2_grpc.ThreadServiceStub(channel)
     made = await assistant_pb2_grpc.AssistantServiceStub(channel).CreateAssistant(
         assistant_pb2.CreateAssistantRequest(
@@ -154,6 +156,7 @@ async def _prepare(side: Side, channel: aio.Channel, memory: str) -> None:
     )
     side.assistant = made.assistant.assistant_id
     _, side.solo = await _loom_once(side, "", "solo")
+    side.threads = [(await _loom_once(side, "", f"stream {i}"))[1] for i in range(streams)]
 
 
 async def _window(
@@ -161,10 +164,7 @@ async def _window(
 ) -> None:
     """``streams`` concurrent streams for ``seconds``; messages/s and CPU
     per message of each process into ``side``."""
-    threads: list[str] = []
-    if side.loom is not None:
-        tag = f"{time.monotonic_ns()}"
-        threads = [(await _loom_once(side, "", f"{tag}-{i}"))[1] for i in range(streams)]
+    threads = side.threads[:streams]
     done = 0
     before = {k: f() for k, f in cpu.items()}
     start = time.perf_counter()
@@ -282,7 +282,7 @@ async def run(args: argparse.Namespace) -> None:
             sides.append(side)
             assert side.loom is not None
             channels.append(aio.insecure_channel(f"127.0.0.1:{side.loom.port}"))
-            await _prepare(side, channels[-1], args.memory)
+            await _prepare(side, channels[-1], args.memory, args.streams)
         direct, added, loads = await _rounds(args, sides, model)
     finally:
         for c in channels:
@@ -304,6 +304,9 @@ async def run(args: argparse.Namespace) -> None:
 
 def main() -> None:
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    # SIGTERM (timeout, a kill) stops the run as Ctrl-C does: the processes
+    # it started are stopped on the way out.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--base", default="HEAD~1", help="git revision of the base side")
     parser.add_argument(

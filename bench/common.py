@@ -19,6 +19,7 @@ from tests.support.postgres import process_cpu_seconds
 
 __all__ = [
     "BACKENDS",
+    "MODEL_DIR",
     "REPO",
     "FerretDB",
     "Process",
@@ -120,6 +121,7 @@ def start_loom(
     *,
     module: str = "service",
     source: Path = REPO,
+    data_dir: Path | None = None,
     **extra: str,
 ) -> Process:
     """``python -m service`` (or ``module``, a wrapper of it such as
@@ -134,7 +136,7 @@ def start_loom(
         LOOM_LLM_MODEL="scripted-model",
         LOOM_DEV_API_KEY="bench-key",
         LOOM_LOG_LEVEL="WARNING",
-        LOOM_DATA_DIR=tempfile.mkdtemp(prefix="loom-bench-data-"),
+        LOOM_DATA_DIR=str(data_dir or tempfile.mkdtemp(prefix="loom-bench-data-")),
         LOOM_EMBEDDING_MODEL_DIR=str(MODEL_DIR),
         # One key drives every benchmark faster than a client is allowed by
         # default: measure Loom, not its rate limiter.
