@@ -19,7 +19,7 @@ STAMP := $(VENV)/.installed
 CLIENT := clients/python
 LINTED := service tests bench $(CLIENT)
 
-.PHONY: setup run-deps postgres jaeger go-plugins proto proto-check lint test bench bench-rss bench-profile bench-lists bench-memory bench-tracing bench-outage run fleet clean
+.PHONY: setup run-deps postgres jaeger go-plugins proto proto-check lint test bench bench-rss bench-profile bench-lists bench-imports bench-memory bench-tracing bench-outage run fleet clean
 
 # The local database is FerretDB over PostgreSQL (scripts/postgres.sh makes and
 # starts the cluster); LOOM_LOCAL_DB=sqlite needs no PostgreSQL.
@@ -111,22 +111,28 @@ bench: setup
 	$(BENCH_ENV) $(PY) -m bench.messages
 	$(BENCH_ENV) $(PY) -m bench.context
 	$(BENCH_ENV) $(PY) -m bench.tokens
+	$(BENCH_ENV) $(PY) -m bench.memory_writes
+	$(BENCH_ENV) $(PY) -m bench.isolation
 
 # About an hour: a million messages written into each local database set-up.
 bench-lists: setup
 	$(BENCH_ENV) $(PY) -m bench.lists
 
-# Round trips per message, CPU per process, py-spy of Loom and pprof of FerretDB
-# (docs/benchmarks.md, "Where a message's cost goes"); needs go for pprof.
 # Loom's RSS over 10 minutes at 16 streams.
 bench-rss: setup
 	$(BENCH_ENV) $(PY) -m bench.targets --rss 600
 
+# Round trips per message, CPU per process, py-spy of Loom and pprof of FerretDB
+# (docs/benchmarks.md, "Where a message's cost goes"); needs go for pprof.
 bench-profile: setup
 	$(BENCH_ENV) $(PY) -m bench.hotpath --pprof --profile pyspy
 
+bench-imports: setup
+	$(BENCH_ENV) $(PY) -m bench.imports
+
 bench-memory: setup
 	$(BENCH_ENV) $(PY) -m bench.memory
+	$(BENCH_ENV) $(PY) -m bench.memory_api
 
 bench-tracing: setup
 	$(BENCH_ENV) LOOM_JAEGER_BIN=$(JAEGER) $(PY) -m bench.tracing

@@ -7,6 +7,8 @@ manages API keys.
     python -m service api-keys revoke KEY_ID
     python -m service api-keys limits --tenant acme [--rate 50 --burst 100 --streams 20 | --reset]
     python -m service memory reindex [--all]          # after changing LOOM_EMBEDDING
+    python -m service memory export --tenant T --assistant ID --out FILE   # JSON Lines
+    python -m service memory import --tenant T --assistant ID --in FILE [--new-ids]
     python -m service error-reasons [--write README.md]  # the table of ErrorInfo reasons
     python -m service jobs list [--state failed] [--tenant T]
     python -m service jobs retry JOB_ID | --all-failed
@@ -27,7 +29,7 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 from pymongo.errors import PyMongoError
 
-from service import jobs_cli
+from service import jobs_cli, memory_cli
 from service.config import Settings
 from service.core.errors import LoomError
 
@@ -142,28 +144,6 @@ async def _limits(args: argparse.Namespace, keys: KeyService, settings: Settings
     print(f"each replica applies a change within {CACHE_SECONDS:g} s, and enforces it on its own")
 
 
-async def _reindex(settings: Settings, *, force: bool) -> int:
-    from service.memory.embeddings import EmbeddingError, embedder_from_settings
-    from service.memory.index import open_index
-    from service.memory.reindex import reindex_all
-
-    key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
-    try:
-        embedder = embedder_from_settings(
-            settings.embedding,
-            str(settings.embedding_model_dir) if settings.embedding_model_dir else None,
-            openai_base_url=settings.llm_base_url,
-            openai_api_key=key,
-        )
-    except EmbeddingError as exc:
-        sys.stderr.write(f"loom: {exc.message}\n")
-        return 1
-    index = open_index(settings.data_dir, settings.chroma_url, embedder)
-    count = await reindex_all(index, force=force)
-    print(f"re-embedded {count} memories with {embedder.model_name}")
-    return 0
-
-
 def _error_reasons(write: str | None) -> int:
     from service.api.reasons import render, scan, update_readme
 
@@ -208,16 +188,6 @@ def _key_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
 
 
-def _memory_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    memory = sub.add_parser("memory", help="maintain assistant memory")
-    memory_cmds = memory.add_subparsers(dest="command", required=True)
-    reindex = memory_cmds.add_parser(
-        "reindex",
-        help="re-embed memories written with another embedding model than LOOM_EMBEDDING",
-    )
-    reindex.add_argument("--all", action="store_true", help="re-embed every assistant's memory")
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m service", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="group")
@@ -225,7 +195,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("chat", help="chat with a running Loom in the terminal (chat --help)")
     sub.add_parser("health", help="check this replica's gRPC health (for container probes)")
     _key_commands(sub)
-    _memory_commands(sub)
+    memory_cli.add_parser(sub)
     reasons = sub.add_parser("error-reasons", help="print every ErrorInfo reason (Markdown)")
     reasons.add_argument("--write", metavar="FILE", help="replace the table between its markers")
     jobs_cli.add_parser(sub)
@@ -256,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.group == "api-keys":
         return asyncio.run(_api_keys(args, settings))
     if args.group == "memory":
-        return asyncio.run(_reindex(settings, force=args.all))
+        return memory_cli.main(args, settings)
     if args.group == "jobs":
         return asyncio.run(jobs_cli.run(args, settings))
     if args.group == "health":

@@ -56,14 +56,16 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
                     f"attempts={job.attempts}\t{job.update_time:%Y-%m-%dT%H:%M:%SZ}\t{error}"
                 )
             return 0
+        failed = await store.jobs.find(JobState.FAILED, args.tenant, _ALL)
         if args.job_id:
-            if not await store.jobs.requeue(args.job_id, now()):
+            # A job is keyed by its tenant too (store/scoped.py): find whose it is.
+            owners = [job.tenant for job in failed if job.job_id == args.job_id]
+            if not owners or not await store.jobs.requeue(owners[0], args.job_id, now()):
                 sys.stderr.write(f"loom: no failed job with id {args.job_id!r}\n")
                 return 1
             print(f"re-queued {args.job_id}")
             return 0
-        failed = await store.jobs.find(JobState.FAILED, args.tenant, _ALL)
-        count = sum([await store.jobs.requeue(job.job_id, now()) for job in failed])
+        count = sum([await store.jobs.requeue(job.tenant, job.job_id, now()) for job in failed])
         print(f"re-queued {count} failed jobs")
         return 0
     except PyMongoError as exc:

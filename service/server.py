@@ -33,6 +33,7 @@ from service.api.threads import ThreadServicer
 from service.config import Settings
 from service.core.assistants import Assistants
 from service.core.conversation import Conversation, ReplyPolicy, ReplyServices, ReplyStores
+from service.core.forks import Forks
 from service.core.jobs import JobRunner
 from service.core.keys import KeyService
 from service.core.leases import Leases
@@ -41,11 +42,14 @@ from service.core.ratelimit import Limiter, Limits
 from service.core.shield import Shield
 from service.core.summaries import Summarizer
 from service.core.threads import Threads
+from service.core.usage import Ledger
 from service.llm import OpenAIChatModel
 from service.llm.tokens import TokenBudgets
 from service.memory.domain import AssistantMemory
 from service.memory.embeddings import EmbeddingError, embedder_from_settings
+from service.memory.history import History
 from service.memory.index import ChromaMemoryIndex, open_index
+from service.memory.memories import Memories
 from service.memory.sharing import SharedEmbedder
 from service.store import MongoStore, connect
 from service.store import errors as store_errors
@@ -111,6 +115,7 @@ class Loom:
         # Only around it: the server's tasks must not inherit this span.
         with span(tracer("loom.server"), "loom.start"):
             await self.store.ensure_indexes()
+            await self.store.migrate()
             if self.settings.dev_api_key is not None:
                 await self.keys.register(self.settings.dev_api_key.get_secret_value(), "dev")
             await self.assistants.resume_deletes()
@@ -137,6 +142,7 @@ class Loom:
             log.warning("replies still running at shutdown; their final state may be lost")
         await self.shield.drain()
         await self.memory_index.close()
+        await self.memory_index.embedder.aclose()
         await self.llm.close()
         await self.store.close()
 
@@ -168,9 +174,9 @@ def build(settings: Settings, telemetry: Telemetry | None = None) -> Loom:
     llm = build_model(settings, telemetry)
     shield = Shield()
     jobs = build_jobs(settings, store, shield)
-    index, memory = build_memory(settings, telemetry, store=store, jobs=jobs, llm=llm)
+    index, memory, memories = build_memory(settings, telemetry, store=store, jobs=jobs, llm=llm)
     assistants = Assistants(store.assistants, store.threads, store.messages, memory=memory)
-    threads = Threads(assistants, store.threads, store.messages, memory=memory)
+    threads = Threads(assistants, store.threads, store.messages, memory=memory, jobs=jobs)
     conversation = build_conversation(
         settings,
         store=store,
@@ -182,13 +188,14 @@ def build(settings: Settings, telemetry: Telemetry | None = None) -> Loom:
         memory=memory,
     )
     keys = KeyService(store.keys)
+    forks = Forks(threads, store.messages, context_chars=settings.context_cache_chars)
     served = build_grpc_server(
         settings,
         telemetry,
         keys,
         assistants=AssistantServicer(assistants),
-        threads=ThreadServicer(threads, conversation),
-        memory=MemoryServicer(memory),
+        threads=ThreadServicer(threads, conversation, forks),
+        memory=MemoryServicer(memories),
     )
     return Loom(
         settings=settings,
@@ -229,7 +236,8 @@ def build_model(settings: Settings, telemetry: Telemetry) -> OpenAIChatModel:
 
 
 def build_jobs(settings: Settings, store: MongoStore, shield: Shield) -> JobRunner:
-    """The runner of durable background jobs (fact extraction, summaries)."""
+    """The runner of durable background jobs (fact extraction, summaries,
+    thread expiry); the model tokens a job spends are added to its thread."""
     return JobRunner(
         store.jobs,
         store.leases,
@@ -242,6 +250,7 @@ def build_jobs(settings: Settings, store: MongoStore, shield: Shield) -> JobRunn
         max_retry_delay=settings.job_max_retry_delay,
         lease_seconds=settings.job_lease_seconds,
         translate=store_errors.translate,
+        charge=Ledger(Leases(store.leases, settings.lease_seconds, shield), store.threads).charge,
     )
 
 
@@ -252,9 +261,10 @@ def build_memory(
     store: MongoStore,
     jobs: JobRunner,
     llm: OpenAIChatModel,
-) -> tuple[ChromaMemoryIndex, AssistantMemory]:
-    """The memory index (Chroma, with spans per call when tracing) and the
-    assistant memory over it.
+) -> tuple[ChromaMemoryIndex, AssistantMemory, Memories]:
+    """The memory index (Chroma, with spans per call when tracing), the
+    assistant memory over it (what replies use) and the MemoryService use
+    cases.
 
     Raises:
         EmbeddingError: the embedding model cannot be loaded.
@@ -283,11 +293,11 @@ def build_memory(
         if telemetry.tracing
         else None,
     )
+    history = History(index, store.memory_history)
     memory = AssistantMemory(
         index=index,
+        history=history,
         jobs=jobs,
-        job_store=store.jobs,
-        assistants=store.assistants,
         messages=store.messages,
         llm=llm,
         default_model=settings.llm_model,
@@ -295,7 +305,10 @@ def build_memory(
         recall_limit=settings.memory_recall_limit,
         recall_min_score=settings.memory_min_score,
     )
-    return index, memory
+    memories = Memories(
+        index=index, history=history, assistants=store.assistants, job_store=store.jobs
+    )
+    return index, memory, memories
 
 
 def build_conversation(

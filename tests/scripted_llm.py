@@ -21,6 +21,12 @@ Steps are taken from a FIFO filled with ``script(...)``; when it is empty the *d
 step is used (``Reply()``, i.e. echo the last user message, unless changed with
 ``set_default``, which also accepts a callable that builds a step from the request body).
 
+``POST /v1/embeddings`` answers with deterministic vectors (``embedding_of``: hashed
+words, normalised; ``dimensions`` wide, 384 by default), at once, so benchmarks can run
+Loom's memory writes with the embedding cost taken out, or after
+``set_embedding_delay`` seconds, so tests can catch a long write half-way. Embedding
+requests are not recorded and take no step.
+
 The server records every chat-completions request (``requests``) and counts responses
 the client abandoned (``disconnects``), streams sent to the end (``completed_streams``)
 and streams it cut on purpose (``aborted_streams``). Counters and recorded requests are
@@ -51,17 +57,20 @@ import http
 import itertools
 import json
 import logging
+import math
 import re
 import signal
 import threading
 import time
 import uuid
+import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Self
 
 __all__ = [
+    "EMBEDDING_DIM",
     "MODEL_ID",
     "Fail",
     "Hang",
@@ -70,6 +79,7 @@ __all__ = [
     "ScriptedLLM",
     "Step",
     "StepSource",
+    "embedding_of",
 ]
 
 log = logging.getLogger(__name__)
@@ -78,6 +88,8 @@ MODEL_ID = "scripted-model"
 
 _CHAT_PATHS = frozenset({"/v1/chat/completions", "/chat/completions"})
 _MODELS_PATHS = frozenset({"/v1/models", "/models"})
+_EMBEDDING_PATHS = frozenset({"/v1/embeddings", "/embeddings"})
+EMBEDDING_DIM = 384
 _MAX_HEADER_BYTES = 64 * 1024
 _MAX_BODY_BYTES = 64 * 1024 * 1024
 _READ_SIZE = 64 * 1024
@@ -179,6 +191,17 @@ def _echo_text(body: dict[str, Any]) -> str:
 
 def _prompt_words(body: dict[str, Any]) -> int:
     return sum(len(_text_of(m.get("content")).split()) for m in _messages(body))
+
+
+def embedding_of(text: str, dim: int = EMBEDDING_DIM) -> list[float]:
+    """A deterministic unit vector for ``text``: each lowercase word adds one
+    to a slot picked by a hash of it, so texts sharing words point alike."""
+    vector = [0.0] * dim
+    for word in re.findall(r"\w+", text.lower()):
+        slot = zlib.crc32(word.encode()) % dim
+        vector[slot] += 1.0
+    norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+    return [round(v / norm, 5) for v in vector]
 
 
 def _split_arguments(arguments: str) -> list[str]:
@@ -455,6 +478,7 @@ class ScriptedLLM:
         self._disconnects = 0
         self._completed_streams = 0
         self._aborted_streams = 0
+        self._embedding_delay = 0.0
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_event: asyncio.Event | None = None
@@ -528,6 +552,11 @@ class ScriptedLLM:
         with self._lock:
             self._default = step
 
+    def set_embedding_delay(self, seconds: float) -> None:
+        """Answer each embeddings request ``seconds`` late (0: at once)."""
+        with self._lock:
+            self._embedding_delay = seconds
+
     def reset(self) -> None:
         """Clear the FIFO, recorded requests and counters; default back to ``Reply()``."""
         with self._lock:
@@ -535,6 +564,7 @@ class ScriptedLLM:
             self._requests.clear()
             self._default = Reply()
             self._disconnects = self._completed_streams = self._aborted_streams = 0
+            self._embedding_delay = 0.0
 
     @property
     def pending_steps(self) -> int:
@@ -652,6 +682,10 @@ class ScriptedLLM:
             if request.method != "POST":
                 return await self._send_error(conn, request, 405, "use POST")
             return await self._chat(conn, request)
+        if path in _EMBEDDING_PATHS:
+            if request.method != "POST":
+                return await self._send_error(conn, request, 405, "use POST")
+            return await self._embeddings(conn, request)
         if path in _MODELS_PATHS:
             if request.method != "GET":
                 return await self._send_error(conn, request, 405, "use GET")
@@ -668,6 +702,36 @@ class ScriptedLLM:
             }
             return await self._send_json(conn, 200, models, request.keep_alive)
         return await self._send_error(conn, request, 404, f"no route for {request.method} {path}")
+
+    async def _embeddings(self, conn: _Conn, request: _Request) -> bool:
+        try:
+            body = json.loads(request.body)
+        except (ValueError, UnicodeDecodeError):
+            body = None
+        if not isinstance(body, dict):
+            body = {}
+        texts = body.get("input")
+        if isinstance(texts, str):
+            texts = [texts]
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            return await self._send_error(conn, request, 400, "input must be a string or strings")
+        dim = body.get("dimensions") or EMBEDDING_DIM
+        with self._lock:
+            delay = self._embedding_delay
+        try:
+            await conn.pause(delay)
+        except _ClientGone:
+            return False
+        answer = {
+            "object": "list",
+            "model": body.get("model", ""),
+            "data": [
+                {"object": "embedding", "index": i, "embedding": embedding_of(t, int(dim))}
+                for i, t in enumerate(texts)
+            ],
+            "usage": {"prompt_tokens": 0, "total_tokens": 0},
+        }
+        return await self._send_json(conn, 200, answer, request.keep_alive)
 
     def _next_step(self, body: dict[str, Any]) -> Step:
         with self._lock:

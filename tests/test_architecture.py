@@ -25,7 +25,9 @@ ALLOWED: dict[str, frozenset[str]] = {
     "telemetry": frozenset(),
     "config": frozenset({"core"}),  # the contract's bounds (core/limits.py)
 }
-WIRING = frozenset({"server", "__main__", "jobs_cli", "transport"})  # may import every room
+WIRING = frozenset(
+    {"server", "__main__", "jobs_cli", "memory_cli", "transport"}
+)  # may import every room
 
 # Outside packages a room must not import: the domain is no protobuf, no
 # driver and no SDK; servicers never reach the database, Chroma or the model.

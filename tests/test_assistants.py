@@ -14,7 +14,7 @@ from google.protobuf import field_mask_pb2
 from generated.loom.v1 import assistant_pb2, common_pb2, thread_pb2
 from tests.conftest import Api, error_info, expect_error
 
-ASSISTANT_ID = re.compile(r"^asst_[0-9a-f]{24}$")
+ASSISTANT_ID = re.compile(r"^asst_[0-9a-f]{32}$")
 
 
 async def _create(api: Api, **fields: Any) -> assistant_pb2.Assistant:

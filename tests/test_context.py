@@ -16,6 +16,7 @@ from service.core.summaries import SUMMARY_PROMPT
 from service.llm.tokens import TokenBudgets
 from service.llm.windows import lookup_window
 from service.server import Loom
+from service.store.scoped import object_id
 from tests.conftest import Api, eventually
 from tests.scripted_llm import Fail, Hang, Reply, ScriptedLLM
 
@@ -356,7 +357,12 @@ async def test_restart_mid_fold_finishes_the_fold(loom: Loom, llm: ScriptedLLM) 
             {"_id": job["_id"]}, {"$set": {"state": "running", "update_time": stale}}
         )
         await store.db["leases"].insert_one(
-            {"_id": f"job:{job['_id']}", "tenant": "x", "owner": "dead", "expires": stale}
+            {
+                "_id": f"job:{object_id(job['_id'])}",
+                "tenant": "x",
+                "owner": "dead",
+                "expires": stale,
+            }
         )
     finally:
         await store.close()

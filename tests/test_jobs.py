@@ -20,6 +20,7 @@ from service.core.ports import Job, JobState
 from service.core.shield import Shield
 from service.store import MongoStore, connect
 from service.store import errors as store_errors
+from service.store.scoped import key
 from tests.support.ferretdb import FerretDB
 from tests.support.process import clean_env, run_cli
 
@@ -115,11 +116,13 @@ async def test_a_runner_that_loses_its_lease_stops_and_writes_nothing(store: Mon
             {"_id": "job:job_taken"},
             {"$set": {"owner": "other", "expires": datetime.now(UTC) + timedelta(seconds=60)}},
         )
-        await store.db["jobs"].update_one({"_id": "job_taken"}, {"$set": {"owner": "other"}})
+        await store.db["jobs"].update_one(
+            {"_id": key("t", "job_taken")}, {"$set": {"owner": "other"}}
+        )
         await asyncio.wait_for(cancelled.wait(), 10)
         assert stopped == ["job_taken"]
         await asyncio.sleep(0.3)  # anything it would still write has landed by now
-        doc = await store.db["jobs"].find_one({"_id": "job_taken"})
+        doc = await store.db["jobs"].find_one({"_id": key("t", "job_taken")})
         assert doc is not None
         assert doc["owner"] == "other"
         assert doc["state"] == JobState.RUNNING.value

@@ -31,9 +31,48 @@ def test_bm25_ranks_scopes_and_forgets() -> None:
     assert [h.doc_id for h in index.search("cat", ["alice", ""], 10)] == ["d"]
     index.add("d", "A dog now.", "alice")  # replaced: the old words are gone
     assert index.search("cat", ["alice"], 10) == []
-    scores = index.score("dog", ["d", "b", "zzz"])
+    scores = index.score("dog", ["d", "b", "zzz"], ["alice", "bob"])
     assert set(scores) == {"d", "b"}
     assert scores["d"].score > 0
+    assert set(index.score("dog", ["d", "b"], ["alice"])) == {"d"}  # b is bob's
+
+
+def _scores(index: BM25Index, query: str, scopes: list[str]) -> dict[str, tuple[float, float]]:
+    hits = index.search(query, scopes, 50)
+    return {h.doc_id: (h.score, h.normalized) for h in hits}
+
+
+def test_bm25_scores_in_a_scope_ignore_every_other_scope() -> None:
+    alice = [
+        ("a1", "I want a pineapple smoothie for breakfast.", "alice"),
+        ("a2", "My dog hates the vacuum cleaner.", "alice"),
+        ("w1", "The shop opens at nine, pineapple juice on Fridays.", ""),
+    ]
+    others = {
+        "pineapple": [("b1", "pineapple pineapple pineapple", "bob")],
+        "blueberry": [("b1", "blueberry", "bob")],
+        "crowd": [
+            (f"c{i}", f"pineapple smoothie number {i} for the dog", f"user{i % 7}")
+            for i in range(300)
+        ],
+        "none": [],
+    }
+    seen = []
+    for extra in others.values():
+        index = BM25Index()
+        for doc_id, text, scope in [*extra[:1], *alice, *extra[1:]]:
+            index.add(doc_id, text, scope)
+        for doc_id, _, _ in extra[::2]:  # removals leave nothing behind either
+            index.remove(doc_id)
+        queries = ("pineapple smoothie", "dog vacuum", "juice")
+        seen.append([_scores(index, q, ["alice", ""]) for q in queries])
+        seen.append([_scores(index, q, [""]) for q in queries])
+        pooled = index.score("pineapple smoothie", ["a1", "a2", "w1"], ["alice", ""])
+        seen.append([{d: (h.score, h.normalized) for d, h in pooled.items()}])
+    assert all(run == seen[0] for run in seen[::3])
+    assert all(run == seen[1] for run in seen[1::3])
+    assert all(run == seen[2] for run in seen[2::3])
+    assert seen[0][0]["a1"][0] > 0
 
 
 def test_bm25_compacts_after_many_removals() -> None:

@@ -674,11 +674,6 @@ async def test_update_memory_star_alone_replaces_every_field(mem: Mem, model: Mo
     assert dict(cleared.memory.metadata) == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Chroma's upsert merges metadata, so memory/index.py keeps the keys an update "
-    "leaves out (the index's upsert promises to replace); to be fixed with the index split",
-)
 @pytest.mark.parametrize("paths", [["*"], ["metadata"]])
 async def test_update_memory_removes_the_metadata_keys_it_leaves_out(
     mem: Mem, model: Model, paths: list[str]

@@ -9,6 +9,7 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -228,6 +229,21 @@ async def test_read_your_writes_and_deletes(index: ChromaMemoryIndex, tenant: st
     await index.drop_assistant(tenant, "asst_1")  # a second drop is a no-op
 
 
+async def test_a_rewrite_replaces_the_whole_record(index: ChromaMemoryIndex, tenant: str) -> None:
+    # Chroma merges an upsert's metadata into the stored record's: keys the
+    # new version lacks must still go.
+    moment = T0 + timedelta(days=1)
+    first = rec(tenant, "m_pin", "The door code is 1234.", user="alice", source="crm", team="a")
+    await index.upsert([replace(first, invalidate_time=moment, superseded_by="m_new")])
+    assert "m_pin" not in await ids_of(index, tenant, "door code", user="alice")
+    await index.upsert([replace(first, metadata={"source": "crm"}, version=2)])
+    got = await index.get(tenant, "asst_1", "m_pin")
+    assert got is not None
+    assert got.metadata == {"source": "crm"}
+    assert (got.invalidate_time, got.superseded_by, got.version) == (None, "", 2)
+    assert await ids_of(index, tenant, "door code", user="alice") == ["m_pin"]
+
+
 class Counters:
     """A shared write counter per assistant, as MongoDB backs it in Loom."""
 
@@ -378,6 +394,69 @@ async def test_mixed_vector_spaces_refused_and_reindex(
     assert await new.count(tenant, "asst_1") == 4
     await old.close()
     await new.close()
+
+
+class Stop(Exception):
+    """Stands for Ctrl-C in the middle of a reindex."""
+
+
+async def test_an_interrupted_reindex_resumes_without_doing_anything_twice(
+    where: tuple[Path, str | None], embedder: OnnxMiniLM, tenant: str
+) -> None:
+    old = open_index(where[0], where[1], embedder)
+    await old.upsert(
+        [rec(tenant, f"m{i:02d}", f"Fact {i} about topic {i % 3}.") for i in range(10)]
+    )
+    counted = Counting(Renamed(embedder, "test-model-v3"))
+    new = open_index(where[0], where[1], counted)
+    seen: list[int] = []
+
+    def stop_after_two(n: int) -> None:
+        seen.append(n)
+        if len(seen) == 3:  # the first report says what was done before: nothing
+            raise Stop
+
+    with pytest.raises(Stop):
+        await reindex(new, tenant, "asst_1", advance=stop_after_two, batch=3)
+    assert seen == [0, 3, 3]
+    assert counted.texts == 6
+    # Meanwhile a memory goes and another changes: neither may come back stale.
+    await old.delete(tenant, "asst_1", ["m00"])
+    await old.upsert([rec(tenant, "m01", "Fact one, corrected.")])
+
+    seen.clear()
+    assert await reindex(new, tenant, "asst_1", advance=seen.append, batch=3) == 9
+    assert seen[0] == 4  # m02-m05 were copied already, unchanged
+    assert sum(seen) == 9
+    assert counted.texts == 6 + 5
+    assert await new.count(tenant, "asst_1") == 9
+    assert await new.get(tenant, "asst_1", "m00") is None
+    got = await new.get(tenant, "asst_1", "m01")
+    assert got is not None
+    assert got.text == "Fact one, corrected."
+    assert (await ids_of(new, tenant, "Fact one corrected", mode="lexical"))[0] == "m01"
+    await old.close()
+    await new.close()
+
+
+class Counting:
+    """An embedder that counts the texts it embedded."""
+
+    def __init__(self, inner: Renamed) -> None:
+        self._inner = inner
+        self.texts = 0
+
+    @property
+    def model_name(self) -> str:
+        return self._inner.model_name
+
+    @property
+    def dim(self) -> int:
+        return self._inner.dim
+
+    async def embed(self, texts: Sequence[str]) -> Vectors:
+        self.texts += len(texts)
+        return await self._inner.embed(texts)
 
 
 async def test_concurrent_writes_and_searches(index: ChromaMemoryIndex, tenant: str) -> None:

@@ -305,7 +305,7 @@ def test_api_keys_cli_with_unreachable_database_names_the_uri(
     env_for: Callable[..., dict[str, str]],
 ) -> None:
     env = env_for(LOOM_MONGODB_URI=f"mongodb://127.0.0.1:{free_port()}")
-    done = run_cli(["api-keys", "list"], env, timeout=20)
+    done = run_cli(["api-keys", "list"], env, timeout=60)
     assert done.returncode != 0
     assert "Traceback" not in done.stderr, done.stderr[-500:]
     assert _names("LOOM_MONGODB_URI", done.stderr), done.stderr[-500:]
@@ -318,7 +318,7 @@ def test_listen_address_in_use_exits_with_a_message(
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         address = f"127.0.0.1:{taken.getsockname()[1]}"
-        done = run_cli([], env_for(LOOM_LISTEN=address), timeout=20)
+        done = run_cli([], env_for(LOOM_LISTEN=address), timeout=60)
     assert done.returncode != 0
     assert "Traceback" not in done.stderr, done.stderr[-500:]
     assert address in done.stderr

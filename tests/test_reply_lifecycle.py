@@ -8,6 +8,7 @@ import logging
 import uuid
 from collections.abc import AsyncGenerator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import grpc
 import pytest
@@ -17,11 +18,20 @@ from generated.loom.v1 import thread_pb2
 from service.core.assistants import Assistants
 from service.core.conversation import SendRequest
 from service.core.errors import LoomError
-from service.core.models import Delta, MemoryMode, Recalled, ReplyEvent
+from service.core.models import (
+    ContextEntry,
+    Delta,
+    MemoryMode,
+    MessageStatus,
+    Recalled,
+    ReplyEvent,
+    Role,
+)
 from service.core.shield import Shield
 from service.core.threads import Threads
 from service.server import Loom, build_conversation, build_jobs, build_model
 from service.store import connect
+from service.store.scoped import key
 from service.telemetry import Telemetry
 from tests.conftest import Api, eventually, expect_error, make_settings, new_tenant_key, start_loom
 from tests.scripted_llm import Fail, Reply, ScriptedLLM
@@ -181,7 +191,7 @@ async def test_expired_lease_of_a_crashed_holder_is_taken_over(
         [
             {
                 **base,
-                "_id": "msg_" + "d" * 24,
+                "_id": key(tenant, "msg_" + "d" * 24),
                 "role": "user",
                 "content": "dead question",
                 "status": "complete",
@@ -189,7 +199,7 @@ async def test_expired_lease_of_a_crashed_holder_is_taken_over(
             },
             {
                 **base,
-                "_id": "msg_" + "e" * 24,
+                "_id": key(tenant, "msg_" + "e" * 24),
                 "role": "assistant",
                 "content": "half an ans",
                 "status": "in_progress",
@@ -395,7 +405,7 @@ async def test_a_failed_episodic_write_is_observed_however_the_reply_ends(
         if ending == "model failed"
         else Reply(chunks=["one ", "two ", "three"], chunk_delay=0.2)
     )
-    request = SendRequest(content="My cat is called Miso.", memory=MemoryMode.AUTO)
+    request = SendRequest(content="My cat is called Miso.", user_id="u1", memory=MemoryMode.AUTO)
     events = conversation.send(f"t-{uuid.uuid4().hex[:12]}", request)
     try:
         with caplog.at_level(logging.WARNING, logger="service.core.reply.hooks"):
@@ -406,3 +416,65 @@ async def test_a_failed_episodic_write_is_observed_however_the_reply_ends(
         await shield.drain()
         await model.close()
         await store.close()
+
+
+async def test_the_prompt_is_built_from_the_thread_as_read_under_its_lease(
+    api: Api, loom: Loom, llm: ScriptedLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    thread_id = await _new_thread(api)
+    tenant = (await loom.keys.authenticate(api.key)).tenant
+    store = loom.store.threads
+    read = store.get
+    ended_between = False
+
+    async def get_then_a_reply_ends(t: str, tid: str) -> Any:
+        # The first read of the thread returns it as it was; right after, a
+        # reply on another replica ends: its exchange is stored and cached.
+        nonlocal ended_between
+        thread = await read(t, tid)
+        if tid == thread_id and not ended_between:
+            ended_between = True
+            now = datetime.now(UTC)
+            base = {"tenant": tenant, "thread_id": thread_id, "create_time": now, "metadata": {}}
+            await loom.store.db["messages"].insert_many(
+                [
+                    {
+                        **base,
+                        "_id": key(tenant, "msg_" + "3" * 24),
+                        "role": "user",
+                        "content": "asked in between",
+                        "status": "complete",
+                        "sequence": 2,
+                    },
+                    {
+                        **base,
+                        "_id": key(tenant, "msg_" + "4" * 24),
+                        "role": "assistant",
+                        "content": "answered in between",
+                        "status": "complete",
+                        "sequence": 3,
+                    },
+                ]
+            )
+            assert thread is not None
+            cached = [
+                *thread.context,
+                ContextEntry(2, Role.USER, "asked in between", MessageStatus.COMPLETE),
+                ContextEntry(3, Role.ASSISTANT, "answered in between", MessageStatus.COMPLETE),
+            ]
+            await store.save_context(tenant, thread_id, cached, 4, now)
+        return thread
+
+    monkeypatch.setattr(store, "get", get_then_a_reply_ends)
+    llm.reset()
+    events = await api.send(content="and now?", thread_id=thread_id)
+    assert ended_between
+    assert events[-1].completed.message.sequence == 5
+    sent = [m["content"] for m in llm.requests[0].body["messages"]]
+    assert sent[-3:] == ["asked in between", "answered in between", "and now?"]
+    monkeypatch.undo()
+    # The context cached on the thread kept the exchange too.
+    llm.reset()
+    await api.send(content="and then?", thread_id=thread_id)
+    sent = [m["content"] for m in llm.requests[0].body["messages"]]
+    assert "answered in between" in sent

@@ -22,7 +22,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.scripted_llm import Fail, Hang, Reply, ScriptedLLM
+from tests.scripted_llm import EMBEDDING_DIM, Fail, Hang, Reply, ScriptedLLM, embedding_of
 
 USER = [{"role": "user", "content": "hello scripted world"}]
 
@@ -470,6 +470,21 @@ def test_sixteen_concurrent_streams(llm: ScriptedLLM) -> None:
 
 def test_models_endpoint(llm: ScriptedLLM) -> None:
     assert [m.id for m in client(llm).models.list()] == ["scripted-model"]
+
+
+def test_embeddings_answer_at_once_with_deterministic_unit_vectors(llm: ScriptedLLM) -> None:
+    texts = ["the cat sat", "the cat sat down", "quarterly revenue report"]
+    response = client(llm).embeddings.create(model="scripted-embedding", input=texts)
+    vectors = [d.embedding for d in sorted(response.data, key=lambda d: d.index)]
+    assert [len(v) for v in vectors] == [EMBEDDING_DIM] * 3
+    assert vectors[0] == embedding_of("the cat sat")
+    assert abs(sum(x * x for x in vectors[2]) - 1.0) < 1e-3
+
+    def cos(a: list[float], b: list[float]) -> float:
+        return sum(x * y for x, y in zip(a, b, strict=True))
+
+    assert cos(vectors[0], vectors[1]) > cos(vectors[0], vectors[2])
+    assert llm.requests == []  # not recorded, no step taken
 
 
 def test_unknown_path_is_404_and_bad_json_is_400(llm: ScriptedLLM) -> None:

@@ -13,7 +13,9 @@ import pytest
 from pymongo import monitoring
 
 from service.core import ids
-from service.core.models import Assistant, Message, MessageStatus, Role, Thread
+from service.core.filters import Clause
+from service.core.memory_history import MemoryVersion
+from service.core.models import Assistant, Message, MessageStatus, Role, Thread, Usage
 from service.core.ports import ApiKey, Job, JobState
 from service.store import MongoStore, connect
 from tests.support.ferretdb import FerretDB
@@ -66,6 +68,8 @@ async def _seed(store: MongoStore) -> tuple[Thread, str]:
     await store.keys.insert(ApiKey("k1", TENANT, "lm_", t), "digest-1")
     job = Job(ids.new_id(ids.JOB), "kind", TENANT, {}, JobState.PENDING, t, t, t)
     await store.jobs.insert(job)
+    version = MemoryVersion("m1", 1, "an earlier text", {}, "updated", t)
+    await store.memory_history.add(TENANT, assistant.assistant_id, thread.thread_id, [version])
     return thread, assistant.assistant_id
 
 
@@ -74,17 +78,32 @@ async def _every_query(store: MongoStore, thread: Thread, assistant_id: str) -> 
     t = datetime.now(UTC)
     await store.assistants.get(TENANT, assistant_id)
     await store.assistants.find_page(TENANT, 10, None)
-    await store.assistants.find_page(TENANT, 10, assistant_id)
+    await store.assistants.find_page(TENANT, 10, (t, assistant_id))
     await store.assistants.pending_deletes()
     await store.threads.get(TENANT, thread.thread_id)
     for assistant, user in [("", ""), (assistant_id, ""), ("", "u1"), (assistant_id, "u1")]:
         await store.threads.find_page(TENANT, assistant, user, 10, None)
+        await store.threads.find_page(TENANT, assistant, user, 10, (t, thread.thread_id))
+    for clause in [
+        Clause("user_id", "=", "u1"),
+        Clause("assistant_id", "=", assistant_id),
+        Clause("update_time", ">=", t - timedelta(days=1)),
+        Clause("metadata.ticket", "=", "123"),
+    ]:
+        await store.threads.find_page(TENANT, "", "", 10, (t, thread.thread_id), [clause])
+    await store.threads.update(TENANT, thread.thread_id, {"metadata": {"ticket": "123"}}, t)
+    await store.threads.mark_batch(TENANT, thread.thread_id, None)
+    await store.threads.add_usage(TENANT, thread.thread_id, Usage(3, 4))
+    await store.threads.job_usage(TENANT, [thread.thread_id])
+    await store.threads.claim_expired(TENANT, thread.thread_id, t)
     await store.threads.ids_of_assistant(TENANT, assistant_id)
     await store.threads.pending_deletes()
-    await store.threads.save_context(thread.thread_id, [], 4, t)
+    await store.threads.save_context(TENANT, thread.thread_id, [], 4, t)
     await store.messages.find_page(TENANT, thread.thread_id, 10, None, False)
     await store.messages.find_page(TENANT, thread.thread_id, 10, 3, True)
+    await store.messages.find_page(TENANT, thread.thread_id, 2, None, False, before=2)
     await store.messages.history(TENANT, thread.thread_id, 3)
+    await store.messages.delete_from(TENANT, ids.new_id(ids.THREAD), 0)
     await store.messages.delete_thread(TENANT, ids.new_id(ids.THREAD))
     await store.keys.find("digest-1")
     await store.keys.list_keys(TENANT)
@@ -93,6 +112,11 @@ async def _every_query(store: MongoStore, thread: Thread, assistant_id: str) -> 
     await store.leases.acquire(TENANT, thread.thread_id, "me", t + timedelta(seconds=30), t)
     await store.leases.renew(thread.thread_id, "me", t + timedelta(seconds=60))
     await store.leases.release(thread.thread_id, "me")
+    await store.memory_history.versions(TENANT, assistant_id, "m1")
+    await store.memory_history.versions_of(TENANT, assistant_id, ["m1", "m2"])
+    await store.memory_history.delete(TENANT, assistant_id, ["m1"])
+    await store.memory_history.delete_thread(TENANT, assistant_id, thread.thread_id)
+    await store.memory_history.delete_assistant(TENANT, assistant_id)
 
 
 def _scans(plan: dict[str, Any]) -> bool:

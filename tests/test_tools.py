@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
@@ -13,6 +14,7 @@ from grpc import aio
 
 from generated.loom.v1 import assistant_pb2, thread_pb2, tools_pb2
 from service.server import Loom
+from service.store.scoped import key
 from tests.conftest import Api, expect_error, make_settings, new_tenant_key, start_loom
 from tests.scripted_llm import Reply, ScriptedLLM
 from tests.support.ferretdb import FerretDB
@@ -503,3 +505,73 @@ async def test_duplicate_tool_names_and_schemas_with_refs_round_trip(api: Api) -
     )
     assert json_format.MessageToDict(got.assistant.tools[0]) == with_ref
     assert isinstance(got.assistant.tools[0].function.parameters, struct_pb2.Struct)
+
+
+async def test_cancel_settles_the_reply_of_a_submission_that_died(
+    api: Api, loom: Loom, llm: ScriptedLLM
+) -> None:
+    llm.set_default(Model())
+    assistant_id = await _assistant(api, WEATHER)
+    events = await api.send(content="weather in Paris?", assistant_id=assistant_id)
+    thread_id = events[0].started.thread_id
+    run_id = events[-1].tool_calls_required.run_id
+    tenant = (await loom.keys.authenticate(api.key)).tenant
+    # A SubmitToolOutputs died after storing the output and the next round's
+    # reply, before it saved the thread (so the run still waits), and its
+    # lease has expired.
+    now = datetime.now(UTC)
+    base = {"tenant": tenant, "thread_id": thread_id, "create_time": now, "run_id": run_id}
+    await loom.store.db["messages"].insert_many(
+        [
+            {
+                **base,
+                "_id": key(tenant, "msg_" + "1" * 24),
+                "role": "tool",
+                "content": "sun",
+                "status": "complete",
+                "sequence": 2,
+                "tool_call_id": "call_w1",
+            },
+            {
+                **base,
+                "_id": key(tenant, "msg_" + "2" * 24),
+                "role": "assistant",
+                "content": "It is su",
+                "status": "in_progress",
+                "sequence": 3,
+                "model": "scripted-model",
+            },
+        ]
+    )
+    await loom.store.db["leases"].insert_one(
+        {"_id": thread_id, "tenant": tenant, "owner": "dead", "expires": now - timedelta(seconds=1)}
+    )
+    cancelled = await api.call(
+        api.threads.CancelRun, thread_pb2.CancelRunRequest(thread_id=thread_id, run_id=run_id)
+    )
+    assert cancelled.message.status == thread_pb2.MESSAGE_STATUS_CANCELLED
+    messages = await _messages(api, thread_id)
+    assert messages[3].status == thread_pb2.MESSAGE_STATUS_INCOMPLETE
+    assert messages[3].content == "It is su"
+    assert (await _thread(api, thread_id)).message_count == 4
+    after = await api.send(content="never mind, hello", thread_id=thread_id)
+    assert after[-1].completed.message.sequence == 5
+
+
+async def test_a_tool_choice_naming_no_tool_leaves_no_thread_behind(
+    api: Api, llm: ScriptedLLM
+) -> None:
+    assistant_id = await _assistant(api, WEATHER)
+    error = await expect_error(
+        api.threads.SendMessage(
+            thread_pb2.SendMessageRequest(
+                content="x", assistant_id=assistant_id, tool_choice="get_stock_price"
+            ),
+            metadata=api.metadata,
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert "tool_choice" in error.details()
+    listed = await api.call(api.threads.ListThreads, thread_pb2.ListThreadsRequest())
+    assert list(listed.threads) == []
+    assert not llm.requests

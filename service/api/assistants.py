@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any, TypeAlias
 
 from grpc import aio
@@ -16,23 +17,33 @@ from service.api.convert import (
     update_paths,
 )
 from service.core.assistants import UPDATABLE_FIELDS, AssistantDraft, Assistants
+from service.core.models import MemoryMode
 
 __all__ = ["AssistantServicer"]
 
 Context: TypeAlias = aio.ServicerContext[Any, Any]
 
 
-def _draft(a: assistant_pb2.Assistant) -> AssistantDraft:
+def _draft(a: assistant_pb2.Assistant, paths: Collection[str] = ("*",)) -> AssistantDraft:
+    """The assistant's fields as the domain takes them; enums are converted
+    (and refused if unknown) only where ``paths`` will read them, as AIP-134
+    leaves fields outside an update mask unread."""
+    read = "*" in paths
     return AssistantDraft(
         name=a.name,
         instructions=a.instructions,
         model=a.model,
-        memory_mode=memory_from_pb(a.memory_mode),
+        memory_mode=memory_from_pb(a.memory_mode, "assistant.memory_mode")
+        if read or "memory_mode" in paths
+        else MemoryMode.UNSPECIFIED,
         metadata=dict(a.metadata),
         context_window=a.context_window,
-        context_strategy=strategy_from_pb(a.context_strategy),
+        context_strategy=strategy_from_pb(a.context_strategy, "assistant.context_strategy")
+        if read or "context_strategy" in paths
+        else None,
         tools=tools_from_pb(a.tools, "assistant.tools"),
         memory_from_tool_outputs=a.memory_from_tool_outputs,
+        shared_memory_writes=a.shared_memory_writes,
     )
 
 
@@ -68,7 +79,7 @@ class AssistantServicer(assistant_pb2_grpc.AssistantServiceServicer):
     ) -> assistant_pb2.UpdateAssistantResponse:
         paths = update_paths(request.update_mask, request.assistant, UPDATABLE_FIELDS)
         updated = await self._assistants.update(
-            tenant(), request.assistant.assistant_id, _draft(request.assistant), paths
+            tenant(), request.assistant.assistant_id, _draft(request.assistant, paths), paths
         )
         return assistant_pb2.UpdateAssistantResponse(assistant=assistant_to_pb(updated))
 

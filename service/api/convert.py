@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from datetime import datetime
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import TypeVar, assert_never
 
 from google.protobuf import field_mask_pb2, json_format, message, struct_pb2
+from google.protobuf.descriptor import EnumDescriptor
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from generated.loom.v1 import assistant_pb2, common_pb2, thread_pb2, tools_pb2
 from service.core import models
+from service.core.batches import NewMessage
 from service.core.errors import InvalidArgument
+from service.core.threads import Expiration, ThreadDraft
 
 __all__ = [
     "assistant_to_pb",
     "event_to_pb",
+    "expiration_from_pb",
     "memory_from_pb",
     "message_to_pb",
+    "new_message_from_pb",
     "strategy_from_pb",
+    "thread_draft_from_pb",
     "thread_to_pb",
     "timestamp",
     "tools_from_pb",
@@ -29,6 +35,7 @@ __all__ = [
 _Response = TypeVar(
     "_Response", thread_pb2.SendMessageResponse, thread_pb2.SubmitToolOutputsResponse
 )
+_Value = TypeVar("_Value")
 
 _MEMORY_TO_PB = {
     models.MemoryMode.UNSPECIFIED: common_pb2.MEMORY_MODE_UNSPECIFIED,
@@ -36,18 +43,22 @@ _MEMORY_TO_PB = {
     models.MemoryMode.READONLY: common_pb2.MEMORY_MODE_READONLY,
     models.MemoryMode.OFF: common_pb2.MEMORY_MODE_OFF,
 }
-_MEMORY_FROM_PB = {v: k for k, v in _MEMORY_TO_PB.items()}
+_MEMORY_FROM_PB: dict[int, models.MemoryMode] = {v: k for k, v in _MEMORY_TO_PB.items()}
 _STRATEGY_TO_PB = {
     models.ContextStrategy.SUMMARIZE: assistant_pb2.CONTEXT_STRATEGY_SUMMARIZE,
     models.ContextStrategy.TRUNCATE: assistant_pb2.CONTEXT_STRATEGY_TRUNCATE,
 }
-_STRATEGY_FROM_PB = {v: k for k, v in _STRATEGY_TO_PB.items()}
+_STRATEGY_FROM_PB: dict[int, models.ContextStrategy | None] = {
+    assistant_pb2.CONTEXT_STRATEGY_UNSPECIFIED: None,
+    **{v: k for k, v in _STRATEGY_TO_PB.items()},
+}
 _ROLE_TO_PB = {
     models.Role.USER: thread_pb2.ROLE_USER,
     models.Role.ASSISTANT: thread_pb2.ROLE_ASSISTANT,
     models.Role.SYSTEM: thread_pb2.ROLE_SYSTEM,
     models.Role.TOOL: thread_pb2.ROLE_TOOL,
 }
+_ROLE_FROM_PB = {v: k for k, v in _ROLE_TO_PB.items()}
 _STATUS_TO_PB = {
     models.MessageStatus.IN_PROGRESS: thread_pb2.MESSAGE_STATUS_IN_PROGRESS,
     models.MessageStatus.COMPLETE: thread_pb2.MESSAGE_STATUS_COMPLETE,
@@ -117,9 +128,65 @@ def update_paths(
     return list(mask.paths) or [f.name for f, _ in resource.ListFields() if f.name in updatable]
 
 
-def memory_from_pb(value: int) -> models.MemoryMode:
-    """Unknown enum numbers (from newer clients) read as UNSPECIFIED."""
-    return _MEMORY_FROM_PB.get(value, models.MemoryMode.UNSPECIFIED)  # type: ignore[call-overload,no-any-return]
+def _time_from_pb(value: Timestamp) -> datetime:
+    return value.ToDatetime(tzinfo=UTC)
+
+
+def expiration_from_pb(t: thread_pb2.Thread) -> Expiration:
+    """A thread's expiration as the caller gave it (``expire_time`` or ``ttl``)."""
+    which = t.WhichOneof("expiration")
+    return Expiration(
+        expire_time=_time_from_pb(t.expire_time) if which == "expire_time" else None,
+        ttl=t.ttl.ToTimedelta() if which == "ttl" else None,
+        expire_memories=t.expire_memories,
+    )
+
+
+def thread_draft_from_pb(t: thread_pb2.Thread) -> ThreadDraft:
+    """The updatable fields of a thread as the caller gave them."""
+    return ThreadDraft(
+        assistant_id=t.assistant_id, metadata=dict(t.metadata), expiration=expiration_from_pb(t)
+    )
+
+
+def new_message_from_pb(m: thread_pb2.Message) -> NewMessage:
+    """A message given to AddMessages (a role Loom does not know reads as
+    none, for the domain to refuse)."""
+    return NewMessage(
+        role=_ROLE_FROM_PB.get(m.role),
+        content=m.content,
+        create_time=_time_from_pb(m.create_time) if m.HasField("create_time") else None,
+        metadata=dict(m.metadata),
+        model=m.model,
+        tool_calls=[models.ToolCall(c.tool_call_id, c.name, c.arguments) for c in m.tool_calls],
+        tool_call_id=m.tool_call_id,
+    )
+
+
+def _enum_from_pb(
+    value: int, table: Mapping[int, _Value], descriptor: EnumDescriptor, field: str
+) -> _Value:
+    """``table[value]``; a number the contract does not define is refused
+    rather than read as a default (proto3 enums carry any number).
+
+    Raises:
+        InvalidArgument: naming the field and every value it accepts.
+    """
+    if value in table:
+        return table[value]
+    accepted = ", ".join(f"{v.name} ({v.number})" for v in descriptor.values)
+    raise InvalidArgument(
+        f"{field} {value} is not a {descriptor.name} value; use one of {accepted}", field=field
+    )
+
+
+def memory_from_pb(value: int, field: str) -> models.MemoryMode:
+    """A MemoryMode from the API (UNSPECIFIED included).
+
+    Raises:
+        InvalidArgument: a number the contract does not define.
+    """
+    return _enum_from_pb(value, _MEMORY_FROM_PB, common_pb2.MemoryMode.DESCRIPTOR, field)
 
 
 def assistant_to_pb(a: models.Assistant) -> assistant_pb2.Assistant:
@@ -137,12 +204,17 @@ def assistant_to_pb(a: models.Assistant) -> assistant_pb2.Assistant:
         context_strategy=_STRATEGY_TO_PB[a.context_strategy],
         tools=[_tool_to_pb(t) for t in a.tools],
         memory_from_tool_outputs=a.memory_from_tool_outputs,
+        shared_memory_writes=a.shared_memory_writes,
     )
 
 
-def strategy_from_pb(value: int) -> models.ContextStrategy | None:
-    """None for UNSPECIFIED (and for numbers from newer clients)."""
-    return _STRATEGY_FROM_PB.get(value)  # type: ignore[call-overload,no-any-return]
+def strategy_from_pb(value: int, field: str) -> models.ContextStrategy | None:
+    """A ContextStrategy from the API; None for UNSPECIFIED.
+
+    Raises:
+        InvalidArgument: a number the contract does not define.
+    """
+    return _enum_from_pb(value, _STRATEGY_FROM_PB, assistant_pb2.ContextStrategy.DESCRIPTOR, field)
 
 
 def thread_to_pb(t: models.Thread) -> thread_pb2.Thread:
@@ -164,6 +236,16 @@ def thread_to_pb(t: models.Thread) -> thread_pb2.Thread:
         if t.summary
         else None,
         pending_run_id=t.run.run_id if t.run else "",
+        expire_time=timestamp(t.expire_time),
+        expire_memories=t.expire_memories,
+        forked_from=thread_pb2.ThreadOrigin(
+            thread_id=t.forked_from.thread_id, through_sequence=t.forked_from.through_sequence
+        )
+        if t.forked_from
+        else None,
+        usage=common_pb2.Usage(
+            input_tokens=t.usage.input_tokens, output_tokens=t.usage.output_tokens
+        ),
     )
 
 

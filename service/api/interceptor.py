@@ -4,7 +4,10 @@ context, and domain errors to gRPC statuses.
 It wraps each handler rather than only checking metadata, so that the tenant
 context variable is set in the task that runs the handler, and so that every
 error from every handler goes through ``classify`` (never UNKNOWN, never a
-stack trace to the caller).
+stack trace to the caller). A request that does not parse (a string that is
+not UTF-8, say) would fail in gRPC's own deserializer as UNKNOWN; the
+wrapped deserializer hands it on as ``_Undecodable`` instead, refused as
+INVALID_ARGUMENT once the caller is authenticated.
 """
 
 from __future__ import annotations
@@ -15,10 +18,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc import aio
 
 from service.api.context import current_caller, current_tenant
 from service.api.errors import Translator, classify, status_details
+from service.core.errors import InvalidArgument
 from service.core.keys import Caller
 from service.telemetry import annotate
 
@@ -41,6 +46,40 @@ _SERVER_ERRORS = frozenset(
 )
 
 Authenticate = Callable[[str | None], Awaitable[Caller]]
+
+
+class _Undecodable:
+    """A request body that is not a valid message of the method's type."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+
+def _lenient(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+
+    def parse(body: bytes) -> Any:
+        try:
+            return deserialize(body)
+        except DecodeError as exc:
+            return _Undecodable(str(exc))
+
+    return parse
+
+
+def _checked(request: Any) -> Any:
+    """``request``, unless it did not parse.
+
+    Raises:
+        InvalidArgument: saying why it did not parse.
+    """
+    if isinstance(request, _Undecodable):
+        raise InvalidArgument(
+            f"the request does not parse as this method's request message ({request.why[:200]}); "
+            "send it as the contract's generated code does, with every string in UTF-8"
+        )
+    return request
 
 
 def _api_key(context: aio.ServicerContext[Any, Any]) -> str | None:
@@ -96,13 +135,13 @@ class LoomInterceptor(aio.ServerInterceptor):
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._unary(handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 self._stream(handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return handler  # Loom has no client-streaming RPCs
@@ -113,7 +152,7 @@ class LoomInterceptor(aio.ServerInterceptor):
         async def unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
             try:
                 _enter(await authenticate(_api_key(context)))
-                return await behavior(request, context)
+                return await behavior(_checked(request), context)
             except aio.AbortError:
                 raise
             except Exception as exc:  # noqa: BLE001 - every error becomes a status
@@ -129,7 +168,7 @@ class LoomInterceptor(aio.ServerInterceptor):
         ) -> AsyncIterator[Any]:
             try:
                 _enter(await authenticate(_api_key(context)))
-                async with contextlib.aclosing(behavior(request, context)) as responses:
+                async with contextlib.aclosing(behavior(_checked(request), context)) as responses:
                     async for response in responses:
                         yield response
             except aio.AbortError:

@@ -9,11 +9,12 @@ from grpc import aio
 from generated.loom.v1 import memory_pb2, memory_pb2_grpc
 from service.api.context import tenant
 from service.api.convert import timestamp, update_paths
+from service.core.memory_history import MemoryVersion
 from service.core.ports import Job, JobState
-from service.memory.domain import UPDATABLE_FIELDS, AssistantMemory, MemoryDraft
+from service.memory.memories import UPDATABLE_FIELDS, Memories, MemoryDraft, MemoryQuery
 from service.memory.ports import MemoryRecord
 
-__all__ = ["MemoryServicer", "memory_to_pb"]
+__all__ = ["MemoryServicer", "memory_to_pb", "version_to_pb"]
 
 Context: TypeAlias = aio.ServicerContext[Any, Any]
 
@@ -21,6 +22,12 @@ _KINDS = {
     "episodic": memory_pb2.MEMORY_KIND_EPISODIC,
     "fact": memory_pb2.MEMORY_KIND_FACT,
     "manual": memory_pb2.MEMORY_KIND_MANUAL,
+}
+_CHANGES = {
+    "created": memory_pb2.MEMORY_CHANGE_CREATED,
+    "updated": memory_pb2.MEMORY_CHANGE_UPDATED,
+    "invalidated": memory_pb2.MEMORY_CHANGE_INVALIDATED,
+    "restored": memory_pb2.MEMORY_CHANGE_RESTORED,
 }
 _STATES = {
     JobState.PENDING: memory_pb2.MemoryOperation.STATE_PENDING,
@@ -43,6 +50,25 @@ def memory_to_pb(r: MemoryRecord) -> memory_pb2.Memory:
         metadata=r.metadata,
         create_time=timestamp(r.create_time),
         update_time=timestamp(r.update_time),
+        invalidate_time=timestamp(r.invalidate_time),
+        superseded_by=r.superseded_by,
+        supersedes=r.supersedes,
+        version=r.version,
+    )
+
+
+def version_to_pb(v: MemoryVersion) -> memory_pb2.MemoryVersion:
+    """One version of a memory as the API shows it."""
+    return memory_pb2.MemoryVersion(
+        version=v.version,
+        content=v.text,
+        metadata=v.metadata,
+        change=_CHANGES.get(v.change, memory_pb2.MEMORY_CHANGE_UNSPECIFIED),
+        operation_id=v.operation_id,
+        thread_id=v.thread_id,
+        message_id=v.message_id,
+        change_time=timestamp(v.change_time),
+        superseded_by=v.superseded_by,
     )
 
 
@@ -55,7 +81,10 @@ def _operation_to_pb(job: Job) -> memory_pb2.MemoryOperation:
         attempts=job.attempts,
         added_memory_ids=list(job.result.get("added", [])),
         updated_memory_ids=list(job.result.get("updated", [])),
+        # Operations recorded before invalidation existed deleted memories.
         deleted_memory_ids=list(job.result.get("deleted", [])),
+        invalidated_memory_ids=list(job.result.get("invalidated", [])),
+        warnings=list(job.result.get("warnings", [])),
         error=job.error,
         create_time=timestamp(job.create_time),
         update_time=timestamp(job.update_time),
@@ -63,9 +92,9 @@ def _operation_to_pb(job: Job) -> memory_pb2.MemoryOperation:
 
 
 class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
-    """Translates MemoryService calls to ``AssistantMemory``."""
+    """Translates MemoryService calls to ``Memories``."""
 
-    def __init__(self, memory: AssistantMemory) -> None:
+    def __init__(self, memory: Memories) -> None:
         self._memory = memory
 
     async def CreateMemory(
@@ -76,6 +105,21 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
             tenant(), m.assistant_id, MemoryDraft(m.content, m.user_id, dict(m.metadata))
         )
         return memory_pb2.CreateMemoryResponse(memory=memory_to_pb(record))
+
+    async def BatchCreateMemories(
+        self, request: memory_pb2.BatchCreateMemoriesRequest, context: Context
+    ) -> memory_pb2.BatchCreateMemoriesResponse:
+        records = await self._memory.create_many(
+            tenant(),
+            request.assistant_id,
+            [
+                MemoryDraft(m.content, m.user_id, dict(m.metadata), assistant_id=m.assistant_id)
+                for m in request.memories
+            ],
+            request_id=request.request_id,
+            sequential=request.sequential,
+        )
+        return memory_pb2.BatchCreateMemoriesResponse(memories=[memory_to_pb(r) for r in records])
 
     async def GetMemory(
         self, request: memory_pb2.GetMemoryRequest, context: Context
@@ -89,7 +133,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         page = await self._memory.list_page(
             tenant(),
             request.assistant_id,
-            request.user_id,
+            MemoryQuery(request.user_id, request.include_invalidated, request.filter),
             request.assistant_wide_only,
             request.page_size,
             request.page_token,
@@ -105,7 +149,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
             tenant(),
             request.assistant_id,
             request.query,
-            request.user_id,
+            MemoryQuery(request.user_id, request.include_invalidated, request.filter),
             request.limit,
             request.min_score,
         )
@@ -119,12 +163,14 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         self, request: memory_pb2.UpdateMemoryRequest, context: Context
     ) -> memory_pb2.UpdateMemoryResponse:
         m = request.memory
-        paths = update_paths(request.update_mask, m, UPDATABLE_FIELDS)
+        # Without a mask, every field set is to change (AIP-134): a user_id
+        # set is named too, so that it is refused rather than ignored.
+        paths = update_paths(request.update_mask, m, (*UPDATABLE_FIELDS, "user_id"))
         record = await self._memory.update(
             tenant(),
             m.assistant_id,
             m.memory_id,
-            MemoryDraft(m.content, m.user_id, dict(m.metadata)),
+            MemoryDraft(m.content, m.user_id, dict(m.metadata), m.HasField("invalidate_time")),
             paths,
         )
         return memory_pb2.UpdateMemoryResponse(memory=memory_to_pb(record))
@@ -134,6 +180,20 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     ) -> memory_pb2.DeleteMemoryResponse:
         await self._memory.delete(tenant(), request.assistant_id, request.memory_id)
         return memory_pb2.DeleteMemoryResponse()
+
+    async def ListMemoryHistory(
+        self, request: memory_pb2.ListMemoryHistoryRequest, context: Context
+    ) -> memory_pb2.ListMemoryHistoryResponse:
+        page = await self._memory.history(
+            tenant(),
+            request.assistant_id,
+            request.memory_id,
+            request.page_size,
+            request.page_token,
+        )
+        return memory_pb2.ListMemoryHistoryResponse(
+            versions=[version_to_pb(v) for v in page.items], next_page_token=page.next_page_token
+        )
 
     async def GetMemoryOperation(
         self, request: memory_pb2.GetMemoryOperationRequest, context: Context

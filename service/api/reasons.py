@@ -40,7 +40,8 @@ WHEN: dict[str, str] = {
     "OPERATION_NOT_FOUND": "no such memory operation for this tenant (metadata `operation_id`)",
     "API_KEY_MISSING": "no `x-api-key` metadata",
     "API_KEY_INVALID": "the `x-api-key` is unknown or revoked",
-    "THREAD_BUSY": "another reply, or a run waiting for tool outputs, holds the thread "
+    "THREAD_BUSY": "another reply (or an AddMessages or UpdateThread), or a run waiting for "
+    "tool outputs, holds the thread, or a ForkThread would copy a reply still streaming "
     "(metadata `thread_id`); retry when it has completed",
     "LEASE_LOST": "the replica serving the call lost the thread's lease to another (it "
     "stopped writing at once); retry, and another replica serves it",

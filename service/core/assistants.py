@@ -18,7 +18,7 @@ from service.core.limits import (
     MIN_CONTEXT_WINDOW,
 )
 from service.core.models import Assistant, ContextStrategy, MemoryMode, Page, ToolSpec
-from service.core.paging import open_cursor
+from service.core.paging import created, open_cursor
 from service.core.ports import AssistantStore, MemoryPort, MessageStore, ThreadStore
 from service.core.tools import check_tools
 from service.core.validation import (
@@ -48,6 +48,7 @@ UPDATABLE_FIELDS = (
     "context_strategy",
     "tools",
     "memory_from_tool_outputs",
+    "shared_memory_writes",
 )
 
 
@@ -64,13 +65,14 @@ class AssistantDraft:
     context_strategy: ContextStrategy | None = None
     tools: list[ToolSpec] = field(default_factory=list)
     memory_from_tool_outputs: bool = False
+    shared_memory_writes: bool = False
 
 
 def _check_window(window: int, prefix: str) -> int:
     if window < 0 or window > MAX_CONTEXT_WINDOW:
         raise InvalidArgument(
-            f"{prefix}context_window must be 0 (use Loom's registry) or a positive number of "
-            "tokens",
+            f"{prefix}context_window {window:,} is out of range: use 0 (Loom's registry) or "
+            f"{MIN_CONTEXT_WINDOW:,} to {MAX_CONTEXT_WINDOW:,} tokens",
             field=prefix + "context_window",
         )
     if 0 < window < MIN_CONTEXT_WINDOW:
@@ -101,6 +103,7 @@ def _checked(
         "context_strategy": lambda: draft.context_strategy or ContextStrategy.SUMMARIZE,
         "tools": lambda: check_tools(draft.tools, prefix + "tools"),
         "memory_from_tool_outputs": lambda: draft.memory_from_tool_outputs,
+        "shared_memory_writes": lambda: draft.shared_memory_writes,
     }
     return {name: checks[name]() for name in fields}
 
@@ -192,9 +195,9 @@ class Assistants:
         Raises:
             InvalidArgument: negative page size or a bad page token.
         """
-        cursor = open_cursor(page_size, page_token, {"list": "assistants"}, str)
+        cursor = open_cursor(page_size, page_token, {"list": "assistants"}, "created")
         items = await self._assistants.find_page(tenant, cursor.fetch, cursor.after)
-        return cursor.page(items, lambda a: a.assistant_id)
+        return cursor.page(items, lambda a: created(a.create_time, a.assistant_id))
 
     async def update(
         self, tenant: str, assistant_id: str, draft: AssistantDraft, paths: builtins.list[str]

@@ -19,7 +19,15 @@ from service.core.models import ContextEntry, MessageStatus, Recalled, Role, Sum
 from service.core.ports import ChatTurn, TokenCounter
 from service.core.prompt import memory_block, summary_block
 
-__all__ = ["Fitted", "fit", "plan_budget", "replayable", "truncate_middle", "with_tokens"]
+__all__ = [
+    "Fitted",
+    "fit",
+    "plan_budget",
+    "replayable",
+    "token_limit",
+    "truncate_middle",
+    "with_tokens",
+]
 
 MEMORY_SHARE = 0.15
 MIN_RESERVE = 256
@@ -45,6 +53,12 @@ def plan_budget(window: int) -> int:
     (an eighth of the window, between 256 and 4,096 tokens)."""
     reserve = min(max(window // 8, MIN_RESERVE), MAX_RESERVE)
     return max(window - reserve, MIN_RESERVE)
+
+
+def token_limit(budget: int, ratio: float) -> int:
+    """The base tokens a prompt may use: ``budget`` tokens of a model whose
+    tokens are ``ratio`` base tokens each."""
+    return max(int(budget / max(ratio, 0.01)), 64)
 
 
 def truncate_middle(text: str, keep_chars: int) -> str:
@@ -189,7 +203,7 @@ async def fit(
 ) -> Fitted:
     """The prompt for ``new``, within ``budget`` tokens of the model whose
     tokens are ``ratio`` base tokens each."""
-    limit = max(int(budget / max(ratio, 0.01)), 64)
+    limit = token_limit(budget, ratio)
     per_message = counter.message_overhead()
     used = counter.prompt_overhead() + per_message  # the system message
 

@@ -1,5 +1,6 @@
 """SendMessage, SubmitToolOutputs and CancelRun: the reply loop in order, its
-parts in ``service.core.reply``.
+parts in ``service.core.reply``; and what else must wait for a thread's
+reply to end: AddMessages and UpdateThread.
 
 SendMessage, step by step:
 
@@ -9,7 +10,8 @@ SendMessage, step by step:
    a reply its last holder left unfinished, and refuse while a run waits for
    tool outputs;
 3. store the user message and an IN_PROGRESS assistant message, each at the
-   next sequence number, and emit ``Started``;
+   next sequence number, and emit ``Started`` (with empty content, only the
+   assistant message: it answers the thread's last message, the user's);
 4. build the prompt (instructions, memories, summary, history, the new
    message) and stream the model's reply as ``Delta`` events, saving
    progress now and then;
@@ -28,24 +30,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator
+from dataclasses import replace
 
+from service.core.batches import BatchRequest
 from service.core.clock import now
-from service.core.errors import FailedPrecondition
-from service.core.models import MemoryMode, Message, ReplyEvent
+from service.core.errors import FailedPrecondition, InvalidArgument
+from service.core.models import MemoryMode, Message, MessageStatus, ReplyEvent, Role, Thread
+from service.core.ports import MessageStore
 from service.core.reply.build import RunMessages, started
 from service.core.reply.collaborators import ReplyPolicy, ReplyServices, ReplyStores
 from service.core.reply.generate import Replier
+from service.core.reply.imports import Added, Importer
 from service.core.reply.recovery import Recovery
-from service.core.reply.request import (
-    Idempotency,
-    SendRequest,
-    check_request,
-    resolve,
-    run_for,
-)
+from service.core.reply.request import Idempotency, SendRequest, check_request, resolve
 from service.core.reply.runs import ToolRuns
+from service.core.reply.writes import ThreadWrites
+from service.core.threads import ThreadDraft
 
-__all__ = ["Conversation", "ReplyPolicy", "ReplyServices", "ReplyStores", "SendRequest"]
+__all__ = [
+    "Added",
+    "BatchRequest",
+    "Conversation",
+    "ReplyPolicy",
+    "ReplyServices",
+    "ReplyStores",
+    "SendRequest",
+]
 
 
 class Conversation:
@@ -62,6 +72,7 @@ class Conversation:
         self._replier = Replier(services, policy, stores.shield)
         self._requests = Idempotency(stores, policy, self._recovery, self._replier)
         self._runs = ToolRuns(stores, self._recovery, self._replier)
+        self._importer = Importer(stores, services, policy, self._recovery, self._runs)
         self._active = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -96,6 +107,32 @@ class Conversation:
         """Cancel a run that waits for tool outputs; return its message (see
         ``ToolRuns.cancel`` for the errors)."""
         return await self._runs.cancel(tenant, thread_id, run_id)
+
+    async def add_messages(self, tenant: str, req: BatchRequest) -> Added:
+        """Append a batch of messages without a reply (see ``Importer.add``
+        for the errors)."""
+        return await self._importer.add(tenant, req)
+
+    async def update_thread(
+        self, tenant: str, thread_id: str, draft: ThreadDraft, paths: list[str]
+    ) -> Thread:
+        """Change a thread's fields (AIP-134) under its lease: a thread has one
+        writer at a time, and no reply may run with the assistant it is
+        being moved from.
+
+        Raises:
+            InvalidArgument: malformed ids, a bad mask or value.
+            NotFound: no such thread or assistant.
+            ThreadBusy: a reply runs on the thread, or (to move it to another
+                assistant) a run waits for tool outputs.
+        """
+        threads = self._stores.threads
+        changes = await threads.check_update(tenant, thread_id, draft, paths)
+        async with self._recovery.hold(tenant, thread_id) as writes:
+            if "assistant_id" in changes:
+                await self._runs.refuse_if_waiting(tenant, writes)
+            updated = await threads.apply_update(tenant, thread_id, changes)
+        return (await threads.with_totals([updated]))[0]
 
     async def drain(self, timeout: float) -> bool:  # noqa: ASYNC109 - a bound, not a deadline
         """Wait until no reply is running (cancelled ones store their final
@@ -139,27 +176,20 @@ class Conversation:
     async def _fresh(self, tenant: str, req: SendRequest) -> AsyncGenerator[ReplyEvent, None]:
         """Steps 2 to 5; a thread created for the request is deleted again
         if nothing was stored in it."""
-        thread, created, assistant = await resolve(self._stores, tenant, req)
+        thread, created, assistant, run = await resolve(self._stores, tenant, req)
         model = req.model.strip() or assistant.model or self._policy.default_model
         memory = req.memory if req.memory is not MemoryMode.UNSPECIFIED else assistant.memory_mode
-        run = run_for(req, assistant)
         stored = False
         try:
-            async with self._recovery.hold(tenant, thread.thread_id, thread) as writes:  # 2.
+            # 2. An existing thread is read again under the lease: a reply that
+            # ended since it was first read must be in this one's context.
+            held = self._recovery.hold(tenant, thread.thread_id, thread if created else None)
+            async with held as writes:
                 await self._runs.refuse_if_waiting(tenant, writes)
                 t = now()  # 3.
                 new = RunMessages(tenant, thread.thread_id, run.run_id, memory, t)
-                user, reply = await writes.append(
-                    [
-                        new.user(req.content, req.metadata, req.request_id),
-                        new.reply(model, req.request_id),
-                    ]
-                )
+                user, reply = await self._store_turn(tenant, req, writes, new, model)
                 stored = True
-                # The thread's context and count are written once, when the
-                # reply ends; a holder that dies before that is settled by
-                # the next one (see reply/recovery.py).
-                await writes.cache([user.entry()])
                 first = started(
                     thread_id=thread.thread_id,
                     thread_created=created,
@@ -180,3 +210,48 @@ class Conversation:
                 await self._stores.shield.run(
                     self._stores.thread_store.delete(tenant, thread.thread_id)
                 )
+
+    async def _store_turn(
+        self, tenant: str, req: SendRequest, writes: ThreadWrites, new: RunMessages, model: str
+    ) -> tuple[Message, Message]:
+        """Store the user's message and an empty reply for ``model``; with
+        empty content, only the reply, answering the thread's last message.
+
+        Raises:
+            InvalidArgument: empty content, and the thread's last message is
+                not the user's.
+        """
+        if not req.content:
+            user = await _last_user_message(self._stores.messages, tenant, writes.thread)
+            (reply,) = await writes.append([new.reply(model, req.request_id)])
+            return replace(user, memory=new.memory), reply
+        user, reply = await writes.append(
+            [new.user(req.content, req.metadata, req.request_id), new.reply(model, req.request_id)]
+        )
+        # The thread's context and count are written once, when the reply
+        # ends; a holder that dies before that is settled by the next one
+        # (see reply/recovery.py).
+        await writes.cache([user.entry()])
+        return user, reply
+
+
+async def _last_user_message(messages: MessageStore, tenant: str, thread: Thread) -> Message:
+    """The thread's last message, which must be a whole user message (the
+    one a SendMessage with empty content answers again).
+
+    Raises:
+        InvalidArgument: the thread is empty or its last message is not the user's.
+    """
+    last = await messages.find_page(tenant, thread.thread_id, 1, None, True)
+    if (
+        not last
+        or last[0].sequence != thread.message_count - 1
+        or last[0].role is not Role.USER
+        or last[0].status is not MessageStatus.COMPLETE
+    ):
+        raise InvalidArgument(
+            "content is required: empty content only answers again a thread whose last message "
+            "is the user's (to regenerate a reply, ForkThread before it first)",
+            field="content",
+        )
+    return last[0]

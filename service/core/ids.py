@@ -1,15 +1,21 @@
-"""Object ids: a type prefix and 24 hex digits that sort by creation time."""
+"""Object ids: a type prefix and 32 random hex digits (128 bits).
+
+Random, so an id can be neither guessed nor read for when, where or after
+what else it was made (ids once came from a clock, a per-process tag and a
+counter shared by every tenant, so one tenant's ids showed the gaps left by
+others' activity). Nothing orders by id: messages by their sequence number,
+lists by creation time. Ids of the earlier form (24 hex digits) are still
+accepted, so objects stored before stay reachable.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import threading
-import time
+import secrets
 
 from service.core.errors import InvalidArgument
-from service.core.limits import ID_HEX_DIGITS
+from service.core.limits import ID_HEX_DIGITS, LEGACY_ID_HEX_DIGITS
 
 __all__ = [
     "ASSISTANT",
@@ -41,22 +47,17 @@ _KINDS = {
     JOB: "job",
     RUN: "run",
 }
-_PATTERNS = {prefix: re.compile(rf"^{prefix}_[0-9a-f]{{{ID_HEX_DIGITS}}}$") for prefix in _KINDS}
-_lock = threading.Lock()
-_counter = int.from_bytes(os.urandom(3), "big")
-_process = os.urandom(5)
+_PATTERNS = {
+    prefix: re.compile(
+        rf"^{prefix}_(?:[0-9a-f]{{{ID_HEX_DIGITS}}}|[0-9a-f]{{{LEGACY_ID_HEX_DIGITS}}})$"
+    )
+    for prefix in _KINDS
+}
 
 
 def new_id(prefix: str) -> str:
-    """Return a new id: 4 bytes of seconds, 5 per-process random bytes and a
-    3-byte counter (the ObjectId layout), so ids sort by creation second and
-    never collide across replicas."""
-    global _counter  # noqa: PLW0603 - a process-wide counter is the point
-    with _lock:
-        _counter = (_counter + 1) % 0xFFFFFF
-        count = _counter
-    raw = int(time.time()).to_bytes(4, "big") + _process + count.to_bytes(3, "big")
-    return f"{prefix}_{raw.hex()}"
+    """Return a new id of that kind: 128 bits from the system's CSPRNG."""
+    return f"{prefix}_{secrets.token_hex(ID_HEX_DIGITS // 2)}"
 
 
 def check_id(prefix: str, value: str, field: str) -> str:
@@ -79,6 +80,7 @@ def check_id(prefix: str, value: str, field: str) -> str:
 
 def derived_id(prefix: str, *parts: str) -> str:
     """A deterministic id of that kind from ``parts``: writes keyed by it are
-    idempotent (a retried job re-creates the same memory, not a second one)."""
+    idempotent (a retried job re-creates the same memory, not a second one).
+    It is as hard to guess as the random ids among ``parts``."""
     digest = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:ID_HEX_DIGITS]
     return f"{prefix}_{digest}"

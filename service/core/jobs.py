@@ -26,6 +26,11 @@ deleted assistant or thread, a request the model refuses: ``NotFound``,
 else is retried with back-off up to ``max_attempts`` runs. FAILED jobs stay
 listed and can be re-queued (``python -m service jobs``).
 
+Usage: the model tokens a job spends (summaries, fact extraction) are
+metered (``service.core.usage``) and, when its payload names a
+``thread_id``, charged to that thread through ``charge`` (tenant, thread,
+usage), whether the attempt succeeds or not: they were spent.
+
 Tracing: queueing a job stores the current trace context with it
 (``Job.trace_context``), and each run is a span that is a child of, and
 linked to, the span that queued it (``service.telemetry.jobs``), so a
@@ -38,8 +43,8 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from collections.abc import Awaitable, Callable, Coroutine
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from opentelemetry.trace import Span
@@ -47,8 +52,10 @@ from opentelemetry.trace import Span
 from service.core import errors
 from service.core.clock import now
 from service.core.leases import JOB, Lease, Leases
+from service.core.models import Usage
 from service.core.ports import Job, JobState, JobStore, LeaseStore
 from service.core.shield import Shield
+from service.core.usage import metered
 from service.telemetry import record_error
 from service.telemetry.jobs import enqueue_span, job_span, untraced
 
@@ -58,6 +65,7 @@ log = logging.getLogger(__name__)
 
 Checkpoint = Callable[[dict[str, Any]], Awaitable[None]]
 Handler = Callable[[Job, Checkpoint], Awaitable[dict[str, Any]]]
+Charge = Callable[[str, str, Usage], Coroutine[Any, Any, None]]
 Translate = Callable[[BaseException], errors.LoomError | None]
 T = TypeVar("T")
 
@@ -105,8 +113,10 @@ class JobRunner:
         max_retry_delay: float = 60.0,
         lease_seconds: float = 60.0,
         translate: Translate | None = None,
+        charge: Charge | None = None,
     ) -> None:
         self._store = store
+        self._charge = charge
         self._leases = Leases(leases, lease_seconds, shield)
         self._shield = shield
         self._handlers: dict[str, Handler] = {}
@@ -134,11 +144,13 @@ class JobRunner:
         *,
         job_id: str,
         trace_context: dict[str, str] | None = None,
+        not_before: datetime | None = None,
     ) -> Job | None:
-        """Record a job; it runs soon after. The job is durable once this
-        returns. None if a job with that id exists already (the id makes
-        enqueueing idempotent). ``trace_context`` defaults to the current
-        span's (W3C ``traceparent``)."""
+        """Record a job; it runs soon after (or once ``not_before`` has
+        come). The job is durable once this returns. None if a job with that
+        id exists already (the id makes enqueueing idempotent).
+        ``trace_context`` defaults to the current span's (W3C
+        ``traceparent``)."""
         with enqueue_span(kind, job_id, tenant) as current:
             t = now()
             job = Job(
@@ -149,7 +161,7 @@ class JobRunner:
                 state=JobState.PENDING,
                 create_time=t,
                 update_time=t,
-                next_run_time=t,
+                next_run_time=max(t, not_before) if not_before else t,
                 trace_context=dict(current if trace_context is None else trace_context),
             )
             if not await self._store.insert(job):
@@ -251,7 +263,7 @@ class JobRunner:
                 await self._save(job, lease)
 
             try:
-                job.result = await self._fenced(self._handlers[job.kind](job, checkpoint), lease)
+                job.result = await self._fenced(self._handle(job, checkpoint), lease)
             except asyncio.CancelledError:
                 job.state = JobState.PENDING  # stopped with the server: run again later
                 job.attempts -= 1
@@ -314,6 +326,20 @@ class JobRunner:
         if task.cancelled():
             raise errors.LeaseLost(lease.thread_id)
         return task.result()
+
+    async def _handle(self, job: Job, checkpoint: Checkpoint) -> dict[str, Any]:
+        """Run the job's handler, charging the model tokens it spends to the
+        thread its payload names."""
+        with metered() as meter:
+            try:
+                return await self._handlers[job.kind](job, checkpoint)
+            finally:
+                thread_id = job.payload.get("thread_id")
+                if meter and self._charge is not None and isinstance(thread_id, str):
+                    try:
+                        await self._shield.run(self._charge(job.tenant, thread_id, meter.usage))
+                    except Exception:  # a lost count must not fail the job
+                        log.warning("could not add job %s's usage", job.job_id, exc_info=True)
 
     def _failed(self, job: Job, exc: Exception) -> None:
         job.error = f"{type(exc).__name__}: {exc}"[:1000]

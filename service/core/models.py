@@ -25,6 +25,7 @@ __all__ = [
     "Started",
     "Summary",
     "Thread",
+    "ThreadOrigin",
     "ToolCall",
     "ToolCallsRequired",
     "ToolSpec",
@@ -101,6 +102,7 @@ class Assistant:
     context_strategy: ContextStrategy = ContextStrategy.SUMMARIZE
     tools: list[ToolSpec] = field(default_factory=list)
     memory_from_tool_outputs: bool = False
+    shared_memory_writes: bool = False  # threads without a user write assistant-wide memory
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +152,7 @@ class ContextEntry:
     tokens: int = 0  # base tokens of content and tool calls, cached; 0 = not counted yet
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str = ""
+    create_time: datetime | None = None  # None in contexts cached before it was kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,10 +166,22 @@ class Summary:
     update_time: datetime | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ThreadOrigin:
+    """Where a forked thread came from: that thread's messages up to and
+    including ``through_sequence`` were copied into it."""
+
+    thread_id: str
+    through_sequence: int
+
+
 @dataclass(slots=True)
 class Thread:
     """One conversation. ``context`` is the cached tail of its messages (the
-    full history stays in the messages collection)."""
+    full history stays in the messages collection). ``usage`` totals the
+    tokens spent on it; ``open_batch`` is the first sequence of a batch of
+    appended messages that is not finished yet (hidden from readers until
+    it is, and rolled back if its writer died)."""
 
     thread_id: str
     tenant: str
@@ -179,6 +194,11 @@ class Thread:
     context: list[ContextEntry] = field(default_factory=list)
     summary: Summary | None = None
     run: PendingRun | None = None
+    expire_time: datetime | None = None
+    expire_memories: bool = False
+    forked_from: ThreadOrigin | None = None
+    usage: Usage = Usage()
+    open_batch: int | None = None
 
 
 @dataclass(slots=True)
@@ -212,6 +232,7 @@ class Message:
             self.status,
             tool_calls=tuple(self.tool_calls),
             tool_call_id=self.tool_call_id,
+            create_time=self.create_time,
         )
 
 

@@ -5,6 +5,9 @@ A token carries the sort key of the last item returned and a fingerprint of
 the request's filters, so a token replayed with other filters is refused
 rather than silently returning the wrong page. A List reads one item more
 than the page holds: that item's presence is what says a next page exists.
+Lists newest first sort by creation time, then id (ids are random: they only
+break ties): their key is a ``CreatedKey``; the others by a position (a
+sequence number or an offset).
 """
 
 from __future__ import annotations
@@ -15,17 +18,20 @@ import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from datetime import datetime
+from typing import Generic, Literal, TypeVar, overload
 
 from service.core.errors import InvalidArgument
 from service.core.limits import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from service.core.models import Page
 
-__all__ = ["Cursor", "open_cursor"]
+__all__ = ["CreatedKey", "Cursor", "created", "encode_token", "open_cursor"]
+
+CreatedKey = tuple[datetime, str]  # (create_time, id) of the last item of a page
 
 _VERSION = 1
 
-K = TypeVar("K", str, int)
+K = TypeVar("K", int, CreatedKey)
 T = TypeVar("T")
 
 
@@ -33,14 +39,16 @@ def _fingerprint(filters: dict[str, object]) -> str:
     return hashlib.sha256(json.dumps(filters, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _encode_token(after: object, filters: dict[str, object]) -> str:
-    """Return a token for the page that starts after ``after``."""
-    raw = json.dumps({"v": _VERSION, "a": after, "f": _fingerprint(filters)}).encode()
+def encode_token(after: object, filters: dict[str, object]) -> str:
+    """Return a token for the page that starts after ``after`` (a position or
+    a ``CreatedKey``; anything else only to test that tokens are checked)."""
+    key = [after[0].isoformat(), after[1]] if isinstance(after, tuple) else after
+    raw = json.dumps({"v": _VERSION, "a": key, "f": _fingerprint(filters)}).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def _decode_token(token: str, filters: dict[str, object]) -> object | None:
-    """Return the sort key a token resumes after, or None for no token.
+    """Return the sort key a token resumes after, as JSON, or None for no token.
 
     Raises:
         InvalidArgument: the token is malformed or was issued for other filters.
@@ -66,6 +74,31 @@ def _decode_token(token: str, filters: dict[str, object]) -> object | None:
         )
     after: object = data["a"]
     return after
+
+
+def _as_position(after: object) -> int | None:
+    # bool is an int to Python, and no position is negative.
+    if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+        return None
+    return after
+
+
+def _as_created(after: object) -> CreatedKey | None:
+    if isinstance(after, list) and len(after) == 2 and all(isinstance(a, str) for a in after):
+        try:
+            moment = datetime.fromisoformat(after[0])
+        except ValueError:
+            return None
+        if moment.tzinfo is not None:
+            return moment, after[1]
+    return None
+
+
+def created(create_time: datetime | None, object_id: str) -> CreatedKey:
+    """The sort key of an item listed newest first."""
+    if create_time is None:  # stored objects all have one
+        raise ValueError(f"{object_id} has no create_time to page by")
+    return create_time, object_id
 
 
 def _check_page_size(page_size: int) -> int:
@@ -99,22 +132,39 @@ class Cursor(Generic[K]):
         next one made of ``key`` of its last item if there is more."""
         kept = list(items[: self.limit])
         more = len(items) > self.limit
-        return Page(kept, _encode_token(key(kept[-1]), self.filters) if more else "")
+        return Page(kept, encode_token(key(kept[-1]), self.filters) if more else "")
 
 
+@overload
 def open_cursor(
-    page_size: int, page_token: str, filters: dict[str, object], key: type[K]
-) -> Cursor[K]:
-    """The cursor of a List request whose items sort by a ``key``-typed
-    value; ``filters`` are the request's filters and ordering, which its
-    tokens are tied to.
+    page_size: int, page_token: str, filters: dict[str, object], by: Literal["position"]
+) -> Cursor[int]: ...
+@overload
+def open_cursor(
+    page_size: int, page_token: str, filters: dict[str, object], by: Literal["created"]
+) -> Cursor[CreatedKey]: ...
+def open_cursor(
+    page_size: int,
+    page_token: str,
+    filters: dict[str, object],
+    by: Literal["position", "created"],
+) -> Cursor[int] | Cursor[CreatedKey]:
+    """The cursor of a List request whose items sort ``by`` a position or
+    by creation time (newest first); ``filters`` are the request's filters
+    and ordering, which its tokens are tied to.
 
     Raises:
         InvalidArgument: a negative page size, or a token that is malformed
             or was issued for other filters.
     """
     limit = _check_page_size(page_size)
-    after = _decode_token(page_token, filters)
-    if after is not None and not isinstance(after, key):
+    raw = _decode_token(page_token, filters)
+    if by == "position":
+        position = _as_position(raw)
+        if raw is not None and position is None:
+            raise InvalidArgument("page_token is malformed", field="page_token")
+        return Cursor(limit, position, filters)
+    key = _as_created(raw)
+    if raw is not None and key is None:
         raise InvalidArgument("page_token is malformed", field="page_token")
-    return Cursor(limit, after, filters)
+    return Cursor(limit, key, filters)

@@ -2,30 +2,27 @@
 
 ``service.store`` implements the stores over MongoDB and ``service.llm``
 implements ``ChatModel`` over an OpenAI-compatible endpoint; the domain sees
-only these protocols.
+only these protocols. The thread and message stores are written in
+``service.core.thread_ports`` and imported from here like the rest.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
 from service.core.models import (
     Assistant,
-    ContextEntry,
     Message,
-    MessageStatus,
-    PendingRun,
     Recalled,
-    Summary,
-    Thread,
     ToolCall,
     ToolSpec,
     Usage,
 )
+from service.core.thread_ports import MessageStore, PendingThreadDelete, ThreadStore
 
 __all__ = [
     "ApiKey",
@@ -54,7 +51,8 @@ __all__ = [
 
 
 class AssistantStore(Protocol):
-    """Assistants, always scoped to a tenant."""
+    """Assistants, always scoped to a tenant: every read and write names it,
+    so another tenant's assistant is never read, not even to be refused."""
 
     async def insert(self, assistant: Assistant) -> None: ...
     async def get(self, tenant: str, assistant_id: str) -> Assistant | None: ...
@@ -67,7 +65,12 @@ class AssistantStore(Protocol):
         default's id as it now stands. Concurrent claims that replace the
         same default agree on one winner."""
 
-    async def find_page(self, tenant: str, limit: int, after: str | None) -> list[Assistant]: ...
+    async def find_page(
+        self, tenant: str, limit: int, after: tuple[datetime, str] | None
+    ) -> list[Assistant]:
+        """Newest first (by create_time, then id), after ``after``: the
+        create_time and id of the last assistant of the previous page."""
+
     async def update(
         self, tenant: str, assistant_id: str, changes: dict[str, object], now: datetime
     ) -> Assistant | None: ...
@@ -138,84 +141,6 @@ class LeaseStore(Protocol):
 
     async def release(self, thread_id: str, owner: str) -> None: ...
     async def current(self, thread_id: str) -> LeaseState | None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class PendingThreadDelete:
-    """A thread deletion a crash interrupted."""
-
-    tenant: str
-    assistant_id: str
-    thread_id: str
-    forget: bool
-
-
-class ThreadStore(Protocol):
-    """Threads, always scoped to a tenant."""
-
-    async def insert(self, thread: Thread) -> None: ...
-    async def get(self, tenant: str, thread_id: str) -> Thread | None: ...
-    async def find_page(
-        self, tenant: str, assistant_id: str, user_id: str, limit: int, after: str | None
-    ) -> list[Thread]: ...
-    async def ids_of_assistant(self, tenant: str, assistant_id: str) -> list[str]: ...
-    async def mark_deleting(self, tenant: str, thread_id: str, forget: bool = False) -> bool:
-        """Hide the thread from reads, noting whether its memories go too."""
-
-    async def delete(self, tenant: str, thread_id: str) -> None: ...
-    async def pending_deletes(self) -> list[PendingThreadDelete]: ...
-    async def save_context(
-        self,
-        thread_id: str,
-        context: Sequence[ContextEntry],
-        message_count: int,
-        update_time: datetime,
-        run: PendingRun | None = None,
-    ) -> None:
-        """Store the thread's cached context, message count and pending run
-        (written only by the holder of the thread's lease)."""
-
-    async def save_summary(
-        self, thread_id: str, summary: Summary, context: Sequence[ContextEntry]
-    ) -> None:
-        """Store a new rolling summary and the context left after it (written
-        only by the holder of the thread's lease)."""
-
-
-class MessageStore(Protocol):
-    """Messages, always scoped to a tenant and a thread."""
-
-    async def append(self, message: Message, first_try: int) -> Message:
-        """Store ``message`` at the thread's next sequence number, trying
-        ``first_try`` first (the thread's message count). A unique index on
-        (thread_id, sequence) settles races: no gaps, no duplicates, even with
-        concurrent writers on several replicas."""
-
-    async def append_all(self, messages: list[Message], first_try: int) -> list[Message]:
-        """``append`` each message in turn (consecutive numbers if free)."""
-
-    async def get(self, tenant: str, message_id: str) -> Message | None: ...
-    async def finish(
-        self,
-        message_id: str,
-        *,
-        content: str,
-        status: MessageStatus,
-        usage: Usage | None = None,
-        error: str = "",
-        tool_calls: Sequence[ToolCall] = (),
-    ) -> Message | None: ...
-    async def save_progress(self, message_id: str, content: str) -> None: ...
-    async def restart(self, tenant: str, message_id: str, model: str) -> bool:
-        """Put a FAILED, empty message back IN_PROGRESS for a retry."""
-
-    async def find_page(
-        self, tenant: str, thread_id: str, limit: int, after: int | None, descending: bool
-    ) -> list[Message]: ...
-    async def history(self, tenant: str, thread_id: str, before: int) -> list[Message]:
-        """Messages with sequence below ``before``, oldest first."""
-
-    async def delete_thread(self, tenant: str, thread_id: str) -> int: ...
 
 
 @dataclass(slots=True)
@@ -313,9 +238,18 @@ class ChatModel(Protocol):
     def configured(self) -> bool:
         """False when no endpoint is set up; replies then fail with a hint."""
 
-    async def complete(self, model: str, turns: Sequence[ChatTurn], *, json: bool = False) -> str:
+    async def complete(
+        self,
+        model: str,
+        turns: Sequence[ChatTurn],
+        *,
+        json: bool = False,
+        schema: Mapping[str, Any] | None = None,
+    ) -> str:
         """One reply, not streamed; with ``json`` the endpoint is asked for a
-        JSON object (callers still validate what comes back).
+        JSON object, with ``schema`` for one that follows that JSON schema
+        (its ``title`` names it), as far as the model supports either;
+        callers still validate what comes back.
 
         Raises:
             Unavailable, ResourceExhausted, FailedPrecondition: as ``stream``.
@@ -372,7 +306,8 @@ class Job:
 
 
 class JobStore(Protocol):
-    """Jobs, by id."""
+    """Jobs, by tenant and id (a read names the tenant, so another tenant's
+    job is never read)."""
 
     async def insert(self, job: Job) -> bool:
         """Record a new job; False if one with its id exists already."""
@@ -400,7 +335,7 @@ class JobStore(Protocol):
         """Jobs in ``state`` (any when None) of ``tenant`` (any when None),
         most recently updated first."""
 
-    async def requeue(self, job_id: str, now: datetime) -> bool:
+    async def requeue(self, tenant: str, job_id: str, now: datetime) -> bool:
         """Put a FAILED job back to PENDING, due now, with its attempts
         reset; False if there is no FAILED job with that id."""
 
@@ -432,6 +367,29 @@ class MemoryPort(Protocol):
     ) -> str:
         """Record a durable job that extracts facts from the exchange (and
         ``tool_outputs``, when the assistant opted in); return its id."""
+
+    async def remember_all(
+        self,
+        tenant: str,
+        assistant_id: str,
+        user_id: str,
+        thread_id: str,
+        messages: Sequence[Message],
+    ) -> None:
+        """Index user messages added without a reply, in one batch."""
+
+    async def schedule_batch_extraction(
+        self,
+        tenant: str,
+        assistant_id: str,
+        user_id: str,
+        thread_id: str,
+        messages: Sequence[Message],
+        model: str,
+    ) -> str:
+        """Record one durable job that extracts facts from a batch of messages
+        added without a reply (its user messages, the others as context);
+        return its id."""
 
     async def forget_thread(self, tenant: str, assistant_id: str, thread_id: str) -> int:
         """Delete every memory learnt in the thread."""

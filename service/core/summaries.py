@@ -1,12 +1,19 @@
 """Rolling summaries: a long thread's older messages folded, ahead of need,
 into a summary that stands in for them in prompts.
 
+The summary model (``LOOM_SUMMARY_MODEL``, else the reply's) is fitted to
+its own context window, from the registry like any model's: a fold whose
+messages do not fit one call of a smaller summary model is made in several
+calls, each with the summary so far, so the summary model never receives
+more than it can take.
+
 After a reply, if the thread's unsummarised tail (plus its summary) passes a
 high-water mark of the prompt budget, a fold job is queued (durable, through
 the job runner). The job folds the oldest messages of the tail into the
-existing summary (incrementally: one model call per fold, never the whole
-history again) until the tail is back under a low-water mark, then stores
-the summary under the thread's lease for a moment. Between the marks the
+existing summary (incrementally: one model call per fold when it fits the
+summary model's window, never the whole history again) until the tail is
+back under a low-water mark, then stores the summary under the thread's
+lease for a moment. Between the marks the
 thread grows without model calls, so a thread of n messages costs
 O(n / block) summary calls. If a summary is not ready when a prompt needs
 it, the prompt drops its oldest messages instead; a failing or malformed
@@ -38,6 +45,7 @@ FOLD_JOB = "context.fold"
 HIGH_WATER = 0.7
 LOW_WATER = 0.4
 SUMMARY_SHARE = 0.2
+FRAME_TOKENS = 32  # the user turn's own words around the summary and the messages
 
 SUMMARY_PROMPT = """\
 You keep the running summary of a long conversation between a user and an
@@ -153,7 +161,7 @@ class Summarizer:
                     return {"skipped": "superseded by another fold"}
                 summary = Summary(text, through, p["model"], now())
                 remaining = [e for e in thread.context if e.sequence > through]
-                await self._threads.save_summary(thread_id, summary, remaining)
+                await self._threads.save_summary(tenant, thread_id, summary, remaining)
         except ThreadBusy:
             raise RetryLater(0.5, "a reply is running on the thread") from None
         return {"through": through}
@@ -161,23 +169,47 @@ class Summarizer:
     async def _summarise(
         self, model: str, previous: Summary | None, block: Sequence[ContextEntry], limit: int
     ) -> str:
-        cap = max(int(limit * SUMMARY_SHARE), 64)
-        transcript = "\n".join(f"{e.role.value}: {e.content}" for e in block)
-        existing = previous.text if previous else "(none yet)"
-        raw = await self._llm.complete(
-            model,
-            [
-                ChatTurn("system", SUMMARY_PROMPT.format(words=int(cap * 0.7))),
-                ChatTurn(
-                    "user",
-                    f"Existing summary:\n{existing}\n\nNext messages:\n"
-                    + truncate_middle(transcript, cap * 40),
-                ),
-            ],
-        )
-        text = raw.strip()
-        if not text:
-            raise ValueError("the model returned an empty summary")
-        if await self._counter.count_async(text) > cap:
-            text = truncate_middle(text, cap * 3)
+        """The summary of ``previous`` and ``block`` by ``model``, folded in
+        as many calls as the summary model's own window needs: each call is
+        given the summary so far and as many messages as fit its window
+        beside the room kept for its answer (a message too long for a call
+        alone is cut in the middle)."""
+        window = int(self._counter.context_window(model) / self._counter.ratio(model))
+        cap = max(min(int(limit * SUMMARY_SHARE), window // 4), 64)
+        prompt = SUMMARY_PROMPT.format(words=int(cap * 0.7))
+        fixed = await self._counter.count_async(prompt) + 4 * self._counter.message_overhead()
+        text = previous.text if previous else "(none yet)"
+        lines = [f"{e.role.value}: {e.content}" for e in block]
+        while lines:
+            room = window - cap - fixed - await self._counter.count_async(text) - FRAME_TOKENS
+            piece, lines = await self._take(lines, max(room, 64))
+            raw = await self._llm.complete(
+                model,
+                [
+                    ChatTurn("system", prompt),
+                    ChatTurn("user", f"Existing summary:\n{text}\n\nNext messages:\n{piece}"),
+                ],
+            )
+            text = raw.strip()
+            if not text:
+                raise ValueError("the model returned an empty summary")
+            if await self._counter.count_async(text) > cap:
+                text = truncate_middle(text, cap * 3)
         return text
+
+    async def _take(self, lines: list[str], room: int) -> tuple[str, list[str]]:
+        """As many of the first ``lines`` as fit ``room`` tokens (at least
+        one, cut in the middle if it alone is too long), and the rest."""
+        taken: list[str] = []
+        used = 0
+        for line in lines:
+            cost = await self._counter.count_async(line) + 1
+            if used + cost > room:
+                break
+            taken.append(line)
+            used += cost
+        if not taken:
+            first = lines[0]
+            keep = int(room * len(first) / max(await self._counter.count_async(first), 1) * 0.9)
+            return truncate_middle(first, keep), lines[1:]
+        return "\n".join(taken), lines[len(taken) :]

@@ -17,6 +17,7 @@ from service.core.limits import (
     MAX_TOOLS,
 )
 from service.core.models import ToolCall, ToolSpec
+from service.core.validation import check_text
 
 __all__ = ["check_outputs", "check_tool_choice", "check_tools"]
 
@@ -27,8 +28,9 @@ def check_tools(tools: Sequence[ToolSpec], field: str) -> list[ToolSpec]:
     """Return ``tools`` if each is a valid function tool.
 
     Raises:
-        InvalidArgument: a bad or duplicate name, a long description, or
-            parameters that are not a valid JSON Schema for an object.
+        InvalidArgument: a bad or duplicate name, a long description or one
+            with NUL, or parameters that are not a valid JSON Schema for an
+            object.
     """
     if len(tools) > MAX_TOOLS:
         raise InvalidArgument(
@@ -49,11 +51,7 @@ def check_tools(tools: Sequence[ToolSpec], field: str) -> list[ToolSpec]:
                 field=f"{where}.function.name",
             )
         seen.add(tool.name)
-        if len(tool.description) > MAX_TOOL_DESCRIPTION:
-            raise InvalidArgument(
-                f"{where}.function.description is longer than {MAX_TOOL_DESCRIPTION} characters",
-                field=f"{where}.function.description",
-            )
+        check_text(tool.description, f"{where}.function.description", MAX_TOOL_DESCRIPTION)
         _check_schema(tool.parameters, f"{where}.function.parameters")
     return list(tools)
 
@@ -111,7 +109,7 @@ def check_outputs(
 
     Raises:
         InvalidArgument: an output for an unknown call, two for one call, a
-            call without an output, or an output that is too long.
+            call without an output, or an output that is too long or holds NUL.
     """
     wanted = [p.tool_call_id if isinstance(p, ToolCall) else p for p in pending]
     answers: dict[str, str] = {}
@@ -127,12 +125,7 @@ def check_outputs(
                 f"tool_outputs has two outputs for {call_id!r}; send exactly one per call",
                 field=f"tool_outputs[{i}].tool_call_id",
             )
-        if len(output) > MAX_TOOL_OUTPUT_CHARS:
-            raise InvalidArgument(
-                f"tool_outputs[{i}].output is {len(output):,} characters; the limit is "
-                f"{MAX_TOOL_OUTPUT_CHARS:,}",
-                field=f"tool_outputs[{i}].output",
-            )
+        check_text(output, f"tool_outputs[{i}].output", MAX_TOOL_OUTPUT_CHARS)
         answers[call_id] = output
     missing = [c for c in wanted if c not in answers]
     if missing:

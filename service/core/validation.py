@@ -40,8 +40,8 @@ def check_metadata(metadata: dict[str, str], field: str = "metadata") -> dict[st
     """Return a copy of ``metadata`` if it is within the limits.
 
     Raises:
-        InvalidArgument: too many pairs, an empty or long key, a long value, or
-            a key MongoDB cannot store (``$`` prefix or ``.``).
+        InvalidArgument: too many pairs, an empty or long key, a long value, a
+            NUL character, or a key MongoDB cannot store (``$`` prefix or ``.``).
     """
     if len(metadata) > MAX_METADATA_PAIRS:
         raise InvalidArgument(
@@ -52,13 +52,23 @@ def check_metadata(metadata: dict[str, str], field: str = "metadata") -> dict[st
             raise InvalidArgument(
                 f"{field} keys must be 1 to {MAX_METADATA_KEY} characters", field=field
             )
-        if key.startswith("$") or "." in key or "\x00" in key:
+        if "\x00" in key:
+            raise InvalidArgument(
+                f"{field} key {key[:MAX_METADATA_KEY]!r} contains a NUL character; keys must not",
+                field=field,
+            )
+        if key.startswith("$") or "." in key:
             raise InvalidArgument(
                 f"{field} key {key!r} must not start with '$' or contain '.'", field=field
             )
         if len(value) > MAX_METADATA_VALUE:
             raise InvalidArgument(
                 f"{field} value for {key!r} is longer than {MAX_METADATA_VALUE} characters",
+                field=field,
+            )
+        if "\x00" in value:
+            raise InvalidArgument(
+                f"{field} value for {key!r} contains a NUL character; values must not",
                 field=field,
             )
     return dict(metadata)

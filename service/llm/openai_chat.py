@@ -17,7 +17,7 @@ import functools
 import itertools
 import logging
 import random
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -28,6 +28,8 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from service.core.errors import FailedPrecondition, LoomError, ResourceExhausted, Unavailable
 from service.core.models import ToolCall, ToolSpec, Usage
 from service.core.ports import ChatChunk, ChatTurn
+from service.core.usage import record
+from service.llm.formats import AnswerFormats, refuses_format
 from service.telemetry.genai import GenAITelemetry, ModelCall
 
 __all__ = ["OpenAIChatModel"]
@@ -65,6 +67,7 @@ class OpenAIChatModel:
         capture_content: bool = False,
     ) -> None:
         self._telemetry = GenAITelemetry(base_url, capture_content=capture_content)
+        self._formats = AnswerFormats()
         self._configured = bool(base_url or api_key)
         self._max_retries = max_retries
         self._base_delay = retry_base_delay
@@ -201,14 +204,33 @@ class OpenAIChatModel:
                 )
             )
 
-    async def complete(self, model: str, turns: Sequence[ChatTurn], *, json: bool = False) -> str:
-        """One reply, not streamed; see ``ChatModel.complete``."""
-        body: dict[str, Any] = {
-            "model": model,
-            "messages": [_message(t) for t in turns],
-        }
-        if json:
-            body["response_format"] = {"type": "json_object"}
+    async def complete(
+        self,
+        model: str,
+        turns: Sequence[ChatTurn],
+        *,
+        json: bool = False,
+        schema: Mapping[str, Any] | None = None,
+    ) -> str:
+        """One reply, not streamed; see ``ChatModel.complete``. The answer
+        format is the best the model takes (``formats.py``): a refusal of
+        one is remembered and the call made again with the next."""
+        messages = [_message(t) for t in turns]
+        candidates = self._formats.candidates(model, json=json, schema=schema)
+        for n, answer in enumerate(candidates, 1):
+            body: dict[str, Any] = {"model": model, "messages": messages}
+            if answer.response_format is not None:
+                body["response_format"] = answer.response_format
+            try:
+                return await self._complete(model, body)
+            except FailedPrecondition as exc:
+                if n == len(candidates) or not refuses_format(exc):
+                    raise
+                self._formats.refused(model, answer.name)
+                log.info("model %r refused response_format %s; trying the next", model, answer.name)
+        raise AssertionError("the last candidate format always returns or raises")
+
+    async def _complete(self, model: str, body: dict[str, Any]) -> str:
         call = self._telemetry.start("chat", model, body["messages"], stream=False)
         try:
             once = functools.partial(self._complete_once, call, body)
@@ -231,6 +253,8 @@ class OpenAIChatModel:
         choice = response.choices[0] if response.choices else None
         text = (choice.message.content or "") if choice else ""
         usage = response.usage
+        if usage:  # charged to the thread a summary or extraction job works for
+            record(Usage(usage.prompt_tokens, usage.completion_tokens))
         call.chunk(
             text=text,
             model=response.model,

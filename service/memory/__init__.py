@@ -1,9 +1,11 @@
 """Long-term memory of assistants.
 
-- ``domain.py``: recall before a reply, episodic writes, fact extraction
-  jobs and the MemoryService use cases, built on the port in ``ports.py``;
-- ``extraction.py``: how the model's proposed facts are extracted and
-  settled against the memories already stored;
+- ``domain.py``: what a reply uses (recall, episodic writes, forgetting),
+  built on the port in ``ports.py``; ``learning.py``: the fact-extraction
+  job over ``extraction.py`` (how the model's proposed facts are extracted
+  and settled against the memories already stored); ``history.py``: the
+  versions a change keeps; ``memories.py``: the MemoryService use cases,
+  with the filter of ``filters.py``;
 - ``index.py``: the port over Chroma, searched by hybrid dense + BM25
   ranking (``ranking.py``, pure) over this process's caches
   (``_cache.py``); ``collection.py`` (an assistant's collection, its model

@@ -8,7 +8,10 @@ sparse index outside Chroma Cloud ("Sparse vector indexing is not enabled
 in local", embedded and ``chroma run`` alike). So each process keeps, per
 collection it searches, the vectors (``dense.VectorSet``, exact cosine by
 one matrix product) and a BM25 index (``lexical.BM25Index``), both with the
-user id of each memory as its scope.
+scope of each memory (its user id, marked when invalidated:
+``_codec.cache_scope``), and what a filter looks at of each
+(``filters.filter_keys``), so a filtered search ranks the matching memories
+alone.
 
 Freshness across replicas. A process applies its own writes to its cache
 (``apply``). Every write bumps the collection's version (``VersionSource``;
@@ -40,10 +43,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from service.memory._codec import belongs, now_us, where, written_since
+from service.core.filtering import Filter
+from service.memory._codec import belongs, cache_scope, now_us, where, written_since
 from service.memory.chroma import Collection, call, with_embeddings
 from service.memory.dense import VectorSet
 from service.memory.embeddings import Vectors
+from service.memory.filters import filter_keys, matches
 from service.memory.lexical import BM25Index, LexicalHit
 from service.memory.ranking import Candidates, SearchTuning
 
@@ -71,17 +76,21 @@ class CollectionCache:
     built: float  # monotonic time of the last full build
     refreshed_us: int  # wall clock (UTC microseconds) when the last build or refresh began
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # What a filter looks at of each memory, and its scope under "scope".
+    facets: dict[str, dict[str, object]] = field(default_factory=dict)
 
     def put(
         self, memory_id: str, meta: Mapping[str, object], text: str, vector: npt.ArrayLike
     ) -> None:
-        user_id = str(meta.get("user_id", ""))
-        self.lexical.add(memory_id, text, user_id, str(meta.get("context", "")))
-        self.vectors.add(memory_id, np.asarray(vector, dtype=np.float32), user_id)
+        scope = cache_scope(meta)
+        self.lexical.add(memory_id, text, scope, str(meta.get("context", "")))
+        self.vectors.add(memory_id, np.asarray(vector, dtype=np.float32), scope)
+        self.facets[memory_id] = filter_keys(meta) | {"scope": scope}
 
     def drop(self, memory_id: str) -> None:
         self.lexical.remove(memory_id)
         self.vectors.remove(memory_id)
+        self.facets.pop(memory_id, None)
 
     def __len__(self) -> int:
         return len(self.vectors)
@@ -106,7 +115,26 @@ class CollectionCache:
             bm25 = {h.doc_id: h for h in found}
             missing = [i for i in ids if i not in bm25]
             if missing:
-                bm25.update(self.lexical.score(query, missing))
+                bm25.update(self.lexical.score(query, missing, scopes))
+        return Candidates(dense, found, cosine, bm25)
+
+    def filtered(
+        self, query: str, vector: Vectors | None, scopes: list[str], where: Filter, n: int
+    ) -> Candidates:
+        """``candidates`` among the memories of those scopes that match the
+        filter only: both signals of each, the ``n`` best of each side."""
+        with self.lock:
+            ids = [
+                i
+                for i, facets in self.facets.items()
+                if facets["scope"] in scopes and matches(where, facets)
+            ]
+            cosine = self.vectors.cosine(vector, ids) if vector is not None else {}
+            bm25 = self.lexical.score(query, ids, scopes)
+        dense = sorted(cosine.items(), key=lambda p: (-p[1], p[0]))[:n]
+        found = sorted(
+            (h for h in bm25.values() if h.score > 0), key=lambda h: (-h.score, h.doc_id)
+        )[:n]
         return Candidates(dense, found, cosine, bm25)
 
 

@@ -5,7 +5,15 @@ A memory is one record: id = memory id, document = text, embedding = given
 by Loom, metadata = ``tenant``, ``assistant_id``, ``user_id``, ``kind``,
 ``source_thread_id``, ``source_message_id``, ``context``,
 ``create_us``/``update_us`` (UTC microseconds), ``write_us`` (when it was
-written) and the caller's metadata under ``m.<key>``.
+written), the version and its change (``version``, ``change``,
+``change_op``, ``change_thread``, ``change_message``), when set
+``invalidate_us``, ``superseded_by`` and ``supersedes``, and the caller's
+metadata under ``m.<key>``.
+
+Scopes. The search caches index each memory under a scope string: its
+user id ("" for assistant-wide), prefixed with ``INVALIDATED`` when it was
+invalidated, so a search sees (and ranks among) valid memories unless it
+asks for invalidated ones too (``cache_scope``, ``scopes_of``).
 """
 
 from __future__ import annotations
@@ -22,8 +30,11 @@ if TYPE_CHECKING:
     from chromadb.base_types import LiteralValue, LogicalOperator, WhereOperator
 
 __all__ = [
+    "INVALIDATED",
     "belongs",
+    "cache_scope",
     "created_us",
+    "in_scope",
     "now_us",
     "scopes_of",
     "to_metadata",
@@ -33,6 +44,8 @@ __all__ = [
 ]
 
 _META_PREFIX = "m."
+INVALIDATED = "\x00invalidated\x00"  # scope prefix; no user id holds a NUL
+_OPTIONAL = ("superseded_by", "supersedes")
 
 
 def now_us() -> int:
@@ -67,8 +80,20 @@ def to_metadata(record: MemoryRecord) -> dict[str, str | int]:
         source_thread_id=record.source_thread_id,
         source_message_id=record.source_message_id,
         context=record.context,
+        version=record.version,
+        change=record.change,
+        change_op=record.operation_id,
+        change_thread=record.change_thread_id,
+        change_message=record.change_message_id,
     )
-    for key, moment in (("create_us", record.create_time), ("update_us", record.update_time)):
+    for key in _OPTIONAL:
+        if value := getattr(record, key):
+            meta[key] = value
+    for key, moment in (
+        ("create_us", record.create_time),
+        ("update_us", record.update_time),
+        ("invalidate_us", record.invalidate_time),
+    ):
         micros = _micros(moment)
         if micros is not None:
             meta[key] = micros
@@ -97,13 +122,24 @@ def to_record(
             if key.startswith(_META_PREFIX)
         },
         context=str(meta.get("context", "")),
+        version=_int(meta.get("version"), 1),
+        change=str(meta.get("change", "created")),
+        operation_id=str(meta.get("change_op", "")),
+        change_thread_id=str(meta.get("change_thread", "")),
+        change_message_id=str(meta.get("change_message", "")),
+        invalidate_time=_moment(meta.get("invalidate_us")),
+        superseded_by=str(meta.get("superseded_by", "")),
+        supersedes=str(meta.get("supersedes", "")),
     )
+
+
+def _int(value: object, default: int) -> int:
+    return int(value) if isinstance(value, int | float) else default
 
 
 def created_us(meta: Mapping[str, object] | None) -> int:
     """A record's ``create_us`` (0 if it has none): what listings sort on."""
-    value = (meta or {}).get("create_us", 0)
-    return int(value) if isinstance(value, int | float) else 0
+    return _int((meta or {}).get("create_us"), 0)
 
 
 def where(tenant: str, assistant_id: str, **equal: str | None) -> Where:
@@ -120,10 +156,23 @@ def written_since(micros: int) -> Where:
     return {"write_us": at_least}
 
 
-def scopes_of(user_id: str) -> list[str]:
-    """The user ids a search in ``user_id``'s scope sees: theirs and the
-    assistant-wide "" (only "" for a search without a user)."""
-    return [""] if user_id == "" else [user_id, ""]
+def scopes_of(user_id: str, *, invalidated: bool = False) -> list[str]:
+    """The cache scopes a search in ``user_id``'s scope sees: theirs and the
+    assistant-wide "" (only "" for a search without a user), and with
+    ``invalidated`` their invalidated memories too."""
+    users = [""] if user_id == "" else [user_id, ""]
+    return users + [INVALIDATED + u for u in users] if invalidated else users
+
+
+def cache_scope(meta: Mapping[str, object]) -> str:
+    """The scope a record is cached under: its user id, marked when invalidated."""
+    user_id = str(meta.get("user_id", ""))
+    return INVALIDATED + user_id if "invalidate_us" in meta else user_id
+
+
+def in_scope(meta: Mapping[str, object], scopes: list[str]) -> bool:
+    """Whether Chroma's metadata of a record puts it in one of ``scopes``."""
+    return cache_scope(meta) in scopes
 
 
 def belongs(

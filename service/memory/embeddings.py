@@ -92,6 +92,9 @@ class Embedder(Protocol):
     async def embed(self, texts: Sequence[str]) -> Vectors:
         """One unit row per text, in order; an empty input gives (0, dim)."""
 
+    async def aclose(self) -> None:
+        """Release what the embedder holds (its thread, its connections)."""
+
 
 def _normalise(matrix: npt.NDArray[np.float32]) -> Vectors:
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
@@ -218,6 +221,10 @@ class OnnxMiniLM:
         """Stop the worker thread (pending calls finish first)."""
         self._executor.shutdown(wait=True)
 
+    async def aclose(self) -> None:
+        """``close`` without holding the event loop."""
+        await asyncio.to_thread(self.close)
+
     def _encode(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self._tokenizer.encode_batch(texts)]
 
@@ -282,6 +289,10 @@ class OpenAIEmbedder:
     @property
     def model_name(self) -> str:
         return f"openai:{self._model}"
+
+    async def aclose(self) -> None:
+        """Close the endpoint's connection pool."""
+        await self._client.close()
 
     @property
     def dim(self) -> int:

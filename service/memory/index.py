@@ -29,17 +29,19 @@ the Chroma server cannot be reached, ``ValueError`` for a bad argument
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TypedDict, Unpack
+from typing import TYPE_CHECKING, TypedDict, Unpack
 
 import numpy as np
 
+from service.core.filtering import Filter
 from service.memory import chroma, ranking
 from service.memory._cache import CollectionCache, SearchCaches, Write
 from service.memory._codec import (
     belongs,
     created_us,
+    in_scope,
     now_us,
     scopes_of,
     to_metadata,
@@ -48,8 +50,12 @@ from service.memory._codec import (
 )
 from service.memory.collection import Collections, collection_name
 from service.memory.embeddings import Embedder, Vectors
+from service.memory.filters import matches
 from service.memory.ports import MODES, MemoryHit, MemoryRecord, VersionSource
 from service.memory.ranking import Ranked, SearchTuning
+
+if TYPE_CHECKING:
+    from chromadb.api.types import Metadata
 
 __all__ = ["ChromaMemoryIndex", "IndexOptions", "open_index"]
 
@@ -155,7 +161,7 @@ class ChromaMemoryIndex:
             [r.memory_id for r in records],
             vectors,
             [r.text for r in records],
-            metadatas,
+            metadatas if existing is None else await self._replacing(existing, metadatas, records),
         )
         after = await self._collections.bump(tenant, assistant_id)
         puts: list[Write] = [
@@ -163,6 +169,29 @@ class ChromaMemoryIndex:
             for r, meta, vector in zip(records, metadatas, vectors, strict=True)
         ]
         await asyncio.to_thread(self._caches.apply, collection, before, after, puts, [])
+
+    async def _replacing(
+        self,
+        collection: chroma.Collection,
+        metadatas: list[dict[str, str | int]],
+        records: list[MemoryRecord],
+    ) -> list[Metadata]:
+        """The metadatas to write over records that may exist: Chroma merges
+        an upsert's metadata into the stored one, so each key a record no
+        longer has (a caller's key removed, an invalidation lifted) is
+        written as None, which removes it."""
+        old: dict[str, Mapping[str, object]] = {}
+        for start in range(0, len(records), chroma.BATCH):
+            found = await chroma.call(
+                collection.get,
+                ids=[r.memory_id for r in records[start : start + chroma.BATCH]],
+                include=["metadatas"],
+            )
+            old.update(zip(found["ids"], found["metadatas"] or [], strict=True))
+        return [
+            meta | {key: None for key in old.get(r.memory_id, {}) if key not in meta}
+            for r, meta in zip(records, metadatas, strict=True)
+        ]
 
     async def delete(self, tenant: str, assistant_id: str, memory_ids: Sequence[str]) -> int:
         collection = await self._collections.find(tenant, assistant_id)
@@ -221,28 +250,49 @@ class ChromaMemoryIndex:
     # -- reads ---------------------------------------------------------------
 
     async def get(self, tenant: str, assistant_id: str, memory_id: str) -> MemoryRecord | None:
+        return (await self.get_many(tenant, assistant_id, [memory_id])).get(memory_id)
+
+    async def get_many(
+        self, tenant: str, assistant_id: str, memory_ids: Sequence[str]
+    ) -> dict[str, MemoryRecord]:
         collection = await self._collections.find(tenant, assistant_id)
         if collection is None:
-            return None
-        found = await chroma.call(
-            collection.get, ids=[memory_id], include=["documents", "metadatas"]
-        )
-        for i, document, meta in chroma.entries(found):
-            if belongs(meta, tenant, assistant_id):
-                return to_record(i, document, meta)
-        return None
+            return {}
+        wanted = list(dict.fromkeys(memory_ids))
+        out: dict[str, MemoryRecord] = {}
+        for start in range(0, len(wanted), chroma.BATCH):
+            found = await chroma.call(
+                collection.get,
+                ids=wanted[start : start + chroma.BATCH],
+                include=["documents", "metadatas"],
+            )
+            out.update(
+                (i, to_record(i, d, m))
+                for i, d, m in chroma.entries(found)
+                if belongs(m, tenant, assistant_id)
+            )
+        return out
 
     async def list_records(
-        self, tenant: str, assistant_id: str, user_id: str | None, limit: int, offset: int
+        self,
+        tenant: str,
+        assistant_id: str,
+        user_id: str | None,
+        limit: int,
+        offset: int,
+        *,
+        include_invalidated: bool = False,
+        matching: Filter | None = None,
     ) -> list[MemoryRecord]:
         collection = await self._collections.find(tenant, assistant_id)
         if collection is None or limit <= 0:
             return []
-        matching = where(tenant, assistant_id, user_id=user_id)
-        found = await chroma.call(collection.get, where=matching, include=["metadatas"])
+        scoped = where(tenant, assistant_id, user_id=user_id)
+        found = await chroma.call(collection.get, where=scoped, include=["metadatas"])
         keyed = sorted(
             (created_us(meta), memory_id)
             for memory_id, meta in zip(found["ids"], found["metadatas"] or [], strict=True)
+            if (include_invalidated or "invalidate_us" not in meta) and matches(matching, meta)
         )
         page = [memory_id for _, memory_id in keyed[max(offset, 0) : max(offset, 0) + limit]]
         if not page:
@@ -261,6 +311,13 @@ class ChromaMemoryIndex:
             return 0
         return await chroma.call(collection.count)
 
+    async def memory_ids(self, tenant: str, assistant_id: str) -> list[str]:
+        collection = await self._collections.find(tenant, assistant_id)
+        if collection is None:
+            return []
+        found = await chroma.call(collection.get, where=where(tenant, assistant_id), include=[])
+        return list(found["ids"])
+
     async def nearest(
         self, tenant: str, assistant_id: str, user_id: str, text: str, k: int
     ) -> list[MemoryHit]:
@@ -275,7 +332,7 @@ class ChromaMemoryIndex:
 
         def run() -> list[MemoryHit]:
             ranked = ranking.by_dense(cache.nearest(vectors[0], [user_id], k))
-            return self._resolve(collection, tenant, assistant_id, [user_id], ranked, k)
+            return self._resolve(collection, tenant, assistant_id, [user_id], None, ranked, k)
 
         return await chroma.call(run)
 
@@ -289,6 +346,8 @@ class ChromaMemoryIndex:
         limit: int,
         min_score: float = 0.0,
         mode: str = "hybrid",
+        include_invalidated: bool = False,
+        matching: Filter | None = None,
     ) -> list[MemoryHit]:
         if mode not in MODES:
             raise ValueError(f"unknown search mode {mode!r}: use one of {', '.join(MODES)}")
@@ -307,15 +366,15 @@ class ChromaMemoryIndex:
         cache = await self._caches.get(
             collection, tenant, assistant_id, version, dim=self.embedder.dim
         )
-        scopes = scopes_of(user_id)
+        scopes = scopes_of(user_id, invalidated=include_invalidated)
         n = max(self.tuning.candidates, limit)
 
         def run() -> list[MemoryHit]:
             # Ranking and reading the winners from Chroma share one worker
             # thread: a hop less, which is a millisecond on a busy 2-core box.
-            ranked = self._rank(cache, query, vector, scopes, n, mode)
+            ranked = self._rank(cache, query, vector, scopes, n, mode, matching)
             ranked = [r for r in ranked if r.score >= min_score]
-            return self._resolve(collection, tenant, assistant_id, scopes, ranked, limit)
+            return self._resolve(collection, tenant, assistant_id, scopes, matching, ranked, limit)
 
         return await chroma.call(run)
 
@@ -327,8 +386,17 @@ class ChromaMemoryIndex:
         scopes: list[str],
         n: int,
         mode: str,
+        matching: Filter | None,
     ) -> list[Ranked]:
-        """Candidates of the mode's sides, each with every signal, best first."""
+        """Candidates of the mode's sides, each with every signal, best first;
+        with a filter, among the matching memories only."""
+        if matching:
+            found = cache.filtered(query, vector, scopes, matching, n)
+            if mode == "dense" and vector is not None:
+                return ranking.by_dense(found.dense)
+            if mode == "lexical" or vector is None:
+                return ranking.by_lexical(found.lexical)
+            return ranking.fuse(found, self.tuning)
         if mode == "dense" and vector is not None:
             return ranking.by_dense(cache.nearest(vector, scopes, n))
         if mode == "lexical" or vector is None:
@@ -341,12 +409,14 @@ class ChromaMemoryIndex:
         tenant: str,
         assistant_id: str,
         scopes: list[str],
+        matching: Filter | None,
         ranked: list[Ranked],
         limit: int,
     ) -> list[MemoryHit]:
         """The records of the best ``limit`` ranked ids, read from Chroma and
-        checked there: a memory deleted, moved to another scope or of another
-        tenant or assistant is skipped, whatever the cache said."""
+        checked there: a memory deleted, invalidated, moved to another scope,
+        no longer matching the filter, or of another tenant or assistant is
+        skipped, whatever the cache said."""
         hits: list[MemoryHit] = []
         seen: set[str] = set()
         step = max(2 * limit, 20)
@@ -358,7 +428,7 @@ class ChromaMemoryIndex:
             found = {
                 i: to_record(i, d, m)
                 for i, d, m in chroma.entries(rows)
-                if belongs(m, tenant, assistant_id) and str(m.get("user_id", "")) in scopes
+                if belongs(m, tenant, assistant_id) and in_scope(m, scopes) and matches(matching, m)
             }
             for r in chunk:
                 record = found.get(r.memory_id)

@@ -11,7 +11,10 @@ it is stale and rebuilds it).
 Analysis: lowercase, split on anything that is not a letter or digit, drop
 English stopwords, Snowball (Porter 2) stemming with PyStemmer. Scoring is
 Okapi BM25 with the Lucene idf ``ln(1 + (N - df + 0.5) / (df + 0.5))``, which
-is never negative. ``BM25Index.search`` also returns each score divided by the
+is never negative. The statistics (N, df, the average length) are those of
+the scopes a search may see, never of the whole index: a user's scores
+depend on that user's memories and the assistant-wide ones alone, so they
+cannot tell what another user said. ``BM25Index.search`` also returns each score divided by the
 highest score the query could reach (every query term, saturated), a number
 in [0, 1) that says how much of the query's information a memory matches and
 that can be compared across queries (the fused score and its floor use it).
@@ -222,7 +225,9 @@ class BM25Index:
 
     Each document has a ``scope`` string (Loom puts the memory's user id
     there, "" for assistant-wide memories); searches name the scopes they may
-    see and never return a document of another scope. A document may carry
+    see, never return a document of another scope, and score with the
+    statistics of those scopes only (each scope keeps its document count,
+    total length and document frequencies). A document may carry
     ``context``: words indexed with it at ``context_weight`` (a term found
     only in the context counts that fraction of an occurrence).
 
@@ -249,13 +254,16 @@ class BM25Index:
         self._alive = np.zeros(64, dtype=bool)
         self._scope = np.zeros(64, dtype=np.int32)
         self._scope_codes: dict[str, int] = {}
+        # Per scope code: live documents, their total length, and term id -> df.
+        self._scope_live: list[int] = []
+        self._scope_length: list[float] = []
+        self._scope_df: list[dict[int, int]] = []
         self._vocab: dict[str, int] = {}
         self._df: list[int] = []
         self._post_slots: list[list[int]] = []
         self._post_tfs: list[list[float]] = []
         self._post_cache: dict[int, tuple[npt.NDArray[np.int64], _F32]] = {}
         self._live = 0
-        self._total_length = 0.0
 
     def __len__(self) -> int:
         return self._live
@@ -274,6 +282,8 @@ class BM25Index:
         self._grow(slot + 1)
         self._ids.append(doc_id)
         self._slot_of[doc_id] = slot
+        code = self._scope_code(scope)
+        scope_df = self._scope_df[code]
         tfs: dict[int, float] = {}
         for term, tf in weighted.items():
             tid = self._vocab.get(term)
@@ -283,6 +293,7 @@ class BM25Index:
                 self._post_slots.append([])
                 self._post_tfs.append([])
             self._df[tid] += 1
+            scope_df[tid] = scope_df.get(tid, 0) + 1
             self._post_slots[tid].append(slot)
             self._post_tfs[tid].append(tf)
             self._post_cache.pop(tid, None)
@@ -291,9 +302,10 @@ class BM25Index:
         length = float(sum(weighted.values()))
         self._length[slot] = length
         self._alive[slot] = True
-        self._scope[slot] = self._scope_code(scope)
+        self._scope[slot] = code
         self._live += 1
-        self._total_length += length
+        self._scope_live[code] += 1
+        self._scope_length[code] += length
 
     def add_many(self, docs: Iterable[tuple[str, str, str, str]]) -> None:
         """``add`` for each (doc_id, text, scope, context)."""
@@ -305,12 +317,20 @@ class BM25Index:
         slot = self._slot_of.pop(doc_id, None)
         if slot is None:
             return False
+        code = int(self._scope[slot])
+        scope_df = self._scope_df[code]
         for tid in self._terms[slot]:
             self._df[tid] -= 1
+            left = scope_df[tid] - 1
+            if left:
+                scope_df[tid] = left
+            else:
+                del scope_df[tid]
         self._terms[slot] = {}
         self._alive[slot] = False
         self._live -= 1
-        self._total_length -= float(self._length[slot])
+        self._scope_live[code] -= 1
+        self._scope_length[code] -= float(self._length[slot])
         self._length[slot] = 0.0
         if len(self._ids) > 1024 and self._live * 2 < len(self._ids):
             self._compact()
@@ -318,11 +338,13 @@ class BM25Index:
 
     def search(self, query: str, scopes: Collection[str], limit: int) -> list[LexicalHit]:
         """The ``limit`` best documents of those ``scopes`` for ``query``,
-        best first; documents that match no query term are left out."""
-        scores, upper = self._scores(query)
+        best first, scored with those scopes' statistics; documents that
+        match no query term are left out."""
+        codes = self._codes(scopes)
+        scores, upper = self._scores(query, codes)
         if scores is None or limit <= 0:
             return []
-        scores *= self._mask(scopes)
+        scores *= np.isin(self._scope[: len(self._ids)], codes)
         found = int(np.count_nonzero(scores > 0))
         if found == 0:
             return []
@@ -335,24 +357,36 @@ class BM25Index:
             if scores[i] > 0
         ]
 
-    def score(self, query: str, doc_ids: Iterable[str]) -> dict[str, LexicalHit]:
-        """BM25 of ``query`` for those documents (0 when no term matches);
-        ids that are not indexed are left out."""
-        wanted = [(d, self._slot_of[d]) for d in doc_ids if d in self._slot_of]
-        scores, upper = self._scores(query)
+    def score(
+        self, query: str, doc_ids: Iterable[str], scopes: Collection[str]
+    ) -> dict[str, LexicalHit]:
+        """BM25 of ``query`` for those documents of those ``scopes``, with
+        the scopes' statistics (0 when no term matches); ids that are not
+        indexed, or of another scope, are left out."""
+        codes = self._codes(scopes)
+        allowed = set(codes.tolist())
+        wanted = [
+            (d, slot)
+            for d in doc_ids
+            if (slot := self._slot_of.get(d)) is not None and int(self._scope[slot]) in allowed
+        ]
+        scores, upper = self._scores(query, codes)
         if scores is None:
             return {d: LexicalHit(d, 0.0, 0.0) for d, _ in wanted}
         return {d: LexicalHit(d, float(scores[s]), float(scores[s]) / upper) for d, s in wanted}
 
     # -- internals -----------------------------------------------------------
 
-    def _scores(self, query: str) -> tuple[_F32 | None, float]:
-        """Scores of every slot (dead ones 0) and the query's upper bound."""
+    def _scores(self, query: str, codes: npt.NDArray[np.int32]) -> tuple[_F32 | None, float]:
+        """Scores of every slot (dead ones 0) under the statistics of the
+        scopes ``codes`` (slots of other scopes are scored too, for the
+        caller to mask), and the query's upper bound under them."""
         terms = set(self.analyzer.terms(query))
-        if not terms or self._live == 0:
+        scopes = [int(c) for c in codes]
+        n = sum(self._scope_live[c] for c in scopes)
+        if not terms or n == 0:
             return None, 1.0
-        n = self._live
-        avgdl = max(self._total_length / n, 1e-6)
+        avgdl = max(sum(self._scope_length[c] for c in scopes) / n, 1e-6)
         k1, b = self.k1, self.b
         size = len(self._ids)
         scores = np.zeros(size, dtype=np.float32)
@@ -360,7 +394,7 @@ class BM25Index:
         upper = 0.0
         for term in terms:
             tid = self._vocab.get(term)
-            df = self._df[tid] if tid is not None else 0
+            df = sum(self._scope_df[c].get(tid, 0) for c in scopes) if tid is not None else 0
             idf = math.log(1.0 + (n - df + 0.5) / (df + 0.5))
             upper += idf * (k1 + 1.0)
             if tid is None or df == 0:
@@ -380,17 +414,18 @@ class BM25Index:
             self._post_cache[tid] = cached
         return cached
 
-    def _mask(self, scopes: Collection[str]) -> npt.NDArray[np.bool_]:
-        size = len(self._ids)
-        codes = [self._scope_codes[s] for s in scopes if s in self._scope_codes]
-        if not codes:
-            return np.zeros(size, dtype=bool)
-        return np.isin(self._scope[:size], np.asarray(codes, dtype=np.int32))
+    def _codes(self, scopes: Collection[str]) -> npt.NDArray[np.int32]:
+        """The codes of those scopes that have ever held a document, once each."""
+        found = {self._scope_codes[s] for s in scopes if s in self._scope_codes}
+        return np.asarray(sorted(found), dtype=np.int32)
 
     def _scope_code(self, scope: str) -> int:
         code = self._scope_codes.get(scope)
         if code is None:
             code = self._scope_codes[scope] = len(self._scope_codes)
+            self._scope_live.append(0)
+            self._scope_length.append(0.0)
+            self._scope_df.append({})
         return code
 
     def _grow(self, size: int) -> None:

@@ -9,18 +9,45 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-__all__ = ["MODES", "MemoryHit", "MemoryIndex", "MemoryRecord", "VersionSource"]
+from service.core.filtering import Filter
+
+__all__ = [
+    "CHANGES",
+    "EPISODIC",
+    "FACT",
+    "MANUAL",
+    "MODES",
+    "MemoryHit",
+    "MemoryIndex",
+    "MemoryRecord",
+    "VersionSource",
+]
 
 MODES = ("hybrid", "dense", "lexical")  # a search's ``mode``: both signals, or one
+# What made a version of a memory (``MemoryRecord.change``).
+CHANGES = ("created", "updated", "invalidated", "restored")
+# Where a memory came from (``MemoryRecord.kind``): a user's message as
+# said, a fact the model extracted, or one written through MemoryService.
+EPISODIC = "episodic"
+FACT = "fact"
+MANUAL = "manual"
 
 
 @dataclass(frozen=True, slots=True)
 class MemoryRecord:
-    """One memory as stored.
+    """One memory as stored, in its current version.
 
     ``context`` is text indexed with the memory to help find it but never
     part of it (for an episodic message: the turns around it); search
     returns it on the record but callers inject ``text`` only.
+
+    History: ``version`` counts the changes (1 when created); ``change``
+    says what made this version (``CHANGES``), and ``operation_id``,
+    ``change_thread_id`` and ``change_message_id`` who (the extraction
+    operation, the thread and the message; empty for API calls). Earlier
+    versions are in the history store. An invalidated memory (a newer fact
+    contradicted or replaced it) has ``invalidate_time`` and, if a memory
+    replaced it, ``superseded_by``; searches and lists skip it unless asked.
     """
 
     memory_id: str
@@ -28,13 +55,21 @@ class MemoryRecord:
     assistant_id: str
     user_id: str  # "" = assistant-wide
     text: str
-    kind: str  # "episodic" or "fact"
+    kind: str  # EPISODIC, FACT or MANUAL
     source_thread_id: str = ""
     source_message_id: str = ""
     create_time: datetime | None = None
     update_time: datetime | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     context: str = ""
+    version: int = 1
+    change: str = "created"
+    operation_id: str = ""
+    change_thread_id: str = ""
+    change_message_id: str = ""
+    invalidate_time: datetime | None = None
+    superseded_by: str = ""
+    supersedes: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,11 +92,25 @@ class MemoryIndex(Protocol):
     async def get(self, tenant: str, assistant_id: str, memory_id: str) -> MemoryRecord | None:
         """The record, or None."""
 
+    async def get_many(
+        self, tenant: str, assistant_id: str, memory_ids: Sequence[str]
+    ) -> dict[str, MemoryRecord]:
+        """The records of those ids that exist, by id."""
+
     async def list_records(
-        self, tenant: str, assistant_id: str, user_id: str | None, limit: int, offset: int
+        self,
+        tenant: str,
+        assistant_id: str,
+        user_id: str | None,
+        limit: int,
+        offset: int,
+        *,
+        include_invalidated: bool = False,
+        matching: Filter | None = None,
     ) -> list[MemoryRecord]:
         """A page in (create_time, memory_id) order; user_id None = every
-        user, "" = assistant-wide only, else that user's only."""
+        user, "" = assistant-wide only, else that user's only; invalidated
+        memories only when asked; only those ``matching`` the filter."""
 
     async def delete(self, tenant: str, assistant_id: str, memory_ids: Sequence[str]) -> int:
         """Delete those records; how many existed."""
@@ -89,18 +138,25 @@ class MemoryIndex(Protocol):
         limit: int,
         min_score: float = 0.0,
         mode: str = "hybrid",
+        include_invalidated: bool = False,
+        matching: Filter | None = None,
     ) -> list[MemoryHit]:
         """The best ``limit`` memories of ``user_id`` and assistant-wide ones
         (only assistant-wide ones when user_id is "") scoring at least
-        ``min_score``, best first; ``mode`` is one of ``MODES``."""
+        ``min_score``, best first; ``mode`` is one of ``MODES``. Invalidated
+        memories only when asked; only those ``matching`` the filter."""
 
     async def nearest(
         self, tenant: str, assistant_id: str, user_id: str, text: str, k: int
     ) -> list[MemoryHit]:
-        """The ``k`` memories of exactly ``user_id`` nearest to ``text`` by cosine."""
+        """The ``k`` valid memories of exactly ``user_id`` nearest to
+        ``text`` by cosine."""
 
     async def count(self, tenant: str, assistant_id: str) -> int:
         """How many memories the assistant has."""
+
+    async def memory_ids(self, tenant: str, assistant_id: str) -> list[str]:
+        """The id of every memory of the assistant, invalidated ones too."""
 
 
 class VersionSource(Protocol):

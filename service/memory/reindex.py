@@ -1,29 +1,83 @@
 """Re-embedding assistants' memories after a change of embedding model
-(``python -m service memory reindex``), and finishing a reindex that
-stopped half-way."""
+(``python -m service memory reindex``), resuming one that was interrupted.
+
+An assistant's memories are re-embedded, by batches, into a copy of its
+collection named after the new model (``<name>-reindex-<8 hex>``), which
+then takes the old one's name. An interrupted run leaves the copy: the
+next run keeps what it holds unchanged (same text and metadata as the
+original), drops what the original no longer has, and embeds the rest;
+a run that stopped between dropping the original and renaming the copy
+is finished by ``assistants`` (the copy takes the name).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
-import secrets
+from collections.abc import Callable, Mapping
 
 from service.memory import chroma
 from service.memory._codec import now_us, to_metadata, to_record
 from service.memory.collection import COLLECTION_PREFIX, collection_name
 from service.memory.index import ChromaMemoryIndex
+from service.memory.ports import MemoryRecord
 
-__all__ = ["assistants", "reindex", "reindex_all"]
+__all__ = ["assistants", "reindex", "reindex_all", "stale_assistants"]
 
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(rf"{COLLECTION_PREFIX}[0-9a-f]{{40}}")
 _COPY = re.compile(rf"({COLLECTION_PREFIX}[0-9a-f]{{40}})-reindex-[0-9a-f]+")
+BATCH = 256  # memories embedded and written at once
+
+Advance = Callable[[int], None]
 
 
-async def reindex(index: ChromaMemoryIndex, tenant: str, assistant_id: str) -> int:
-    """Re-embed every memory of the assistant with ``index.embedder`` (into
-    a new collection that then takes the old one's name); returns how many.
+def _ignore(_: int) -> None:
+    return None
+
+
+def _copy_name(name: str, model: str) -> str:
+    return f"{name}-reindex-{hashlib.sha256(model.encode()).hexdigest()[:8]}"
+
+
+def _comparable(meta: Mapping[str, object] | None) -> dict[str, object]:
+    """Metadata as a copy is compared with its original (``write_us`` aside)."""
+    return {k: v for k, v in (meta or {}).items() if k != "write_us"}
+
+
+async def _left_to_embed(
+    copy: chroma.Collection, records: list[MemoryRecord]
+) -> list[MemoryRecord]:
+    """The records an earlier, interrupted run did not copy unchanged; what
+    the copy holds that the original no longer has is deleted from it."""
+    held = await chroma.call(copy.get, include=["documents", "metadatas"])
+    by_id = {r.memory_id: r for r in records}
+    done = {
+        i
+        for i, document, meta in chroma.entries(held)
+        if i in by_id
+        and document == by_id[i].text
+        and _comparable(meta) == _comparable(to_metadata(by_id[i]))
+    }
+    gone = [i for i in held["ids"] if i not in by_id]
+    for start in range(0, len(gone), chroma.BATCH):
+        await chroma.call(copy.delete, gone[start : start + chroma.BATCH])
+    return [r for r in records if r.memory_id not in done]
+
+
+async def reindex(
+    index: ChromaMemoryIndex,
+    tenant: str,
+    assistant_id: str,
+    *,
+    advance: Advance = _ignore,
+    batch: int = BATCH,
+) -> int:
+    """Re-embed every memory of the assistant with ``index.embedder``, by
+    batches of ``batch``; returns how many it holds. ``advance`` is told of
+    each batch done (and first of what an interrupted run had done).
     Writes made to the assistant meanwhile may be lost: run it while Loom's
     writers are stopped or idle.
 
@@ -37,29 +91,33 @@ async def reindex(index: ChromaMemoryIndex, tenant: str, assistant_id: str) -> i
     rows = await chroma.call(old.get, include=["documents", "metadatas"])
     records = [to_record(i, d, m) for i, d, m in chroma.entries(rows)]
     meta = dict(old.metadata or {})
-    meta.update(
-        embedding_model=index.embedder.model_name,
-        loom_version=int(meta.get("loom_version", 0)) + 1,
+    model = index.embedder.model_name
+    meta.update(embedding_model=model, loom_version=int(meta.get("loom_version", 0)) + 1)
+    if index.embedder.dim:
+        meta["embedding_dim"] = index.embedder.dim
+    copy = await chroma.call(
+        chroma.create, index.client, _copy_name(name, model), meta, exist_ok=True
     )
-    vectors = await index.embed(records)
-    if records:
-        meta["embedding_dim"] = int(vectors.shape[1])
-    temp = f"{name}-reindex-{secrets.token_hex(4)}"
-    fresh = await chroma.call(chroma.create, index.client, temp, meta)
-    written = now_us()
-    await chroma.upsert(
-        fresh,
-        [r.memory_id for r in records],
-        vectors,
-        [r.text for r in records],
-        [to_metadata(r) | {"write_us": written} for r in records],
-    )
+    todo = await _left_to_embed(copy, records)
+    advance(len(records) - len(todo))
+    for start in range(0, len(todo), batch):
+        part = todo[start : start + batch]
+        vectors = await index.embed(part)
+        written = now_us()
+        await chroma.upsert(
+            copy,
+            [r.memory_id for r in part],
+            vectors,
+            [r.text for r in part],
+            [to_metadata(r) | {"write_us": written} for r in part],
+        )
+        advance(len(part))
     index.forget(tenant, assistant_id)
     await chroma.call(index.client.delete_collection, name)
-    await chroma.call(fresh.modify, name=name)
+    await chroma.call(copy.modify, name=name)
     if index.versions is not None:
         await index.versions.bump(tenant, assistant_id)
-    log.info("re-embedded %d memories of %s with %s", len(records), name, meta["embedding_model"])
+    log.info("re-embedded %d memories of %s with %s", len(records), name, model)
     return len(records)
 
 
@@ -91,12 +149,25 @@ async def assistants(index: ChromaMemoryIndex) -> list[tuple[str, str, str]]:
     return out
 
 
-async def reindex_all(index: ChromaMemoryIndex, *, force: bool = False) -> int:
-    """Re-embed every assistant whose memories were embedded with another
-    model than ``index.embedder`` (all of them with ``force``); returns how
-    many memories were re-embedded."""
-    total = 0
+async def stale_assistants(
+    index: ChromaMemoryIndex, *, force: bool = False
+) -> list[tuple[str, str, int]]:
+    """(tenant, assistant_id, memories) of every assistant whose memories
+    were embedded with another model than ``index.embedder`` (all of them
+    with ``force``)."""
+    out = []
     for tenant, assistant_id, model in await assistants(index):
         if force or model != index.embedder.model_name:
-            total += await reindex(index, tenant, assistant_id)
+            out.append((tenant, assistant_id, await index.count(tenant, assistant_id)))
+    return out
+
+
+async def reindex_all(
+    index: ChromaMemoryIndex, *, force: bool = False, advance: Advance = _ignore
+) -> int:
+    """Re-embed every assistant ``stale_assistants`` names; returns how
+    many memories were re-embedded."""
+    total = 0
+    for tenant, assistant_id, _ in await stale_assistants(index, force=force):
+        total += await reindex(index, tenant, assistant_id, advance=advance)
     return total

@@ -5,11 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pymongo import DESCENDING, ReturnDocument
+from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
 from service.core.models import Assistant, ContextStrategy, MemoryMode, ToolSpec
+from service.store.order import NEWEST_FIRST, older_than
+from service.store.scoped import key, object_id
 from service.store.tooldocs import tool_doc, tool_from_doc
 
 __all__ = ["MongoAssistantStore"]
@@ -20,7 +22,7 @@ _LIVE = {"deleting": {"$ne": True}}
 
 def _to_doc(a: Assistant) -> Doc:
     return {
-        "_id": a.assistant_id,
+        "_id": key(a.tenant, a.assistant_id),
         "tenant": a.tenant,
         "name": a.name,
         "instructions": a.instructions,
@@ -33,6 +35,7 @@ def _to_doc(a: Assistant) -> Doc:
         "context_strategy": a.context_strategy.value,
         "tools": _tools_doc(a.tools),
         "memory_from_tool_outputs": a.memory_from_tool_outputs,
+        "shared_memory_writes": a.shared_memory_writes,
     }
 
 
@@ -42,7 +45,7 @@ def _tools_doc(tools: list[ToolSpec]) -> list[Doc]:
 
 def _from_doc(d: Doc) -> Assistant:
     return Assistant(
-        assistant_id=d["_id"],
+        assistant_id=object_id(d["_id"]),
         tenant=d["tenant"],
         name=d.get("name", ""),
         instructions=d.get("instructions", ""),
@@ -57,11 +60,13 @@ def _from_doc(d: Doc) -> Assistant:
         ),
         tools=[tool_from_doc(t) for t in d.get("tools") or ()],
         memory_from_tool_outputs=bool(d.get("memory_from_tool_outputs", False)),
+        shared_memory_writes=bool(d.get("shared_memory_writes", False)),
     )
 
 
 class MongoAssistantStore:
-    """``AssistantStore`` over one collection."""
+    """``AssistantStore`` over one collection, keyed by tenant and id
+    (``scoped.py``)."""
 
     def __init__(self, collection: AsyncCollection[Doc], defaults: AsyncCollection[Doc]) -> None:
         self._c = collection
@@ -73,9 +78,8 @@ class MongoAssistantStore:
         await self._c.insert_one(_to_doc(assistant))
 
     async def get(self, tenant: str, assistant_id: str) -> Assistant | None:
-        # By _id alone, tenant checked here: see MongoThreadStore.
-        doc = await self._c.find_one({"_id": assistant_id})
-        if doc is None or doc.get("tenant") != tenant or doc.get("deleting"):
+        doc = await self._c.find_one({"_id": key(tenant, assistant_id)})
+        if doc is None or doc.get("deleting"):
             return None
         return _from_doc(doc)
 
@@ -120,11 +124,12 @@ class MongoAssistantStore:
                 return str(first["assistant_id"])
         return candidate
 
-    async def find_page(self, tenant: str, limit: int, after: str | None) -> list[Assistant]:
-        query: Doc = {"tenant": tenant, **_LIVE}
-        if after is not None:
-            query["_id"] = {"$lt": after}
-        cursor = self._c.find(query).sort("_id", DESCENDING).limit(limit)
+    async def find_page(
+        self, tenant: str, limit: int, after: tuple[datetime, str] | None
+    ) -> list[Assistant]:
+        last = key(tenant, after[1]) if after else ""
+        query: Doc = {"tenant": tenant, **_LIVE} | older_than(after, last)
+        cursor = self._c.find(query).sort(NEWEST_FIRST).limit(limit)
         return [_from_doc(d) async for d in cursor]
 
     async def update(
@@ -138,7 +143,7 @@ class MongoAssistantStore:
             values["tools"] = _tools_doc(changes["tools"])  # type: ignore[arg-type]
         values["update_time"] = now
         doc = await self._c.find_one_and_update(
-            {"_id": assistant_id, "tenant": tenant, **_LIVE},
+            {"_id": key(tenant, assistant_id), **_LIVE},
             {"$set": values},
             return_document=ReturnDocument.AFTER,
         )
@@ -146,13 +151,13 @@ class MongoAssistantStore:
 
     async def mark_deleting(self, tenant: str, assistant_id: str) -> bool:
         result = await self._c.update_one(
-            {"_id": assistant_id, "tenant": tenant, **_LIVE}, {"$set": {"deleting": True}}
+            {"_id": key(tenant, assistant_id), **_LIVE}, {"$set": {"deleting": True}}
         )
         return result.matched_count == 1
 
     async def delete(self, tenant: str, assistant_id: str) -> None:
-        await self._c.delete_one({"_id": assistant_id, "tenant": tenant})
+        await self._c.delete_one({"_id": key(tenant, assistant_id)})
 
     async def pending_deletes(self) -> list[tuple[str, str]]:
         cursor = self._c.find({"deleting": True}, {"tenant": 1})
-        return [(d["tenant"], d["_id"]) async for d in cursor]
+        return [(d["tenant"], object_id(d["_id"])) async for d in cursor]

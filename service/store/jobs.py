@@ -11,6 +11,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
 from service.core.ports import Job, JobState
+from service.store.scoped import key, object_id
 
 __all__ = ["MongoJobStore"]
 
@@ -20,7 +21,7 @@ _OPEN = [JobState.PENDING.value, JobState.RUNNING.value]
 
 def _to_doc(job: Job) -> Doc:
     return {
-        "_id": job.job_id,
+        "_id": key(job.tenant, job.job_id),
         "kind": job.kind,
         "tenant": job.tenant,
         "payload": job.payload,
@@ -40,7 +41,7 @@ def _to_doc(job: Job) -> Doc:
 
 def _from_doc(d: Doc) -> Job:
     return Job(
-        job_id=d["_id"],
+        job_id=object_id(d["_id"]),
         kind=d["kind"],
         tenant=d["tenant"],
         payload=dict(d.get("payload") or {}),
@@ -59,10 +60,10 @@ def _from_doc(d: Doc) -> Job:
 
 
 class MongoJobStore:
-    """``JobStore`` over one collection. Claiming a job is not done here: the
-    runner takes a lease named after the job (a unique insert), which is
-    atomic on MongoDB and FerretDB alike; ``save`` only fences a runner that
-    lost that lease."""
+    """``JobStore`` over one collection, keyed by tenant and job id
+    (``scoped.py``). Claiming a job is not done here: the runner takes a
+    lease named after the job (a unique insert), which is atomic on MongoDB
+    and FerretDB alike; ``save`` only fences a runner that lost that lease."""
 
     def __init__(self, collection: AsyncCollection[Doc]) -> None:
         self._c = collection
@@ -75,15 +76,13 @@ class MongoJobStore:
         return True
 
     async def get(self, tenant: str, job_id: str) -> Job | None:
-        doc = await self._c.find_one({"_id": job_id})
-        if doc is None or doc.get("tenant") != tenant:
-            return None
-        return _from_doc(doc)
+        doc = await self._c.find_one({"_id": key(tenant, job_id)})
+        return _from_doc(doc) if doc else None
 
     async def save(self, job: Job, *, claim: bool = False) -> bool:
         doc = _to_doc(job)
-        doc.pop("_id")
-        query: Doc = {"_id": job.job_id} if claim else {"_id": job.job_id, "owner": job.owner}
+        stored = doc.pop("_id")
+        query: Doc = {"_id": stored} if claim else {"_id": stored, "owner": job.owner}
         result = await self._c.update_one(query, {"$set": doc})
         return result.matched_count == 1
 
@@ -112,9 +111,9 @@ class MongoJobStore:
         cursor = self._c.find(query).sort("update_time", DESCENDING).limit(limit)
         return [_from_doc(d) async for d in cursor]
 
-    async def requeue(self, job_id: str, now: datetime) -> bool:
+    async def requeue(self, tenant: str, job_id: str, now: datetime) -> bool:
         result = await self._c.update_one(
-            {"_id": job_id, "state": JobState.FAILED.value},
+            {"_id": key(tenant, job_id), "state": JobState.FAILED.value},
             {
                 "$set": {
                     "state": JobState.PENDING.value,

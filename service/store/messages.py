@@ -10,6 +10,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from service.core.models import MemoryMode, Message, MessageStatus, Role, ToolCall, Usage
+from service.store.scoped import key, object_id
 
 __all__ = ["MongoMessageStore", "to_doc"]
 
@@ -20,7 +21,7 @@ _MAX_APPEND_ATTEMPTS = 64
 def to_doc(m: Message) -> Doc:
     """The stored document of ``m``."""
     return {
-        "_id": m.message_id,
+        "_id": key(m.tenant, m.message_id),
         "tenant": m.tenant,
         "thread_id": m.thread_id,
         "role": m.role.value,
@@ -54,7 +55,7 @@ def _usage_doc(usage: Usage | None) -> Doc | None:
 def _from_doc(d: Doc) -> Message:
     usage = d.get("usage")
     return Message(
-        message_id=d["_id"],
+        message_id=object_id(d["_id"]),
         tenant=d["tenant"],
         thread_id=d["thread_id"],
         role=Role(d["role"]),
@@ -79,10 +80,10 @@ def _from_doc(d: Doc) -> Message:
 class MongoMessageStore:
     """``MessageStore`` over the messages collection.
 
-    One message is read and written by ``_id`` alone (the tenant is checked
-    in code), which MongoDB serves from the primary key and FerretDB 1.x
-    pushes down to SQLite; listing a thread uses the (thread_id, sequence)
-    index on MongoDB.
+    One message is read and written by ``_id`` alone, which holds the
+    tenant (``scoped.py``) and which MongoDB serves from the primary key and
+    FerretDB 1.x pushes down to SQLite; listing a thread uses the
+    (thread_id, sequence) index on MongoDB.
     """
 
     def __init__(self, collection: AsyncCollection[Doc]) -> None:
@@ -102,7 +103,7 @@ class MongoMessageStore:
                 await self._c.insert_one(to_doc(message))
                 return message
             except DuplicateKeyError:
-                mine = await self._c.find_one({"_id": message.message_id})
+                mine = await self._c.find_one({"_id": key(message.tenant, message.message_id)})
                 if mine is not None:  # a retried insert that had in fact landed
                     message.sequence = int(mine["sequence"])
                     return message
@@ -126,13 +127,12 @@ class MongoMessageStore:
         return messages
 
     async def get(self, tenant: str, message_id: str) -> Message | None:
-        doc = await self._c.find_one({"_id": message_id})
-        if doc is None or doc.get("tenant") != tenant:
-            return None
-        return _from_doc(doc)
+        doc = await self._c.find_one({"_id": key(tenant, message_id)})
+        return _from_doc(doc) if doc else None
 
     async def finish(
         self,
+        tenant: str,
         message_id: str,
         *,
         content: str,
@@ -142,7 +142,7 @@ class MongoMessageStore:
         tool_calls: Sequence[ToolCall] = (),
     ) -> Message | None:
         doc = await self._c.find_one_and_update(
-            {"_id": message_id},
+            {"_id": key(tenant, message_id)},
             {
                 "$set": {
                     "content": content,
@@ -156,25 +156,36 @@ class MongoMessageStore:
         )
         return _from_doc(doc) if doc else None
 
-    async def save_progress(self, message_id: str, content: str) -> None:
-        await self._c.update_one({"_id": message_id}, {"$set": {"content": content}})
+    async def save_progress(self, tenant: str, message_id: str, content: str) -> None:
+        await self._c.update_one({"_id": key(tenant, message_id)}, {"$set": {"content": content}})
 
     async def restart(self, tenant: str, message_id: str, model: str) -> bool:
         current = await self.get(tenant, message_id)
         if current is None or current.status is not MessageStatus.FAILED or current.content:
             return False
         await self._c.update_one(
-            {"_id": message_id},
+            {"_id": key(tenant, message_id)},
             {"$set": {"status": MessageStatus.IN_PROGRESS.value, "model": model, "error": ""}},
         )
         return True
 
     async def find_page(
-        self, tenant: str, thread_id: str, limit: int, after: int | None, descending: bool
+        self,
+        tenant: str,
+        thread_id: str,
+        limit: int,
+        after: int | None,
+        descending: bool,
+        before: int | None = None,
     ) -> list[Message]:
         query: Doc = {"thread_id": thread_id, "tenant": tenant}
+        bounds: Doc = {}
         if after is not None:
-            query["sequence"] = {"$lt" if descending else "$gt": after}
+            bounds["$lt" if descending else "$gt"] = after
+        if before is not None:
+            bounds["$lt"] = min(before, bounds.get("$lt", before))
+        if bounds:
+            query["sequence"] = bounds
         order = DESCENDING if descending else ASCENDING
         cursor = self._c.find(query).sort("sequence", order).limit(limit)
         return [_from_doc(d) async for d in cursor]
@@ -184,6 +195,12 @@ class MongoMessageStore:
             {"thread_id": thread_id, "tenant": tenant, "sequence": {"$lt": before}}
         ).sort("sequence", ASCENDING)
         return [_from_doc(d) async for d in cursor]
+
+    async def delete_from(self, tenant: str, thread_id: str, sequence: int) -> int:
+        result = await self._c.delete_many(
+            {"thread_id": thread_id, "tenant": tenant, "sequence": {"$gte": sequence}}
+        )
+        return result.deleted_count
 
     async def delete_thread(self, tenant: str, thread_id: str) -> int:
         result = await self._c.delete_many({"thread_id": thread_id, "tenant": tenant})

@@ -13,7 +13,9 @@ from service.store.assistants import MongoAssistantStore
 from service.store.jobs import MongoJobStore
 from service.store.keys import MongoApiKeyStore
 from service.store.leases import MongoLeaseStore
+from service.store.memory_history import MongoMemoryHistory
 from service.store.messages import MongoMessageStore
+from service.store.migrate import scope_keys
 from service.store.requests import MongoRequestStore
 from service.store.threads import MongoThreadStore
 from service.store.versions import MongoMemoryVersions
@@ -23,17 +25,20 @@ __all__ = ["MongoStore", "connect"]
 Doc = dict[str, object]
 
 # Every query the store issues, by the index that serves it. A read or write
-# of one document filters on _id (each collection's primary key) and is not
-# listed. On MongoDB each index serves its equality fields and then its sort.
-# FerretDB over PostgreSQL pushes the equality filters down and serves them
-# from the GIN twin scripts/postgres-gin-twins.sql gives each index, then
-# sorts in memory: the sort part (after the equality fields) is used by
-# MongoDB only. FerretDB over SQLite pushes down nothing but a lone _id: it
-# uses these indexes only to enforce the unique ones.
+# of one document filters on _id (each collection's primary key, which holds
+# the tenant: store/scoped.py) and is not listed. On MongoDB each index
+# serves its equality fields and then its sort. FerretDB over PostgreSQL
+# pushes the equality filters down and serves them from the GIN twin
+# scripts/postgres-gin-twins.sql gives each index, then sorts in memory: the
+# sort part (after the equality fields) is used by MongoDB only. FerretDB
+# over SQLite pushes down nothing but a lone _id: it uses these indexes only
+# to enforce the unique ones.
+# Lists are newest first by (create_time, _id): ids are random (core/ids.py).
+_NEWEST = [("create_time", DESCENDING), ("_id", DESCENDING)]
 _INDEXES: dict[str, list[IndexModel]] = {
     "assistants": [
         # ListAssistants: {tenant, deleting $ne} newest first.
-        IndexModel([("tenant", ASCENDING), ("_id", DESCENDING)], name="tenant_id"),
+        IndexModel([("tenant", ASCENDING), *_NEWEST], name="tenant_created"),
         # Deletions a crash interrupted, finished at start: {deleting: true}.
         IndexModel([("deleting", ASCENDING)], name="deleting"),
     ],
@@ -41,17 +46,25 @@ _INDEXES: dict[str, list[IndexModel]] = {
         # ListThreads: {tenant, deleting $ne} and any of assistant_id and
         # user_id, newest first (with both, the user's index: a user has few
         # threads); and a deleted assistant's threads {tenant, assistant_id}.
-        IndexModel([("tenant", ASCENDING), ("_id", DESCENDING)], name="tenant_id"),
+        IndexModel([("tenant", ASCENDING), *_NEWEST], name="tenant_created"),
         IndexModel(
-            [("tenant", ASCENDING), ("assistant_id", ASCENDING), ("_id", DESCENDING)],
-            name="tenant_assistant_id",
+            [("tenant", ASCENDING), ("assistant_id", ASCENDING), *_NEWEST],
+            name="tenant_assistant_created",
         ),
         IndexModel(
-            [("tenant", ASCENDING), ("user_id", ASCENDING), ("_id", DESCENDING)],
-            name="tenant_user_id",
+            [("tenant", ASCENDING), ("user_id", ASCENDING), *_NEWEST],
+            name="tenant_user_created",
         ),
+        # ListThreads' update_time ranges. Metadata filters have no index: any
+        # key may be asked for, and wildcard indexes are MongoDB-only; they
+        # narrow what the other clauses and the tenant select.
+        IndexModel([("tenant", ASCENDING), ("update_time", DESCENDING)], name="tenant_update_time"),
         # Deletions a crash interrupted, finished at start: {deleting: true}.
         IndexModel([("deleting", ASCENDING)], name="deleting"),
+    ],
+    "thread_usage": [
+        # Usage totals of a page of threads: {tenant, _id $in}.
+        IndexModel([("tenant", ASCENDING)], name="tenant"),
     ],
     "messages": [
         # ListMessages, a prompt's history and a thread's deletion:
@@ -71,6 +84,15 @@ _INDEXES: dict[str, list[IndexModel]] = {
         # {state} for each open state.
         IndexModel([("state", ASCENDING), ("next_run_time", ASCENDING)], name="due"),
     ],
+    "memory_history": [
+        # Forgetting a thread's memories: {tenant, assistant_id,
+        # source_thread_id}; an assistant's: {tenant, assistant_id}. A
+        # memory's own history is read and deleted by _id.
+        IndexModel(
+            [("tenant", ASCENDING), ("assistant_id", ASCENDING), ("source_thread_id", ASCENDING)],
+            name="tenant_assistant_thread",
+        )
+    ],
 }
 
 
@@ -88,6 +110,12 @@ class MongoStore:
     keys: MongoApiKeyStore
     jobs: MongoJobStore
     memory_versions: MongoMemoryVersions
+    memory_history: MongoMemoryHistory
+
+    async def migrate(self) -> int:
+        """Bring documents stored by earlier versions to today's shape (keys
+        scoped by tenant: ``migrate.scope_keys``); return how many moved."""
+        return await scope_keys(self.db)
 
     async def ensure_indexes(self) -> None:
         """Create the indexes (idempotent)."""
@@ -143,11 +171,12 @@ def connect(
         client=client,
         db=db,
         assistants=MongoAssistantStore(db["assistants"], db["default_assistants"]),
-        threads=MongoThreadStore(db["threads"]),
+        threads=MongoThreadStore(db["threads"], db["thread_usage"]),
         leases=MongoLeaseStore(db["leases"]),
         messages=MongoMessageStore(db["messages"]),
         requests=MongoRequestStore(db["requests"]),
         keys=MongoApiKeyStore(db["api_keys"], db["tenants"]),
         jobs=MongoJobStore(db["jobs"]),
         memory_versions=MongoMemoryVersions(db["memory_versions"]),
+        memory_history=MongoMemoryHistory(db["memory_history"]),
     )

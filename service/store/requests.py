@@ -9,14 +9,11 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
 from service.core.ports import RequestRecord
+from service.store.scoped import key
 
 __all__ = ["MongoRequestStore"]
 
 Doc = dict[str, Any]
-
-
-def _key(tenant: str, request_id: str) -> str:
-    return f"{tenant}\x1f{request_id}"
 
 
 def _from_doc(d: Doc) -> RequestRecord:
@@ -45,14 +42,14 @@ class MongoRequestStore:
         try:
             await self._c.insert_one(
                 {
-                    "_id": _key(tenant, request_id),
+                    "_id": key(tenant, request_id),
                     "tenant": tenant,
                     "fingerprint": fingerprint,
                     "create_time": now,
                 }
             )
         except DuplicateKeyError:
-            doc = await self._c.find_one({"_id": _key(tenant, request_id)})
+            doc = await self._c.find_one({"_id": key(tenant, request_id)})
             if doc is not None:
                 return _from_doc(doc)
             return await self.claim(tenant, request_id, fingerprint, now)
@@ -61,7 +58,7 @@ class MongoRequestStore:
     async def take_over(self, tenant: str, request_id: str, stale: datetime, now: datetime) -> bool:
         result = await self._c.update_one(
             {
-                "_id": _key(tenant, request_id),
+                "_id": key(tenant, request_id),
                 "create_time": stale,
                 "assistant_message_id": {"$exists": False},
             },
@@ -71,7 +68,7 @@ class MongoRequestStore:
 
     async def bind(self, tenant: str, request_id: str, record: RequestRecord) -> None:
         await self._c.update_one(
-            {"_id": _key(tenant, request_id)},
+            {"_id": key(tenant, request_id)},
             {
                 "$set": {
                     "thread_id": record.thread_id,
@@ -86,5 +83,5 @@ class MongoRequestStore:
 
     async def release(self, tenant: str, request_id: str) -> None:
         await self._c.delete_one(
-            {"_id": _key(tenant, request_id), "assistant_message_id": {"$exists": False}}
+            {"_id": key(tenant, request_id), "assistant_message_id": {"$exists": False}}
         )

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from pymongo import DESCENDING
+from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 
+from service.core.clock import now
+from service.core.filters import Clause
 from service.core.models import (
     ContextEntry,
     MessageStatus,
@@ -17,9 +19,13 @@ from service.core.models import (
     Role,
     Summary,
     Thread,
+    ThreadOrigin,
     ToolCall,
+    Usage,
 )
 from service.core.ports import PendingThreadDelete
+from service.store.order import NEWEST_FIRST, older_than
+from service.store.scoped import key, object_id
 from service.store.tooldocs import tool_doc, tool_from_doc
 
 __all__ = ["MongoThreadStore", "to_doc"]
@@ -41,6 +47,7 @@ def _context_blob(entries: Sequence[ContextEntry]) -> str:
                 e.tokens,
                 [[c.tool_call_id, c.name, c.arguments] for c in e.tool_calls],
                 e.tool_call_id,
+                _millis(e.create_time),
             ]
             for e in entries
         ],
@@ -60,9 +67,14 @@ def _context_from_blob(blob: str | None) -> list[ContextEntry]:
             int(e[4]),
             tuple(ToolCall(*c) for c in e[5]) if len(e) > 5 else (),
             e[6] if len(e) > 6 else "",
+            datetime.fromtimestamp(e[7] / 1000, UTC) if len(e) > 7 and e[7] is not None else None,
         )
         for e in json.loads(blob)
     ]
+
+
+def _millis(t: datetime | None) -> int | None:
+    return None if t is None else round(t.timestamp() * 1000)
 
 
 def _run_doc(run: PendingRun | None) -> Doc | None:
@@ -104,16 +116,43 @@ _ROLES = {r.value: r for r in Role}
 _STATUSES = {s.value: s for s in MessageStatus}
 
 
+def _usage_inc(usage: Usage) -> Doc:
+    # A $inc is atomic on MongoDB only: FerretDB 1.x reads and rewrites the
+    # document, losing concurrent updates, so each counter has one writer at
+    # a time (the thread's lease holder, or the usage lease of its jobs).
+    return {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens}
+
+
 def _summary_doc(s: Summary | None) -> Doc | None:
     if s is None:
         return None
     return {"text": s.text, "through": s.through_sequence, "model": s.model, "time": s.update_time}
 
 
+_OPERATORS = {"=": "$eq", ">": "$gt", ">=": "$gte", "<": "$lt", "<=": "$lte"}
+
+
+def _clause_query(clause: Clause) -> Doc:
+    """One filter clause as a query on the threads collection (metadata keys
+    by dot notation, which MongoDB and FerretDB both read)."""
+    return {clause.field: {_OPERATORS[clause.op]: clause.value}}
+
+
+def _unexpired(t: datetime) -> Doc:
+    """Threads not expired at ``t`` (one clause of an ``$and``, beside any
+    other ``$or`` a query has)."""
+    return {"$or": [{"expire_time": None}, {"expire_time": {"$gt": t}}]}
+
+
+def _hidden(d: Doc) -> bool:
+    expire = d.get("expire_time")
+    return bool(d.get("deleting")) or (expire is not None and expire <= now())
+
+
 def to_doc(t: Thread) -> Doc:
     """The stored document of ``t``, its cached context included."""
     return {
-        "_id": t.thread_id,
+        "_id": key(t.tenant, t.thread_id),
         "tenant": t.tenant,
         "assistant_id": t.assistant_id,
         "user_id": t.user_id,
@@ -124,12 +163,18 @@ def to_doc(t: Thread) -> Doc:
         "context": _context_blob(t.context) if t.context else "",
         "summary": _summary_doc(t.summary),
         "run": _run_doc(t.run),
+        "expire_time": t.expire_time,
+        "expire_memories": t.expire_memories,
+        "forked_from": {"thread_id": origin.thread_id, "through": origin.through_sequence}
+        if (origin := t.forked_from)
+        else None,
     }
 
 
 def _from_doc(d: Doc) -> Thread:
+    origin = d.get("forked_from")
     return Thread(
-        thread_id=d["_id"],
+        thread_id=object_id(d["_id"]),
         tenant=d["tenant"],
         assistant_id=d["assistant_id"],
         user_id=d.get("user_id", ""),
@@ -142,58 +187,125 @@ def _from_doc(d: Doc) -> Thread:
         if (s := d.get("summary"))
         else None,
         run=_run_from_doc(d.get("run")),
+        expire_time=d.get("expire_time"),
+        expire_memories=bool(d.get("expire_memories", False)),
+        forked_from=ThreadOrigin(origin["thread_id"], int(origin["through"])) if origin else None,
+        usage=Usage(int(d.get("input_tokens", 0)), int(d.get("output_tokens", 0))),
+        open_batch=d.get("open_batch"),
     )
 
 
 class MongoThreadStore:
-    """``ThreadStore`` over one collection.
+    """``ThreadStore`` over the threads collection, and a usage document per
+    thread for the tokens its background jobs spend (kept apart from the
+    thread document, whose writers hold the thread's lease).
 
-    Reads and writes of one thread filter on ``_id`` alone and check the
-    tenant in code: MongoDB serves that from the primary key, and FerretDB
-    1.x pushes down no other filter (anything else scans the collection).
+    Reads and writes of one thread filter on ``_id`` alone, which holds the
+    tenant (``scoped.py``): MongoDB serves that from the primary key, and
+    FerretDB 1.x pushes down no other filter (anything else scans the
+    collection).
     """
 
-    def __init__(self, collection: AsyncCollection[Doc]) -> None:
+    def __init__(self, collection: AsyncCollection[Doc], usage: AsyncCollection[Doc]) -> None:
         self._c = collection
+        self._usage = usage
 
     async def insert(self, thread: Thread) -> None:
         await self._c.insert_one(to_doc(thread))
 
     async def get(self, tenant: str, thread_id: str) -> Thread | None:
-        doc = await self._c.find_one({"_id": thread_id})
-        if doc is None or doc.get("tenant") != tenant or doc.get("deleting"):
+        doc = await self._c.find_one({"_id": key(tenant, thread_id)})
+        if doc is None or _hidden(doc):
             return None
         return _from_doc(doc)
 
     async def find_page(
-        self, tenant: str, assistant_id: str, user_id: str, limit: int, after: str | None
+        self,
+        tenant: str,
+        assistant_id: str,
+        user_id: str,
+        limit: int,
+        after: tuple[datetime, str] | None,
+        clauses: Sequence[Clause] = (),
     ) -> list[Thread]:
         query: Doc = {"tenant": tenant, "deleting": {"$ne": True}}
         if assistant_id:
             query["assistant_id"] = assistant_id
         if user_id:
             query["user_id"] = user_id
+        query["$and"] = [_unexpired(now()), *(_clause_query(c) for c in clauses)]
         if after is not None:
-            query["_id"] = {"$lt": after}
-        cursor = self._c.find(query, {"context": 0}).sort("_id", DESCENDING).limit(limit)
+            query["$and"].append(older_than(after, key(tenant, after[1])))
+        cursor = self._c.find(query, {"context": 0}).sort(NEWEST_FIRST).limit(limit)
         return [_from_doc(d) async for d in cursor]
+
+    async def update(
+        self, tenant: str, thread_id: str, changes: dict[str, object], update_time: datetime
+    ) -> Thread | None:
+        if await self.get(tenant, thread_id) is None:
+            return None
+        doc = await self._c.find_one_and_update(
+            {"_id": key(tenant, thread_id)},
+            {"$set": {**changes, "update_time": update_time}},
+            return_document=ReturnDocument.AFTER,
+        )
+        return _from_doc(doc) if doc is not None and not _hidden(doc) else None
+
+    async def add_usage(self, tenant: str, thread_id: str, usage: Usage) -> None:
+        await self._usage.update_one(
+            {"_id": key(tenant, thread_id)},
+            {"$inc": _usage_inc(usage), "$set": {"tenant": tenant}},
+            upsert=True,
+        )
+
+    async def job_usage(self, tenant: str, thread_ids: Sequence[str]) -> dict[str, Usage]:
+        # The tenant, not the $in on _id, is what FerretDB pushes down to an index.
+        keys = [key(tenant, thread_id) for thread_id in thread_ids]
+        cursor = self._usage.find({"tenant": tenant, "_id": {"$in": keys}})
+        return {
+            object_id(d["_id"]): Usage(
+                int(d.get("input_tokens", 0)), int(d.get("output_tokens", 0))
+            )
+            async for d in cursor
+        }
+
+    async def mark_batch(self, tenant: str, thread_id: str, start: int | None) -> None:
+        await self._c.update_one({"_id": key(tenant, thread_id)}, {"$set": {"open_batch": start}})
+
+    async def claim_expired(
+        self, tenant: str, thread_id: str, at: datetime
+    ) -> PendingThreadDelete | None:
+        doc = await self._c.find_one({"_id": key(tenant, thread_id)})
+        if doc is None or doc.get("deleting"):
+            return None
+        expire = doc.get("expire_time")
+        if expire is None or expire > at:
+            return None
+        forget = bool(doc.get("expire_memories"))
+        result = await self._c.update_one(
+            {"_id": key(tenant, thread_id), "expire_time": expire},
+            {"$set": {"deleting": True, "forget_memories": forget}},
+        )
+        if result.modified_count != 1:  # its expiration changed meanwhile
+            return None
+        return PendingThreadDelete(tenant, doc["assistant_id"], thread_id, forget)
 
     async def ids_of_assistant(self, tenant: str, assistant_id: str) -> list[str]:
         cursor = self._c.find({"tenant": tenant, "assistant_id": assistant_id}, {"_id": 1})
-        return [d["_id"] async for d in cursor]
+        return [object_id(d["_id"]) async for d in cursor]
 
     async def mark_deleting(self, tenant: str, thread_id: str, forget: bool = False) -> bool:
         if await self.get(tenant, thread_id) is None:
             return False
         await self._c.update_one(
-            {"_id": thread_id}, {"$set": {"deleting": True, "forget_memories": forget}}
+            {"_id": key(tenant, thread_id)},
+            {"$set": {"deleting": True, "forget_memories": forget}},
         )
         return True
 
     async def delete(self, tenant: str, thread_id: str) -> None:
-        doc = await self._c.find_one({"_id": thread_id}, {"tenant": 1})
-        if doc is not None and doc.get("tenant") == tenant:
-            await self._c.delete_one({"_id": thread_id})
+        await self._usage.delete_one({"_id": key(tenant, thread_id)})
+        await self._c.delete_one({"_id": key(tenant, thread_id)})
 
     async def pending_deletes(self) -> list[PendingThreadDelete]:
         cursor = self._c.find(
@@ -201,36 +313,39 @@ class MongoThreadStore:
         )
         return [
             PendingThreadDelete(
-                d["tenant"], d["assistant_id"], d["_id"], bool(d.get("forget_memories"))
+                d["tenant"], d["assistant_id"], object_id(d["_id"]), bool(d.get("forget_memories"))
             )
             async for d in cursor
         ]
 
     async def save_context(
         self,
+        tenant: str,
         thread_id: str,
         context: Sequence[ContextEntry],
         message_count: int,
         update_time: datetime,
         run: PendingRun | None = None,
+        usage: Usage | None = None,
     ) -> None:
-        await self._c.update_one(
-            {"_id": thread_id},
-            {
-                "$set": {
-                    "context": _context_blob(context),
-                    "message_count": message_count,
-                    "update_time": update_time,
-                    "run": _run_doc(run),
-                }
-            },
-        )
+        change: Doc = {
+            "$set": {
+                "context": _context_blob(context),
+                "message_count": message_count,
+                "update_time": update_time,
+                "run": _run_doc(run),
+                "open_batch": None,
+            }
+        }
+        if usage is not None:
+            change["$inc"] = _usage_inc(usage)
+        await self._c.update_one({"_id": key(tenant, thread_id)}, change)
 
     async def save_summary(
-        self, thread_id: str, summary: Summary, context: Sequence[ContextEntry]
+        self, tenant: str, thread_id: str, summary: Summary, context: Sequence[ContextEntry]
     ) -> None:
         await self._c.update_one(
-            {"_id": thread_id},
+            {"_id": key(tenant, thread_id)},
             {
                 "$set": {
                     "summary": _summary_doc(summary),

@@ -7,13 +7,11 @@ from typing import Any
 from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 
+from service.store.scoped import key
+
 __all__ = ["MongoMemoryVersions"]
 
 Doc = dict[str, Any]
-
-
-def _key(tenant: str, assistant_id: str) -> str:
-    return f"{tenant}\x1f{assistant_id}"
 
 
 class MongoMemoryVersions:
@@ -25,12 +23,12 @@ class MongoMemoryVersions:
         self._c = collection
 
     async def current(self, tenant: str, assistant_id: str) -> int:
-        doc = await self._c.find_one({"_id": _key(tenant, assistant_id)})
+        doc = await self._c.find_one({"_id": key(tenant, assistant_id)})
         return int(doc["version"]) if doc else 0
 
     async def bump(self, tenant: str, assistant_id: str) -> int:
         doc = await self._c.find_one_and_update(
-            {"_id": _key(tenant, assistant_id)},
+            {"_id": key(tenant, assistant_id)},
             {"$inc": {"version": 1}},
             upsert=True,
             return_document=ReturnDocument.AFTER,

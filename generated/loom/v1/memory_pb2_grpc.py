@@ -43,6 +43,11 @@ class MemoryServiceStub:
                 request_serializer=loom_dot_v1_dot_memory__pb2.CreateMemoryRequest.SerializeToString,
                 response_deserializer=loom_dot_v1_dot_memory__pb2.CreateMemoryResponse.FromString,
                 _registered_method=True)
+        self.BatchCreateMemories = channel.unary_unary(
+                '/loom.v1.MemoryService/BatchCreateMemories',
+                request_serializer=loom_dot_v1_dot_memory__pb2.BatchCreateMemoriesRequest.SerializeToString,
+                response_deserializer=loom_dot_v1_dot_memory__pb2.BatchCreateMemoriesResponse.FromString,
+                _registered_method=True)
         self.GetMemory = channel.unary_unary(
                 '/loom.v1.MemoryService/GetMemory',
                 request_serializer=loom_dot_v1_dot_memory__pb2.GetMemoryRequest.SerializeToString,
@@ -68,6 +73,11 @@ class MemoryServiceStub:
                 request_serializer=loom_dot_v1_dot_memory__pb2.DeleteMemoryRequest.SerializeToString,
                 response_deserializer=loom_dot_v1_dot_memory__pb2.DeleteMemoryResponse.FromString,
                 _registered_method=True)
+        self.ListMemoryHistory = channel.unary_unary(
+                '/loom.v1.MemoryService/ListMemoryHistory',
+                request_serializer=loom_dot_v1_dot_memory__pb2.ListMemoryHistoryRequest.SerializeToString,
+                response_deserializer=loom_dot_v1_dot_memory__pb2.ListMemoryHistoryResponse.FromString,
+                _registered_method=True)
         self.GetMemoryOperation = channel.unary_unary(
                 '/loom.v1.MemoryService/GetMemoryOperation',
                 request_serializer=loom_dot_v1_dot_memory__pb2.GetMemoryOperationRequest.SerializeToString,
@@ -89,6 +99,14 @@ class MemoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BatchCreateMemories(self, request, context):
+        """BatchCreateMemories adds up to 1,000 memories of one assistant in one
+        call (embedded in one batch): all of them, or none if any is invalid.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetMemory(self, request, context):
         """GetMemory returns one memory, or NOT_FOUND.
         """
@@ -98,7 +116,7 @@ class MemoryServiceServicer:
 
     def ListMemories(self, request, context):
         """ListMemories lists an assistant's memories, oldest first, one page at a
-        time.
+        time. Invalidated memories are left out unless asked for.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -112,15 +130,26 @@ class MemoryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateMemory(self, request, context):
-        """UpdateMemory changes a memory's content or metadata.
+        """UpdateMemory changes a memory's content or metadata, or restores an
+        invalidated memory; the previous version is kept in its history.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteMemory(self, request, context):
-        """DeleteMemory deletes a memory for good: it is never recalled or returned
-        again.
+        """DeleteMemory deletes a memory for good, with its history: it is never
+        recalled or returned again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMemoryHistory(self, request, context):
+        """ListMemoryHistory lists the versions of one memory, oldest first: how it
+        was created, every change of its content, and its invalidation (with the
+        memory that replaced it), each with the operation, thread and message
+        behind the change.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -141,6 +170,11 @@ def add_MemoryServiceServicer_to_server(servicer, server):
                     servicer.CreateMemory,
                     request_deserializer=loom_dot_v1_dot_memory__pb2.CreateMemoryRequest.FromString,
                     response_serializer=loom_dot_v1_dot_memory__pb2.CreateMemoryResponse.SerializeToString,
+            ),
+            'BatchCreateMemories': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchCreateMemories,
+                    request_deserializer=loom_dot_v1_dot_memory__pb2.BatchCreateMemoriesRequest.FromString,
+                    response_serializer=loom_dot_v1_dot_memory__pb2.BatchCreateMemoriesResponse.SerializeToString,
             ),
             'GetMemory': grpc.unary_unary_rpc_method_handler(
                     servicer.GetMemory,
@@ -166,6 +200,11 @@ def add_MemoryServiceServicer_to_server(servicer, server):
                     servicer.DeleteMemory,
                     request_deserializer=loom_dot_v1_dot_memory__pb2.DeleteMemoryRequest.FromString,
                     response_serializer=loom_dot_v1_dot_memory__pb2.DeleteMemoryResponse.SerializeToString,
+            ),
+            'ListMemoryHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMemoryHistory,
+                    request_deserializer=loom_dot_v1_dot_memory__pb2.ListMemoryHistoryRequest.FromString,
+                    response_serializer=loom_dot_v1_dot_memory__pb2.ListMemoryHistoryResponse.SerializeToString,
             ),
             'GetMemoryOperation': grpc.unary_unary_rpc_method_handler(
                     servicer.GetMemoryOperation,
@@ -204,6 +243,33 @@ class MemoryService:
             '/loom.v1.MemoryService/CreateMemory',
             loom_dot_v1_dot_memory__pb2.CreateMemoryRequest.SerializeToString,
             loom_dot_v1_dot_memory__pb2.CreateMemoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchCreateMemories(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.v1.MemoryService/BatchCreateMemories',
+            loom_dot_v1_dot_memory__pb2.BatchCreateMemoriesRequest.SerializeToString,
+            loom_dot_v1_dot_memory__pb2.BatchCreateMemoriesResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -339,6 +405,33 @@ class MemoryService:
             '/loom.v1.MemoryService/DeleteMemory',
             loom_dot_v1_dot_memory__pb2.DeleteMemoryRequest.SerializeToString,
             loom_dot_v1_dot_memory__pb2.DeleteMemoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMemoryHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.v1.MemoryService/ListMemoryHistory',
+            loom_dot_v1_dot_memory__pb2.ListMemoryHistoryRequest.SerializeToString,
+            loom_dot_v1_dot_memory__pb2.ListMemoryHistoryResponse.FromString,
             options,
             channel_credentials,
             insecure,

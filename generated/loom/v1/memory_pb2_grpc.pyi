@@ -39,19 +39,31 @@ class MemoryServiceStub:
     def __new__(cls, channel: _aio.Channel) -> MemoryServiceAsyncStub: ...
     CreateMemory: _grpc.UnaryUnaryMultiCallable[_memory_pb2.CreateMemoryRequest, _memory_pb2.CreateMemoryResponse]
     """CreateMemory adds a memory explicitly."""
+    BatchCreateMemories: _grpc.UnaryUnaryMultiCallable[_memory_pb2.BatchCreateMemoriesRequest, _memory_pb2.BatchCreateMemoriesResponse]
+    """BatchCreateMemories adds up to 1,000 memories of one assistant in one
+    call (embedded in one batch): all of them, or none if any is invalid.
+    """
     GetMemory: _grpc.UnaryUnaryMultiCallable[_memory_pb2.GetMemoryRequest, _memory_pb2.GetMemoryResponse]
     """GetMemory returns one memory, or NOT_FOUND."""
     ListMemories: _grpc.UnaryUnaryMultiCallable[_memory_pb2.ListMemoriesRequest, _memory_pb2.ListMemoriesResponse]
     """ListMemories lists an assistant's memories, oldest first, one page at a
-    time.
+    time. Invalidated memories are left out unless asked for.
     """
     SearchMemories: _grpc.UnaryUnaryMultiCallable[_memory_pb2.SearchMemoriesRequest, _memory_pb2.SearchMemoriesResponse]
     """SearchMemories ranks memories by relevance to a query, as recall does."""
     UpdateMemory: _grpc.UnaryUnaryMultiCallable[_memory_pb2.UpdateMemoryRequest, _memory_pb2.UpdateMemoryResponse]
-    """UpdateMemory changes a memory's content or metadata."""
+    """UpdateMemory changes a memory's content or metadata, or restores an
+    invalidated memory; the previous version is kept in its history.
+    """
     DeleteMemory: _grpc.UnaryUnaryMultiCallable[_memory_pb2.DeleteMemoryRequest, _memory_pb2.DeleteMemoryResponse]
-    """DeleteMemory deletes a memory for good: it is never recalled or returned
-    again.
+    """DeleteMemory deletes a memory for good, with its history: it is never
+    recalled or returned again.
+    """
+    ListMemoryHistory: _grpc.UnaryUnaryMultiCallable[_memory_pb2.ListMemoryHistoryRequest, _memory_pb2.ListMemoryHistoryResponse]
+    """ListMemoryHistory lists the versions of one memory, oldest first: how it
+    was created, every change of its content, and its invalidation (with the
+    memory that replaced it), each with the operation, thread and message
+    behind the change.
     """
     GetMemoryOperation: _grpc.UnaryUnaryMultiCallable[_memory_pb2.GetMemoryOperationRequest, _memory_pb2.GetMemoryOperationResponse]
     """GetMemoryOperation reports a background memory write (fact extraction
@@ -69,19 +81,31 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateMemory: _aio.UnaryUnaryMultiCallable[_memory_pb2.CreateMemoryRequest, _memory_pb2.CreateMemoryResponse]  # type: ignore[assignment]
     """CreateMemory adds a memory explicitly."""
+    BatchCreateMemories: _aio.UnaryUnaryMultiCallable[_memory_pb2.BatchCreateMemoriesRequest, _memory_pb2.BatchCreateMemoriesResponse]  # type: ignore[assignment]
+    """BatchCreateMemories adds up to 1,000 memories of one assistant in one
+    call (embedded in one batch): all of them, or none if any is invalid.
+    """
     GetMemory: _aio.UnaryUnaryMultiCallable[_memory_pb2.GetMemoryRequest, _memory_pb2.GetMemoryResponse]  # type: ignore[assignment]
     """GetMemory returns one memory, or NOT_FOUND."""
     ListMemories: _aio.UnaryUnaryMultiCallable[_memory_pb2.ListMemoriesRequest, _memory_pb2.ListMemoriesResponse]  # type: ignore[assignment]
     """ListMemories lists an assistant's memories, oldest first, one page at a
-    time.
+    time. Invalidated memories are left out unless asked for.
     """
     SearchMemories: _aio.UnaryUnaryMultiCallable[_memory_pb2.SearchMemoriesRequest, _memory_pb2.SearchMemoriesResponse]  # type: ignore[assignment]
     """SearchMemories ranks memories by relevance to a query, as recall does."""
     UpdateMemory: _aio.UnaryUnaryMultiCallable[_memory_pb2.UpdateMemoryRequest, _memory_pb2.UpdateMemoryResponse]  # type: ignore[assignment]
-    """UpdateMemory changes a memory's content or metadata."""
+    """UpdateMemory changes a memory's content or metadata, or restores an
+    invalidated memory; the previous version is kept in its history.
+    """
     DeleteMemory: _aio.UnaryUnaryMultiCallable[_memory_pb2.DeleteMemoryRequest, _memory_pb2.DeleteMemoryResponse]  # type: ignore[assignment]
-    """DeleteMemory deletes a memory for good: it is never recalled or returned
-    again.
+    """DeleteMemory deletes a memory for good, with its history: it is never
+    recalled or returned again.
+    """
+    ListMemoryHistory: _aio.UnaryUnaryMultiCallable[_memory_pb2.ListMemoryHistoryRequest, _memory_pb2.ListMemoryHistoryResponse]  # type: ignore[assignment]
+    """ListMemoryHistory lists the versions of one memory, oldest first: how it
+    was created, every change of its content, and its invalidation (with the
+    memory that replaced it), each with the operation, thread and message
+    behind the change.
     """
     GetMemoryOperation: _aio.UnaryUnaryMultiCallable[_memory_pb2.GetMemoryOperationRequest, _memory_pb2.GetMemoryOperationResponse]  # type: ignore[assignment]
     """GetMemoryOperation reports a background memory write (fact extraction
@@ -104,6 +128,16 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
         """CreateMemory adds a memory explicitly."""
 
     @_abc_1.abstractmethod
+    def BatchCreateMemories(
+        self,
+        request: _memory_pb2.BatchCreateMemoriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_pb2.BatchCreateMemoriesResponse, _abc.Awaitable[_memory_pb2.BatchCreateMemoriesResponse]]:
+        """BatchCreateMemories adds up to 1,000 memories of one assistant in one
+        call (embedded in one batch): all of them, or none if any is invalid.
+        """
+
+    @_abc_1.abstractmethod
     def GetMemory(
         self,
         request: _memory_pb2.GetMemoryRequest,
@@ -118,7 +152,7 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_memory_pb2.ListMemoriesResponse, _abc.Awaitable[_memory_pb2.ListMemoriesResponse]]:
         """ListMemories lists an assistant's memories, oldest first, one page at a
-        time.
+        time. Invalidated memories are left out unless asked for.
         """
 
     @_abc_1.abstractmethod
@@ -135,7 +169,9 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _memory_pb2.UpdateMemoryRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_memory_pb2.UpdateMemoryResponse, _abc.Awaitable[_memory_pb2.UpdateMemoryResponse]]:
-        """UpdateMemory changes a memory's content or metadata."""
+        """UpdateMemory changes a memory's content or metadata, or restores an
+        invalidated memory; the previous version is kept in its history.
+        """
 
     @_abc_1.abstractmethod
     def DeleteMemory(
@@ -143,8 +179,20 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _memory_pb2.DeleteMemoryRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_memory_pb2.DeleteMemoryResponse, _abc.Awaitable[_memory_pb2.DeleteMemoryResponse]]:
-        """DeleteMemory deletes a memory for good: it is never recalled or returned
-        again.
+        """DeleteMemory deletes a memory for good, with its history: it is never
+        recalled or returned again.
+        """
+
+    @_abc_1.abstractmethod
+    def ListMemoryHistory(
+        self,
+        request: _memory_pb2.ListMemoryHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_pb2.ListMemoryHistoryResponse, _abc.Awaitable[_memory_pb2.ListMemoryHistoryResponse]]:
+        """ListMemoryHistory lists the versions of one memory, oldest first: how it
+        was created, every change of its content, and its invalidation (with the
+        memory that replaced it), each with the operation, thread and message
+        behind the change.
         """
 
     @_abc_1.abstractmethod

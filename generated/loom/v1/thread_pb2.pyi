@@ -5,6 +5,8 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -145,8 +147,15 @@ class Thread(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     SUMMARY_FIELD_NUMBER: _builtins.int
     PENDING_RUN_ID_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    TTL_FIELD_NUMBER: _builtins.int
+    EXPIRE_MEMORIES_FIELD_NUMBER: _builtins.int
+    FORKED_FROM_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
     thread_id: _builtins.str
-    """Output only. Server-assigned id, e.g. `thread_6650c3b2e1f4a9d0c1b2a3f4`."""
+    """Output only. Server-assigned random id (128 bits), e.g.
+    `thread_6650c3b2e1f4a9d0c1b2a3f4e5d6c7b8`.
+    """
     assistant_id: _builtins.str
     """The assistant this thread talks to. Set when the thread is created."""
     user_id: _builtins.str
@@ -157,6 +166,10 @@ class Thread(_message.Message):
     """Output only. Number of messages stored in the thread."""
     pending_run_id: _builtins.str
     """Output only. The run waiting for tool outputs, if any."""
+    expire_memories: _builtins.bool
+    """When the thread expires, also delete the memories learnt in it (as
+    DeleteThread does with `delete_memories`).
+    """
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Caller-defined labels: at most 16 pairs, keys up to 64 characters, values
@@ -169,12 +182,39 @@ class Thread(_message.Message):
 
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp:
-        """Output only. When the thread last changed (a message was added)."""
+        """Output only. When the thread last changed (a message was added, or it
+        was updated).
+        """
 
     @_builtins.property
     def summary(self) -> Global___ThreadSummary:
         """Output only. The rolling summary of the thread's older messages, if it
         has grown long enough to need one.
+        """
+
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """The time the thread expires; it must be in the future when set. On
+        output, also the time a `ttl` came to.
+        """
+
+    @_builtins.property
+    def ttl(self) -> _duration_pb2.Duration:
+        """Input only. How long the thread lives from the time of the call
+        (CreateThread, UpdateThread); stored as `expire_time`.
+        """
+
+    @_builtins.property
+    def forked_from(self) -> Global___ThreadOrigin:
+        """Output only. The thread and sequence this thread was forked from with
+        ForkThread; unset for threads that are not forks.
+        """
+
+    @_builtins.property
+    def usage(self) -> _common_pb2.Usage:
+        """Output only. Tokens spent on this thread: its replies, the summaries
+        folded for it and the memory extraction run on its messages. A fork
+        starts at zero.
         """
 
     def __init__(
@@ -189,14 +229,49 @@ class Thread(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         summary: Global___ThreadSummary | None = ...,
         pending_run_id: _builtins.str = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+        ttl: _duration_pb2.Duration | None = ...,
+        expire_memories: _builtins.bool = ...,
+        forked_from: Global___ThreadOrigin | None = ...,
+        usage: _common_pb2.Usage | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "summary", b"summary", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expiration", b"expiration", "expire_time", b"expire_time", "forked_from", b"forked_from", "summary", b"summary", "ttl", b"ttl", "update_time", b"update_time", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_id", b"assistant_id", "create_time", b"create_time", "message_count", b"message_count", "metadata", b"metadata", "pending_run_id", b"pending_run_id", "summary", b"summary", "thread_id", b"thread_id", "update_time", b"update_time", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_id", b"assistant_id", "create_time", b"create_time", "expiration", b"expiration", "expire_memories", b"expire_memories", "expire_time", b"expire_time", "forked_from", b"forked_from", "message_count", b"message_count", "metadata", b"metadata", "pending_run_id", b"pending_run_id", "summary", b"summary", "thread_id", b"thread_id", "ttl", b"ttl", "update_time", b"update_time", "usage", b"usage", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_expiration: _TypeAlias = _typing.Literal["expire_time", "ttl"]  # noqa: Y015
+    _WhichOneofArgType_expiration: _TypeAlias = _typing.Literal["expiration", b"expiration"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_expiration) -> _WhichOneofReturnType_expiration | None: ...
+
+Global___Thread: _TypeAlias = Thread  # noqa: Y015
+
+@_typing.final
+class ThreadOrigin(_message.Message):
+    """ThreadOrigin names where a forked thread came from."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    THREAD_ID_FIELD_NUMBER: _builtins.int
+    THROUGH_SEQUENCE_FIELD_NUMBER: _builtins.int
+    thread_id: _builtins.str
+    """The thread that was forked."""
+    through_sequence: _builtins.int
+    """The last message copied: the fork holds that thread's messages up to and
+    including this sequence.
+    """
+    def __init__(
+        self,
+        *,
+        thread_id: _builtins.str = ...,
+        through_sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["thread_id", b"thread_id", "through_sequence", b"through_sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___Thread: _TypeAlias = Thread  # noqa: Y015
+Global___ThreadOrigin: _TypeAlias = ThreadOrigin  # noqa: Y015
 
 @_typing.final
 class ThreadSummary(_message.Message):
@@ -279,7 +354,9 @@ class Message(_message.Message):
     TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
     RUN_ID_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
-    """Output only. Server-assigned id, e.g. `msg_6650c3b2e1f4a9d0c1b2a3f4`."""
+    """Output only. Server-assigned random id (128 bits), e.g.
+    `msg_6650c3b2e1f4a9d0c1b2a3f4e5d6c7b8`.
+    """
     thread_id: _builtins.str
     """The thread the message belongs to."""
     role: Global___Role.ValueType
@@ -306,7 +383,9 @@ class Message(_message.Message):
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
-        """Output only. When the message was stored."""
+        """When the message was stored; for a message given to AddMessages, the
+        time it carried, if any (its original time, for imported history).
+        """
 
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
@@ -352,7 +431,8 @@ class CreateThreadRequest(_message.Message):
     @_builtins.property
     def thread(self) -> Global___Thread:
         """The thread to create: `assistant_id` (empty means the caller's default
-        assistant), `user_id` and `metadata` are read; the rest is ignored.
+        assistant), `user_id`, `metadata`, `expire_time` or `ttl`, and
+        `expire_memories` are read; the rest is ignored.
         """
 
     def __init__(
@@ -448,6 +528,7 @@ class ListThreadsRequest(_message.Message):
     USER_ID_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
     assistant_id: _builtins.str
     """Only threads of this assistant, if set."""
     user_id: _builtins.str
@@ -458,6 +539,13 @@ class ListThreadsRequest(_message.Message):
     """
     page_token: _builtins.str
     """`next_page_token` from the previous page, sent with the same filters."""
+    filter: _builtins.str
+    """Only threads that match this filter (an AIP-160 subset): comparisons
+    joined by `AND`, each one of `user_id = "..."`, `assistant_id = "..."`,
+    `metadata.KEY = "..."`, or `update_time` with `>`, `>=`, `<` or `<=` and
+    an RFC 3339 time (`update_time >= "2025-01-01T00:00:00Z"`). Empty: every
+    thread.
+    """
     def __init__(
         self,
         *,
@@ -465,14 +553,74 @@ class ListThreadsRequest(_message.Message):
         user_id: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        filter: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_id", b"assistant_id", "page_size", b"page_size", "page_token", b"page_token", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_id", b"assistant_id", "filter", b"filter", "page_size", b"page_size", "page_token", b"page_token", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListThreadsRequest: _TypeAlias = ListThreadsRequest  # noqa: Y015
+
+@_typing.final
+class UpdateThreadRequest(_message.Message):
+    """UpdateThreadRequest changes some fields of a thread."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    THREAD_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def thread(self) -> Global___Thread:
+        """The thread with its `thread_id` set and the new values."""
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """Fields to change: any of `metadata`, `assistant_id` (another assistant
+        of the same tenant: the next reply uses its instructions, tools and
+        memory), `expire_time`, `ttl` and `expire_memories`, or `*` for all of
+        them. `expire_time` with no time set removes the expiration. Empty means
+        every field that is set in `thread`.
+        """
+
+    def __init__(
+        self,
+        *,
+        thread: Global___Thread | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["thread", b"thread", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["thread", b"thread", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateThreadRequest: _TypeAlias = UpdateThreadRequest  # noqa: Y015
+
+@_typing.final
+class UpdateThreadResponse(_message.Message):
+    """UpdateThreadResponse returns the thread after the change."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    THREAD_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def thread(self) -> Global___Thread:
+        """The thread as stored."""
+
+    def __init__(
+        self,
+        *,
+        thread: Global___Thread | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["thread", b"thread"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["thread", b"thread"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateThreadResponse: _TypeAlias = UpdateThreadResponse  # noqa: Y015
 
 @_typing.final
 class ListThreadsResponse(_message.Message):
@@ -657,8 +805,11 @@ class SendMessageRequest(_message.Message):
     TOOLS_FIELD_NUMBER: _builtins.int
     TOOL_CHOICE_FIELD_NUMBER: _builtins.int
     content: _builtins.str
-    """The user's message. Required; at most `LOOM_MAX_MESSAGE_CHARS`
-    characters (100,000 by default).
+    """The user's message, at most `LOOM_MAX_MESSAGE_CHARS` characters (100,000
+    by default). Required, except on a thread whose last message is the
+    user's: empty content then asks for a new reply to that message (to
+    regenerate a reply, fork the thread before it and send nothing new);
+    on any other thread it is INVALID_ARGUMENT.
     """
     thread_id: _builtins.str
     """The thread to continue. Empty: a new thread is created and its id comes
@@ -670,8 +821,10 @@ class SendMessageRequest(_message.Message):
     assistant if set.
     """
     user_id: _builtins.str
-    """The end user of a new thread. With `thread_id`, it must be the thread's
-    own user if set.
+    """The end user of a new thread; its memories are that user's alone. With
+    `thread_id`, it may be omitted (the thread keeps the user it was created
+    for) and if set must be that user. A thread without a user writes no
+    memory unless the assistant has `shared_memory_writes`.
     """
     memory: _common_pb2.MemoryMode.ValueType
     """What this message does with the assistant's memory; UNSPECIFIED means
@@ -905,7 +1058,9 @@ class RecalledMemory(_message.Message):
     memory_id: _builtins.str
     """Id of the memory."""
     content: _builtins.str
-    """Its text, as given to the model."""
+    """Its text. The prompt holds it quoted and escaped, so that nothing in it
+    can leave the block of remembered facts.
+    """
     score: _builtins.float
     """Its relevance to the message."""
     def __init__(
@@ -1097,3 +1252,168 @@ class CancelRunResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CancelRunResponse: _TypeAlias = CancelRunResponse  # noqa: Y015
+
+@_typing.final
+class AddMessagesRequest(_message.Message):
+    """AddMessagesRequest appends messages to a thread without a reply."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    THREAD_ID_FIELD_NUMBER: _builtins.int
+    ASSISTANT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    MEMORY_FIELD_NUMBER: _builtins.int
+    thread_id: _builtins.str
+    """The thread to append to. Empty: a new thread is created under
+    `assistant_id` and `user_id`.
+    """
+    assistant_id: _builtins.str
+    """The assistant of a new thread (empty: the caller's default assistant).
+    With `thread_id`, it must be the thread's own assistant if set.
+    """
+    user_id: _builtins.str
+    """The end user of a new thread. With `thread_id`, it must be the thread's
+    own user if set.
+    """
+    request_id: _builtins.str
+    """Idempotency key (AIP-155), at most 128 characters: a retry with the same
+    id returns the first result and stores nothing twice.
+    """
+    memory: _common_pb2.MemoryMode.ValueType
+    """What the batch does with the assistant's memory; UNSPECIFIED means the
+    assistant's default. With AUTO the user messages are indexed at once
+    and one background operation extracts facts from the whole batch.
+    """
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___Message]:
+        """The messages, oldest first: 1 to 1,000. Each is read for `role` (USER,
+        ASSISTANT, SYSTEM, or TOOL for a tool's output), `content` (at most
+        `LOOM_MAX_MESSAGE_CHARS` characters; required except on an assistant
+        message with `tool_calls` or a tool output), `create_time` (optional,
+        for imported history: not more than a minute in the future, nor earlier
+        than the message before it, in the batch or the thread; a message
+        without one is stamped with the time of the call, so give times to all
+        messages of a batch or to none), `metadata`, `model` (an
+        assistant message's model), `tool_calls` (assistant messages) and
+        `tool_call_id` (tool outputs, answering a call made earlier in the batch
+        or the thread, once). Other fields are ignored: each message is stored
+        COMPLETE, with a new id and the thread's next sequence number.
+        """
+
+    def __init__(
+        self,
+        *,
+        thread_id: _builtins.str = ...,
+        assistant_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        messages: _abc.Iterable[Global___Message] | None = ...,
+        request_id: _builtins.str = ...,
+        memory: _common_pb2.MemoryMode.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_id", b"assistant_id", "memory", b"memory", "messages", b"messages", "request_id", b"request_id", "thread_id", b"thread_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddMessagesRequest: _TypeAlias = AddMessagesRequest  # noqa: Y015
+
+@_typing.final
+class AddMessagesResponse(_message.Message):
+    """AddMessagesResponse returns what was stored."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    THREAD_FIELD_NUMBER: _builtins.int
+    THREAD_CREATED_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    MEMORY_OPERATION_ID_FIELD_NUMBER: _builtins.int
+    thread_created: _builtins.bool
+    """True when this request created the thread."""
+    memory_operation_id: _builtins.str
+    """With memory AUTO and user messages in the batch: the background
+    operation that extracts facts from them (see
+    MemoryService.GetMemoryOperation). Empty otherwise.
+    """
+    @_builtins.property
+    def thread(self) -> Global___Thread:
+        """The thread after the append."""
+
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___Message]:
+        """The stored messages, in order, with their ids and sequence numbers."""
+
+    def __init__(
+        self,
+        *,
+        thread: Global___Thread | None = ...,
+        thread_created: _builtins.bool = ...,
+        messages: _abc.Iterable[Global___Message] | None = ...,
+        memory_operation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["thread", b"thread"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["memory_operation_id", b"memory_operation_id", "messages", b"messages", "thread", b"thread", "thread_created", b"thread_created"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddMessagesResponse: _TypeAlias = AddMessagesResponse  # noqa: Y015
+
+@_typing.final
+class ForkThreadRequest(_message.Message):
+    """ForkThreadRequest names the thread to fork and how much of it to copy."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    THREAD_ID_FIELD_NUMBER: _builtins.int
+    THROUGH_SEQUENCE_FIELD_NUMBER: _builtins.int
+    thread_id: _builtins.str
+    """Id of the thread to fork."""
+    through_sequence: _builtins.int
+    """The last message to copy (its `sequence`); -1 copies none. Every copied
+    message must be settled: through a reply still streaming is ABORTED
+    (reason THREAD_BUSY), while forking before it is allowed. A message that
+    waits for tool outputs is copied CANCELLED: a fork carries no run.
+    """
+    def __init__(
+        self,
+        *,
+        thread_id: _builtins.str = ...,
+        through_sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["thread_id", b"thread_id", "through_sequence", b"through_sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForkThreadRequest: _TypeAlias = ForkThreadRequest  # noqa: Y015
+
+@_typing.final
+class ForkThreadResponse(_message.Message):
+    """ForkThreadResponse returns the new thread."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    THREAD_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def thread(self) -> Global___Thread:
+        """The fork: same assistant, user, metadata and expiration as the
+        original, `forked_from` set, and the original's summary if it covers no
+        message past `through_sequence`.
+        """
+
+    def __init__(
+        self,
+        *,
+        thread: Global___Thread | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["thread", b"thread"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["thread", b"thread"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForkThreadResponse: _TypeAlias = ForkThreadResponse  # noqa: Y015

@@ -53,6 +53,11 @@ class ThreadServiceStub:
                 request_serializer=loom_dot_v1_dot_thread__pb2.ListThreadsRequest.SerializeToString,
                 response_deserializer=loom_dot_v1_dot_thread__pb2.ListThreadsResponse.FromString,
                 _registered_method=True)
+        self.UpdateThread = channel.unary_unary(
+                '/loom.v1.ThreadService/UpdateThread',
+                request_serializer=loom_dot_v1_dot_thread__pb2.UpdateThreadRequest.SerializeToString,
+                response_deserializer=loom_dot_v1_dot_thread__pb2.UpdateThreadResponse.FromString,
+                _registered_method=True)
         self.DeleteThread = channel.unary_unary(
                 '/loom.v1.ThreadService/DeleteThread',
                 request_serializer=loom_dot_v1_dot_thread__pb2.DeleteThreadRequest.SerializeToString,
@@ -62,6 +67,16 @@ class ThreadServiceStub:
                 '/loom.v1.ThreadService/ListMessages',
                 request_serializer=loom_dot_v1_dot_thread__pb2.ListMessagesRequest.SerializeToString,
                 response_deserializer=loom_dot_v1_dot_thread__pb2.ListMessagesResponse.FromString,
+                _registered_method=True)
+        self.AddMessages = channel.unary_unary(
+                '/loom.v1.ThreadService/AddMessages',
+                request_serializer=loom_dot_v1_dot_thread__pb2.AddMessagesRequest.SerializeToString,
+                response_deserializer=loom_dot_v1_dot_thread__pb2.AddMessagesResponse.FromString,
+                _registered_method=True)
+        self.ForkThread = channel.unary_unary(
+                '/loom.v1.ThreadService/ForkThread',
+                request_serializer=loom_dot_v1_dot_thread__pb2.ForkThreadRequest.SerializeToString,
+                response_deserializer=loom_dot_v1_dot_thread__pb2.ForkThreadResponse.FromString,
                 _registered_method=True)
         self.SendMessage = channel.unary_stream(
                 '/loom.v1.ThreadService/SendMessage',
@@ -95,7 +110,7 @@ class ThreadServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetThread(self, request, context):
-        """GetThread returns one thread, or NOT_FOUND.
+        """GetThread returns one thread, or NOT_FOUND (also once it has expired).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -103,7 +118,17 @@ class ThreadServiceServicer:
 
     def ListThreads(self, request, context):
         """ListThreads lists threads, newest first, optionally only one assistant's
-        or one end user's, one page at a time.
+        or one end user's, or those matching a `filter`, one page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateThread(self, request, context):
+        """UpdateThread changes the fields named in `update_mask` (AIP-134): its
+        metadata, its expiration, or the assistant it talks to. It is refused
+        with ABORTED (reason THREAD_BUSY) while a reply runs on the thread, and
+        a move to another assistant also while a run waits for tool outputs.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -123,9 +148,34 @@ class ThreadServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddMessages(self, request, context):
+        """AddMessages appends up to 1,000 messages to a thread without calling the
+        model: history imported from another system, what a human agent said, a
+        seeded conversation. Without `thread_id` a new thread is created. The
+        messages are stored whole or not at all, take part in later prompts and
+        summaries like any others, and with memory AUTO the user messages are
+        remembered. A busy thread refuses them like a send (ABORTED, reason
+        THREAD_BUSY).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ForkThread(self, request, context):
+        """ForkThread copies a thread's messages up to and including one sequence
+        into a new thread under the same assistant and user; the original is
+        untouched. Fork before a message and send the edited text to edit it;
+        fork before a reply and send empty content to regenerate it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SendMessage(self, request, context):
         """SendMessage stores a user message, then streams the assistant's reply.
-        Without `thread_id` a new thread is created. The stream is `started`,
+        Without `thread_id` a new thread is created. Empty `content` on a thread
+        whose last message is the user's answers that message again (no new
+        message is stored). The stream is `started`,
         any number of `delta`s, then `completed`; or, when the model asks for
         tools, `tool_calls_required` (answer with SubmitToolOutputs); or it ends
         with an error status. Only one reply runs per thread at a time: a
@@ -171,6 +221,11 @@ def add_ThreadServiceServicer_to_server(servicer, server):
                     request_deserializer=loom_dot_v1_dot_thread__pb2.ListThreadsRequest.FromString,
                     response_serializer=loom_dot_v1_dot_thread__pb2.ListThreadsResponse.SerializeToString,
             ),
+            'UpdateThread': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateThread,
+                    request_deserializer=loom_dot_v1_dot_thread__pb2.UpdateThreadRequest.FromString,
+                    response_serializer=loom_dot_v1_dot_thread__pb2.UpdateThreadResponse.SerializeToString,
+            ),
             'DeleteThread': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteThread,
                     request_deserializer=loom_dot_v1_dot_thread__pb2.DeleteThreadRequest.FromString,
@@ -180,6 +235,16 @@ def add_ThreadServiceServicer_to_server(servicer, server):
                     servicer.ListMessages,
                     request_deserializer=loom_dot_v1_dot_thread__pb2.ListMessagesRequest.FromString,
                     response_serializer=loom_dot_v1_dot_thread__pb2.ListMessagesResponse.SerializeToString,
+            ),
+            'AddMessages': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddMessages,
+                    request_deserializer=loom_dot_v1_dot_thread__pb2.AddMessagesRequest.FromString,
+                    response_serializer=loom_dot_v1_dot_thread__pb2.AddMessagesResponse.SerializeToString,
+            ),
+            'ForkThread': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForkThread,
+                    request_deserializer=loom_dot_v1_dot_thread__pb2.ForkThreadRequest.FromString,
+                    response_serializer=loom_dot_v1_dot_thread__pb2.ForkThreadResponse.SerializeToString,
             ),
             'SendMessage': grpc.unary_stream_rpc_method_handler(
                     servicer.SendMessage,
@@ -293,6 +358,33 @@ class ThreadService:
             _registered_method=True)
 
     @staticmethod
+    def UpdateThread(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.v1.ThreadService/UpdateThread',
+            loom_dot_v1_dot_thread__pb2.UpdateThreadRequest.SerializeToString,
+            loom_dot_v1_dot_thread__pb2.UpdateThreadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def DeleteThread(request,
             target,
             options=(),
@@ -336,6 +428,60 @@ class ThreadService:
             '/loom.v1.ThreadService/ListMessages',
             loom_dot_v1_dot_thread__pb2.ListMessagesRequest.SerializeToString,
             loom_dot_v1_dot_thread__pb2.ListMessagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.v1.ThreadService/AddMessages',
+            loom_dot_v1_dot_thread__pb2.AddMessagesRequest.SerializeToString,
+            loom_dot_v1_dot_thread__pb2.AddMessagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForkThread(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loom.v1.ThreadService/ForkThread',
+            loom_dot_v1_dot_thread__pb2.ForkThreadRequest.SerializeToString,
+            loom_dot_v1_dot_thread__pb2.ForkThreadResponse.FromString,
             options,
             channel_credentials,
             insecure,

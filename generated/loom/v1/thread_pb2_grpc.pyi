@@ -40,18 +40,41 @@ class ThreadServiceStub:
     CreateThread: _grpc.UnaryUnaryMultiCallable[_thread_pb2.CreateThreadRequest, _thread_pb2.CreateThreadResponse]
     """CreateThread creates an empty thread under an assistant."""
     GetThread: _grpc.UnaryUnaryMultiCallable[_thread_pb2.GetThreadRequest, _thread_pb2.GetThreadResponse]
-    """GetThread returns one thread, or NOT_FOUND."""
+    """GetThread returns one thread, or NOT_FOUND (also once it has expired)."""
     ListThreads: _grpc.UnaryUnaryMultiCallable[_thread_pb2.ListThreadsRequest, _thread_pb2.ListThreadsResponse]
     """ListThreads lists threads, newest first, optionally only one assistant's
-    or one end user's, one page at a time.
+    or one end user's, or those matching a `filter`, one page at a time.
+    """
+    UpdateThread: _grpc.UnaryUnaryMultiCallable[_thread_pb2.UpdateThreadRequest, _thread_pb2.UpdateThreadResponse]
+    """UpdateThread changes the fields named in `update_mask` (AIP-134): its
+    metadata, its expiration, or the assistant it talks to. It is refused
+    with ABORTED (reason THREAD_BUSY) while a reply runs on the thread, and
+    a move to another assistant also while a run waits for tool outputs.
     """
     DeleteThread: _grpc.UnaryUnaryMultiCallable[_thread_pb2.DeleteThreadRequest, _thread_pb2.DeleteThreadResponse]
     """DeleteThread deletes a thread and all of its messages."""
     ListMessages: _grpc.UnaryUnaryMultiCallable[_thread_pb2.ListMessagesRequest, _thread_pb2.ListMessagesResponse]
     """ListMessages lists a thread's messages, oldest first by default."""
+    AddMessages: _grpc.UnaryUnaryMultiCallable[_thread_pb2.AddMessagesRequest, _thread_pb2.AddMessagesResponse]
+    """AddMessages appends up to 1,000 messages to a thread without calling the
+    model: history imported from another system, what a human agent said, a
+    seeded conversation. Without `thread_id` a new thread is created. The
+    messages are stored whole or not at all, take part in later prompts and
+    summaries like any others, and with memory AUTO the user messages are
+    remembered. A busy thread refuses them like a send (ABORTED, reason
+    THREAD_BUSY).
+    """
+    ForkThread: _grpc.UnaryUnaryMultiCallable[_thread_pb2.ForkThreadRequest, _thread_pb2.ForkThreadResponse]
+    """ForkThread copies a thread's messages up to and including one sequence
+    into a new thread under the same assistant and user; the original is
+    untouched. Fork before a message and send the edited text to edit it;
+    fork before a reply and send empty content to regenerate it.
+    """
     SendMessage: _grpc.UnaryStreamMultiCallable[_thread_pb2.SendMessageRequest, _thread_pb2.SendMessageResponse]
     """SendMessage stores a user message, then streams the assistant's reply.
-    Without `thread_id` a new thread is created. The stream is `started`,
+    Without `thread_id` a new thread is created. Empty `content` on a thread
+    whose last message is the user's answers that message again (no new
+    message is stored). The stream is `started`,
     any number of `delta`s, then `completed`; or, when the model asks for
     tools, `tool_calls_required` (answer with SubmitToolOutputs); or it ends
     with an error status. Only one reply runs per thread at a time: a
@@ -80,18 +103,41 @@ class ThreadServiceAsyncStub(ThreadServiceStub):
     CreateThread: _aio.UnaryUnaryMultiCallable[_thread_pb2.CreateThreadRequest, _thread_pb2.CreateThreadResponse]  # type: ignore[assignment]
     """CreateThread creates an empty thread under an assistant."""
     GetThread: _aio.UnaryUnaryMultiCallable[_thread_pb2.GetThreadRequest, _thread_pb2.GetThreadResponse]  # type: ignore[assignment]
-    """GetThread returns one thread, or NOT_FOUND."""
+    """GetThread returns one thread, or NOT_FOUND (also once it has expired)."""
     ListThreads: _aio.UnaryUnaryMultiCallable[_thread_pb2.ListThreadsRequest, _thread_pb2.ListThreadsResponse]  # type: ignore[assignment]
     """ListThreads lists threads, newest first, optionally only one assistant's
-    or one end user's, one page at a time.
+    or one end user's, or those matching a `filter`, one page at a time.
+    """
+    UpdateThread: _aio.UnaryUnaryMultiCallable[_thread_pb2.UpdateThreadRequest, _thread_pb2.UpdateThreadResponse]  # type: ignore[assignment]
+    """UpdateThread changes the fields named in `update_mask` (AIP-134): its
+    metadata, its expiration, or the assistant it talks to. It is refused
+    with ABORTED (reason THREAD_BUSY) while a reply runs on the thread, and
+    a move to another assistant also while a run waits for tool outputs.
     """
     DeleteThread: _aio.UnaryUnaryMultiCallable[_thread_pb2.DeleteThreadRequest, _thread_pb2.DeleteThreadResponse]  # type: ignore[assignment]
     """DeleteThread deletes a thread and all of its messages."""
     ListMessages: _aio.UnaryUnaryMultiCallable[_thread_pb2.ListMessagesRequest, _thread_pb2.ListMessagesResponse]  # type: ignore[assignment]
     """ListMessages lists a thread's messages, oldest first by default."""
+    AddMessages: _aio.UnaryUnaryMultiCallable[_thread_pb2.AddMessagesRequest, _thread_pb2.AddMessagesResponse]  # type: ignore[assignment]
+    """AddMessages appends up to 1,000 messages to a thread without calling the
+    model: history imported from another system, what a human agent said, a
+    seeded conversation. Without `thread_id` a new thread is created. The
+    messages are stored whole or not at all, take part in later prompts and
+    summaries like any others, and with memory AUTO the user messages are
+    remembered. A busy thread refuses them like a send (ABORTED, reason
+    THREAD_BUSY).
+    """
+    ForkThread: _aio.UnaryUnaryMultiCallable[_thread_pb2.ForkThreadRequest, _thread_pb2.ForkThreadResponse]  # type: ignore[assignment]
+    """ForkThread copies a thread's messages up to and including one sequence
+    into a new thread under the same assistant and user; the original is
+    untouched. Fork before a message and send the edited text to edit it;
+    fork before a reply and send empty content to regenerate it.
+    """
     SendMessage: _aio.UnaryStreamMultiCallable[_thread_pb2.SendMessageRequest, _thread_pb2.SendMessageResponse]  # type: ignore[assignment]
     """SendMessage stores a user message, then streams the assistant's reply.
-    Without `thread_id` a new thread is created. The stream is `started`,
+    Without `thread_id` a new thread is created. Empty `content` on a thread
+    whose last message is the user's answers that message again (no new
+    message is stored). The stream is `started`,
     any number of `delta`s, then `completed`; or, when the model asks for
     tools, `tool_calls_required` (answer with SubmitToolOutputs); or it ends
     with an error status. Only one reply runs per thread at a time: a
@@ -129,7 +175,7 @@ class ThreadServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _thread_pb2.GetThreadRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_thread_pb2.GetThreadResponse, _abc.Awaitable[_thread_pb2.GetThreadResponse]]:
-        """GetThread returns one thread, or NOT_FOUND."""
+        """GetThread returns one thread, or NOT_FOUND (also once it has expired)."""
 
     @_abc_1.abstractmethod
     def ListThreads(
@@ -138,7 +184,19 @@ class ThreadServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_thread_pb2.ListThreadsResponse, _abc.Awaitable[_thread_pb2.ListThreadsResponse]]:
         """ListThreads lists threads, newest first, optionally only one assistant's
-        or one end user's, one page at a time.
+        or one end user's, or those matching a `filter`, one page at a time.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateThread(
+        self,
+        request: _thread_pb2.UpdateThreadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_thread_pb2.UpdateThreadResponse, _abc.Awaitable[_thread_pb2.UpdateThreadResponse]]:
+        """UpdateThread changes the fields named in `update_mask` (AIP-134): its
+        metadata, its expiration, or the assistant it talks to. It is refused
+        with ABORTED (reason THREAD_BUSY) while a reply runs on the thread, and
+        a move to another assistant also while a run waits for tool outputs.
         """
 
     @_abc_1.abstractmethod
@@ -158,13 +216,42 @@ class ThreadServiceServicer(metaclass=_abc_1.ABCMeta):
         """ListMessages lists a thread's messages, oldest first by default."""
 
     @_abc_1.abstractmethod
+    def AddMessages(
+        self,
+        request: _thread_pb2.AddMessagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_thread_pb2.AddMessagesResponse, _abc.Awaitable[_thread_pb2.AddMessagesResponse]]:
+        """AddMessages appends up to 1,000 messages to a thread without calling the
+        model: history imported from another system, what a human agent said, a
+        seeded conversation. Without `thread_id` a new thread is created. The
+        messages are stored whole or not at all, take part in later prompts and
+        summaries like any others, and with memory AUTO the user messages are
+        remembered. A busy thread refuses them like a send (ABORTED, reason
+        THREAD_BUSY).
+        """
+
+    @_abc_1.abstractmethod
+    def ForkThread(
+        self,
+        request: _thread_pb2.ForkThreadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_thread_pb2.ForkThreadResponse, _abc.Awaitable[_thread_pb2.ForkThreadResponse]]:
+        """ForkThread copies a thread's messages up to and including one sequence
+        into a new thread under the same assistant and user; the original is
+        untouched. Fork before a message and send the edited text to edit it;
+        fork before a reply and send empty content to regenerate it.
+        """
+
+    @_abc_1.abstractmethod
     def SendMessage(
         self,
         request: _thread_pb2.SendMessageRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_thread_pb2.SendMessageResponse], _abc.AsyncIterator[_thread_pb2.SendMessageResponse]]:
         """SendMessage stores a user message, then streams the assistant's reply.
-        Without `thread_id` a new thread is created. The stream is `started`,
+        Without `thread_id` a new thread is created. Empty `content` on a thread
+        whose last message is the user's answers that message again (no new
+        message is stored). The stream is `started`,
         any number of `delta`s, then `completed`; or, when the model asks for
         tools, `tool_calls_required` (answer with SubmitToolOutputs); or it ends
         with an error status. Only one reply runs per thread at a time: a

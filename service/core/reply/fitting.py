@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import logging
 
-from service.core.budget import Fitted, fit, plan_budget
+from service.core.budget import Fitted, fit, plan_budget, token_limit
 from service.core.models import Assistant, ContextStrategy, Message, Recalled, Thread
 from service.core.ports import TokenCounter
 from service.telemetry import annotate
 
-__all__ = ["fit_prompt"]
+__all__ = ["fit_prompt", "prompt_limit"]
 
 log = logging.getLogger(__name__)
 
@@ -53,3 +53,11 @@ async def fit_prompt(
             window,
         )
     return fitted
+
+
+def prompt_limit(counter: TokenCounter, assistant: Assistant, model: str) -> int:
+    """The base tokens a prompt for ``model`` may use under ``assistant``:
+    the limit ``fit_prompt`` fits to, for work that plans without a prompt
+    (a summary fold after messages were added without a reply)."""
+    window = counter.context_window(model, assistant.context_window)
+    return token_limit(plan_budget(window), counter.ratio(model))

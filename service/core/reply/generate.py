@@ -79,7 +79,7 @@ class Replier:
         """
         thread = writes.thread
         first_round = run.round == 1
-        remembering = self._hooks.remember(tenant, thread, user) if first_round else None
+        remembering = self._hooks.remember(tenant, assistant, thread, user) if first_round else None
         try:
             recalled = await self._hooks.recall(tenant, thread, user) if first_round else []
             if recalled:

@@ -1,6 +1,13 @@
 """What a reply does around the model call with the assistant's memory and
-the thread's summary: recall and an episodic write before it, a summary fold
-and a fact-extraction job after it. None of them ever fails a reply."""
+the thread's summary: recall before it, an episodic write from its first
+delta on, a summary fold and a fact-extraction job after it. None of them
+ever fails a reply.
+
+Who may write memory: with memory AUTO, a thread with a user writes that
+user's memories; a thread without one would write assistant-wide memories,
+recalled into every user's prompt, so it writes none unless its assistant
+opts in (``shared_memory_writes``).
+"""
 
 from __future__ import annotations
 
@@ -77,12 +84,23 @@ class ReplyHooks:
         self._summarizer = summarizer
         self._shield = shield
 
-    def remember(self, tenant: str, thread: Thread, user: Message) -> Remembering:
+    def _writes(self, assistant: Assistant, thread: Thread, user: Message) -> MemoryPort | None:
+        """The memory to write to for this message, if it may write at all
+        (see the module docstring)."""
+        if self._memory is None or user.memory is not MemoryMode.AUTO:
+            return None
+        if not thread.user_id and not assistant.shared_memory_writes:
+            return None
+        return self._memory
+
+    def remember(
+        self, tenant: str, assistant: Assistant, thread: Thread, user: Message
+    ) -> Remembering:
         """The indexing of the user's message (memory AUTO), so that the next
         request can recall it; the reply starts it with its first delta and
         waits for it before it ends."""
-        memory = self._memory
-        if memory is None or user.memory is not MemoryMode.AUTO:
+        memory = self._writes(assistant, thread, user)
+        if memory is None:
             return Remembering(None, user.message_id, self._shield)
 
         def start() -> Coroutine[Any, Any, None]:
@@ -128,7 +146,8 @@ class ReplyHooks:
     ) -> str:
         """Queue the job that learns facts from the exchange (memory AUTO);
         return its id, or "" if none was queued."""
-        if self._memory is None or user.memory is not MemoryMode.AUTO:
+        memory = self._writes(assistant, thread, user)
+        if memory is None:
             return ""
         tool_outputs = (
             [
@@ -140,7 +159,7 @@ class ReplyHooks:
             else []
         )
         try:
-            return await self._memory.schedule_extraction(
+            return await memory.schedule_extraction(
                 tenant,
                 thread.assistant_id,
                 thread.user_id,

@@ -1,7 +1,9 @@
 """Taking a thread's lease for a reply, and recovering a reply cut off by a
 crash: when the lease is taken over from a holder that died, its unfinished
 reply is settled INCOMPLETE and the thread's context and count are rebuilt
-from the messages themselves (the holder may have died between writes)."""
+from the messages themselves (the holder may have died between writes). A
+batch of appended messages its writer did not finish (AddMessages) is
+rolled back first, whoever takes the lease next."""
 
 from __future__ import annotations
 
@@ -25,12 +27,13 @@ class Recovery:
 
     @contextlib.asynccontextmanager
     async def hold(
-        self, tenant: str, thread_id: str, thread: Thread | None = None, *, settle: bool = True
+        self, tenant: str, thread_id: str, thread: Thread | None = None
     ) -> AsyncIterator[ThreadWrites]:
         """Hold the thread's lease for the body of the ``async with`` and give
-        the writes made under it. ``thread`` is the thread as already read,
-        if it was (else it is read under the lease). With ``settle``, a dead
-        holder's reply is settled first.
+        the writes made under it. ``thread`` is a thread the caller has just
+        created (nobody else can have written it); any other is read under
+        the lease. A dead holder's reply is settled first, and an unfinished
+        batch rolled back.
 
         Raises:
             ThreadBusy: another live holder has the lease.
@@ -47,7 +50,7 @@ class Recovery:
                 thread=thread,
                 lease=lease,
             )
-            if settle and lease.stale is not None:
+            if lease.stale is not None or thread.open_batch is not None:
                 await self._settle(tenant, writes)
             yield writes
 
@@ -55,6 +58,7 @@ class Recovery:
         """After taking over a dead holder's lease: mark its unfinished reply
         INCOMPLETE and rebuild the thread's context and count from the
         messages."""
+        await writes.roll_back(tenant)
         history = await self._stores.messages.history(tenant, writes.thread.thread_id, 2**62)
         entries: list[ContextEntry] = []
         for message in history:

@@ -37,7 +37,16 @@ from service.core.reply.recovery import Recovery
 from service.core.tools import check_tool_choice, check_tools
 from service.core.validation import check_metadata, check_text
 
-__all__ = ["Idempotency", "SendRequest", "check_request", "resolve", "run_for"]
+__all__ = [
+    "Idempotency",
+    "SendRequest",
+    "assistant_for",
+    "check_request",
+    "existing_thread",
+    "resolve",
+    "run_for",
+    "thread_assistant",
+]
 
 
 Events: TypeAlias = AsyncGenerator[ReplyEvent, None]
@@ -66,12 +75,14 @@ class SendRequest:
 
 
 def check_request(req: SendRequest, max_content: int) -> None:
-    """Check the request's fields on their own.
+    """Check the request's fields on their own (empty content on a thread
+    asks to answer its last message again; that is checked under its lease).
 
     Raises:
         InvalidArgument: a malformed, missing or oversized field.
     """
-    check_text(req.content, "content", max_content, required=True)
+    if req.content or not req.thread_id:
+        check_text(req.content, "content", max_content, required=True)
     if req.thread_id:
         ids.check_id(ids.THREAD, req.thread_id, "thread_id")
     if req.assistant_id:
@@ -86,40 +97,81 @@ def check_request(req: SendRequest, max_content: int) -> None:
 
 async def resolve(
     stores: ReplyStores, tenant: str, req: SendRequest
-) -> tuple[Thread, bool, Assistant]:
+) -> tuple[Thread, bool, Assistant, RunSpec]:
     """The thread the request continues, or a new one under the assistant it
-    names (the tenant's default if none); whether it is new; its assistant.
+    names (the tenant's default if none); whether it is new; its assistant;
+    and the run that answers the request (checked before any thread is
+    created, so a bad request leaves nothing behind).
 
     Raises:
         NotFound: no such thread or assistant.
-        InvalidArgument: the thread belongs to another assistant or user.
+        InvalidArgument: the thread belongs to another assistant or user, or
+            ``tool_choice`` names no tool on offer.
     """
     if not req.thread_id:
-        assistant = (
-            await stores.assistants.get(tenant, req.assistant_id)
-            if req.assistant_id
-            else await stores.assistants.default(tenant)
-        )
+        assistant = await assistant_for(stores, tenant, req.assistant_id)
+        run = run_for(req, assistant)
         thread = await stores.threads.create(tenant, assistant.assistant_id, req.user_id, {})
-        return thread, True, assistant
-    thread = await stores.threads.get(tenant, req.thread_id)
-    if req.assistant_id and req.assistant_id != thread.assistant_id:
+        return thread, True, assistant, run
+    thread, assistant = await existing_thread(
+        stores, tenant, req.thread_id, req.assistant_id, req.user_id
+    )
+    return thread, False, assistant, run_for(req, assistant)
+
+
+async def assistant_for(stores: ReplyStores, tenant: str, assistant_id: str) -> Assistant:
+    """The assistant a new thread goes under: the one named, or the tenant's
+    default.
+
+    Raises:
+        InvalidArgument: malformed id.
+        NotFound: no such assistant.
+    """
+    if assistant_id:
+        return await stores.assistants.get(tenant, assistant_id)
+    return await stores.assistants.default(tenant)
+
+
+async def existing_thread(
+    stores: ReplyStores, tenant: str, thread_id: str, assistant_id: str, user_id: str
+) -> tuple[Thread, Assistant]:
+    """The thread a request continues and its assistant (see
+    ``thread_assistant``).
+
+    Raises:
+        NotFound: no such thread (or its assistant is being deleted).
+        InvalidArgument: the thread belongs to another assistant or user.
+    """
+    thread = await stores.threads.get(tenant, thread_id)
+    return thread, await thread_assistant(stores, tenant, thread, assistant_id, user_id)
+
+
+async def thread_assistant(
+    stores: ReplyStores, tenant: str, thread: Thread, assistant_id: str, user_id: str
+) -> Assistant:
+    """The assistant of a thread a request continues; ``assistant_id`` and
+    ``user_id``, if the request gave them, must be the thread's own.
+
+    Raises:
+        NotFound: the thread's assistant is being deleted (and the thread with it).
+        InvalidArgument: the thread belongs to another assistant or user.
+    """
+    if assistant_id and assistant_id != thread.assistant_id:
         raise InvalidArgument(
             f"thread {thread.thread_id!r} belongs to assistant {thread.assistant_id!r}, not "
-            f"{req.assistant_id!r}; omit assistant_id when continuing a thread",
+            f"{assistant_id!r}; omit assistant_id when continuing a thread",
             field="assistant_id",
         )
-    if req.user_id and req.user_id != thread.user_id:
+    if user_id and user_id != thread.user_id:
         raise InvalidArgument(
-            f"thread {thread.thread_id!r} belongs to another user; omit user_id when "
-            "continuing a thread, or start a new thread for this user",
+            f"thread {thread.thread_id!r} belongs to another user: a thread keeps the user it "
+            "was created for, so start a new thread for this user",
             field="user_id",
         )
     try:
-        assistant = await stores.assistants.get(tenant, thread.assistant_id)
+        return await stores.assistants.get(tenant, thread.assistant_id)
     except NotFound:  # the assistant is being deleted, and the thread with it
         raise NotFound("thread", thread.thread_id) from None
-    return thread, False, assistant
 
 
 def run_for(req: SendRequest, assistant: Assistant) -> RunSpec:

@@ -139,7 +139,9 @@ class ToolRuns:
         """
         ids.check_id(ids.RUN, run_id, "run_id")
         await self._stores.threads.get(tenant, thread_id)
-        async with self._recovery.hold(tenant, thread_id, settle=False) as writes:
+        # A dead holder's reply (a submission cut off mid-way) is settled
+        # first, as by any other holder that takes the lease over.
+        async with self._recovery.hold(tenant, thread_id) as writes:
             run = writes.thread.run
             if run is None or run.run_id != run_id:
                 raise NotFound("run", run_id)

@@ -64,7 +64,7 @@ class ThreadWrites:
 
     async def save_progress(self, message_id: str, content: str) -> None:
         """Save what a streaming message holds so far."""
-        await self._messages.save_progress(message_id, content)
+        await self._messages.save_progress(self.thread.tenant, message_id, content)
 
     async def finish(
         self,
@@ -79,6 +79,7 @@ class ThreadWrites:
         """Store a message's final state; None if it is gone (its thread was
         deleted)."""
         return await self._messages.finish(
+            self.thread.tenant,
             message_id,
             content=content,
             status=status,
@@ -97,13 +98,39 @@ class ThreadWrites:
         counted = [await with_tokens(e, self._counter) for e in entries]
         self.thread.context = merge(self.thread.context, counted, self._context_chars)
 
-    async def save(self, entries: Iterable[ContextEntry], run: PendingRun | None) -> None:
+    async def save(
+        self, entries: Iterable[ContextEntry], run: PendingRun | None, usage: Usage | None = None
+    ) -> None:
         """Add ``entries`` to the thread's context and write it with the
-        message count and ``run``, the run left waiting for tool outputs."""
+        message count and ``run``, the run left waiting for tool outputs,
+        closing an open batch and adding ``usage`` to the thread's totals."""
         await self.cache(entries)
         self.thread.run = run
+        self.thread.open_batch = None
         t = self.thread
-        await self._threads.save_context(t.thread_id, t.context, t.message_count, now(), t.run)
+        t.update_time = now()
+        await self._threads.save_context(
+            t.tenant, t.thread_id, t.context, t.message_count, t.update_time, t.run, usage
+        )
+
+    async def open_batch(self) -> int:
+        """Note that the messages appended from now until the next ``save``
+        are one batch, hidden from readers until then; return its first
+        sequence number."""
+        start = self.thread.message_count
+        await self._threads.mark_batch(self.thread.tenant, self.thread.thread_id, start)
+        self.thread.open_batch = start
+        return start
+
+    async def roll_back(self, tenant: str) -> None:
+        """Delete the messages of the thread's open batch and close it."""
+        start = self.thread.open_batch
+        if start is None:
+            return
+        await self._messages.delete_from(tenant, self.thread.thread_id, start)
+        await self._threads.mark_batch(self.thread.tenant, self.thread.thread_id, None)
+        self.thread.open_batch = None
+        self.thread.message_count = min(self.thread.message_count, start)
 
     async def rebuild(self, entries: Iterable[ContextEntry], message_count: int) -> None:
         """Replace the thread's context and count with ones rebuilt from its
@@ -180,5 +207,5 @@ class ReplyWriter:
         )
         if stored is None:
             raise NotFound("thread", self.reply.thread_id)
-        await self._writes.save([stored.entry()], pending)
+        await self._writes.save([stored.entry()], pending, got.usage)
         return stored

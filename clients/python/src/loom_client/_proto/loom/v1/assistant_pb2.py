@@ -28,7 +28,7 @@ from loom_client._proto.loom.v1 import common_pb2 as loom_dot_v1_dot_common__pb2
 from loom_client._proto.loom.v1 import tools_pb2 as loom_dot_v1_dot_tools__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17loom/v1/assistant.proto\x12\x07loom.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14loom/v1/common.proto\x1a\x13loom/v1/tools.proto\"\xd1\x03\n\tAssistant\x12\x14\n\x0c\x61ssistant_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x14\n\x0cinstructions\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12(\n\x0bmemory_mode\x18\x05 \x01(\x0e\x32\x13.loom.v1.MemoryMode\x12\x32\n\x08metadata\x18\x06 \x03(\x0b\x32 .loom.v1.Assistant.MetadataEntry\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x63ontext_window\x18\t \x01(\x05\x12\x32\n\x10\x63ontext_strategy\x18\n \x01(\x0e\x32\x18.loom.v1.ContextStrategy\x12\x1c\n\x05tools\x18\x0b \x03(\x0b\x32\r.loom.v1.Tool\x12 \n\x18memory_from_tool_outputs\x18\x0c \x01(\x08\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"?\n\x16\x43reateAssistantRequest\x12%\n\tassistant\x18\x01 \x01(\x0b\x32\x12.loom.v1.Assistant\"@\n\x17\x43reateAssistantResponse\x12%\n\tassistant\x18\x01 \x01(\x0b\x32\x12.loom.v1.Assistant\"+\n\x13GetAssistantRequest\x12\x14\n\x0c\x61ssistant_id\x18\x01 \x01(\t\"=\n\x14GetAssistantResponse\x12%\n\tassistant\x18\x01 \x01(\x0b\x32\x12.loom.v1.Assistant\">\n\x15ListAssistantsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"Y\n\x16ListAssistantsResponse\x12&\n\nassistants\x18\x01 \x03(\x0b\x32\x12.loom.v1.Assistant\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"p\n\x16UpdateAssistantRequest\x12%\n\tassistant\x18\x01 \x01(\x0b\x32\x12.loom.v1.Assistant\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"@\n\x17UpdateAssistantResponse\x12%\n\tassistant\x18\x01 \x01(\x0b\x32\x12.loom.v1.Assistant\".\n\x16\x44\x65leteAssistantRequest\x12\x14\n\x0c\x61ssistant_id\x18\x01 \x01(\t\"7\n\x17\x44\x65leteAssistantResponse\x12\x1c\n\x14\x64\x65leted_thread_count\x18\x01 \x01(\x03*r\n\x0f\x43ontextStrategy\x12 \n\x1c\x43ONTEXT_STRATEGY_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x43ONTEXT_STRATEGY_SUMMARIZE\x10\x01\x12\x1d\n\x19\x43ONTEXT_STRATEGY_TRUNCATE\x10\x02\x32\xb4\x03\n\x10\x41ssistantService\x12T\n\x0f\x43reateAssistant\x12\x1f.loom.v1.CreateAssistantRequest\x1a .loom.v1.CreateAssistantResponse\x12K\n\x0cGetAssistant\x12\x1c.loom.v1.GetAssistantRequest\x1a\x1d.loom.v1.GetAssistantResponse\x12Q\n\x0eListAssistants\x12\x1e.loom.v1.ListAssistantsRequest\x1a\x1f.loom.v1.ListAssistantsResponse\x12T\n\x0fUpdateAssistant\x12\x1f.loom.v1.UpdateAssistantRequest\x1a .loom.v1.UpdateAssistantResponse\x12T\n\x0f\x44\x65leteAssistant\x12\x1f.loom.v1.DeleteAssistantRequest\x1a .loom.v1.DeleteAssistantResponseBE\n\x0b\x63om.loom.v1B\x0e\x41ssistantProtoP\x01Z\x1aloom/gen/go/loom/v1;loomv1\xaa\x02\x07Loom.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17loom/v1/assistant.proto\x12\x07loom.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14loom/v1/common.proto\x1a\x13loom/v1/tools.proto\"\xef\x03\n\tAssistant\x12\x14\n\x0c\x61ssistant_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x14\n\x0cinstructions\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12(\n\x0bmemory_mode\x18\x05 \x01(\x0e\x32\x13.loom.v1.MemoryMode\x12\x32\n\x08metadata\x18\x06 \x03(\x0b\x32 .loom.v1.Assistant.MetadataEntry\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x63ontext_window\x18\t \x01(\x05\x12\x32\n\x10\x63ontext_strategy\x18\n \x01(\x0e\x32\x18.loom.v1.ContextStrategy\x12\x1c\n\x05tools\x18\x0b \x03(\x0b\x32\r.loom.v1.Tool\x12 \n\x18memory_from_tool_outputs\x18\x0c \x01(\x08\x12\x1c\n\x14shared_memory_writes\x18\r \x01(\x08\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"?\n\x16\x43reateAssistantRequest\x12%\n\tassistant\x18\x01 \x01(\x0b\x32\x12.loom.v1.Assistant\"@\n\x17\x43reateAssistantResponse\x12%\n\tassistant\x18\x01 \x01(\x0b\x32\x12.loom.v1.Assistant\"+\n\x13GetAssistantRequest\x12\x14\n\x0c\x61ssistant_id\x18\x01 \x01(\t\"=\n\x14GetAssistantResponse\x12%\n\tassistant\x18\x01 \x01(\x0b\x32\x12.loom.v1.Assistant\">\n\x15ListAssistantsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"Y\n\x16ListAssistantsResponse\x12&\n\nassistants\x18\x01 \x03(\x0b\x32\x12.loom.v1.Assistant\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"p\n\x16UpdateAssistantRequest\x12%\n\tassistant\x18\x01 \x01(\x0b\x32\x12.loom.v1.Assistant\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"@\n\x17UpdateAssistantResponse\x12%\n\tassistant\x18\x01 \x01(\x0b\x32\x12.loom.v1.Assistant\".\n\x16\x44\x65leteAssistantRequest\x12\x14\n\x0c\x61ssistant_id\x18\x01 \x01(\t\"7\n\x17\x44\x65leteAssistantResponse\x12\x1c\n\x14\x64\x65leted_thread_count\x18\x01 \x01(\x03*r\n\x0f\x43ontextStrategy\x12 \n\x1c\x43ONTEXT_STRATEGY_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x43ONTEXT_STRATEGY_SUMMARIZE\x10\x01\x12\x1d\n\x19\x43ONTEXT_STRATEGY_TRUNCATE\x10\x02\x32\xb4\x03\n\x10\x41ssistantService\x12T\n\x0f\x43reateAssistant\x12\x1f.loom.v1.CreateAssistantRequest\x1a .loom.v1.CreateAssistantResponse\x12K\n\x0cGetAssistant\x12\x1c.loom.v1.GetAssistantRequest\x1a\x1d.loom.v1.GetAssistantResponse\x12Q\n\x0eListAssistants\x12\x1e.loom.v1.ListAssistantsRequest\x1a\x1f.loom.v1.ListAssistantsResponse\x12T\n\x0fUpdateAssistant\x12\x1f.loom.v1.UpdateAssistantRequest\x1a .loom.v1.UpdateAssistantResponse\x12T\n\x0f\x44\x65leteAssistant\x12\x1f.loom.v1.DeleteAssistantRequest\x1a .loom.v1.DeleteAssistantResponseBE\n\x0b\x63om.loom.v1B\x0e\x41ssistantProtoP\x01Z\x1aloom/gen/go/loom/v1;loomv1\xaa\x02\x07Loom.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,32 +38,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'\n\013com.loom.v1B\016AssistantProtoP\001Z\032loom/gen/go/loom/v1;loomv1\252\002\007Loom.V1'
   _globals['_ASSISTANT_METADATAENTRY']._loaded_options = None
   _globals['_ASSISTANT_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_CONTEXTSTRATEGY']._serialized_start=1293
-  _globals['_CONTEXTSTRATEGY']._serialized_end=1407
+  _globals['_CONTEXTSTRATEGY']._serialized_start=1323
+  _globals['_CONTEXTSTRATEGY']._serialized_end=1437
   _globals['_ASSISTANT']._serialized_start=147
-  _globals['_ASSISTANT']._serialized_end=612
-  _globals['_ASSISTANT_METADATAENTRY']._serialized_start=565
-  _globals['_ASSISTANT_METADATAENTRY']._serialized_end=612
-  _globals['_CREATEASSISTANTREQUEST']._serialized_start=614
-  _globals['_CREATEASSISTANTREQUEST']._serialized_end=677
-  _globals['_CREATEASSISTANTRESPONSE']._serialized_start=679
-  _globals['_CREATEASSISTANTRESPONSE']._serialized_end=743
-  _globals['_GETASSISTANTREQUEST']._serialized_start=745
-  _globals['_GETASSISTANTREQUEST']._serialized_end=788
-  _globals['_GETASSISTANTRESPONSE']._serialized_start=790
-  _globals['_GETASSISTANTRESPONSE']._serialized_end=851
-  _globals['_LISTASSISTANTSREQUEST']._serialized_start=853
-  _globals['_LISTASSISTANTSREQUEST']._serialized_end=915
-  _globals['_LISTASSISTANTSRESPONSE']._serialized_start=917
-  _globals['_LISTASSISTANTSRESPONSE']._serialized_end=1006
-  _globals['_UPDATEASSISTANTREQUEST']._serialized_start=1008
-  _globals['_UPDATEASSISTANTREQUEST']._serialized_end=1120
-  _globals['_UPDATEASSISTANTRESPONSE']._serialized_start=1122
-  _globals['_UPDATEASSISTANTRESPONSE']._serialized_end=1186
-  _globals['_DELETEASSISTANTREQUEST']._serialized_start=1188
-  _globals['_DELETEASSISTANTREQUEST']._serialized_end=1234
-  _globals['_DELETEASSISTANTRESPONSE']._serialized_start=1236
-  _globals['_DELETEASSISTANTRESPONSE']._serialized_end=1291
-  _globals['_ASSISTANTSERVICE']._serialized_start=1410
-  _globals['_ASSISTANTSERVICE']._serialized_end=1846
+  _globals['_ASSISTANT']._serialized_end=642
+  _globals['_ASSISTANT_METADATAENTRY']._serialized_start=595
+  _globals['_ASSISTANT_METADATAENTRY']._serialized_end=642
+  _globals['_CREATEASSISTANTREQUEST']._serialized_start=644
+  _globals['_CREATEASSISTANTREQUEST']._serialized_end=707
+  _globals['_CREATEASSISTANTRESPONSE']._serialized_start=709
+  _globals['_CREATEASSISTANTRESPONSE']._serialized_end=773
+  _globals['_GETASSISTANTREQUEST']._serialized_start=775
+  _globals['_GETASSISTANTREQUEST']._serialized_end=818
+  _globals['_GETASSISTANTRESPONSE']._serialized_start=820
+  _globals['_GETASSISTANTRESPONSE']._serialized_end=881
+  _globals['_LISTASSISTANTSREQUEST']._serialized_start=883
+  _globals['_LISTASSISTANTSREQUEST']._serialized_end=945
+  _globals['_LISTASSISTANTSRESPONSE']._serialized_start=947
+  _globals['_LISTASSISTANTSRESPONSE']._serialized_end=1036
+  _globals['_UPDATEASSISTANTREQUEST']._serialized_start=1038
+  _globals['_UPDATEASSISTANTREQUEST']._serialized_end=1150
+  _globals['_UPDATEASSISTANTRESPONSE']._serialized_start=1152
+  _globals['_UPDATEASSISTANTRESPONSE']._serialized_end=1216
+  _globals['_DELETEASSISTANTREQUEST']._serialized_start=1218
+  _globals['_DELETEASSISTANTREQUEST']._serialized_end=1264
+  _globals['_DELETEASSISTANTRESPONSE']._serialized_start=1266
+  _globals['_DELETEASSISTANTRESPONSE']._serialized_end=1321
+  _globals['_ASSISTANTSERVICE']._serialized_start=1440
+  _globals['_ASSISTANTSERVICE']._serialized_end=1876
 # @@protoc_insertion_point(module_scope)

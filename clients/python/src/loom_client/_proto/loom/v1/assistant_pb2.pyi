@@ -93,8 +93,11 @@ class Assistant(_message.Message):
     CONTEXT_STRATEGY_FIELD_NUMBER: _builtins.int
     TOOLS_FIELD_NUMBER: _builtins.int
     MEMORY_FROM_TOOL_OUTPUTS_FIELD_NUMBER: _builtins.int
+    SHARED_MEMORY_WRITES_FIELD_NUMBER: _builtins.int
     assistant_id: _builtins.str
-    """Output only. Server-assigned id, e.g. `asst_6650c3b2e1f4a9d0c1b2a3f4`."""
+    """Output only. Server-assigned random id (128 bits), e.g.
+    `asst_6650c3b2e1f4a9d0c1b2a3f4e5d6c7b8`.
+    """
     name: _builtins.str
     """Human-readable name, at most 256 characters."""
     instructions: _builtins.str
@@ -118,6 +121,14 @@ class Assistant(_message.Message):
     memory_from_tool_outputs: _builtins.bool
     """With memory AUTO, also extract facts from tool outputs (off by default:
     tool outputs often hold data that is not about the user).
+    """
+    shared_memory_writes: _builtins.bool
+    """With memory AUTO, threads without a `user_id` write what they learn (the
+    user's messages and the facts extracted from them) as assistant-wide
+    memories, which every user's threads recall. Off by default: such
+    threads then write no memory at all (they still recall assistant-wide
+    memories), so a caller that omits `user_id` cannot put words into every
+    user's prompt. Memories created with MemoryService are not affected.
     """
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
@@ -154,10 +165,11 @@ class Assistant(_message.Message):
         context_strategy: Global___ContextStrategy.ValueType = ...,
         tools: _abc.Iterable[_tools_pb2.Tool] | None = ...,
         memory_from_tool_outputs: _builtins.bool = ...,
+        shared_memory_writes: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_id", b"assistant_id", "context_strategy", b"context_strategy", "context_window", b"context_window", "create_time", b"create_time", "instructions", b"instructions", "memory_from_tool_outputs", b"memory_from_tool_outputs", "memory_mode", b"memory_mode", "metadata", b"metadata", "model", b"model", "name", b"name", "tools", b"tools", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_id", b"assistant_id", "context_strategy", b"context_strategy", "context_window", b"context_window", "create_time", b"create_time", "instructions", b"instructions", "memory_from_tool_outputs", b"memory_from_tool_outputs", "memory_mode", b"memory_mode", "metadata", b"metadata", "model", b"model", "name", b"name", "shared_memory_writes", b"shared_memory_writes", "tools", b"tools", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -19,6 +19,11 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
+
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class _MemoryKind:
@@ -48,6 +53,46 @@ MEMORY_KIND_FACT: MemoryKind.ValueType  # 2
 MEMORY_KIND_MANUAL: MemoryKind.ValueType  # 3
 """Added through CreateMemory."""
 Global___MemoryKind: _TypeAlias = MemoryKind  # noqa: Y015
+
+class _MemoryChange:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MemoryChangeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MemoryChange.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MEMORY_CHANGE_UNSPECIFIED: _MemoryChange.ValueType  # 0
+    """Not set."""
+    MEMORY_CHANGE_CREATED: _MemoryChange.ValueType  # 1
+    """The memory was created (by CreateMemory, BatchCreateMemories, a user's
+    message, or fact extraction).
+    """
+    MEMORY_CHANGE_UPDATED: _MemoryChange.ValueType  # 2
+    """Its content or metadata changed (UpdateMemory, or fact extraction
+    refining it).
+    """
+    MEMORY_CHANGE_INVALIDATED: _MemoryChange.ValueType  # 3
+    """It was invalidated: fact extraction found it contradicted or replaced."""
+    MEMORY_CHANGE_RESTORED: _MemoryChange.ValueType  # 4
+    """An invalidated memory was restored with UpdateMemory."""
+
+class MemoryChange(_MemoryChange, metaclass=_MemoryChangeEnumTypeWrapper):
+    """MemoryChange says what made one version of a memory."""
+
+MEMORY_CHANGE_UNSPECIFIED: MemoryChange.ValueType  # 0
+"""Not set."""
+MEMORY_CHANGE_CREATED: MemoryChange.ValueType  # 1
+"""The memory was created (by CreateMemory, BatchCreateMemories, a user's
+message, or fact extraction).
+"""
+MEMORY_CHANGE_UPDATED: MemoryChange.ValueType  # 2
+"""Its content or metadata changed (UpdateMemory, or fact extraction
+refining it).
+"""
+MEMORY_CHANGE_INVALIDATED: MemoryChange.ValueType  # 3
+"""It was invalidated: fact extraction found it contradicted or replaced."""
+MEMORY_CHANGE_RESTORED: MemoryChange.ValueType  # 4
+"""An invalidated memory was restored with UpdateMemory."""
+Global___MemoryChange: _TypeAlias = MemoryChange  # noqa: Y015
 
 @_typing.final
 class Memory(_message.Message):
@@ -85,8 +130,14 @@ class Memory(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    INVALIDATE_TIME_FIELD_NUMBER: _builtins.int
+    SUPERSEDED_BY_FIELD_NUMBER: _builtins.int
+    SUPERSEDES_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
     memory_id: _builtins.str
-    """Output only. Server-assigned id, e.g. `mem_6650c3b2e1f4a9d0c1b2a3f4`."""
+    """Output only. Server-assigned random id (128 bits), e.g.
+    `mem_6650c3b2e1f4a9d0c1b2a3f4e5d6c7b8`.
+    """
     assistant_id: _builtins.str
     """The assistant whose memory this is."""
     user_id: _builtins.str
@@ -99,6 +150,14 @@ class Memory(_message.Message):
     """Output only. The thread it was learnt in, if any."""
     source_message_id: _builtins.str
     """Output only. The message it was learnt from, if any."""
+    superseded_by: _builtins.str
+    """Output only. The memory that replaced this one, if a newer memory did."""
+    supersedes: _builtins.str
+    """Output only. The memory this one replaced, if it replaced one."""
+    version: _builtins.int
+    """Output only. The version of this memory: 1 when created, one more for
+    each change (ListMemoryHistory lists them).
+    """
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Caller-defined labels: at most 16 pairs, keys up to 64 characters,
@@ -113,6 +172,14 @@ class Memory(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """Output only. When it last changed."""
 
+    @_builtins.property
+    def invalidate_time(self) -> _timestamp_pb2.Timestamp:
+        """Output only. When it was found to be no longer true (a newer fact
+        contradicted or replaced it); unset while it holds. An invalidated memory
+        is kept, with its history, but never recalled, and is returned by
+        ListMemories and SearchMemories only with `include_invalidated`.
+        """
+
     def __init__(
         self,
         *,
@@ -126,14 +193,98 @@ class Memory(_message.Message):
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        invalidate_time: _timestamp_pb2.Timestamp | None = ...,
+        superseded_by: _builtins.str = ...,
+        supersedes: _builtins.str = ...,
+        version: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "invalidate_time", b"invalidate_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_id", b"assistant_id", "content", b"content", "create_time", b"create_time", "kind", b"kind", "memory_id", b"memory_id", "metadata", b"metadata", "source_message_id", b"source_message_id", "source_thread_id", b"source_thread_id", "update_time", b"update_time", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_id", b"assistant_id", "content", b"content", "create_time", b"create_time", "invalidate_time", b"invalidate_time", "kind", b"kind", "memory_id", b"memory_id", "metadata", b"metadata", "source_message_id", b"source_message_id", "source_thread_id", b"source_thread_id", "superseded_by", b"superseded_by", "supersedes", b"supersedes", "update_time", b"update_time", "user_id", b"user_id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Memory: _TypeAlias = Memory  # noqa: Y015
+
+@_typing.final
+class MemoryVersion(_message.Message):
+    """MemoryVersion is one version of a memory and the change that made it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    CHANGE_FIELD_NUMBER: _builtins.int
+    OPERATION_ID_FIELD_NUMBER: _builtins.int
+    THREAD_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    CHANGE_TIME_FIELD_NUMBER: _builtins.int
+    SUPERSEDED_BY_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """The version number: 1 for the first, one more for each change."""
+    content: _builtins.str
+    """The memory's content in this version."""
+    change: Global___MemoryChange.ValueType
+    """What made this version."""
+    operation_id: _builtins.str
+    """The memory operation (fact extraction) that made the change; empty for
+    changes made through MemoryService or by a user's message.
+    """
+    thread_id: _builtins.str
+    """The thread the change came from, if any."""
+    message_id: _builtins.str
+    """The message the change came from, if any."""
+    superseded_by: _builtins.str
+    """For MEMORY_CHANGE_INVALIDATED: the memory that replaced this one, if any."""
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The memory's metadata in this version."""
+
+    @_builtins.property
+    def change_time(self) -> _timestamp_pb2.Timestamp:
+        """When the change was made."""
+
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        content: _builtins.str = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        change: Global___MemoryChange.ValueType = ...,
+        operation_id: _builtins.str = ...,
+        thread_id: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        change_time: _timestamp_pb2.Timestamp | None = ...,
+        superseded_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["change_time", b"change_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "change_time", b"change_time", "content", b"content", "message_id", b"message_id", "metadata", b"metadata", "operation_id", b"operation_id", "superseded_by", b"superseded_by", "thread_id", b"thread_id", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MemoryVersion: _TypeAlias = MemoryVersion  # noqa: Y015
 
 @_typing.final
 class CreateMemoryRequest(_message.Message):
@@ -184,6 +335,78 @@ class CreateMemoryResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateMemoryResponse: _TypeAlias = CreateMemoryResponse  # noqa: Y015
+
+@_typing.final
+class BatchCreateMemoriesRequest(_message.Message):
+    """BatchCreateMemoriesRequest adds many memories at once."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ASSISTANT_ID_FIELD_NUMBER: _builtins.int
+    MEMORIES_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    SEQUENTIAL_FIELD_NUMBER: _builtins.int
+    assistant_id: _builtins.str
+    """The assistant the memories belong to."""
+    request_id: _builtins.str
+    """Makes a retry safe (AIP-155): a repeat with the same id and memories
+    returns the memories the first call created, and creates none; the same
+    id with other memories is INVALID_ARGUMENT (reason REQUEST_ID_REUSED).
+    At most 128 characters; ids are the caller's to keep unique per
+    assistant.
+    """
+    sequential: _builtins.bool
+    """The memories are consecutive turns of one conversation, in order: each
+    is indexed with the turns around it of the same user (the two before,
+    the one after) as context, which searches use to find it but never
+    return. Leave unset for memories that are not a sequence.
+    """
+    @_builtins.property
+    def memories(self) -> _containers.RepeatedCompositeFieldContainer[Global___Memory]:
+        """The memories, 1 to 1,000: each with `content` and optionally `user_id`
+        and `metadata`, as in CreateMemory; `assistant_id` may be left empty
+        (else it must be the request's); the rest is ignored.
+        """
+
+    def __init__(
+        self,
+        *,
+        assistant_id: _builtins.str = ...,
+        memories: _abc.Iterable[Global___Memory] | None = ...,
+        request_id: _builtins.str = ...,
+        sequential: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_id", b"assistant_id", "memories", b"memories", "request_id", b"request_id", "sequential", b"sequential"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchCreateMemoriesRequest: _TypeAlias = BatchCreateMemoriesRequest  # noqa: Y015
+
+@_typing.final
+class BatchCreateMemoriesResponse(_message.Message):
+    """BatchCreateMemoriesResponse returns the stored memories."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMORIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def memories(self) -> _containers.RepeatedCompositeFieldContainer[Global___Memory]:
+        """The memories with their ids and times, in the order of the request."""
+
+    def __init__(
+        self,
+        *,
+        memories: _abc.Iterable[Global___Memory] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["memories", b"memories"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchCreateMemoriesResponse: _TypeAlias = BatchCreateMemoriesResponse  # noqa: Y015
 
 @_typing.final
 class GetMemoryRequest(_message.Message):
@@ -246,6 +469,8 @@ class ListMemoriesRequest(_message.Message):
     ASSISTANT_WIDE_ONLY_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    INCLUDE_INVALIDATED_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
     assistant_id: _builtins.str
     """The assistant."""
     user_id: _builtins.str
@@ -260,6 +485,15 @@ class ListMemoriesRequest(_message.Message):
     """
     page_token: _builtins.str
     """`next_page_token` from the previous page, sent with the same filters."""
+    include_invalidated: _builtins.bool
+    """Also list invalidated memories (see `Memory.invalidate_time`)."""
+    filter: _builtins.str
+    """Only memories matching this filter (AIP-160 subset: comparisons joined
+    by `AND`): `kind = FACT` (or EPISODIC, MANUAL; `!=` too),
+    `metadata.KEY = "value"` (or `!=`), and `create_time` or `update_time`
+    against an RFC 3339 timestamp with `=`, `!=`, `<`, `<=`, `>`, `>=`, e.g.
+    `kind = FACT AND metadata.source = "crm" AND create_time >= "2026-01-01T00:00:00Z"`.
+    """
     def __init__(
         self,
         *,
@@ -268,10 +502,12 @@ class ListMemoriesRequest(_message.Message):
         assistant_wide_only: _builtins.bool = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        include_invalidated: _builtins.bool = ...,
+        filter: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_id", b"assistant_id", "assistant_wide_only", b"assistant_wide_only", "page_size", b"page_size", "page_token", b"page_token", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_id", b"assistant_id", "assistant_wide_only", b"assistant_wide_only", "filter", b"filter", "include_invalidated", b"include_invalidated", "page_size", b"page_size", "page_token", b"page_token", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -316,6 +552,8 @@ class SearchMemoriesRequest(_message.Message):
     USER_ID_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
     MIN_SCORE_FIELD_NUMBER: _builtins.int
+    INCLUDE_INVALIDATED_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
     assistant_id: _builtins.str
     """The assistant."""
     query: _builtins.str
@@ -328,6 +566,12 @@ class SearchMemoriesRequest(_message.Message):
     """Maximum results: 0 means 10, at most 100."""
     min_score: _builtins.float
     """Results scoring below this are left out (0 keeps all)."""
+    include_invalidated: _builtins.bool
+    """Also search invalidated memories (see `Memory.invalidate_time`)."""
+    filter: _builtins.str
+    """Only memories matching this filter; the syntax of
+    `ListMemoriesRequest.filter`. Ranking is over the matching memories.
+    """
     def __init__(
         self,
         *,
@@ -336,10 +580,12 @@ class SearchMemoriesRequest(_message.Message):
         user_id: _builtins.str = ...,
         limit: _builtins.int = ...,
         min_score: _builtins.float = ...,
+        include_invalidated: _builtins.bool = ...,
+        filter: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_id", b"assistant_id", "limit", b"limit", "min_score", b"min_score", "query", b"query", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_id", b"assistant_id", "filter", b"filter", "include_invalidated", b"include_invalidated", "limit", b"limit", "min_score", b"min_score", "query", b"query", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -412,7 +658,9 @@ class UpdateMemoryRequest(_message.Message):
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
         """Fields to change: `content`, `metadata`, or `*` for both. Empty means
-        every one of them that is set.
+        every one of them that is set. `invalidate_time` (named on its own, with
+        `memory.invalidate_time` unset) restores an invalidated memory: it is
+        recalled again.
         """
 
     def __init__(
@@ -495,6 +743,70 @@ class DeleteMemoryResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteMemoryResponse: _TypeAlias = DeleteMemoryResponse  # noqa: Y015
+
+@_typing.final
+class ListMemoryHistoryRequest(_message.Message):
+    """ListMemoryHistoryRequest asks for one page of a memory's versions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ASSISTANT_ID_FIELD_NUMBER: _builtins.int
+    MEMORY_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    assistant_id: _builtins.str
+    """The assistant the memory belongs to."""
+    memory_id: _builtins.str
+    """Id of the memory."""
+    page_size: _builtins.int
+    """Maximum versions to return: 0 means 50, more than 1000 is treated as
+    1000, negative is INVALID_ARGUMENT.
+    """
+    page_token: _builtins.str
+    """`next_page_token` from the previous page, sent with the same ids."""
+    def __init__(
+        self,
+        *,
+        assistant_id: _builtins.str = ...,
+        memory_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_id", b"assistant_id", "memory_id", b"memory_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMemoryHistoryRequest: _TypeAlias = ListMemoryHistoryRequest  # noqa: Y015
+
+@_typing.final
+class ListMemoryHistoryResponse(_message.Message):
+    """ListMemoryHistoryResponse is one page of a memory's versions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty when this is the last page."""
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___MemoryVersion]:
+        """Versions, oldest first; the last one is the memory as it stands."""
+
+    def __init__(
+        self,
+        *,
+        versions: _abc.Iterable[Global___MemoryVersion] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "versions", b"versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMemoryHistoryResponse: _TypeAlias = ListMemoryHistoryResponse  # noqa: Y015
 
 @_typing.final
 class GetMemoryOperationRequest(_message.Message):
@@ -592,6 +904,8 @@ class MemoryOperation(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    INVALIDATED_MEMORY_IDS_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
     operation_id: _builtins.str
     """Id of the operation."""
     state: Global___MemoryOperation.State.ValueType
@@ -613,8 +927,11 @@ class MemoryOperation(_message.Message):
         """Memories whose content changed."""
 
     @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
     def deleted_memory_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Memories deleted (contradicted)."""
+        """No longer filled: reconciliation invalidates a contradicted memory
+        instead of deleting it (see `invalidated_memory_ids`).
+        """
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
@@ -623,6 +940,19 @@ class MemoryOperation(_message.Message):
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When it last changed state."""
+
+    @_builtins.property
+    def invalidated_memory_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Memories invalidated: contradicted or replaced by a newer fact, kept with
+        their history (ListMemoryHistory) but no longer recalled.
+        """
+
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What the operation skipped and why, e.g. a model answer still malformed
+        after being asked for again (the exchange's facts are then not
+        extracted). The operation still succeeds.
+        """
 
     def __init__(
         self,
@@ -638,10 +968,12 @@ class MemoryOperation(_message.Message):
         error: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        invalidated_memory_ids: _abc.Iterable[_builtins.str] | None = ...,
+        warnings: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["added_memory_ids", b"added_memory_ids", "attempts", b"attempts", "create_time", b"create_time", "deleted_memory_ids", b"deleted_memory_ids", "error", b"error", "message_id", b"message_id", "operation_id", b"operation_id", "state", b"state", "thread_id", b"thread_id", "update_time", b"update_time", "updated_memory_ids", b"updated_memory_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["added_memory_ids", b"added_memory_ids", "attempts", b"attempts", "create_time", b"create_time", "deleted_memory_ids", b"deleted_memory_ids", "error", b"error", "invalidated_memory_ids", b"invalidated_memory_ids", "message_id", b"message_id", "operation_id", b"operation_id", "state", b"state", "thread_id", b"thread_id", "update_time", b"update_time", "updated_memory_ids", b"updated_memory_ids", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
