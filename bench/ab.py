@@ -134,7 +134,8 @@ async def _loom_once(side: Side, thread_id: str, content: str = "ping") -> tuple
         req = thread_pb2.SendMessageRequest(
             content=content, assistant_id=side.assistant, user_id=f"user-{content}"
         )
-    async for event in side.stub.SendMessage(req, metadata=METADATA):
+    # A bound, not a measurement: a stalled stream counts as an error.
+    async for event in side.stub.SendMessage(req, metadata=METADATA, timeout=120):
         if event.HasField("started"):
             started = event.started.thread_id
         if event.HasField("delta") and not first:

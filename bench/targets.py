@@ -173,7 +173,8 @@ async def _send(side: Target, req: thread_pb2.SendMessageRequest) -> tuple[float
     start = time.perf_counter()
     first = 0.0
     thread_id = ""
-    async for event in side.stub.SendMessage(req, metadata=METADATA):
+    # A bound, not a measurement: a stalled stream counts as an error.
+    async for event in side.stub.SendMessage(req, metadata=METADATA, timeout=120):
         if event.HasField("started"):
             thread_id = event.started.thread_id
         if event.HasField("delta") and not first:
