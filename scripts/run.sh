@@ -4,6 +4,8 @@
 # FerretDB (the MongoDB wire protocol) over PostgreSQL, its cluster created
 # once under $LOOM_DATA_DIR/postgres by scripts/postgres.sh; or, with
 # LOOM_LOCAL_DB=sqlite, FerretDB over SQLite files under $LOOM_DATA_DIR/ferretdb.
+# The HTTP door (OpenAI's Conversations and Responses APIs) listens on
+# 127.0.0.1:8080 unless LOOM_HTTP_LISTEN says otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -11,6 +13,8 @@ FERRETDB=${FERRETDB:-.tools/bin/ferretdb}
 DATA_DIR=${LOOM_DATA_DIR:-./.data}
 LOCAL_DB=${LOOM_LOCAL_DB:-postgresql}
 export ORT_DISABLE_TELEMETRY=1
+# The OpenAI-shaped HTTP door; LOOM_HTTP_LISTEN= (empty) turns it off.
+export LOOM_HTTP_LISTEN=${LOOM_HTTP_LISTEN-127.0.0.1:8080}
 
 pg_dir=""
 ferret_pid=""

@@ -5,6 +5,8 @@ each may import; tests/test_architecture.py checks it):
 
 - ``service.api``: gRPC servicers and the interceptor (protobuf in and out,
   API keys to tenants, domain errors to status codes);
+- ``service.http``: the OpenAI-shaped HTTP door (Conversations and
+  Responses endpoints over the same use cases, errors in OpenAI's shape);
 - ``service.core``: the conversation domain (models, errors, the ports
   adapters implement, assistants, threads, leases, jobs, summaries, prompt
   fitting, and the reply loop: ``conversation.py`` over ``core/reply/``);

@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         from service.probe import local_address, probe
 
         return probe(local_address(settings.listen))
-    from service.server import serve
+    from service.run import serve
     from service.telemetry import setup
 
     try:

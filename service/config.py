@@ -47,6 +47,13 @@ def _certificates(path: Path, what: str) -> None:
         raise ValueError(f"{str(path)!r} holds no PEM certificate ({exc.reason or exc})") from None
 
 
+def _host_port(value: str, example: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"must be host:port, e.g. {example}")
+    return value
+
+
 # gRPC takes its channel arguments as C ints (milliseconds for times).
 _INT32 = 2**31 - 1
 _MAX_MS_SECONDS = _INT32 // 1000
@@ -60,6 +67,9 @@ class Settings(BaseSettings):
     )
 
     listen: str = Field("127.0.0.1:50051", description="host:port the gRPC server binds")
+    http_listen: str | None = Field(
+        None, description="host:port of the OpenAI-shaped HTTP door (unset: off)"
+    )
     mongodb_uri: SecretStr = Field(SecretStr("mongodb://127.0.0.1:27017"))
     mongodb_db: str = "loom"
     mongodb_timeout: float = Field(
@@ -172,10 +182,12 @@ class Settings(BaseSettings):
     @field_validator("listen")
     @classmethod
     def _check_listen(cls, value: str) -> str:
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ValueError("must be host:port, e.g. 127.0.0.1:50051 or [::]:50051")
-        return value
+        return _host_port(value, "127.0.0.1:50051 or [::]:50051")
+
+    @field_validator("http_listen")
+    @classmethod
+    def _check_http_listen(cls, value: str | None) -> str | None:
+        return _host_port(value, "127.0.0.1:8080 or [::]:8080") if value else None
 
     @field_validator("mongodb_uri")
     @classmethod
@@ -250,13 +262,19 @@ class Settings(BaseSettings):
     def _check_plaintext(cls, value: bool, info: ValidationInfo) -> bool:
         if value or "listen" not in info.data or "tls_key" not in info.data:
             return value
-        listen = info.data["listen"]
-        if info.data["tls_key"] is None and not is_loopback(listen):
-            raise ValueError(
-                f"LOOM_LISTEN={listen} is not a loopback address and LOOM_TLS_CERT/LOOM_TLS_KEY "
-                "are not set: set them to serve TLS, or set LOOM_ALLOW_PLAINTEXT=true to serve "
-                "plaintext on the network anyway"
-            )
+        if info.data["tls_key"] is not None:
+            return value
+        addresses = {
+            "LOOM_LISTEN": info.data["listen"],
+            "LOOM_HTTP_LISTEN": info.data.get("http_listen"),
+        }
+        for name, listen in addresses.items():
+            if listen and not is_loopback(listen):
+                raise ValueError(
+                    f"{name}={listen} is not a loopback address and LOOM_TLS_CERT/LOOM_TLS_KEY "
+                    "are not set: set them to serve TLS, or set LOOM_ALLOW_PLAINTEXT=true to "
+                    "serve plaintext on the network anyway"
+                )
         return value
 
     @field_validator("log_level")

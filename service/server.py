@@ -1,17 +1,16 @@
 """Wiring: settings, telemetry, store, model client, servicers,
-interceptors, health, reflection and graceful shutdown."""
+interceptors, health, reflection and the HTTP door; ``Loom`` starts and
+stops them together (``run.py`` runs it as a process)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from pymongo import errors as mongo_errors
 
 from generated.loom.v1 import (
     assistant_pb2,
@@ -23,7 +22,6 @@ from generated.loom.v1 import (
 )
 from service.api.assistants import AssistantServicer
 from service.api.context import current_tenant
-from service.api.errors import Translator
 from service.api.health import DatabaseHealth
 from service.api.interceptor import LoomInterceptor
 from service.api.limits import LimitsInterceptor
@@ -33,6 +31,7 @@ from service.api.threads import ThreadServicer
 from service.config import Settings
 from service.core.assistants import Assistants
 from service.core.conversation import Conversation, ReplyPolicy, ReplyServices, ReplyStores
+from service.core.errors import Translator
 from service.core.forks import Forks
 from service.core.jobs import JobRunner
 from service.core.keys import KeyService
@@ -43,22 +42,33 @@ from service.core.shield import Shield
 from service.core.summaries import Summarizer
 from service.core.threads import Threads
 from service.core.usage import Ledger
+from service.http.app import TENANT, build_app
+from service.http.door import Door
+from service.http.server import HttpServer
 from service.llm import OpenAIChatModel
 from service.llm.tokens import TokenBudgets
 from service.memory.domain import AssistantMemory
-from service.memory.embeddings import EmbeddingError, embedder_from_settings
+from service.memory.embeddings import embedder_from_settings
 from service.memory.history import History
 from service.memory.index import ChromaMemoryIndex, open_index
 from service.memory.memories import Memories
 from service.memory.sharing import SharedEmbedder
 from service.store import MongoStore, connect
 from service.store import errors as store_errors
-from service.telemetry import Telemetry, TelemetryConfigError, setup, span, tracer
+from service.telemetry import Telemetry, span, tracer
 from service.telemetry.chroma import TracedChromaClient
 from service.telemetry.embeddings import TracedEmbedder
+from service.telemetry.http import HttpTelemetry
 from service.telemetry.jobs import BacklogSampler
 from service.telemetry.rpc import server_interceptors
-from service.transport import bind, describe, server_options
+from service.transport import (
+    bind,
+    bind_http,
+    describe,
+    http_tls,
+    receive_limit,
+    server_options,
+)
 
 __all__ = [
     "TRANSLATORS",
@@ -66,10 +76,11 @@ __all__ = [
     "build",
     "build_conversation",
     "build_grpc_server",
+    "build_http",
     "build_jobs",
+    "build_limiter",
     "build_memory",
     "build_model",
-    "serve",
 ]
 
 log = logging.getLogger(__name__)
@@ -83,7 +94,6 @@ class Served:
     health: health.aio.HealthServicer
     port: int
     transport: str  # how it serves: plaintext, TLS or mTLS
-    limiter: Limiter
 
 
 @dataclass(slots=True, kw_only=True)
@@ -108,6 +118,12 @@ class Loom:
     backlog: BacklogSampler | None = None
     transport: str
     limiter: Limiter
+    http: HttpServer | None = None  # the OpenAI-shaped door, when LOOM_HTTP_LISTEN is set
+
+    @property
+    def http_port(self) -> int:
+        """The HTTP door's port (0 when it is off)."""
+        return self.http.port if self.http is not None else 0
 
     async def start(self) -> None:
         """Prepare the database, then start serving."""
@@ -121,12 +137,17 @@ class Loom:
             await self.assistants.resume_deletes()
             await self.threads.resume_deletes()
         await self.server.start()
+        if self.http is not None:
+            await self.http.start()
         self.jobs.start()
         if self.backlog is not None:
             self.backlog.start()
         await self.database_health.set(True)
         self.database_health.start()
         log.log(*describe(self.transport, self.settings.listen.rsplit(":", 1)[0] + f":{self.port}"))
+        if self.http is not None and self.settings.http_listen:
+            host = self.settings.http_listen.rsplit(":", 1)[0]
+            log.log(*describe(self.transport, f"{host}:{self.http_port}", "loom HTTP door"))
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting calls, let streams in flight finish within the grace
@@ -137,7 +158,10 @@ class Loom:
         if self.backlog is not None:
             await self.backlog.stop()
         await self.jobs.stop()
-        await self.server.stop(self.settings.shutdown_grace if grace is None else grace)
+        grace = self.settings.shutdown_grace if grace is None else grace
+        await asyncio.gather(
+            self.server.stop(grace), self.http.stop(grace) if self.http else asyncio.sleep(0)
+        )
         if not await self.conversation.drain(5.0):
             log.warning("replies still running at shutdown; their final state may be lost")
         await self.shield.drain()
@@ -166,11 +190,8 @@ def build(settings: Settings, telemetry: Telemetry | None = None) -> Loom:
     (from ``service.telemetry.setup``, before this call so that MongoDB is
     traced) defaults to off."""
     telemetry = telemetry or Telemetry()
-    store = connect(
-        settings.mongodb_uri.get_secret_value(),
-        settings.mongodb_db,
-        timeout=settings.mongodb_timeout,
-    )
+    uri = settings.mongodb_uri.get_secret_value()
+    store = connect(uri, settings.mongodb_db, timeout=settings.mongodb_timeout)
     llm = build_model(settings, telemetry)
     shield = Shield()
     jobs = build_jobs(settings, store, shield)
@@ -187,12 +208,14 @@ def build(settings: Settings, telemetry: Telemetry | None = None) -> Loom:
         threads=threads,
         memory=memory,
     )
-    keys = KeyService(store.keys)
+    keys, limiter = KeyService(store.keys), build_limiter(settings)  # shared by both doors
+    door = Door(keys.authenticate, limiter, threads, conversation, TRANSLATORS, max_body(settings))
     forks = Forks(threads, store.messages, context_chars=settings.context_cache_chars)
     served = build_grpc_server(
         settings,
         telemetry,
         keys,
+        limiter,
         assistants=AssistantServicer(assistants),
         threads=ThreadServicer(threads, conversation, forks),
         memory=MemoryServicer(memories),
@@ -212,7 +235,8 @@ def build(settings: Settings, telemetry: Telemetry | None = None) -> Loom:
         memory_index=index,
         port=served.port,
         transport=served.transport,
-        limiter=served.limiter,
+        limiter=limiter,
+        http=build_http(settings, telemetry, door),
         telemetry=telemetry,
         database_health=DatabaseHealth(
             served.health, store.ping, SERVICES, timeout=settings.mongodb_timeout + 1.0
@@ -220,6 +244,22 @@ def build(settings: Settings, telemetry: Telemetry | None = None) -> Loom:
         backlog=BacklogSampler(store.jobs.backlog, telemetry.config.metric_interval)
         if telemetry.metrics
         else None,
+    )
+
+
+def max_body(settings: Settings) -> int:
+    """The largest request body the HTTP door reads: the gRPC door's limit."""
+    return receive_limit(settings.max_message_chars)
+
+
+def build_limiter(settings: Settings) -> Limiter:
+    """The call limits of this replica, shared by the gRPC and HTTP doors."""
+    return Limiter(
+        Limits(
+            rate=settings.rate_limit_per_key,
+            burst=settings.rate_limit_burst,
+            streams=settings.max_streams_per_tenant,
+        )
     )
 
 
@@ -359,13 +399,15 @@ def build_grpc_server(
     settings: Settings,
     telemetry: Telemetry,
     keys: KeyService,
+    limiter: Limiter,
     *,
     assistants: AssistantServicer,
     threads: ThreadServicer,
     memory: MemoryServicer,
 ) -> Served:
     """The gRPC server with Loom's services, health, reflection and call
-    limits, bound to ``LOOM_LISTEN`` (with TLS when the settings ask).
+    limits (``limiter``, shared with the HTTP door), bound to
+    ``LOOM_LISTEN`` (with TLS when the settings ask).
 
     Raises:
         OSError: the address cannot be listened on.
@@ -373,13 +415,6 @@ def build_grpc_server(
     # Order matters: the tracing interceptor's span is the parent of all the
     # call's work and records the status code Loom's interceptor sets.
     interceptors = server_interceptors(telemetry.tracer_provider, lambda: current_tenant.get(None))
-    limiter = Limiter(
-        Limits(
-            rate=settings.rate_limit_per_key,
-            burst=settings.rate_limit_burst,
-            streams=settings.max_streams_per_tenant,
-        )
-    )
     server = aio.server(
         # The limits apply to the caller Loom's interceptor has authenticated.
         interceptors=[
@@ -404,48 +439,23 @@ def build_grpc_server(
         server,
     )
     port, transport = bind(server, settings)
-    return Served(
-        server=server, health=health_servicer, port=port, transport=transport, limiter=limiter
+    return Served(server=server, health=health_servicer, port=port, transport=transport)
+
+
+def build_http(settings: Settings, telemetry: Telemetry, door: Door) -> HttpServer | None:
+    """The OpenAI-shaped HTTP door over the same core as the gRPC services,
+    traced like them, bound to ``LOOM_HTTP_LISTEN`` with the same TLS; None
+    when that is unset.
+
+    Raises:
+        OSError: the address cannot be listened on.
+    """
+    if not settings.http_listen:
+        return None
+    app = HttpTelemetry(build_app(door), telemetry.tracer_provider, lambda s: s.get(TENANT))
+    return HttpServer(
+        app,
+        bind_http(settings.http_listen),
+        ssl_context=http_tls(settings),
+        grace=settings.shutdown_grace,
     )
-
-
-async def serve(settings: Settings, telemetry: Telemetry | None = None) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully; ``telemetry``
-    defaults to what the OTEL_ variables ask for, and is flushed at the end."""
-    if telemetry is None:
-        try:
-            telemetry = setup()
-        except TelemetryConfigError as exc:
-            raise SystemExit(f"loom: invalid configuration: {exc}") from None
-    try:
-        await _serve(settings, telemetry)
-    finally:
-        # Exports what is buffered (blocking, up to the exporter's timeout).
-        await asyncio.to_thread(telemetry.shutdown)
-
-
-async def _serve(settings: Settings, telemetry: Telemetry) -> None:
-    try:
-        loom = build(settings, telemetry)
-    except EmbeddingError as exc:
-        raise SystemExit(f"loom: the memory embedding model is unavailable: {exc}") from None
-    try:
-        await loom.store.ping()
-    except mongo_errors.PyMongoError as exc:
-        raise SystemExit(
-            f"loom: cannot reach MongoDB at LOOM_MONGODB_URI ({type(exc).__name__}); "
-            "start it or point LOOM_MONGODB_URI at a running server"
-        ) from None
-    await loom.start()
-    if not loom.llm.configured:
-        log.warning(
-            "no model endpoint configured (LOOM_LLM_BASE_URL / LOOM_LLM_API_KEY): "
-            "SendMessage will answer FAILED_PRECONDITION"
-        )
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
-    await stopping.wait()
-    log.info("shutting down (grace %.1fs)", settings.shutdown_grace)
-    await loom.stop()

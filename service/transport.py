@@ -1,10 +1,13 @@
 """The server's transport: TLS or mTLS credentials from PEM files, the port
 bound with them, and the HTTP/2 limits a server on a network sets (message
-size, keepalive enforcement, concurrent streams per connection)."""
+size, keepalive enforcement, concurrent streams per connection); and the
+same TLS for the HTTP door's socket (``LOOM_HTTP_LISTEN``)."""
 
 from __future__ import annotations
 
 import logging
+import socket
+import ssl
 
 import grpc
 from grpc import aio
@@ -16,7 +19,9 @@ __all__ = [
     "ENVELOPE_BYTES",
     "MAX_SEND_BYTES",
     "bind",
+    "bind_http",
     "describe",
+    "http_tls",
     "receive_limit",
     "server_options",
 ]
@@ -99,18 +104,49 @@ def bind(server: aio.Server, settings: Settings) -> tuple[int, str]:
     return port, "mTLS" if settings.tls_client_ca else "TLS"
 
 
-def describe(mode: str, address: str) -> tuple[int, str]:
-    """The level and text of the start-up line saying how Loom serves."""
+def describe(mode: str, address: str, door: str = "loom") -> tuple[int, str]:
+    """The level and text of the start-up line saying how ``door`` (the gRPC
+    server, or the HTTP door) serves."""
     if mode == "mTLS":
-        return logging.INFO, f"loom listening on {address} (mTLS: client certificates required)"
+        return logging.INFO, f"{door} listening on {address} (mTLS: client certificates required)"
     if mode == "TLS":
-        return logging.INFO, f"loom listening on {address} (TLS)"
+        return logging.INFO, f"{door} listening on {address} (TLS)"
     if is_loopback(address):
         return logging.INFO, (
-            f"loom listening on {address} (plaintext, loopback only; "
+            f"{door} listening on {address} (plaintext, loopback only; "
             "set LOOM_TLS_CERT and LOOM_TLS_KEY to serve TLS)"
         )
     return logging.WARNING, (
-        f"loom listening on {address} in PLAINTEXT on the network (LOOM_ALLOW_PLAINTEXT=true): "
+        f"{door} listening on {address} in PLAINTEXT on the network (LOOM_ALLOW_PLAINTEXT=true): "
         "calls, API keys and content can be read on the wire"
     )
+
+
+def http_tls(settings: Settings) -> ssl.SSLContext | None:
+    """The HTTP door's TLS from the same files as gRPC's (None: plaintext);
+    with ``LOOM_TLS_CLIENT_CA``, a handshake without a client certificate it
+    signed fails, as on the gRPC port."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    if settings.tls_client_ca is not None:
+        context.load_verify_locations(cafile=settings.tls_client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def bind_http(listen: str) -> socket.socket:
+    """A listening socket on ``listen`` (``LOOM_HTTP_LISTEN``).
+
+    Raises:
+        OSError: the address cannot be listened on.
+    """
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, int(port)), family=family)
+    except OSError as exc:
+        raise OSError(f"could not listen on LOOM_HTTP_LISTEN={listen}: {exc}") from None

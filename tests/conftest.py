@@ -36,6 +36,7 @@ def make_settings(ferretdb: FerretDB, llm: ScriptedLLM | None, **overrides: Any)
     """Settings for an in-process server on a free port."""
     values: dict[str, Any] = {
         "listen": "127.0.0.1:0",
+        "http_listen": "127.0.0.1:0",  # the OpenAI-shaped HTTP door (tests/test_http_*.py)
         "mongodb_uri": ferretdb.uri,
         "mongodb_db": "loom_test",
         "llm_base_url": llm.base_url if llm else None,

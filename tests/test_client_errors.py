@@ -45,10 +45,12 @@ def _reason(node: ast.AST) -> str | None:
 
 
 def _reasons_in_service() -> set[str]:
-    """Every ErrorInfo reason the service's source can send."""
+    """Every ErrorInfo reason the service's gRPC door can send (the HTTP
+    door, service/http, answers OpenAI's clients, never this one)."""
     return {
         reason
         for path in SERVICE.rglob("*.py")
+        if path.relative_to(SERVICE).parts[0] != "http"
         for node in ast.walk(ast.parse(path.read_text()))
         if (reason := _reason(node)) is not None
     }

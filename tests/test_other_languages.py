@@ -24,6 +24,7 @@ import yaml
 from service.server import Loom
 from tests.conftest import Api
 from tests.scripted_llm import Reply, ScriptedLLM
+from tests.support.openai_http import base_url, converse
 from tests.support.process import REPO, clean_env
 
 NODE = REPO / "clients" / "node"
@@ -95,10 +96,10 @@ def _saw_history(llm: ScriptedLLM, question: str, earlier: str) -> bool:
     raise AssertionError(f"the model never got {question!r}")
 
 
-async def _run_against(loom: Loom, api: Api, args: list[str], cwd: Path) -> str:
+async def _run_against(loom: Loom, api: Api, args: list[str], cwd: Path, **env_vars: str) -> str:
     """A client process against the in-process Loom (awaited, so the server
     keeps serving on this event loop)."""
-    env = clean_env(LOOM_ADDRESS=f"127.0.0.1:{loom.port}", LOOM_API_KEY=api.key)
+    env = clean_env(LOOM_ADDRESS=f"127.0.0.1:{loom.port}", LOOM_API_KEY=api.key, **env_vars)
     proc = await asyncio.create_subprocess_exec(
         *args,
         cwd=cwd,
@@ -146,6 +147,17 @@ async def test_node_client_seed_scenarios_and_calls(
     assert re.search(r"^# fail 0$", out, re.MULTILINE), out
     assert re.search(r"^# pass [1-9]", out, re.MULTILINE), out
     # The continued thread reached the model with its history.
+    assert _saw_history(llm, "What did I just tell you?", "My favorite color is blue.")
+
+
+async def test_the_openai_npm_package_runs_a_conversation_over_the_http_door(
+    node: Path, loom: Loom, api: Api, llm: ScriptedLLM
+) -> None:
+    llm.set_default(converse)
+    args = ["node", "--import", "tsx", "--test", "test/openai.test.ts"]
+    out = await _run_against(loom, api, args, node, LOOM_OPENAI_BASE_URL=base_url(loom))
+    assert re.search(r"^# pass 1$", out, re.MULTILINE), out
+    assert re.search(r"^# skipped 0$", out, re.MULTILINE), out
     assert _saw_history(llm, "What did I just tell you?", "My favorite color is blue.")
 
 

@@ -23,6 +23,7 @@ from tests.support.process import LoomProcess, clean_env, grpcurl_bin, json_obje
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
 ADDRESS = "127.0.0.1:50051"
+HTTP_ADDRESS = "127.0.0.1:8080"  # the HTTP door, where the README's OpenAI examples call it
 
 
 def _blocks(language: str) -> list[str]:
@@ -50,13 +51,15 @@ def _route(body: dict[str, Any]) -> Reply:
 
 @pytest.fixture(scope="module")
 def readme_server(ferretdb: FerretDB, llm: ScriptedLLM, tmp_path_factory: Any) -> Iterator[None]:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", 50051))
-        except OSError:
-            pytest.fail("127.0.0.1:50051 is taken; the README's examples need it free")
+    for port in (50051, 8080):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                pytest.fail(f"127.0.0.1:{port} is taken; the README's examples need it free")
     env = clean_env(
         LOOM_LISTEN=ADDRESS,
+        LOOM_HTTP_LISTEN=HTTP_ADDRESS,
         LOOM_MONGODB_URI=ferretdb.uri,
         LOOM_MONGODB_DB="loom_readme",
         LOOM_LLM_BASE_URL=llm.base_url,
@@ -109,6 +112,11 @@ EXPECTED = {
     "async def main():": ["You said: Hello from asyncio", "THREAD_NOT_FOUND"],
     # Only 50051 serves here: round_robin skips the replica that is down.
     'balanced = [("grpc.lb_policy_name", "round_robin")]': ["You said: Hello, fleet!"],
+    'client = OpenAI(base_url="http://127.0.0.1:8080/v1"': [
+        "You said: What did I just tell you?\nYou said: Tell me again.\n",
+        "user My favorite color is blue.\nassistant You said: My favorite color is blue.\n",
+        'Here is what I found: {"forecast": "sunny"}',
+    ],
 }
 
 
@@ -146,3 +154,23 @@ def test_the_first_grpcurl_example_runs_as_written(
     events = json_objects(done.stdout)
     assert events[0]["started"]["thread_created"] is True
     assert events[-1]["completed"]["message"]["content"] == "You said: My favorite color is blue."
+
+
+def test_the_first_curl_example_runs_as_written(
+    readme_server: None, routed: ScriptedLLM, tmp_path: Path
+) -> None:
+    first = next(b for b in _blocks("sh") if "curl -s http://127.0.0.1:8080/v1/conversations" in b)
+    command = first.split("\n# ")[0]
+    done = subprocess.run(
+        ["bash", "-c", command],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    created = json.loads(done.stdout)
+    assert created["object"] == "conversation"
+    assert created["id"].startswith("thread_")
+    assert created["metadata"] == {"topic": "colors"}

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import openai
 import pytest
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -55,6 +56,7 @@ from tests.conftest import MODEL_DIR, Api, eventually, expect_error, make_settin
 from tests.scripted_llm import Fail, Reply, ScriptedLLM
 from tests.support.ferretdb import FerretDB, free_port
 from tests.support.jaeger import Jaeger, jaeger_bin
+from tests.support.openai_http import openai_for
 from tests.support.process import LoomProcess, clean_env
 
 SEND = "/loom.v1.ThreadService/SendMessage"
@@ -475,6 +477,54 @@ async def test_traceparent_in_metadata_makes_loom_spans_children_of_the_caller(
     assert _parent_id(chat) == server.context.span_id
     # Every span Loom made for the call is in the caller's trace.
     assert not [s for s in otel.spans.get_finished_spans() if s.name == SEND and s not in spans]
+
+
+async def test_an_http_response_is_one_trace_like_a_send_message(
+    client: Traced, traced: Loom, llm: ScriptedLLM, otel: OTel
+) -> None:
+    """The HTTP door (OpenAI's SDK, unchanged) is traced as the gRPC calls
+    are: one SERVER span per request, the caller's traceparent its parent,
+    every span of the reply below it, errors' reasons on it."""
+    llm.set_default(Reply(text="Hi.", usage=CHAT_USAGE))
+    trace_id = secrets.randbits(128) | 1
+    caller_span = secrets.randbits(64) | 1
+    traceparent = f"00-{trace_id:032x}-{caller_span:016x}-01"
+    ok = {"http.route": "/v1/responses", "http.response.status_code": 200}
+    before = _histogram_count(otel, "http.server.request.duration", **ok)
+    async with openai_for(traced, str(client.key)) as sdk:
+        made = await sdk.responses.create(
+            model=MODEL, input="Hello there", extra_headers={"traceparent": traceparent}
+        )
+        with pytest.raises(openai.NotFoundError):
+            await sdk.conversations.retrieve("thread_000000000000000000000000")
+    assert made.output_text == "Hi."
+    assert await eventually(lambda: bool(_named(_trace(otel, trace_id), "POST /v1/responses")))
+    spans = _trace(otel, trace_id)
+    server = _one(spans, "POST /v1/responses")
+    assert server.kind is SpanKind.SERVER
+    assert server.parent is not None
+    assert server.parent.span_id == caller_span
+    assert server.attributes is not None
+    assert server.attributes["http.request.method"] == "POST"
+    assert server.attributes["http.route"] == "/v1/responses"
+    assert server.attributes["http.response.status_code"] == 200
+    chat = _one(spans, f"chat {MODEL}")
+    assert _parent_id(chat) == server.context.span_id
+    below = _descendants(spans, server)
+    assert any((s.attributes or {}).get("db.system") == "mongodb" for s in below)
+    missing = [
+        s
+        for s in otel.spans.get_finished_spans()
+        if s.name == "GET /v1/conversations/{conversation_id}"
+    ]
+    assert len(missing) == 1
+    assert missing[0].attributes is not None
+    assert missing[0].attributes["http.response.status_code"] == 404
+    assert missing[0].attributes["loom.error_reason"] == "THREAD_NOT_FOUND"
+    assert "error.type" not in missing[0].attributes  # a caller's error, not the server's
+    assert await eventually(
+        lambda: _histogram_count(otel, "http.server.request.duration", **ok) == before + 1
+    )
 
 
 async def test_content_and_keys_are_not_recorded_by_default(

@@ -11,12 +11,14 @@ import asyncio
 import json
 import logging
 import re
+import ssl
 import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -172,6 +174,29 @@ async def test_grpcurl_with_cacert_calls_loom_over_tls(tls_loom: Loom, pki: Pki)
     assert "ListAssistants" not in plaintext.stdout
 
 
+def _https(pki: Pki, client: Issued | None = None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=pki.ca.cert)
+    if client is not None:
+        context.load_cert_chain(client.cert, client.key)
+    return context
+
+
+async def _conversation(loom: Loom, verify: ssl.SSLContext | bool, scheme: str = "https") -> int:
+    """POST /v1/conversations on the HTTP door; its status code."""
+    url = f"{scheme}://127.0.0.1:{loom.http_port}/v1/conversations"
+    async with httpx.AsyncClient(verify=verify, timeout=10) as http:
+        answer = await http.post(url, json={}, headers={"Authorization": f"Bearer {DEV_KEY}"})
+    return answer.status_code
+
+
+async def test_the_http_door_serves_tls_from_the_same_files(tls_loom: Loom, pki: Pki) -> None:
+    assert await _conversation(tls_loom, _https(pki)) == 200
+    with pytest.raises(httpx.ConnectError):  # a client that does not trust the CA
+        await _conversation(tls_loom, ssl.create_default_context(cafile=pki.other_ca.cert))
+    with pytest.raises(httpx.TransportError):  # plaintext on the TLS port
+        await _conversation(tls_loom, False, scheme="http")
+
+
 # ---------------------------------------------------------------------- mTLS
 
 
@@ -191,6 +216,15 @@ async def test_mtls_refuses_at_the_handshake_without_a_certificate_from_the_ca(
     async with aio.secure_channel(f"127.0.0.1:{mtls_loom.port}", credentials) as channel:
         # Even health, which needs no API key, is out of reach.
         await _refused(channel)
+
+
+@pytest.mark.parametrize("client", ["none", "stranger"])
+async def test_the_http_door_requires_a_client_certificate_under_mtls(
+    mtls_loom: Loom, pki: Pki, client: str
+) -> None:
+    assert await _conversation(mtls_loom, _https(pki, pki.client)) == 200
+    with pytest.raises(httpx.TransportError):
+        await _conversation(mtls_loom, _https(pki, pki.stranger if client == "stranger" else None))
 
 
 async def test_grpcurl_with_a_client_certificate_calls_loom_over_mtls(

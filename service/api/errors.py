@@ -4,9 +4,8 @@ and ``google.rpc.RetryInfo`` when the error says when to retry."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
-from typing import TypeAlias
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -14,12 +13,14 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
 from service.core import errors
+from service.core.errors import Translator
 
 __all__ = ["DOMAIN", "Translator", "classify", "status_code", "status_details"]
 
 log = logging.getLogger(__name__)
 
 DOMAIN = "loom.v1"
+
 
 _CODES: list[tuple[type[errors.LoomError], grpc.StatusCode]] = [
     (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
@@ -32,15 +33,6 @@ _CODES: list[tuple[type[errors.LoomError], grpc.StatusCode]] = [
     (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
 ]
 
-Translator: TypeAlias = tuple[
-    type[BaseException], Callable[[BaseException], errors.LoomError | None]
-]
-"""An adapter exception type that means something to the caller (the
-database is down, say) and the domain error it becomes (None: not one the
-translator knows, left to the next entry or INTERNAL). The wiring builds
-the table and hands it to the interceptor, so this layer need not import
-the drivers."""
-
 
 def classify(
     exc: BaseException, translators: Sequence[Translator] = ()
@@ -48,16 +40,11 @@ def classify(
     """The status code and the domain error to report for ``exc``, after the
     first of ``translators`` that matches it; anything unknown is INTERNAL
     with a generic message (the detail is logged)."""
-    if not isinstance(exc, errors.LoomError):
-        for kind, translate in translators:
-            translated = translate(exc) if isinstance(exc, kind) else None
-            if translated is not None:
-                exc = translated
-                break
-    if isinstance(exc, errors.LoomError):
-        code = status_code(type(exc))
+    error = errors.domain_error(exc, translators)
+    if error is not None:
+        code = status_code(type(error))
         if code is not grpc.StatusCode.INTERNAL:
-            return code, exc
+            return code, error
     log.error("unexpected error", exc_info=exc)
     return grpc.StatusCode.INTERNAL, errors.LoomError(
         "internal error; it has been logged", reason="INTERNAL"

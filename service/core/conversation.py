@@ -35,6 +35,7 @@ from dataclasses import replace
 from service.core.batches import BatchRequest
 from service.core.clock import now
 from service.core.errors import FailedPrecondition, InvalidArgument
+from service.core.limits import MAX_INSTRUCTIONS
 from service.core.models import MemoryMode, Message, MessageStatus, ReplyEvent, Role, Thread
 from service.core.ports import MessageStore
 from service.core.reply.build import RunMessages, started
@@ -46,6 +47,7 @@ from service.core.reply.request import Idempotency, SendRequest, check_request, 
 from service.core.reply.runs import ToolRuns
 from service.core.reply.writes import ThreadWrites
 from service.core.threads import ThreadDraft
+from service.core.validation import check_text
 
 __all__ = [
     "Added",
@@ -94,11 +96,22 @@ class Conversation:
                 yield event
 
     async def submit(
-        self, tenant: str, thread_id: str, run_id: str, outputs: list[tuple[str, str]]
+        self,
+        tenant: str,
+        thread_id: str,
+        run_id: str,
+        outputs: list[tuple[str, str]],
+        instructions: str = "",
     ) -> AsyncGenerator[ReplyEvent, None]:
         """Answer a run's pending tool calls and continue its reply (see
-        ``ToolRuns.submit`` for the errors)."""
-        events = self._tracked(self._runs.submit(tenant, thread_id, run_id, outputs))
+        ``ToolRuns.submit`` for the errors).
+
+        Raises:
+            InvalidArgument: ``instructions`` too long (and see ``ToolRuns.submit``).
+        """
+        check_text(instructions, "instructions", MAX_INSTRUCTIONS)
+        submitted = self._runs.submit(tenant, thread_id, run_id, outputs, instructions)
+        events = self._tracked(submitted)
         async with contextlib.aclosing(events) as stream:
             async for event in stream:
                 yield event

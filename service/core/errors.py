@@ -20,9 +20,16 @@ The tree (the API layer maps each class to one gRPC status code):
     - ``TooManyStreams``: the caller's tenant has its most reply streams open
   - ``DeadlineExceeded``: a dependency did not answer in time
     (DEADLINE_EXCEEDED)
+
+Adapter exceptions that mean something to a caller (the database is down)
+become domain errors through ``Translator`` entries the wiring builds, so
+that each door (gRPC, HTTP) maps one hierarchy and knows no driver.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TypeAlias
 
 __all__ = [
     "Aborted",
@@ -36,8 +43,10 @@ __all__ = [
     "ResourceExhausted",
     "ThreadBusy",
     "TooManyStreams",
+    "Translator",
     "Unauthenticated",
     "Unavailable",
+    "domain_error",
 ]
 
 
@@ -190,3 +199,21 @@ class DeadlineExceeded(LoomError):
     """A dependency did not answer in time."""
 
     reason = "DEADLINE_EXCEEDED"
+
+
+Translator: TypeAlias = tuple[type[BaseException], Callable[[BaseException], "LoomError | None"]]
+"""An adapter exception type that means something to the caller (the
+database is down, say) and the domain error it becomes (None: not one the
+translator knows, left to the next entry)."""
+
+
+def domain_error(exc: BaseException, translators: Sequence[Translator] = ()) -> LoomError | None:
+    """``exc`` as a domain error: itself if it is one, else what the first
+    matching translator makes of it; None for anything else (unexpected)."""
+    if isinstance(exc, LoomError):
+        return exc
+    for kind, translate in translators:
+        translated = translate(exc) if isinstance(exc, kind) else None
+        if translated is not None:
+            return translated
+    return None

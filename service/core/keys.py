@@ -106,10 +106,10 @@ class KeyService:
             return cached[0]
         found = await self._store.find(digest)
         if found is None or not hmac.compare_digest(found[1], digest):
-            raise Unauthenticated("the API key in 'x-api-key' is not valid")
+            raise Unauthenticated("the API key is not valid")
         key = found[0]
         if key.revoke_time is not None:
-            raise Unauthenticated("the API key in 'x-api-key' has been revoked")
+            raise Unauthenticated("the API key has been revoked")
         caller = Caller(key.tenant, key.key_id, await self._store.limits(key.tenant))
         if len(self._cache) > 10_000:
             self._cache.clear()

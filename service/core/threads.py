@@ -15,7 +15,7 @@ from service.core.clock import now
 from service.core.errors import InvalidArgument, NotFound
 from service.core.filters import FieldKind, canonical, parse_filter
 from service.core.jobs import JobRunner
-from service.core.limits import MAX_USER_ID
+from service.core.limits import MAX_PAGE_SIZE, MAX_USER_ID
 from service.core.models import Message, Page, Thread, Usage
 from service.core.paging import created, open_cursor
 from service.core.ports import MemoryPort, MessageStore, ThreadStore
@@ -258,6 +258,35 @@ class Threads:
             tenant, thread_id, cursor.fetch, cursor.after, descending, before=thread.open_batch
         )
         return cursor.page(items, lambda m: m.sequence)
+
+    async def find_message(self, tenant: str, message_id: str) -> Message | None:
+        """One message, if the tenant has it (and its thread is not gone).
+
+        Raises:
+            InvalidArgument: malformed id.
+        """
+        ids.check_id(ids.MESSAGE, message_id, "message_id")
+        message = await self._messages.get(tenant, message_id)
+        if message is None or await self._threads.get(tenant, message.thread_id) is None:
+            return None
+        return message
+
+    async def read_messages(
+        self, tenant: str, thread_id: str, *, after: int | None, limit: int, descending: bool
+    ) -> builtins.list[Message]:
+        """Up to ``limit`` (1 to 1000) messages of a thread in sequence order,
+        starting after sequence ``after`` (None: from the first, or the last
+        when ``descending``): for doors whose cursors are positions in the
+        thread rather than ``list_messages``' page tokens.
+
+        Raises:
+            InvalidArgument: malformed id, a limit out of range.
+            NotFound: no such thread.
+        """
+        if not 1 <= limit <= MAX_PAGE_SIZE:
+            raise InvalidArgument(f"limit must be 1 to {MAX_PAGE_SIZE}", field="limit")
+        await self.get(tenant, thread_id)
+        return await self._messages.find_page(tenant, thread_id, limit, after, descending)
 
     async def check_update(
         self, tenant: str, thread_id: str, draft: ThreadDraft, paths: builtins.list[str]

@@ -23,15 +23,17 @@ async def fit_prompt(
     user: Message,
     reply: Message,
     recalled: list[Recalled],
+    instructions: str = "",
 ) -> Fitted:
-    """The prompt for ``reply``: the assistant's instructions, recalled
+    """The prompt for ``reply``: the assistant's instructions (then the
+    run's own ``instructions``, if any), recalled
     memories, the summary (assistants that summarise), as much history as
     fits, and the user's message. Leaving messages out is logged and noted
     on the current span."""
     window = counter.context_window(reply.model, assistant.context_window)
     summarize = assistant.context_strategy is ContextStrategy.SUMMARIZE
     fitted = await fit(
-        instructions=assistant.instructions,
+        instructions="\n\n".join(p for p in (assistant.instructions, instructions) if p),
         memories=recalled,
         summary=thread.summary if summarize else None,
         history=thread.context,

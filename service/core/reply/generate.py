@@ -46,6 +46,7 @@ class RunSpec:
     own_tools: tuple[ToolSpec, ...] | None  # the message's own tool set, if it had one
     tool_choice: str
     request_id: str = ""
+    instructions: str = ""  # added to the assistant's for this run only
 
 
 class Replier:
@@ -91,6 +92,7 @@ class Replier:
                 user=user,
                 reply=reply,
                 recalled=recalled,
+                instructions=run.instructions,
             )
             writer = ReplyWriter(writes, reply, self._policy.flush_interval)
             async with contextlib.aclosing(self._stream(writer, fitted, run)) as deltas:

@@ -16,7 +16,7 @@ from typing import TypeAlias
 from service.core import ids
 from service.core.clock import now
 from service.core.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
-from service.core.limits import MAX_MODEL, MAX_REQUEST_ID, MAX_USER_ID
+from service.core.limits import MAX_INSTRUCTIONS, MAX_MODEL, MAX_REQUEST_ID, MAX_USER_ID
 from service.core.models import (
     Assistant,
     Completed,
@@ -66,6 +66,9 @@ class SendRequest:
     metadata: dict[str, str] = field(default_factory=dict)
     tools: list[ToolSpec] | None = None  # None: the assistant's
     tool_choice: str = ""
+    # Added to the assistant's instructions for this reply only (the HTTP
+    # door's per-response ``instructions``).
+    instructions: str = ""
 
     def fingerprint(self) -> str:
         """A digest of everything but the request id, to spot a reused id."""
@@ -90,6 +93,7 @@ def check_request(req: SendRequest, max_content: int) -> None:
     check_text(req.user_id, "user_id", MAX_USER_ID)
     check_text(req.model, "model", MAX_MODEL)
     check_text(req.request_id, "request_id", MAX_REQUEST_ID)
+    check_text(req.instructions, "instructions", MAX_INSTRUCTIONS)
     check_metadata(req.metadata)
     if req.tools is not None:
         check_tools(req.tools, "tools")
@@ -189,6 +193,7 @@ def run_for(req: SendRequest, assistant: Assistant) -> RunSpec:
         own_tools=None if req.tools is None else tuple(req.tools),
         tool_choice=check_tool_choice(req.tool_choice, tools),
         request_id=req.request_id,
+        instructions=req.instructions,
     )
 
 
@@ -289,7 +294,7 @@ class Idempotency:
             reply = await self._first_reply(tenant, req, record)
             if reply.status is MessageStatus.FAILED and not reply.content:
                 # The model was never heard from: run it now, in the same slot.
-                events = self._retry_failed(tenant, record, reply)
+                events = self._retry_failed(tenant, record, reply, req.instructions)
             else:
                 events = _replay(record, reply)
         async with contextlib.aclosing(events) as stream:
@@ -319,7 +324,9 @@ class Idempotency:
             pass
         return await self._stores.messages.get(tenant, record.assistant_message_id) or reply
 
-    async def _retry_failed(self, tenant: str, record: RequestRecord, reply: Message) -> Events:
+    async def _retry_failed(
+        self, tenant: str, record: RequestRecord, reply: Message, instructions: str
+    ) -> Events:
         """Run the model again for a first attempt that failed before the
         model sent anything, if the thread has not moved on since.
 
@@ -350,6 +357,7 @@ class Idempotency:
                 own_tools=None,
                 tool_choice="",
                 request_id=user.request_id,
+                instructions=instructions,
             )
             yield _started(record, reply)
             events = self._replier.generate(tenant, assistant, writes, user, reply, run)

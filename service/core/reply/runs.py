@@ -48,9 +48,15 @@ class ToolRuns:
         await self._close(tenant, writes, run, MessageStatus.EXPIRED)
 
     async def submit(
-        self, tenant: str, thread_id: str, run_id: str, outputs: list[tuple[str, str]]
+        self,
+        tenant: str,
+        thread_id: str,
+        run_id: str,
+        outputs: list[tuple[str, str]],
+        instructions: str = "",
     ) -> AsyncGenerator[ReplyEvent, None]:
-        """Answer a run's pending tool calls and continue its reply.
+        """Answer a run's pending tool calls and continue its reply (with
+        ``instructions`` added to the assistant's for the next round).
 
         Raises:
             InvalidArgument: malformed ids; missing, unknown or duplicate
@@ -86,6 +92,7 @@ class ToolRuns:
                 own_tools=pending.tools,
                 tool_choice=pending.tool_choice,
                 request_id=pending.request_id,
+                instructions=instructions,
             )
             yield started(
                 thread_id=thread_id,

@@ -1,0 +1,340 @@
+"""The Responses API. A response is one round of a Loom reply, held by its
+assistant message (id ``resp_`` and the message's digits). ``POST
+/v1/responses`` sends a user message (SendMessage) or the outputs of the
+function calls a response asked for (SubmitToolOutputs), and answers with
+the response whole or as server-sent events (``stream.py``). It goes to the
+request's ``conversation``, to the conversation of its
+``previous_response_id``, or to a new one (``metadata.assistant_id`` and
+``metadata.user_id`` choose its assistant and user)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from service.core.conversation import SendRequest
+from service.core.errors import InvalidArgument, LoomError, NotFound
+from service.core.keys import Caller
+from service.core.models import (
+    Completed,
+    Delta,
+    Message,
+    ReplyEvent,
+    Role,
+    Started,
+    ToolCallsRequired,
+)
+from service.http.bodies import ResponseCreate, read
+from service.http.conversations import thread_id_of
+from service.http.door import Door
+from service.http.errors import error_response, http_error
+from service.http.inputs import (
+    CallOutput,
+    Input,
+    InputMessage,
+    input_items,
+    tool_choice_of,
+    tools_of,
+)
+from service.http.listing import input_messages, items_page, paging
+from service.http.objects import Echo, message_of_response, response_object
+from service.http.stream import ResponseStream, sse
+
+__all__ = ["REFUSED", "create", "get", "list_input_items"]
+
+Events = AsyncGenerator[ReplyEvent, None]
+
+
+def _set(value: Any) -> bool:
+    return value is not None and value is not False and value not in ({}, [])
+
+
+# Fields Loom refuses when they ask for something, and why.
+REFUSED: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "background": (_set, "Loom answers in the request (or streams); it keeps no background jobs"),
+    "prompt": (_set, "Loom has no stored prompts; send instructions and input"),
+    "max_tool_calls": (_set, "Loom caps a reply's tool rounds with LOOM_MAX_TOOL_ROUNDS"),
+    "top_logprobs": (bool, "Loom returns no log probabilities"),
+    "context_management": (_set, "Loom fits every prompt to the model's window itself"),
+    "moderation": (_set, "Loom runs no moderation"),
+    "reasoning": (_set, "generation settings are not available yet"),
+    "temperature": (_set, "generation settings are not available yet"),
+    "top_p": (_set, "generation settings are not available yet"),
+    "max_output_tokens": (_set, "generation settings are not available yet"),
+    "store": (lambda v: v is False, "Loom stores every response: it is the conversation's state"),
+    "text": (
+        lambda v: _set(v) and (v.get("format") or {}).get("type", "text") != "text",
+        "Loom answers with text (structured output is not available yet)",
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """Where a response goes: a thread ("" for a new one), and the response
+    it follows (``previous_response_id``)."""
+
+    thread_id: str = ""
+    after: Message | None = None
+
+
+def _refuse(body: ResponseCreate) -> None:
+    for name, (asks, why) in REFUSED.items():
+        if asks(getattr(body, name)):
+            raise InvalidArgument(f"{name} is not supported: {why}", field=name)
+
+
+async def _response(door: Door, tenant: str, value: str) -> Message:
+    """The assistant message holding the response ``value``.
+
+    Raises:
+        NotFound: no such response for this tenant.
+    """
+    message = await door.threads.find_message(tenant, message_of_response(value))
+    if message is None or message.role is not Role.ASSISTANT:
+        raise NotFound("response", value[:80])
+    return message
+
+
+async def _target(door: Door, tenant: str, body: ResponseCreate) -> _Target:
+    if body.conversation is not None and body.previous_response_id is not None:
+        raise InvalidArgument(
+            "send conversation or previous_response_id, not both", field="previous_response_id"
+        )
+    if body.conversation is not None:
+        value = body.conversation
+        value = value.get("id") if isinstance(value, dict) else value
+        if not isinstance(value, str):
+            raise InvalidArgument(
+                "conversation must be a conversation id or {'id': ...}", field="conversation"
+            )
+        return _Target(thread_id_of(value))
+    if body.previous_response_id is not None:
+        after = await _response(door, tenant, body.previous_response_id)
+        return _Target(after.thread_id, after)
+    return _Target()
+
+
+async def _submission(
+    door: Door, caller: Caller, body: ResponseCreate, outputs: list[CallOutput], target: _Target
+) -> Events:
+    """The outputs of the calls a response asked for, to its waiting run."""
+    if not target.thread_id:
+        raise InvalidArgument(
+            "function_call_output items answer a response's function calls: send them with "
+            "that response's previous_response_id (or its conversation)",
+            field="input",
+        )
+    thread = await door.threads.get(caller.tenant, target.thread_id)
+    run = thread.run
+    if run is None or (target.after is not None and run.message_id != target.after.message_id):
+        raise InvalidArgument(
+            "no function calls of this response wait for outputs: send function_call_output "
+            "items with the previous_response_id of the response that asked for them",
+            field="previous_response_id" if target.after is not None else "conversation",
+        )
+    answers = [(o.call_id, o.output) for o in outputs]
+    instructions = body.instructions or ""
+    return door.conversation.submit(
+        caller.tenant, thread.thread_id, run.run_id, answers, instructions
+    )
+
+
+async def _message(
+    door: Door, caller: Caller, body: ResponseCreate, items: list[Input], target: _Target
+) -> Events:
+    """A user message, to SendMessage."""
+    last = items[-1]
+    if len(items) > 1 or not isinstance(last, InputMessage) or last.role is not Role.USER:
+        # Items before the message are stored without a reply (AddMessages,
+        # another branch's work): this door maps them once it merges.
+        raise InvalidArgument(
+            "input must be one user message (several input items are not supported yet)",
+            field="input",
+        )
+    if target.after is not None:
+        thread = await door.threads.get(caller.tenant, target.thread_id)
+        if thread.message_count - 1 != target.after.sequence:
+            raise InvalidArgument(
+                "previous_response_id must be the latest response of its conversation "
+                "(continuing from an earlier one is not supported yet)",
+                field="previous_response_id",
+            )
+    metadata = dict(body.metadata or {})
+    send = SendRequest(
+        content=last.text,
+        thread_id=target.thread_id,
+        assistant_id=metadata.get("assistant_id", ""),
+        user_id=metadata.get("user_id", ""),
+        model=body.model or "",
+        metadata=metadata,
+        tools=tools_of(body.tools),
+        tool_choice=tool_choice_of(body.tool_choice),
+        instructions=body.instructions or "",
+    )
+    return door.conversation.send(caller.tenant, send)
+
+
+async def _events(door: Door, caller: Caller, body: ResponseCreate) -> Events:
+    """The reply the request asks for, checked before it starts.
+
+    Raises:
+        LoomError: a request Loom refuses, or an unknown conversation.
+    """
+    _refuse(body)
+    items = input_items(body.input, "input")
+    target = await _target(door, caller.tenant, body)
+    outputs = [i for i in items if isinstance(i, CallOutput)]
+    if not outputs:
+        return await _message(door, caller, body, items, target)
+    if len(outputs) != len(items):
+        raise InvalidArgument(
+            "send function_call_output items alone: their reply is the response to them",
+            field="input",
+        )
+    return await _submission(door, caller, body, outputs, target)
+
+
+def _echo(body: ResponseCreate) -> Echo:
+    return Echo(
+        metadata=dict(body.metadata or {}),
+        instructions=body.instructions,
+        tools=tools_of(body.tools) or (),
+        tool_choice=body.tool_choice if body.tool_choice is not None else "auto",
+        previous_response_id=body.previous_response_id,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        max_output_tokens=body.max_output_tokens,
+    )
+
+
+async def _stored(door: Door, tenant: str, event: ReplyEvent) -> Message | None:
+    """The reply as stored when ``event`` ends it (None for other events)."""
+    if isinstance(event, Completed):
+        return event.message
+    if isinstance(event, ToolCallsRequired):
+        found = await door.threads.find_message(tenant, event.message_id)
+        if found is None:
+            raise NotFound("response", event.message_id)
+        return found
+    return None
+
+
+async def create(request: Request, door: Door, caller: Caller) -> Response:
+    """``POST /v1/responses``."""
+    body = await read(request, ResponseCreate, door.max_body)
+    events = await _events(door, caller, body)
+    if body.stream:
+        return await _streamed(door, caller, events, _echo(body))
+    return await _answered(door, caller, events, _echo(body))
+
+
+async def _answered(door: Door, caller: Caller, events: Events, echo: Echo) -> Response:
+    """The whole response once the reply has ended. A failure after the
+    user's message was stored is marked not to be retried (a retry would
+    send it again)."""
+    started = False
+    reply: Message | None = None
+    try:
+        with door.limiter.stream(caller.tenant, caller.limits):
+            async with contextlib.aclosing(events) as stream:
+                async for event in stream:
+                    started = started or isinstance(event, Started)
+                    reply = await _stored(door, caller.tenant, event) or reply
+        if reply is None:
+            raise LoomError("the reply ended without its last event", reason="INTERNAL")
+    except Exception as exc:  # noqa: BLE001 - every error becomes OpenAI's shape
+        return error_response(http_error(exc, door.translators), retry=False if started else None)
+    return JSONResponse(response_object(reply, echo))
+
+
+class _EventStream(StreamingResponse):
+    """Server-sent events whose source is closed however the response ends
+    (the reply it streams is then settled at once, not when collected)."""
+
+    body_iterator: AsyncGenerator[bytes, None]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()
+
+
+async def _streamed(door: Door, caller: Caller, events: Events, echo: Echo) -> Response:
+    """The response as server-sent events. Errors before the reply starts
+    (a busy conversation, the call limits) are plain HTTP errors."""
+    slot = contextlib.ExitStack()
+    try:
+        slot.enter_context(door.limiter.stream(caller.tenant, caller.limits))
+        first = await anext(events)
+    except Exception as exc:  # noqa: BLE001 - every error becomes OpenAI's shape
+        slot.close()
+        await events.aclose()
+        return error_response(http_error(exc, door.translators))
+    if not isinstance(first, Started):  # the reply loop always starts with it
+        slot.close()
+        await events.aclose()
+        return error_response(http_error(RuntimeError("a reply without a start")))
+    stream = ResponseStream(echo, caller.tenant)
+    body = _sse(door, caller.tenant, events, stream, first, slot)
+    headers = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+    return _EventStream(body, media_type="text/event-stream", headers=headers)
+
+
+async def _sse(
+    door: Door,
+    tenant: str,
+    events: Events,
+    stream: ResponseStream,
+    first: Started,
+    slot: contextlib.ExitStack,
+) -> AsyncGenerator[bytes, None]:
+    try:
+        for event in stream.started(first, first.thread_id):
+            yield sse(event)
+        async for reply_event in events:
+            for event in await _translate(door, tenant, stream, reply_event):
+                yield sse(event)
+    except Exception as exc:  # noqa: BLE001 - reported in the stream, in OpenAI's shape
+        for event in stream.failed(http_error(exc, door.translators)):
+            yield sse(event)
+    finally:
+        await events.aclose()
+        slot.close()
+
+
+async def _translate(
+    door: Door, tenant: str, stream: ResponseStream, event: ReplyEvent
+) -> list[dict[str, Any]]:
+    if isinstance(event, Delta):
+        return stream.delta(event.text)
+    stored = await _stored(door, tenant, event)
+    return stream.finish(stored) if stored is not None else []
+
+
+async def get(request: Request, door: Door, caller: Caller) -> Response:
+    """``GET /v1/responses/{id}``: the response as stored (with the metadata
+    of the message it answered)."""
+    if request.query_params.get("stream", "false") != "false":
+        raise InvalidArgument(
+            "stream is not supported here: read the response whole", field="stream"
+        )
+    reply = await _response(door, caller.tenant, request.path_params["response_id"])
+    inputs = await input_messages(door.threads, caller.tenant, reply)
+    metadata = next((m.metadata for m in inputs if m.role is Role.USER), {})
+    return JSONResponse(response_object(reply, Echo(metadata=metadata)))
+
+
+async def list_input_items(request: Request, door: Door, caller: Caller) -> Response:
+    """``GET /v1/responses/{id}/input_items``."""
+    reply = await _response(door, caller.tenant, request.path_params["response_id"])
+    cursor = paging(request.query_params)
+    inputs = await input_messages(door.threads, caller.tenant, reply)
+    return JSONResponse(items_page(inputs, cursor))
