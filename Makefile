@@ -19,7 +19,7 @@ STAMP := $(VENV)/.installed
 CLIENT := clients/python
 LINTED := service tests bench $(CLIENT)
 
-.PHONY: fuzz setup run-deps postgres jaeger go-plugins proto proto-check lint test bench bench-lists bench-imports bench-memory bench-tracing bench-outage soak run fleet clean
+.PHONY: fuzz setup run-deps postgres jaeger go-plugins proto proto-check lint test bench bench-rss bench-profile bench-lists bench-imports bench-memory bench-tracing bench-outage soak run fleet clean
 
 # The local database is FerretDB over PostgreSQL (scripts/postgres.sh makes and
 # starts the cluster); LOOM_LOCAL_DB=sqlite needs no PostgreSQL.
@@ -115,7 +115,9 @@ MODEL_DIR ?= $(abspath ../shared/models/all-MiniLM-L6-v2/onnx)
 BENCH_ENV = LOOM_FERRETDB_BIN=$(FERRETDB) ORT_DISABLE_TELEMETRY=1 \
 	$(if $(wildcard $(MODEL_DIR)/model.onnx),LOOM_EMBEDDING_MODEL_DIR=$(MODEL_DIR))
 
+# Issue 12's targets beside their baselines, and the chart in docs/.
 bench: setup
+	$(BENCH_ENV) $(PY) -m bench.targets --chart docs/bench-concurrency.png
 	$(BENCH_ENV) $(PY) -m bench.messages
 	$(BENCH_ENV) $(PY) -m bench.context
 	$(BENCH_ENV) $(PY) -m bench.tokens
@@ -125,6 +127,15 @@ bench: setup
 # About an hour: a million messages written into each local database set-up.
 bench-lists: setup
 	$(BENCH_ENV) $(PY) -m bench.lists
+
+# Loom's RSS over 10 minutes at 16 streams.
+bench-rss: setup
+	$(BENCH_ENV) $(PY) -m bench.targets --rss 600
+
+# Round trips per message, CPU per process, py-spy of Loom and pprof of FerretDB
+# (docs/benchmarks.md, "Where a message's cost goes"); needs go for pprof.
+bench-profile: setup
+	$(BENCH_ENV) $(PY) -m bench.hotpath --pprof --profile pyspy
 
 bench-imports: setup
 	$(BENCH_ENV) $(PY) -m bench.imports

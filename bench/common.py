@@ -19,6 +19,8 @@ from tests.support.postgres import process_cpu_seconds
 
 __all__ = [
     "BACKENDS",
+    "MODEL_DIR",
+    "REPO",
     "FerretDB",
     "Process",
     "machine",
@@ -67,15 +69,19 @@ def pct(values: list[float], q: float) -> float:
 class Process:
     """A child process killed on exit."""
 
-    def __init__(self, args: list[str], env: dict[str, str], port: int) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], port: int, cwd: Path = REPO) -> None:
         self.port = port
+        # A file, not a pipe: a pipe nobody reads stalls a process that logs
+        # more than its buffer over a long run.
+        self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen(
-            args, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            args, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=self.stderr
         )
         deadline = time.monotonic() + 60  # Loom imports for 20 s on a busy machine
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                self.stderr.seek(0)
+                err = self.stderr.read().decode(errors="replace")
                 raise RuntimeError(f"{args[2:]} exited: {err[-2000:]}")
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
@@ -91,6 +97,8 @@ class Process:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+                self.proc.wait()
+        self.stderr.close()
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -106,8 +114,19 @@ def start_model() -> Process:
     return Process([sys.executable, "-m", "tests.scripted_llm", "--port", str(port)], _env(), port)
 
 
-def start_loom(ferretdb: FerretDB, model: Process, db: str, **extra: str) -> Process:
-    """``python -m service`` against that FerretDB and model."""
+def start_loom(
+    ferretdb: FerretDB,
+    model: Process,
+    db: str,
+    *,
+    module: str = "service",
+    source: Path = REPO,
+    data_dir: Path | None = None,
+    **extra: str,
+) -> Process:
+    """``python -m service`` (or ``module``, a wrapper of it such as
+    bench/probe.py) against that FerretDB and model, from the checkout at
+    ``source`` (another revision's, for a before/after in one run)."""
     port = free_port()
     env = _env(
         LOOM_LISTEN=f"127.0.0.1:{port}",
@@ -117,7 +136,7 @@ def start_loom(ferretdb: FerretDB, model: Process, db: str, **extra: str) -> Pro
         LOOM_LLM_MODEL="scripted-model",
         LOOM_DEV_API_KEY="bench-key",
         LOOM_LOG_LEVEL="WARNING",
-        LOOM_DATA_DIR=tempfile.mkdtemp(prefix="loom-bench-data-"),
+        LOOM_DATA_DIR=str(data_dir or tempfile.mkdtemp(prefix="loom-bench-data-")),
         LOOM_EMBEDDING_MODEL_DIR=str(MODEL_DIR),
         # One key drives every benchmark faster than a client is allowed by
         # default: measure Loom, not its rate limiter.
@@ -125,4 +144,4 @@ def start_loom(ferretdb: FerretDB, model: Process, db: str, **extra: str) -> Pro
         LOOM_MAX_STREAMS_PER_TENANT="0",
         **extra,
     )
-    return Process([sys.executable, "-m", "service"], env, port)
+    return Process([sys.executable, "-m", module], env, port, cwd=source)

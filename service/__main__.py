@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -226,6 +227,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop ``LOOM_EVENT_LOOP`` names (None: asyncio's own)."""
+    if name == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
@@ -250,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     from service.telemetry import setup
 
     try:
-        asyncio.run(serve(settings, setup(telemetry_config)))
+        with asyncio.Runner(loop_factory=_loop_factory(settings.event_loop)) as runner:
+            runner.run(serve(settings, setup(telemetry_config)))
     except OSError as exc:
         sys.stderr.write(f"loom: {exc}\n")
         return 1

@@ -140,6 +140,9 @@ class Settings(BaseSettings):
     )
     shutdown_grace: float = Field(10.0, ge=0)
     log_level: str = "INFO"
+    # uvloop's event loop costs the service about a quarter less CPU per
+    # message than asyncio's (docs/benchmarks.md); grpc.aio runs on either.
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     # Transport (service/transport.py). The TLS fields are validated even
     # when unset, so that a key without a certificate is reported.
     tls_cert: Path | None = Field(None, validate_default=True, description="PEM certificate chain")

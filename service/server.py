@@ -53,6 +53,7 @@ from service.memory.embeddings import embedder_from_settings
 from service.memory.history import History
 from service.memory.index import ChromaMemoryIndex, open_index
 from service.memory.memories import Memories
+from service.memory.sharing import SharedEmbedder
 from service.store import MongoStore, connect
 from service.store import errors as store_errors
 from service.telemetry import Telemetry, span, tracer
@@ -341,6 +342,8 @@ def build_memory(
         embedder = TracedEmbedder(
             embedder, provider="openai" if remote else "onnxruntime", remote=remote
         )
+    # Outside the spans: a span is a model run, not a caller's request.
+    embedder = SharedEmbedder(embedder)
     chroma_server = _chroma_server(settings.chroma_url)
     index = open_index(
         settings.data_dir,

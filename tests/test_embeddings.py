@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +14,11 @@ from service.memory.embeddings import (
     EmbeddingError,
     OnnxMiniLM,
     OpenAIEmbedder,
+    Vectors,
     default_model_dir,
     embedder_from_settings,
 )
+from service.memory.sharing import SharedEmbedder
 from tests.support.embedding import model_dir
 
 TEXTS = [
@@ -87,3 +89,59 @@ def test_embedder_from_settings() -> None:
         embedder_from_settings("openai:", None)
     # Chroma's cache layout when no folder is configured.
     assert default_model_dir().parts[-4:] == ("chroma", "onnx_models", "all-MiniLM-L6-v2", "onnx")
+
+
+class _Counted:
+    """The real model, counting the texts it is asked to embed per call."""
+
+    def __init__(self, model: OnnxMiniLM) -> None:
+        self.model = model
+        self.calls: list[int] = []
+        self.called = asyncio.Event()
+        self.model_name = model.model_name
+        self.dim = model.dim
+
+    async def embed(self, texts: Sequence[str]) -> Vectors:
+        self.calls.append(len(texts))
+        self.called.set()
+        return await self.model.embed(texts)
+
+
+async def test_shared_embedder_embeds_a_text_once_and_batches_callers(minilm: OnnxMiniLM) -> None:
+    counted = _Counted(minilm)
+    shared = SharedEmbedder(counted, recent=2)
+    texts = TEXTS[:4]
+    first = asyncio.ensure_future(shared.embed([texts[0]]))
+    await counted.called.wait()  # the model is busy with the first text
+    rest = [shared.embed([t]) for t in [*texts[1:], *texts]]
+    got = [await first, *await asyncio.gather(*rest)]
+    alone = await minilm.embed(texts)
+    for i, vectors in enumerate(got):
+        assert vectors.shape == (1, 384)
+        assert vectors.dtype == np.float32
+        np.testing.assert_allclose(vectors[0], alone[[0, 1, 2, 3, 0, 1, 2, 3][i]], atol=1e-5)
+    # The first caller ran at once; the three other texts asked for while
+    # it ran went as one batch after it; the repeats shared those runs.
+    assert counted.calls == [1, 3]
+    await shared.embed([texts[3]])  # one of the two it keeps
+    assert counted.calls == [1, 3]
+    await shared.embed([texts[0]])  # pushed out by later ones: embedded again
+    assert counted.calls == [1, 3, 1]
+
+
+async def test_shared_embedder_passes_a_failure_to_every_caller_of_the_batch() -> None:
+    class Failing:
+        model_name = "failing"
+        dim = 3
+
+        async def embed(self, texts: Sequence[str]) -> Vectors:
+            await asyncio.sleep(0)
+            raise EmbeddingError("the model folder is gone")
+
+    shared = SharedEmbedder(Failing())
+    results = await asyncio.gather(
+        shared.embed(["a"]), shared.embed(["b"]), shared.embed(["a"]), return_exceptions=True
+    )
+    assert all(isinstance(r, EmbeddingError) for r in results), results
+    with pytest.raises(EmbeddingError):  # nothing kept from a failure
+        await shared.embed(["a"])

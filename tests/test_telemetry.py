@@ -315,11 +315,16 @@ async def test_send_message_with_memory_auto_is_one_span_tree(
     assert all((s.attributes or {})["db.system.name"] == "chroma" for s in chroma)
     assert all(s.kind is SpanKind.CLIENT for s in chroma)
 
-    # The episodic write of the user's message: embedding and a Chroma upsert.
+    # The episodic write of the user's message: a Chroma upsert, started
+    # with the first delta; its vector is the recall query's (the same
+    # text), so the model does not run a second time for it.
     remember = _one(below, "memory.remember")
     under_remember = {s.name for s in _descendants(spans, remember)}
     assert "chroma upsert" in under_remember
-    assert "embeddings all-MiniLM-L6-v2" in under_remember
+    assert "embeddings all-MiniLM-L6-v2" not in under_remember
+    assert remember.start_time is not None
+    assert recall.end_time is not None
+    assert remember.start_time >= recall.end_time
 
     # The model call, with the GenAI conventions and the scripted usage.
     chat = _one(below, f"chat {MODEL}")

@@ -93,8 +93,9 @@ class Replier:
     ) -> AsyncGenerator[ReplyEvent, None]:
         """Stream one round of ``reply`` to ``user``'s message and store it.
 
-        The first round recalls memories and starts the episodic write of
-        the user's message; whatever happens, the reply waits for that write.
+        The first round recalls memories and, with its first delta, starts
+        the episodic write of the user's message; whatever happens, the
+        reply waits for that write.
 
         Raises:
             LoomError: the model failed (the reply is stored FAILED), or asked
@@ -121,6 +122,8 @@ class Replier:
             writer = ReplyWriter(writes, reply, self._policy.flush_interval, self._shield)
             async with contextlib.aclosing(self._stream(writer, fitted, run)) as deltas:
                 async for delta in deltas:
+                    if remembering is not None:
+                        remembering.begin()
                     yield delta
             yield await self._end_round(tenant, assistant, writer, fitted, user, run, remembering)
         finally:

@@ -1,6 +1,7 @@
 """What a reply does around the model call with the assistant's memory and
-the thread's summary: recall and an episodic write before it, a summary fold
-and a fact-extraction job after it. None of them ever fails a reply.
+the thread's summary: recall before it, an episodic write from its first
+delta on, a summary fold and a fact-extraction job after it. None of them
+ever fails a reply.
 
 Who may write memory: with memory AUTO, a thread with a user writes that
 user's memories; a thread without one would write assistant-wide memories,
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from service.core.errors import LoomError
 from service.core.models import (
@@ -34,17 +37,31 @@ log = logging.getLogger(__name__)
 
 
 class Remembering:
-    """The episodic write of a user's message, started before the model is
-    called. Every path of a reply waits for it (under the shield, so a
-    caller who goes away cannot leave it unobserved), and a failure is
+    """The episodic write of a user's message. It starts with the first
+    delta (``begin``): it would otherwise compete with recall and the model
+    call for the cores before the first token, and the text's vector is
+    then at hand (the recall query's). Every path of a reply waits for it
+    (``wait`` starts it if nothing did, under the shield, so a caller who
+    goes away cannot leave it unwritten or unobserved), and a failure is
     logged, not raised."""
 
-    def __init__(self, write: asyncio.Future[None] | None, message_id: str) -> None:
-        self._write = write
+    def __init__(
+        self, start: Callable[[], Coroutine[Any, Any, None]] | None, message_id: str, shield: Shield
+    ) -> None:
+        self._start = start
+        self._write: asyncio.Future[None] | None = None
         self._message_id = message_id
+        self._shield = shield
+
+    def begin(self) -> None:
+        """Start the write, if it has not started."""
+        start, self._start = self._start, None
+        if start is not None:
+            self._write = asyncio.ensure_future(self._shield.run(start()))
 
     async def wait(self) -> None:
         """Wait for the write the first time; later calls return at once."""
+        self.begin()
         write, self._write = self._write, None
         if write is None:
             return
@@ -81,13 +98,19 @@ class ReplyHooks:
     def remember(
         self, tenant: str, assistant: Assistant, thread: Thread, user: Message
     ) -> Remembering:
-        """Start indexing the user's message (memory AUTO), so that the next
-        request can recall it; the reply waits for it before it ends."""
+        """The indexing of the user's message (memory AUTO), so that the next
+        request can recall it; the reply starts it with its first delta and
+        waits for it before it ends."""
         memory = self._writes(assistant, thread, user)
         if memory is None:
-            return Remembering(None, user.message_id)
-        write = memory.remember(tenant, thread.assistant_id, thread.user_id, thread.thread_id, user)
-        return Remembering(asyncio.ensure_future(self._shield.run(write)), user.message_id)
+            return Remembering(None, user.message_id, self._shield)
+
+        def start() -> Coroutine[Any, Any, None]:
+            return memory.remember(
+                tenant, thread.assistant_id, thread.user_id, thread.thread_id, user
+            )
+
+        return Remembering(start, user.message_id, self._shield)
 
     async def recall(self, tenant: str, thread: Thread, user: Message) -> MemoryRecalled | None:
         """The memories for the reply's prompt (memory AUTO or READONLY), as
