@@ -18,7 +18,7 @@ from service.core.keys import Caller
 from service.core.threads import ThreadDraft
 from service.http.bodies import ConversationCreate, ConversationUpdate, ItemsCreate, read
 from service.http.door import Door
-from service.http.inputs import input_items, new_messages
+from service.http.inputs import Input, input_items, new_messages
 from service.http.listing import conversation_items, paging
 from service.http.objects import conversation_object, items_of, list_object, message_of_item
 
@@ -49,17 +49,17 @@ def thread_id_of(value: str) -> str:
 
 
 async def store_items(
-    door: Door, tenant: str, value: Any, field: str, batch: BatchRequest
+    door: Door, tenant: str, items: list[Input], field: str, batch: BatchRequest
 ) -> Added:
-    """The items ``value`` (the request's ``field``) appended to ``batch``'s
-    thread (a new one without a thread id) without a reply, by AddMessages.
+    """``items`` (the request's ``field``) appended to ``batch``'s thread (a
+    new one without a thread id) without a reply, by AddMessages.
 
     Raises:
         InvalidArgument: an item Loom cannot store (``param`` names the item).
         NotFound: no such conversation or assistant.
         ThreadBusy: a reply runs on the conversation.
     """
-    batch.messages, starts = new_messages(input_items(value, field))
+    batch.messages, starts = new_messages(items)
     try:
         return await door.conversation.add_messages(tenant, batch)
     except InvalidArgument as exc:
@@ -83,7 +83,9 @@ async def create(request: Request, door: Door, caller: Caller) -> Response:
         return JSONResponse(conversation_object(thread))
     batch = BatchRequest([], thread.thread_id)
     try:
-        added = await store_items(door, caller.tenant, body.items, "items", batch)
+        added = await store_items(
+            door, caller.tenant, input_items(body.items, "items"), "items", batch
+        )
     except BaseException:
         await door.threads.delete(caller.tenant, thread.thread_id)
         raise
@@ -139,7 +141,7 @@ async def create_items(request: Request, door: Door, caller: Caller) -> Response
     thread_id = thread_id_of(request.path_params["conversation_id"])
     body = await read(request, ItemsCreate, door.max_body)
     batch = BatchRequest([], thread_id)
-    added = await store_items(door, caller.tenant, body.items, "items", batch)
+    added = await store_items(door, caller.tenant, input_items(body.items, "items"), "items", batch)
     items = [item for message in added.messages for item in items_of(message)]
     return JSONResponse(list_object(items, has_more=False))
 
