@@ -19,7 +19,7 @@ STAMP := $(VENV)/.installed
 CLIENT := clients/python
 LINTED := service tests bench $(CLIENT)
 
-.PHONY: setup run-deps postgres jaeger go-plugins proto proto-check lint test bench bench-lists bench-imports bench-memory bench-tracing bench-outage run fleet clean
+.PHONY: fuzz setup run-deps postgres jaeger go-plugins proto proto-check lint test bench bench-lists bench-imports bench-memory bench-tracing bench-outage soak run fleet clean
 
 # The local database is FerretDB over PostgreSQL (scripts/postgres.sh makes and
 # starts the cluster); LOOM_LOCAL_DB=sqlite needs no PostgreSQL.
@@ -100,6 +100,16 @@ test: setup
 	LOOM_FERRETDB_BIN=$(FERRETDB) LOOM_GRPCURL_BIN=$(GRPCURL) LOOM_JAEGER_BIN=$(JAEGER) \
 	  $(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
+# The long fuzz run: every RPC with thousands of fuzzed requests and raw
+# bytes, and long histories of the isolation state machine (hypothesis
+# profile "long"; LOOM_FUZZ_EXAMPLES examples per test, 300 by default). It
+# prints the examples run, the statuses answered, failures, time and the
+# machine. `make test` runs a short fixed-seed slice of the same tests.
+FUZZ_TESTS := tests/test_fuzz.py tests/test_isolation.py
+fuzz: setup
+	LOOM_FERRETDB_BIN=$(FERRETDB) $(VENV)/bin/pytest -q $(FUZZ_TESTS) \
+	  --hypothesis-profile=long --timeout=0 $(PYTEST_ARGS)
+
 # The embedding model for offline machines: ../shared beside the clone, if present.
 MODEL_DIR ?= $(abspath ../shared/models/all-MiniLM-L6-v2/onnx)
 BENCH_ENV = LOOM_FERRETDB_BIN=$(FERRETDB) ORT_DISABLE_TELEMETRY=1 \
@@ -128,6 +138,10 @@ bench-tracing: setup
 
 bench-outage: setup
 	$(BENCH_ENV) $(PY) -m bench.outage
+
+# A fleet under load and faults, then an audit of the database (bench/soak.py).
+soak: setup
+	$(BENCH_ENV) $(PY) -m bench.soak
 
 run: run-deps
 	FERRETDB=$(FERRETDB) PY=$(PY) ./scripts/run.sh

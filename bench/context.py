@@ -103,7 +103,7 @@ async def _seed(store: MongoStore, tenant: str, assistant_id: str, length: int) 
         tail.insert(0, entry)
         used += entry.tokens
     context = merge([], tail, 400_000)
-    await store.threads.save_context(tenant, thread.thread_id, context, length, t)
+    await store.threads.save_context(tenant, thread.thread_id, context, length, t, epoch=0)
     if tail and tail[0].sequence > 0:
         summary = Summary(
             "The user and the assistant are planning a trip to Lisbon: dates, budget, "
@@ -112,7 +112,7 @@ async def _seed(store: MongoStore, tenant: str, assistant_id: str, length: int) 
             "scripted-model",
             t,
         )
-        await store.threads.save_summary(tenant, thread.thread_id, summary, context)
+        await store.threads.save_summary(tenant, thread.thread_id, summary, context, epoch=0)
     return thread.thread_id
 
 

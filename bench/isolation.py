@@ -38,7 +38,7 @@ async def _big_thread(uri: str, tenant: str) -> str:
         context = [
             ContextEntry(i, Role.USER, "c" * 2_000, MessageStatus.COMPLETE, 500) for i in range(225)
         ]
-        await store.threads.save_context(tenant, thread.thread_id, context, 225, now)
+        await store.threads.save_context(tenant, thread.thread_id, context, 225, now, epoch=0)
         return thread.thread_id
     finally:
         await store.close()

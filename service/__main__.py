@@ -13,7 +13,7 @@ manages API keys.
     python -m service jobs list [--state failed] [--tenant T]
     python -m service jobs retry JOB_ID | --all-failed
     python -m service chat [--assistant ID] [--user U] [--thread ID]   # needs loom_client
-    python -m service health                          # exit 0 if this replica is SERVING
+    python -m service health [--ca CA --cert C --key K]   # exit 0 if this replica is SERVING
 """
 
 from __future__ import annotations
@@ -187,12 +187,37 @@ def _key_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
 
 
+def _health(args: argparse.Namespace, settings: Settings) -> int:
+    """The probe, over TLS (with the client certificate, if given) when
+    this replica serves TLS."""
+    from service.probe import ProbeTls, local_address, probe
+
+    tls = None
+    if settings.tls_cert is not None:
+        tls = ProbeTls(
+            ca=args.ca or settings.probe_ca,
+            cert=args.cert or settings.probe_cert,
+            key=args.key or settings.probe_key,
+            server_name=args.server_name or settings.probe_server_name,
+        )
+    return probe(local_address(settings.listen), tls=tls)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m service", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="group")
     sub.add_parser("serve", help="run the gRPC server (the default)")
     sub.add_parser("chat", help="chat with a running Loom in the terminal (chat --help)")
-    sub.add_parser("health", help="check this replica's gRPC health (for container probes)")
+    health = sub.add_parser(
+        "health", help="check this replica's gRPC health (for container probes)"
+    )
+    # Over TLS when LOOM_TLS_CERT is set; these override the LOOM_PROBE_* variables.
+    health.add_argument("--ca", type=Path, help="PEM CA bundle to trust (LOOM_PROBE_CA)")
+    health.add_argument("--cert", type=Path, help="PEM client certificate (LOOM_PROBE_CERT)")
+    health.add_argument("--key", type=Path, help="its PEM private key (LOOM_PROBE_KEY)")
+    health.add_argument(
+        "--server-name", help="name Loom's certificate must carry (LOOM_PROBE_SERVER_NAME)"
+    )
     _key_commands(sub)
     memory_cli.add_parser(sub)
     reasons = sub.add_parser("error-reasons", help="print every ErrorInfo reason (Markdown)")
@@ -220,9 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.group == "jobs":
         return asyncio.run(jobs_cli.run(args, settings))
     if args.group == "health":
-        from service.probe import local_address, probe
-
-        return probe(local_address(settings.listen))
+        return _health(args, settings)
     from service.run import serve
     from service.telemetry import setup
 

@@ -109,6 +109,12 @@ class Settings(BaseSettings):
     )
     memory_recall_limit: int = Field(8, ge=1, le=100)
     memory_min_score: float = Field(0.05, ge=0, le=1)
+    memory_cache_mb: int = Field(
+        512,
+        ge=1,
+        le=1_048_576,
+        description="memory each replica's search caches may hold, MB (LRU by bytes)",
+    )
     memory_extraction_model: str = ""
     max_tool_rounds: int = Field(8, ge=1, le=100, description="tool rounds allowed per reply")
     run_expiry_seconds: float = Field(
@@ -138,6 +144,19 @@ class Settings(BaseSettings):
     )
     allow_plaintext: bool = Field(
         False, validate_default=True, description="serve plaintext on a non-loopback address"
+    )
+    # The health probe (`python -m service health`, service/probe.py) speaks
+    # TLS when LOOM_TLS_CERT is set: what it trusts, and what it shows an
+    # mTLS server.
+    probe_ca: Path | None = Field(
+        None, description="PEM CA bundle the probe trusts Loom with (default: the system's)"
+    )
+    probe_cert: Path | None = Field(None, description="PEM client certificate chain for mTLS")
+    probe_key: Path | None = Field(
+        None, validate_default=True, description="PEM private key of LOOM_PROBE_CERT"
+    )
+    probe_server_name: str = Field(
+        "", description="name Loom's certificate is checked for (default: the address's host)"
     )
     max_concurrent_streams: int = Field(
         100, ge=1, le=_INT32, description="concurrent calls per connection"
@@ -251,6 +270,24 @@ class Settings(BaseSettings):
                 "requires LOOM_TLS_CERT and LOOM_TLS_KEY (mTLS is TLS plus a client CA)"
             )
         _certificates(value, "a CA certificate")
+        return value
+
+    @field_validator("probe_ca", "probe_cert")
+    @classmethod
+    def _check_probe_pem(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            _certificates(value, "a certificate")
+        return value
+
+    @field_validator("probe_key")
+    @classmethod
+    def _check_probe_key(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if "probe_cert" not in info.data:
+            return value  # the certificate's own error is reported
+        if (value is None) != (info.data["probe_cert"] is None):
+            raise ValueError("LOOM_PROBE_CERT and LOOM_PROBE_KEY must be set together (or neither)")
+        if value is not None:
+            _pem_file(value, "a private key")
         return value
 
     @field_validator("allow_plaintext")

@@ -5,8 +5,9 @@ stops them together (``run.py`` runs it as a process)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from grpc import aio
@@ -84,6 +85,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# Seconds replies cut by a shutdown get to store their end and tell their caller.
+_CUT_MARGIN = 2.0
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Served:
@@ -118,6 +122,7 @@ class Loom:
     transport: str
     limiter: Limiter
     http: HttpServer | None = None  # the OpenAI-shaped door, when LOOM_HTTP_LISTEN is set
+    _sweep: asyncio.Task[None] | None = field(default=None, init=False)
 
     @property
     def http_port(self) -> int:
@@ -143,6 +148,9 @@ class Loom:
             self.backlog.start()
         await self.database_health.set(True)
         self.database_health.start()
+        self._sweep = asyncio.create_task(
+            self.conversation.sweep(self.settings.lease_seconds), name="sweep unfinished replies"
+        )
         log.log(*describe(self.transport, self.settings.listen.rsplit(":", 1)[0] + f":{self.port}"))
         if self.http is not None and self.settings.http_listen:
             host = self.settings.http_listen.rsplit(":", 1)[0]
@@ -150,17 +158,30 @@ class Loom:
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting calls, let streams in flight finish within the grace
-        period, then cancel what is left (their replies are stored
-        INCOMPLETE) and close connections."""
+        period, then cut the replies still running (each stores what it has
+        INCOMPLETE and ends UNAVAILABLE with reason SERVER_SHUTTING_DOWN),
+        and close connections."""
+        grace = self.settings.shutdown_grace if grace is None else grace
         await self.database_health.stop()
+        if self._sweep is not None:
+            self._sweep.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweep
         await self.health.enter_graceful_shutdown()
         if self.backlog is not None:
             await self.backlog.stop()
         await self.jobs.stop()
-        grace = self.settings.shutdown_grace if grace is None else grace
-        await asyncio.gather(
-            self.server.stop(grace), self.http.stop(grace) if self.http else asyncio.sleep(0)
+        # gRPC cancels what is left after its own grace, without a word to
+        # the caller; Loom cuts its replies first, leaving them time to
+        # store their end and say why.
+        stopping = asyncio.gather(
+            self.server.stop(grace + _CUT_MARGIN),
+            self.http.stop(grace) if self.http else asyncio.sleep(0),
         )
+        if not await self.conversation.drain(grace):
+            cut = self.conversation.interrupt()
+            log.warning("shutting down: %d replies cut short, stored INCOMPLETE", cut)
+        await stopping
         if not await self.conversation.drain(5.0):
             log.warning("replies still running at shutdown; their final state may be lost")
         await self.shield.drain()
@@ -340,6 +361,7 @@ def build_memory(
         settings.chroma_url,
         embedder,
         versions=store.memory_versions,
+        max_cached_bytes=settings.memory_cache_mb * 2**20,
         # A span per Chroma call, when tracing.
         wrap_client=(lambda client: TracedChromaClient(client, chroma_server))
         if telemetry.tracing
@@ -394,6 +416,7 @@ def build_conversation(
             requests=store.requests,
             leases=leases,
             shield=shield,
+            translate=store_errors.translate,
         ),
         services=ReplyServices(llm=llm, counter=counter, memory=memory, summarizer=summarizer),
         policy=ReplyPolicy(

@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
+import hypothesis
 import pytest
 from grpc import aio
 
@@ -21,8 +23,15 @@ from service.config import Settings
 from service.server import Loom, build
 from tests.scripted_llm import ScriptedLLM
 from tests.support.ferretdb import FerretDB
+from tests.support.fuzzing import MAX_MESSAGE_CHARS as FUZZ_MESSAGE_CHARS
+from tests.support.fuzzing import STARTED, STATS, machine, register_profiles
+from tests.support.threaded import ThreadedLoom
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+# Hypothesis: "ci" unless `--hypothesis-profile long` (make fuzz) says otherwise.
+register_profiles()
+hypothesis.settings.load_profile("ci")
 
 DEV_KEY = "loom-test-dev-key"
 REPO = Path(__file__).resolve().parents[1]
@@ -88,6 +97,25 @@ async def loom(ferretdb: FerretDB, llm: ScriptedLLM) -> AsyncIterator[Loom]:
     server = await start_loom(make_settings(ferretdb, llm))
     yield server
     await server.stop(0)
+
+
+@pytest.fixture(scope="session")
+def threaded_loom(ferretdb: FerretDB, llm: ScriptedLLM) -> Iterator[ThreadedLoom]:
+    """A Loom of its own on a thread of its own, for the synchronous
+    property tests (test_fuzz, test_isolation)."""
+    settings = make_settings(
+        ferretdb,
+        llm,
+        mongodb_db="loom_fuzz",
+        max_message_chars=FUZZ_MESSAGE_CHARS,
+        # Call limits would answer RESOURCE_EXHAUSTED to the tests' pace,
+        # which says nothing about the input.
+        rate_limit_per_key=0,
+        max_streams_per_tenant=0,
+    )
+    server = ThreadedLoom(settings).start()
+    yield server
+    server.stop()
 
 
 class Api:
@@ -174,3 +202,27 @@ async def eventually(predicate: Any, timeout: float = 5.0, interval: float = 0.0
             return True
         await asyncio.sleep(interval)
     return bool(predicate())
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The fuzz tests' figures, when any ran: examples, statuses, failures,
+    time and the machine."""
+    if not (STATS["examples"] or STATS["steps"]):
+        return
+    codes = ", ".join(
+        f"{k.removeprefix('code ')} {v}" for k, v in sorted(STATS.items()) if k.startswith("code ")
+    )
+    profile = hypothesis.settings.get_current_profile_name()
+    write = terminalreporter.write_line
+    if STATS["examples"]:
+        write(f"fuzz ({profile} profile): {STATS['examples']} calls fuzzed; answered: {codes}")
+    if STATS["steps"]:
+        rules = ", ".join(
+            f"{k.removeprefix('rule ')} {v}"
+            for k, v in sorted(STATS.items())
+            if k.startswith("rule ")
+        )
+        write(f"isolation: {STATS['runs']} histories, {STATS['steps']} steps ({rules})")
+    failed = len(terminalreporter.stats.get("failed", []))
+    took = time.monotonic() - STARTED
+    write(f"{profile} profile: {failed} failing tests; {took:.0f} s on {machine()}")

@@ -235,13 +235,19 @@ async def test_metadata_value_with_nul_is_refused_everywhere(mem: Mem) -> None:
 
 
 @pytest.mark.parametrize("position", [True, -3, 1.5])
-async def test_forged_page_token_positions_are_refused(mem: Mem, position: object) -> None:
+async def test_forged_page_token_positions_are_refused(
+    loom: Loom, mem: Mem, position: object
+) -> None:
     """Tokens are opaque but unsigned: a forged one with a position that is
     no sequence number or offset is refused, not read as 1 or 0."""
+    assert mem.key is not None
+    tenant = (await loom.keys.authenticate(mem.key)).tenant  # a forger knows its own tenant
     events = await mem.send(content="hi")
     thread_id = events[0].started.thread_id
-    token = encode_token(position, {"list": "messages", "t": thread_id, "d": False})
-    await _invalid(
+    token = encode_token(
+        position, {"list": "messages", "t": thread_id, "d": False, "tenant": tenant}
+    )
+    error = await _invalid(
         mem.call(
             mem.threads.ListMessages,
             thread_pb2.ListMessagesRequest(thread_id=thread_id, page_token=token),
@@ -249,8 +255,17 @@ async def test_forged_page_token_positions_are_refused(mem: Mem, position: objec
         "page_token",
     )
     assistant = (await _create(mem, name="memory")).assistant  # type: ignore[attr-defined]
-    filters = {"list": "memories", "a": assistant.assistant_id, "u": "", "w": False}
-    await _invalid(
+    assert "malformed" in error, error  # the position, not the fingerprint, was refused
+    filters = {
+        "list": "memories",
+        "a": assistant.assistant_id,
+        "u": "",
+        "w": False,
+        "i": False,
+        "f": [],  # the canonical form of no filter
+        "tenant": tenant,
+    }
+    error = await _invalid(
         mem.call(
             mem.memory.ListMemories,
             memory_pb2.ListMemoriesRequest(
@@ -259,6 +274,7 @@ async def test_forged_page_token_positions_are_refused(mem: Mem, position: objec
         ),
         "page_token",
     )
+    assert "malformed" in error, error
 
 
 async def test_update_memory_cannot_move_it_to_another_user(mem: Mem) -> None:

@@ -583,3 +583,26 @@ async def test_database_down_is_unavailable_with_a_clear_message(llm: ScriptedLL
     finally:
         database.stop()
         await server.stop(0)
+
+
+def test_a_long_message_is_cut_to_fit_the_trailers() -> None:
+    """A status message quoting a caller's long input is cut, so that the
+    status (sent twice in trailers) stays under a client's metadata limit."""
+    from urllib.parse import quote
+
+    from google.rpc import status_pb2
+
+    from service.api.errors import MAX_MESSAGE_BYTES, caller_message, status_details
+    from service.core.errors import InvalidArgument
+
+    for long in ("x" * 100_000, "\u20ac" * 5000, "%" * 5000):
+        error = InvalidArgument(long)
+        sent = caller_message(error)
+        assert sent.endswith("(cut off)")
+        assert len(quote(sent, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~")) <= MAX_MESSAGE_BYTES
+        status = status_pb2.Status.FromString(
+            status_details(grpc.StatusCode.INVALID_ARGUMENT, error)
+        )
+        assert status.message == sent
+    short = InvalidArgument("page_size must not be negative")
+    assert caller_message(short) == short.message

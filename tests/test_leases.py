@@ -13,9 +13,9 @@ import pytest
 from grpc import aio
 
 from generated.loom.v1 import thread_pb2
-from service.core.errors import LeaseLost
+from service.core.errors import LeaseLost, LeaseUnconfirmed
+from service.core.lease_port import LeaseOutcome
 from service.core.leases import Leases
-from service.core.ports import LeaseOutcome
 from service.core.shield import Shield
 from service.store import MongoStore, connect
 from tests.conftest import Api, expect_error, make_settings, new_tenant_key, start_loom
@@ -174,9 +174,9 @@ async def test_a_holder_that_cannot_reach_the_database_stops_before_its_lease_la
         assert lease is not None
         database.kill()
         # Renewals fail; the holder is told before the lease could lapse
-        # and be taken by another replica.
+        # and be taken by another replica, and why (not that it was taken).
         await asyncio.wait_for(lease.lost.wait(), timeout=5)
-        with pytest.raises(LeaseLost):
+        with pytest.raises(LeaseUnconfirmed):
             lease.check()
     finally:
         await store.close()

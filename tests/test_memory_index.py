@@ -287,6 +287,31 @@ async def test_other_replica_writes_are_seen(
     await second.close()
 
 
+async def test_search_caches_are_bounded_by_bytes(
+    tmp_path: Path, embedder: OnnxMiniLM, tenant: str
+) -> None:
+    """Past ``max_cached_bytes`` (LOOM_MEMORY_CACHE_MB), the least recently
+    searched assistant's cache goes; searching it again rebuilds it."""
+    records = [rec(tenant, m, text, user=user) for m, text, user in PETS]
+    unbounded = open_index(tmp_path / "a", None, embedder)
+    try:
+        await unbounded.upsert(records)
+        assert await ids_of(unbounded, tenant, "refund") == ["m_policy"]
+        one = unbounded.cached_bytes()
+    finally:
+        await unbounded.close()
+    assert one > 0
+    bounded = open_index(tmp_path / "b", None, embedder, max_cached_bytes=one * 3 // 2)
+    try:
+        for assistant in ("asst_1", "asst_2"):
+            await bounded.upsert([replace(r, assistant_id=assistant) for r in records])
+        for assistant in ("asst_1", "asst_2", "asst_1"):
+            assert await ids_of(bounded, tenant, "refund", assistant=assistant) == ["m_policy"]
+            assert bounded.cached_bytes() == one  # the other assistant's cache went
+    finally:
+        await bounded.close()
+
+
 async def test_relevance_floor_and_scores(index: ChromaMemoryIndex, tenant: str) -> None:
     await index.upsert([rec(tenant, mid, text, user=user) for mid, text, user in PETS])
     hits = await index.search(

@@ -12,7 +12,8 @@ import grpc
 import pytest
 
 from generated.loom.v1 import assistant_pb2, memory_pb2, memory_pb2_grpc, thread_pb2
-from tests.conftest import Api, error_info, expect_error
+from service.server import Loom
+from tests.conftest import Api, error_info, expect_error, new_tenant_key
 from tests.scripted_llm import Reply, ScriptedLLM
 
 # --------------------------------------------------------------------- helpers
@@ -570,3 +571,30 @@ async def test_token_of_one_list_is_refused_by_another(api: Api) -> None:
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "INVALID_ARGUMENT",
             )
+
+
+async def test_a_token_replayed_by_another_tenant_is_refused(api: Api, loom: Loom) -> None:
+    """Found by the isolation state machine (tests/test_isolation.py): a
+    ListAssistants token of one tenant was accepted from another's key."""
+    for i in range(3):
+        await _assistant(api, f"a{i}")
+    first = await api.call(
+        api.assistants.ListAssistants, assistant_pb2.ListAssistantsRequest(page_size=1)
+    )
+    assert first.next_page_token
+    other = Api(api.channel, await new_tenant_key(loom))
+    error = await expect_error(
+        other.call(
+            other.assistants.ListAssistants,
+            assistant_pb2.ListAssistantsRequest(page_size=1, page_token=first.next_page_token),
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_ARGUMENT",
+    )
+    assert error_info(error)["field"] == "page_token"
+    # The tenant it was issued to still pages with it.
+    second = await api.call(
+        api.assistants.ListAssistants,
+        assistant_pb2.ListAssistantsRequest(page_size=1, page_token=first.next_page_token),
+    )
+    assert len(second.assistants) == 1

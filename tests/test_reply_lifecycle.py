@@ -462,7 +462,8 @@ async def test_the_prompt_is_built_from_the_thread_as_read_under_its_lease(
                 ContextEntry(2, Role.USER, "asked in between", MessageStatus.COMPLETE),
                 ContextEntry(3, Role.ASSISTANT, "answered in between", MessageStatus.COMPLETE),
             ]
-            await store.save_context(tenant, thread_id, cached, 4, now)
+            # Written under that replica's lease, as the last holder's epoch.
+            await store.save_context(tenant, thread_id, cached, 4, now, epoch=thread.fence)
         return thread
 
     monkeypatch.setattr(store, "get", get_then_a_reply_ends)

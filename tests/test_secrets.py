@@ -1,7 +1,8 @@
 """Secrets: API keys stored as digests only; a revoked key refused by every
 replica within the key cache's time; and no key, message content, tool
 argument or output, or memory text in the logs or the exported telemetry of
-a full scenario run with LOOM_LOG_LEVEL=DEBUG."""
+a full scenario run with LOOM_LOG_LEVEL=DEBUG: every RPC of the contract,
+and refused calls whose bad input carries a secret."""
 
 from __future__ import annotations
 
@@ -113,6 +114,11 @@ class Marks:
         self.memory = _mark("manual")
         self.query = _mark("query")
         self.second = _mark("followup")
+        self.edited = _mark("edited")
+        self.renamed = _mark("renamed")
+        self.refused = _mark("refused")
+        self.imported = _mark("imported")
+        self.batch = _mark("batch")
 
     def all(self) -> dict[str, str]:
         return dict(vars(self))
@@ -232,6 +238,119 @@ def _scenario(address: str, marks: Marks) -> None:
                 thread_pb2.ListThreadsRequest(), metadata=(("x-api-key", marks.wrong_key),)
             )
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        _every_other_rpc(channel, marks, assistant.assistant_id, events[0].started.thread_id)
+
+
+def _every_other_rpc(
+    channel: grpc.Channel, marks: Marks, assistant_id: str, thread_id: str
+) -> None:
+    """The RPCs the scenario above has not called, with secrets in what
+    they read and write, and refused calls whose bad input holds one."""
+    md = (("x-api-key", marks.key),)
+    assistants = assistant_pb2_grpc.AssistantServiceStub(channel)
+    threads = thread_pb2_grpc.ThreadServiceStub(channel)
+    memory = memory_pb2_grpc.MemoryServiceStub(channel)
+    assistants.GetAssistant(
+        assistant_pb2.GetAssistantRequest(assistant_id=assistant_id), metadata=md
+    )
+    assistants.ListAssistants(assistant_pb2.ListAssistantsRequest(), metadata=md)
+    assistants.UpdateAssistant(
+        assistant_pb2.UpdateAssistantRequest(
+            assistant=assistant_pb2.Assistant(
+                assistant_id=assistant_id, instructions=f"Be kind. {marks.renamed}"
+            ),
+            update_mask={"paths": ["instructions"]},
+        ),
+        metadata=md,
+    )
+    threads.GetThread(thread_pb2.GetThreadRequest(thread_id=thread_id), metadata=md)
+    threads.ListMessages(thread_pb2.ListMessagesRequest(thread_id=thread_id), metadata=md)
+    made = threads.CreateThread(
+        thread_pb2.CreateThreadRequest(
+            thread=thread_pb2.Thread(assistant_id=assistant_id, user_id="u9")
+        ),
+        metadata=md,
+    ).thread
+    listed = memory.ListMemories(
+        memory_pb2.ListMemoriesRequest(assistant_id=assistant_id, user_id="u1"), metadata=md
+    ).memories
+    one = memory.GetMemory(
+        memory_pb2.GetMemoryRequest(assistant_id=assistant_id, memory_id=listed[0].memory_id),
+        metadata=md,
+    ).memory
+    memory.UpdateMemory(
+        memory_pb2.UpdateMemoryRequest(
+            memory=memory_pb2.Memory(
+                assistant_id=assistant_id, memory_id=one.memory_id, content=marks.edited
+            ),
+            update_mask={"paths": ["content"]},
+        ),
+        metadata=md,
+    )
+    memory.ListMemoryHistory(
+        memory_pb2.ListMemoryHistoryRequest(assistant_id=assistant_id, memory_id=one.memory_id),
+        metadata=md,
+    )
+    memory.DeleteMemory(
+        memory_pb2.DeleteMemoryRequest(assistant_id=assistant_id, memory_id=one.memory_id),
+        metadata=md,
+    )
+    memory.BatchCreateMemories(
+        memory_pb2.BatchCreateMemoriesRequest(
+            assistant_id=assistant_id,
+            memories=[memory_pb2.Memory(content=f"Has {marks.batch}.", user_id="u1")],
+        ),
+        metadata=md,
+    )
+    threads.AddMessages(
+        thread_pb2.AddMessagesRequest(
+            thread_id=made.thread_id,
+            messages=[thread_pb2.Message(role=thread_pb2.ROLE_USER, content=marks.imported)],
+        ),
+        metadata=md,
+    )
+    threads.UpdateThread(
+        thread_pb2.UpdateThreadRequest(
+            thread=thread_pb2.Thread(thread_id=made.thread_id, metadata={"ticket": "1"}),
+            update_mask={"paths": ["metadata"]},
+        ),
+        metadata=md,
+    )
+    threads.ForkThread(
+        thread_pb2.ForkThreadRequest(thread_id=made.thread_id, through_sequence=0), metadata=md
+    )
+    # Refused: bad input that holds a secret must not be logged either.
+    refused = [
+        lambda: memory.CreateMemory(
+            memory_pb2.CreateMemoryRequest(
+                memory=memory_pb2.Memory(
+                    assistant_id=assistant_id, content=marks.refused, metadata={"$x": marks.refused}
+                )
+            ),
+            metadata=md,
+        ),
+        lambda: list(
+            threads.SendMessage(
+                thread_pb2.SendMessageRequest(
+                    content=marks.refused, thread_id=thread_id, user_id="u9"
+                ),
+                metadata=md,
+            )
+        ),
+        lambda: threads.CancelRun(
+            thread_pb2.CancelRunRequest(thread_id=thread_id, run_id="run_" + "0" * 32),
+            metadata=md,
+        ),
+    ]
+    for call in refused:
+        with pytest.raises(grpc.RpcError):
+            call()
+    threads.DeleteThread(
+        thread_pb2.DeleteThreadRequest(thread_id=made.thread_id, delete_memories=True), metadata=md
+    )
+    assistants.DeleteAssistant(
+        assistant_pb2.DeleteAssistantRequest(assistant_id=assistant_id), metadata=md
+    )
 
 
 def test_no_key_content_or_memory_text_in_debug_logs_or_exported_telemetry(
@@ -274,6 +393,12 @@ def test_no_key_content_or_memory_text_in_debug_logs_or_exported_telemetry(
         '"name": "memory.recall"',
         '"name": "/loom.v1.ThreadService/SubmitToolOutputs"',
         '"name": "/loom.v1.MemoryService/SearchMemories"',
+        '"name": "/loom.v1.MemoryService/UpdateMemory"',
+        '"name": "/loom.v1.ThreadService/AddMessages"',
+        '"name": "/loom.v1.ThreadService/ForkThread"',
+        '"name": "/loom.v1.MemoryService/BatchCreateMemories"',
+        '"name": "/loom.v1.AssistantService/DeleteAssistant"',
+        '"rpc.code": "INVALID_ARGUMENT"',
         '"gen_ai.usage.output_tokens"',
     ):
         assert expected in output, f"{expected} not in Loom's output"

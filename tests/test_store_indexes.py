@@ -13,7 +13,7 @@ import pytest
 from pymongo import monitoring
 
 from service.core import ids
-from service.core.filters import Clause
+from service.core.filtering import Comparison
 from service.core.memory_history import MemoryVersion
 from service.core.models import Assistant, Message, MessageStatus, Role, Thread, Usage
 from service.core.ports import ApiKey, Job, JobState
@@ -84,13 +84,13 @@ async def _every_query(store: MongoStore, thread: Thread, assistant_id: str) -> 
     for assistant, user in [("", ""), (assistant_id, ""), ("", "u1"), (assistant_id, "u1")]:
         await store.threads.find_page(TENANT, assistant, user, 10, None)
         await store.threads.find_page(TENANT, assistant, user, 10, (t, thread.thread_id))
-    for clause in [
-        Clause("user_id", "=", "u1"),
-        Clause("assistant_id", "=", assistant_id),
-        Clause("update_time", ">=", t - timedelta(days=1)),
-        Clause("metadata.ticket", "=", "123"),
+    for comparison in [
+        Comparison("user_id", "", "=", "u1"),
+        Comparison("assistant_id", "", "=", assistant_id),
+        Comparison("update_time", "", ">=", t - timedelta(days=1)),
+        Comparison("metadata", "ticket", "=", "123"),
     ]:
-        await store.threads.find_page(TENANT, "", "", 10, (t, thread.thread_id), [clause])
+        await store.threads.find_page(TENANT, "", "", 10, (t, thread.thread_id), [comparison])
     await store.threads.update(TENANT, thread.thread_id, {"metadata": {"ticket": "123"}}, t)
     await store.threads.mark_batch(TENANT, thread.thread_id, None)
     await store.threads.add_usage(TENANT, thread.thread_id, Usage(3, 4))
@@ -98,7 +98,10 @@ async def _every_query(store: MongoStore, thread: Thread, assistant_id: str) -> 
     await store.threads.claim_expired(TENANT, thread.thread_id, t)
     await store.threads.ids_of_assistant(TENANT, assistant_id)
     await store.threads.pending_deletes()
-    await store.threads.save_context(TENANT, thread.thread_id, [], 4, t)
+    await store.threads.save_context(TENANT, thread.thread_id, [], 4, t, epoch=0)
+    await store.threads.claim(TENANT, thread.thread_id, 1)
+    await store.threads.end_claim(TENANT, thread.thread_id, epoch=1)
+    await store.threads.unfinished(100)
     await store.messages.find_page(TENANT, thread.thread_id, 10, None, False)
     await store.messages.find_page(TENANT, thread.thread_id, 10, 3, True)
     await store.messages.find_page(TENANT, thread.thread_id, 2, None, False, before=2)

@@ -96,7 +96,7 @@ async def _big_objects(loom: Loom, tenant: str) -> dict[str, str]:
     context = [
         ContextEntry(i, Role.USER, "c" * 2_000, MessageStatus.COMPLETE, 500) for i in range(225)
     ]
-    await loom.store.threads.save_context(tenant, thread.thread_id, context, 225, now)
+    await loom.store.threads.save_context(tenant, thread.thread_id, context, 225, now, epoch=0)
     message = Message(
         ids.new_id(ids.MESSAGE),
         tenant,

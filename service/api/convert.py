@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime
-from typing import TypeVar, assert_never
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar, assert_never
 
-from google.protobuf import field_mask_pb2, json_format, message, struct_pb2
+from google.protobuf import duration_pb2, field_mask_pb2, json_format, message, struct_pb2
 from google.protobuf.descriptor import EnumDescriptor
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -74,7 +74,8 @@ def tools_from_pb(tools: Iterable[tools_pb2.Tool], field: str) -> list[models.To
     """Function tools from the API's OpenAI-shaped definitions.
 
     Raises:
-        InvalidArgument: a tool whose type is not "function".
+        InvalidArgument: a tool whose type is not "function", or whose
+            parameters hold a number JSON cannot write (NaN, infinity).
     """
     specs = []
     for i, tool in enumerate(tools):
@@ -87,10 +88,28 @@ def tools_from_pb(tools: Iterable[tools_pb2.Tool], field: str) -> list[models.To
             models.ToolSpec(
                 name=tool.function.name,
                 description=tool.function.description,
-                parameters=json_format.MessageToDict(tool.function.parameters),
+                parameters=_parameters(
+                    tool.function.parameters, f"{field}[{i}].function.parameters"
+                ),
             )
         )
     return specs
+
+
+def _parameters(parameters: struct_pb2.Struct, field: str) -> dict[str, Any]:
+    """A tool's JSON schema as a dict.
+
+    Raises:
+        InvalidArgument: it holds NaN or an infinity, which JSON (and so the
+            model endpoint) cannot carry.
+    """
+    try:
+        return json_format.MessageToDict(parameters)
+    except ValueError:
+        raise InvalidArgument(
+            f"{field} holds a number JSON cannot write (NaN or infinity); use finite numbers",
+            field=field,
+        ) from None
 
 
 def _tool_to_pb(spec: models.ToolSpec) -> tools_pb2.Tool:
@@ -128,16 +147,34 @@ def update_paths(
     return list(mask.paths) or [f.name for f, _ in resource.ListFields() if f.name in updatable]
 
 
-def _time_from_pb(value: Timestamp) -> datetime:
-    return value.ToDatetime(tzinfo=UTC)
+def _time_from_pb(value: Timestamp, field: str) -> datetime:
+    """Raises InvalidArgument: a Timestamp out of its range (fuzzed: was INTERNAL)."""
+    try:
+        return value.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument(
+            f"{field} is not a valid time: seconds from 0001-01-01 to 9999-12-31, and nanos "
+            "from 0 to 999,999,999",
+            field=field,
+        ) from None
+
+
+def _duration_from_pb(value: duration_pb2.Duration, field: str) -> timedelta:
+    """Raises InvalidArgument: a Duration out of its range."""
+    try:
+        return value.ToTimedelta()
+    except (ValueError, OverflowError):
+        raise InvalidArgument(f"{field} is not a valid duration", field=field) from None
 
 
 def expiration_from_pb(t: thread_pb2.Thread) -> Expiration:
     """A thread's expiration as the caller gave it (``expire_time`` or ``ttl``)."""
     which = t.WhichOneof("expiration")
     return Expiration(
-        expire_time=_time_from_pb(t.expire_time) if which == "expire_time" else None,
-        ttl=t.ttl.ToTimedelta() if which == "ttl" else None,
+        expire_time=_time_from_pb(t.expire_time, "thread.expire_time")
+        if which == "expire_time"
+        else None,
+        ttl=_duration_from_pb(t.ttl, "thread.ttl") if which == "ttl" else None,
         expire_memories=t.expire_memories,
     )
 
@@ -155,7 +192,9 @@ def new_message_from_pb(m: thread_pb2.Message) -> NewMessage:
     return NewMessage(
         role=_ROLE_FROM_PB.get(m.role),
         content=m.content,
-        create_time=_time_from_pb(m.create_time) if m.HasField("create_time") else None,
+        create_time=_time_from_pb(m.create_time, "messages.create_time")
+        if m.HasField("create_time")
+        else None,
         metadata=dict(m.metadata),
         model=m.model,
         tool_calls=[models.ToolCall(c.tool_call_id, c.name, c.arguments) for c in m.tool_calls],
@@ -296,7 +335,8 @@ def event_to_pb(event: models.ReplyEvent, response: type[_Response]) -> _Respons
                             memory_id=m.memory_id, content=m.content, score=m.score
                         )
                         for m in event.memories
-                    ]
+                    ],
+                    skipped_reason=event.skipped_reason,
                 )
             )
         case models.Delta():

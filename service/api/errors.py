@@ -15,11 +15,25 @@ from google.rpc import error_details_pb2, status_pb2
 from service.core import errors
 from service.core.errors import Translator
 
-__all__ = ["DOMAIN", "Translator", "classify", "status_code", "status_details"]
+__all__ = [
+    "DOMAIN",
+    "MAX_MESSAGE_BYTES",
+    "Translator",
+    "caller_message",
+    "classify",
+    "status_code",
+    "status_details",
+]
 
 log = logging.getLogger(__name__)
 
 DOMAIN = "loom.v1"
+# A status travels in HTTP/2 trailers, where the message is sent twice
+# (grpc-message, percent-encoded: 9 bytes for a 3-byte character, and in
+# grpc-status-details-bin) and a client refuses more than 8 KiB of metadata,
+# turning the status into its own RESOURCE_EXHAUSTED. A message quoting the
+# caller's input is cut to this many bytes as grpc-message sends them.
+MAX_MESSAGE_BYTES = 2000
 
 
 _CODES: list[tuple[type[errors.LoomError], grpc.StatusCode]] = [
@@ -66,6 +80,27 @@ def _packed(detail: Message) -> any_pb2.Any:
     return packed
 
 
+def _wire_bytes(char: str) -> int:
+    """Bytes ``char`` takes in grpc-message (printable ASCII but '%' as is,
+    anything else percent-encoded byte by byte)."""
+    return 1 if " " <= char <= "~" and char != "%" else 3 * len(char.encode())
+
+
+def caller_message(error: errors.LoomError) -> str:
+    """The error's message as sent: cut to ``MAX_MESSAGE_BYTES`` on the wire."""
+    message = error.message
+    if len(message) * 9 <= MAX_MESSAGE_BYTES:  # fits however it is encoded
+        return message
+    kept: list[str] = []
+    size = 0
+    for char in message:
+        size += _wire_bytes(char)
+        if size > MAX_MESSAGE_BYTES - 20:
+            return "".join(kept) + " ... (cut off)"
+        kept.append(char)
+    return message
+
+
 def status_details(code: grpc.StatusCode, error: errors.LoomError) -> bytes:
     """A serialized ``google.rpc.Status`` carrying an ``ErrorInfo`` (and a
     ``RetryInfo`` for a ``ResourceExhausted`` that knows its retry delay),
@@ -76,6 +111,6 @@ def status_details(code: grpc.StatusCode, error: errors.LoomError) -> bytes:
         delay = duration_pb2.Duration()
         delay.FromTimedelta(timedelta(seconds=error.retry_after))
         details.append(_packed(error_details_pb2.RetryInfo(retry_delay=delay)))
-    status = status_pb2.Status(code=code.value[0], message=error.message, details=details)
+    status = status_pb2.Status(code=code.value[0], message=caller_message(error), details=details)
     serialized: bytes = status.SerializeToString()
     return serialized

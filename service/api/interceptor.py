@@ -22,10 +22,10 @@ from google.protobuf.message import DecodeError
 from grpc import aio
 
 from service.api.context import current_caller, current_tenant
-from service.api.errors import Translator, classify, status_details
+from service.api.errors import Translator, caller_message, classify, status_details
 from service.core.errors import InvalidArgument
 from service.core.keys import Caller
-from service.telemetry import annotate
+from service.telemetry import annotate, record_reason
 
 __all__ = ["LoomInterceptor"]
 
@@ -102,13 +102,14 @@ async def _abort(
     # codes that are server errors; the tracing interceptor records the
     # status code from the abort below.
     annotate(error_reason=error.reason)
+    record_reason(error.reason)
     if code in _SERVER_ERRORS:
         annotate({"error.type": code.name})
     if code is grpc.StatusCode.INTERNAL:  # the detail is in the log, with the trace id
         annotate(exception_type=type(exc).__qualname__)
     await context.abort(
         code,
-        error.message,
+        caller_message(error),
         trailing_metadata=(("grpc-status-details-bin", status_details(code, error)),),
     )
 

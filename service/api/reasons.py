@@ -47,8 +47,9 @@ WHEN: dict[str, str] = {
     "(metadata `thread_id`); retry when it has completed",
     "LEASE_LOST": "the replica serving the call lost the thread's lease to another (it "
     "stopped writing at once); retry, and another replica serves it",
-    "REQUEST_IN_PROGRESS": "the first attempt with this `request_id` is still running; retry "
-    "shortly",
+    "REQUEST_IN_PROGRESS": "the first attempt with this `request_id` was still running after a "
+    "repeat waited 5 minutes for its result (a repeat otherwise waits and replays it); retry "
+    "later",
     "MODEL_NOT_CONFIGURED": "Loom has no model endpoint (`LOOM_LLM_BASE_URL`)",
     "MODEL_AUTH_FAILED": "the model endpoint refused Loom's key (`LOOM_LLM_API_KEY`)",
     "MODEL_NOT_FOUND": "the model endpoint does not serve the model asked for",
@@ -71,7 +72,11 @@ WHEN: dict[str, str] = {
     "MODEL_STREAM_BROKEN": "the model endpoint broke off mid-reply (the part received is "
     "stored `FAILED`)",
     "MODEL_UNREACHABLE": "the model endpoint could not be reached after retries",
-    "DATABASE_UNAVAILABLE": "the database is unreachable; retry later",
+    "DATABASE_UNAVAILABLE": "the database is unreachable or busy; retry later (a reply it cut "
+    "short is stored with what the caller received once it is back, metadata `message_id`)",
+    "SERVER_SHUTTING_DOWN": "the replica serving the call is shutting down and cut the reply "
+    "short (stored `INCOMPLETE` with what the caller received); send again, another replica "
+    "serves it",
     "UNAVAILABLE": "the memory store (Chroma) or the embedding endpoint cannot be reached; "
     "retry later",
     "INTERNAL": "an unexpected failure (the detail is in Loom's log, never in the reply)",

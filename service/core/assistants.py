@@ -195,7 +195,7 @@ class Assistants:
         Raises:
             InvalidArgument: negative page size or a bad page token.
         """
-        cursor = open_cursor(page_size, page_token, {"list": "assistants"}, "created")
+        cursor = open_cursor(tenant, page_size, page_token, {"list": "assistants"}, "created")
         items = await self._assistants.find_page(tenant, cursor.fetch, cursor.after)
         return cursor.page(items, lambda a: created(a.create_time, a.assistant_id))
 

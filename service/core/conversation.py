@@ -16,32 +16,36 @@ SendMessage, step by step:
    message) and stream the model's reply as ``Delta`` events, saving
    progress now and then;
 5. store the reply as COMPLETE (or INCOMPLETE when the model hit its length
-   limit) with usage, and emit ``Completed``; or, when the model asked for
-   tools, leave the run waiting for their outputs and emit
-   ``ToolCallsRequired``.
+   limit) with usage, release the thread, and emit ``Completed``; or, when
+   the model asked for tools, leave the run waiting for their outputs and
+   emit ``ToolCallsRequired``.
 
 If the model fails, the reply is stored FAILED with what arrived and the
-error propagates; if the caller goes away (or the server shuts down), it is
-stored INCOMPLETE with what arrived and the model request is closed.
+error propagates; if the caller goes away, it is stored INCOMPLETE with
+what arrived and the model request is closed; ``reply/generate.py`` says
+what happens when the lease is lost, the database stops answering or the
+server shuts down (``interrupt``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncGenerator
 from dataclasses import replace
 
 from service.core.batches import BatchRequest
 from service.core.clock import now
-from service.core.errors import FailedPrecondition, InvalidArgument
+from service.core.errors import FailedPrecondition, InvalidArgument, ShuttingDown
 from service.core.limits import MAX_INSTRUCTIONS
 from service.core.models import MemoryMode, Message, MessageStatus, ReplyEvent, Role, Thread
 from service.core.ports import MessageStore
-from service.core.reply.build import RunMessages, started
+from service.core.reply.build import RunMessages, before_end, started
 from service.core.reply.collaborators import ReplyPolicy, ReplyServices, ReplyStores
 from service.core.reply.generate import Replier
 from service.core.reply.imports import Added, Importer
+from service.core.reply.late import LateWrites
 from service.core.reply.recovery import Recovery
 from service.core.reply.request import Idempotency, SendRequest, check_request, resolve
 from service.core.reply.runs import ToolRuns
@@ -60,6 +64,9 @@ __all__ = [
 ]
 
 
+log = logging.getLogger(__name__)
+
+
 class Conversation:
     """The reply use cases the ThreadService calls; it counts the replies in
     flight so that shutdown can wait for them (``drain``)."""
@@ -70,8 +77,10 @@ class Conversation:
         self._stores = stores
         self._llm = services.llm
         self._policy = policy
-        self._recovery = Recovery(stores, services, policy)
-        self._replier = Replier(services, policy, stores.shield)
+        late = LateWrites(stores.leases, stores.shield)
+        self._leases = stores.leases
+        self._recovery = Recovery(stores, services, policy, late)
+        self._replier = Replier(services, policy, stores.shield, late)
         self._requests = Idempotency(stores, policy, self._recovery, self._replier)
         self._runs = ToolRuns(stores, self._recovery, self._replier)
         self._importer = Importer(stores, services, policy, self._recovery, self._runs)
@@ -147,6 +156,23 @@ class Conversation:
             updated = await threads.apply_update(tenant, thread_id, changes)
         return (await threads.with_totals([updated]))[0]
 
+    def interrupt(self) -> int:
+        """Cut the replies in flight short for a shutdown: each stores what
+        it has INCOMPLETE and ends with ``ShuttingDown``; return how many."""
+        return self._leases.interrupt(ShuttingDown())
+
+    async def sweep(self, period: float) -> None:
+        """Every ``period`` seconds, settle the replies whose holder died on
+        threads nobody has taken since (``Recovery.sweep``), so that none is
+        left IN_PROGRESS; runs until cancelled."""
+        while True:
+            await asyncio.sleep(period)
+            try:
+                if settled := await self._recovery.sweep():
+                    log.info("settled the replies of %d threads whose holder died", settled)
+            except Exception:  # the database is away: the next sweep tries again
+                log.warning("the sweep of unfinished replies failed", exc_info=True)
+
     async def drain(self, timeout: float) -> bool:  # noqa: ASYNC109 - a bound, not a deadline
         """Wait until no reply is running (cancelled ones store their final
         state first); False if ``timeout`` seconds pass before that."""
@@ -193,11 +219,11 @@ class Conversation:
         model = req.model.strip() or assistant.model or self._policy.default_model
         memory = req.memory if req.memory is not MemoryMode.UNSPECIFIED else assistant.memory_mode
         stored = False
+        end: list[ReplyEvent] = []
         try:
-            # 2. An existing thread is read again under the lease: a reply that
-            # ended since it was first read must be in this one's context.
-            held = self._recovery.hold(tenant, thread.thread_id, thread if created else None)
-            async with held as writes:
+            # 2. The thread is read again as claimed under the lease: a reply
+            # that ended since it was first read must be in this one's context.
+            async with self._recovery.hold(tenant, thread.thread_id) as writes:
                 await self._runs.refuse_if_waiting(tenant, writes)
                 t = now()  # 3.
                 new = RunMessages(tenant, thread.thread_id, run.run_id, memory, t)
@@ -214,7 +240,7 @@ class Conversation:
                 yield first
                 # 4. and 5.
                 events = self._replier.generate(tenant, assistant, writes, user, reply, run)
-                async with contextlib.aclosing(events) as stream:
+                async with contextlib.aclosing(before_end(events, end)) as stream:
                     async for event in stream:
                         yield event
         finally:
@@ -223,6 +249,8 @@ class Conversation:
                 await self._stores.shield.run(
                     self._stores.thread_store.delete(tenant, thread.thread_id)
                 )
+        for event in end:  # the thread is free again
+            yield event
 
     async def _store_turn(
         self, tenant: str, req: SendRequest, writes: ThreadWrites, new: RunMessages, model: str

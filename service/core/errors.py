@@ -14,6 +14,10 @@ The tree (the API layer maps each class to one gRPC status code):
     (FAILED_PRECONDITION)
   - ``Unavailable``: a dependency (model endpoint, database) is down
     (UNAVAILABLE)
+    - ``DatabaseUnavailable``: the database is unreachable or too busy
+      - ``LeaseUnconfirmed``: a reply's lease could not be renewed because
+        the database did not answer
+    - ``ShuttingDown``: the server stopped while the call ran
   - ``ResourceExhausted``: the model endpoint rate-limited us
     (RESOURCE_EXHAUSTED)
     - ``RateLimited``: the caller's API key is over its call rate
@@ -33,14 +37,17 @@ from typing import TypeAlias
 
 __all__ = [
     "Aborted",
+    "DatabaseUnavailable",
     "DeadlineExceeded",
     "FailedPrecondition",
     "InvalidArgument",
     "LeaseLost",
+    "LeaseUnconfirmed",
     "LoomError",
     "NotFound",
     "RateLimited",
     "ResourceExhausted",
+    "ShuttingDown",
     "ThreadBusy",
     "TooManyStreams",
     "Translator",
@@ -153,6 +160,38 @@ class Unavailable(LoomError):
     """A dependency is down; the caller may retry later."""
 
     reason = "UNAVAILABLE"
+
+
+class DatabaseUnavailable(Unavailable):
+    """The database is unreachable, failing over or too busy; waiting cures it."""
+
+    reason = "DATABASE_UNAVAILABLE"
+
+
+class LeaseUnconfirmed(DatabaseUnavailable):
+    """A reply's lease could not be renewed before it would lapse because the
+    database did not answer: the reply stopped, and its final state is
+    written when the database is back (unless another replica took the
+    thread over first)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(
+            f"the database stopped answering while the reply on {key!r} ran; the reply was "
+            "stopped, and what you received is stored as it once the database is back",
+            metadata={"lease": key},
+        )
+
+
+class ShuttingDown(Unavailable):
+    """The replica serving the call is shutting down and cut it short."""
+
+    reason = "SERVER_SHUTTING_DOWN"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the server is shutting down and stopped this reply (what you received is stored "
+            "INCOMPLETE); send the message again, another replica serves it"
+        )
 
 
 class ResourceExhausted(LoomError):

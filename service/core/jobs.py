@@ -51,9 +51,10 @@ from opentelemetry.trace import Span
 
 from service.core import errors
 from service.core.clock import now
+from service.core.lease_port import LeaseStore
 from service.core.leases import JOB, Lease, Leases
 from service.core.models import Usage
-from service.core.ports import Job, JobState, JobStore, LeaseStore
+from service.core.ports import Job, JobState, JobStore, Translate
 from service.core.shield import Shield
 from service.core.usage import metered
 from service.telemetry import record_error
@@ -66,7 +67,6 @@ log = logging.getLogger(__name__)
 Checkpoint = Callable[[dict[str, Any]], Awaitable[None]]
 Handler = Callable[[Job, Checkpoint], Awaitable[dict[str, Any]]]
 Charge = Callable[[str, str, Usage], Coroutine[Any, Any, None]]
-Translate = Callable[[BaseException], errors.LoomError | None]
 T = TypeVar("T")
 
 # Waiting cures these; it never cures those.
@@ -303,8 +303,9 @@ class JobRunner:
         """
         lease.check()
         if not await self._store.save(job):
-            lease.lost.set()
-            raise errors.LeaseLost(f"job:{job.job_id}")
+            lost = errors.LeaseLost(f"job:{job.job_id}")
+            lease.lose(lost)
+            raise lost
 
     @staticmethod
     async def _fenced(work: Awaitable[T], lease: Lease) -> T:

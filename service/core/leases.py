@@ -11,10 +11,11 @@ import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from types import TracebackType
 
 from service.core.clock import now
-from service.core.errors import LeaseLost, ThreadBusy
-from service.core.ports import LeaseOutcome, LeaseState, LeaseStore
+from service.core.errors import LeaseLost, LeaseUnconfirmed, LoomError, ThreadBusy
+from service.core.lease_port import LeaseOutcome, LeaseState, LeaseStore
 from service.core.shield import Shield
 
 __all__ = ["BRIEF", "BRIEF_WAIT", "JOB", "REPLY", "Lease", "Leases"]
@@ -27,16 +28,20 @@ BRIEF_WAIT = 2.0
 log = logging.getLogger(__name__)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # compared and hashed by identity
 class Lease:
     """A held lease.
 
-    ``stale`` is the state of the dead holder it replaced, if any, so the new
-    holder can settle that holder's half-written work. ``epoch`` grows along
-    every chain of takeovers (see ``LeaseStore``): a write fenced on it is
-    refused once a newer holder exists. ``lost`` is set as soon as a renewal
-    finds the lease gone or taken, or cannot confirm it before it expires;
-    from then on the holder must write nothing more (``check`` raises).
+    ``stale`` is the state of the dead holder it replaced, if any. ``epoch``
+    grows along every chain of takeovers (see ``LeaseStore``): a write
+    fenced on it is refused once a newer holder exists. ``lost`` is set as
+    soon as a renewal finds the lease gone or taken (``cause`` is then
+    ``LeaseLost``), or cannot confirm it before it expires
+    (``LeaseUnconfirmed``); from then on the holder must write nothing more
+    (``check`` raises the cause). ``interrupt`` stops the holder's work
+    without losing the lease (a server shutting down): the holder may still
+    write its final state. ``handed_off`` says a write left for later
+    (``service.core.reply.late``) will release the lease, not its ``hold``.
     """
 
     thread_id: str
@@ -44,12 +49,72 @@ class Lease:
     stale: LeaseState | None
     epoch: int = 0
     lost: asyncio.Event = field(default_factory=asyncio.Event)
+    cause: LoomError | None = None
+    stopped: LoomError | None = None
+    handed_off: bool = False
+    ending: bool = False  # its holder is writing its final state, then releases it
+    purpose: str = REPLY
     _renewer: asyncio.Task[None] | None = field(default=None, repr=False)
+    _timeout: asyncio.Timeout | None = field(default=None, repr=False)
 
     def check(self) -> None:
-        """Raise ``LeaseLost`` if the lease is no longer surely held."""
+        """Raise ``cause`` (``LeaseLost`` or ``LeaseUnconfirmed``) if the
+        lease is no longer surely held."""
         if self.lost.is_set():
-            raise LeaseLost(self.thread_id)
+            raise self.cause or LeaseLost(self.thread_id)
+
+    def lose(self, cause: LoomError) -> None:
+        """Mark the lease lost for ``cause`` and interrupt the holder's work."""
+        if not self.lost.is_set():
+            self.cause = cause
+            self.lost.set()
+        self.interrupt(cause)
+
+    def interrupt(self, cause: LoomError) -> None:
+        """Stop the holder's interruptible work (``interruptible``) with
+        ``cause``, now if it is waiting, else at its next one."""
+        if self.stopped is None:
+            self.stopped = cause
+        if self._timeout is not None and self._timeout.when() is None:
+            self._timeout.reschedule(0)  # in the past: fires at once
+
+    def interruptible(self) -> _Interruptible:
+        """``async with lease.interruptible():`` runs its body (one wait, such
+        as the model's next chunk) unless the lease is lost or the work
+        interrupted, and cuts the wait short when that happens meanwhile,
+        raising the cause instead."""
+        return _Interruptible(self)
+
+
+class _Interruptible:
+    """See ``Lease.interruptible``; a timeout with no deadline that losing or
+    interrupting the lease makes fire."""
+
+    __slots__ = ("_lease", "_timeout")
+
+    def __init__(self, lease: Lease) -> None:
+        self._lease = lease
+        self._timeout = asyncio.timeout(None)
+
+    async def __aenter__(self) -> None:
+        lease = self._lease
+        lease.check()
+        if lease.stopped is not None:
+            raise lease.stopped
+        await self._timeout.__aenter__()
+        lease._timeout = self._timeout
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        lease = self._lease
+        lease._timeout = None
+        try:
+            await self._timeout.__aexit__(kind, exc, tb)
+        except TimeoutError:
+            if lease.stopped is not None:
+                raise lease.stopped from None
+            raise
 
 
 class Leases:
@@ -57,18 +122,23 @@ class Leases:
 
     A lease lasts ``ttl`` seconds and is renewed every ``ttl / 3`` while its
     holder runs, so a holder that dies frees the thread within ``ttl``.
+    The leases held through this object are known, so that shutdown can
+    interrupt their holders (``interrupt``).
     """
 
     def __init__(self, store: LeaseStore, ttl: float, shield: Shield) -> None:
         self._store = store
         self._ttl = ttl
         self._shield = shield
+        self._held: set[Lease] = set()
 
     @contextlib.asynccontextmanager
     async def hold(self, tenant: str, thread_id: str, purpose: str = REPLY) -> AsyncIterator[Lease]:
         """Hold the thread's lease for the body of the ``async with``. A
         holder that only needs the thread for a moment (a summary being
-        stored) is waited for, up to ``BRIEF_WAIT`` seconds.
+        stored, or a reply of this process writing its end: its caller may
+        have seen it stored already) is waited for, up to ``BRIEF_WAIT``
+        seconds.
 
         Raises:
             ThreadBusy: another live holder has it.
@@ -79,13 +149,17 @@ class Leases:
             lease, holder = await self._take(tenant, thread_id, purpose)
             if lease is not None:
                 break
-            if holder is None or holder.purpose != BRIEF or loop.time() > deadline:
+            brief = holder is not None and (holder.purpose == BRIEF or self._ending(holder.owner))
+            if not brief or loop.time() > deadline:
                 raise ThreadBusy(thread_id)
             await asyncio.sleep(0.02)
         try:
             yield lease
         finally:
-            await self.release(lease)
+            if lease.handed_off:  # a late write releases it once it is done
+                await self._stop_renewing(lease)
+            else:
+                await self.release(lease)
 
     async def claim(self, tenant: str, key: str, purpose: str = JOB) -> Lease | None:
         """Take the lease named ``key`` if it is free (or its holder died),
@@ -95,12 +169,58 @@ class Leases:
 
     async def release(self, lease: Lease) -> None:
         """Stop renewing ``lease`` and delete it (the write is shielded from
-        the caller's cancellation)."""
+        the caller's cancellation). A delete that fails is logged: the lease
+        then lapses within its lifetime."""
+        await self._stop_renewing(lease)
+        try:
+            await self._shield.run(self._store.release(lease.thread_id, lease.owner))
+        except Exception:
+            log.warning("could not release the lease on %s", lease.thread_id, exc_info=True)
+
+    async def _stop_renewing(self, lease: Lease) -> None:
+        self._held.discard(lease)
         if lease._renewer is not None:
             lease._renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await lease._renewer
-        await self._shield.run(self._store.release(lease.thread_id, lease.owner))
+            lease._renewer = None
+
+    async def advance(self, lease: Lease, epoch: int) -> bool:
+        """Raise ``lease``'s epoch to ``epoch`` (to pass a fence its
+        predecessor, whose clock ran ahead, left); False if it is no longer
+        held."""
+        if not await self._store.set_epoch(lease.thread_id, lease.owner, epoch):
+            return False
+        lease.epoch = epoch
+        return True
+
+    async def reconfirm(self, lease: Lease) -> bool:
+        """Extend ``lease`` again after its holder could not renew it (the
+        database was unreachable); False if another holder has it now.
+
+        Raises:
+            Exception: the store's, when the database is still unreachable.
+        """
+        return await self._store.renew(
+            lease.thread_id, lease.owner, now() + timedelta(seconds=self._ttl)
+        )
+
+    def interrupt(self, cause: LoomError, purpose: str = REPLY) -> int:
+        """Interrupt the work of every lease of ``purpose`` held here (see
+        ``Lease.interrupt``); return how many."""
+        held = [lease for lease in self._held if lease.purpose == purpose]
+        for lease in held:
+            lease.interrupt(cause)
+        return len(held)
+
+    def _ending(self, owner: str) -> bool:
+        """Whether ``owner`` is a lease of this process whose holder is
+        writing its final state."""
+        return any(lease.owner == owner and lease.ending for lease in self._held)
+
+    async def state(self, thread_id: str) -> LeaseState | None:
+        """The lease on the thread as stored (live or expired), if any."""
+        return await self._store.current(thread_id)
 
     async def expired(self, thread_id: str) -> bool:
         """True when nobody holds a live lease on the thread."""
@@ -120,8 +240,9 @@ class Leases:
         stale = grant.other if grant.outcome is LeaseOutcome.TAKEN_OVER else None
         if stale is not None:
             log.warning("took over the expired lease on %s", key)
-        lease = Lease(key, owner, stale, grant.epoch)
+        lease = Lease(key, owner, stale, grant.epoch, purpose=purpose)
         lease._renewer = asyncio.create_task(self._renew(lease, expires), name=f"lease {key}")
+        self._held.add(lease)
         return lease, None
 
     async def _renew(self, lease: Lease, held_until: datetime) -> None:
@@ -138,9 +259,11 @@ class Leases:
                     continue
                 # It may lapse before the next attempt: another replica could
                 # then take it, so this holder must stop now.
-                kept = False
+                log.warning("could not confirm the lease on %s in time", lease.thread_id)
+                lease.lose(LeaseUnconfirmed(lease.thread_id))
+                return
             if not kept:
                 log.warning("lost the lease on %s", lease.thread_id)
-                lease.lost.set()
+                lease.lose(LeaseLost(lease.thread_id))
                 return
             held_until = renewed_until

@@ -72,10 +72,11 @@ MAX_TOOL_OUTPUT_CHARS = 100_000
 MAX_TOOL_CALL_ID = 256
 MAX_TOOL_ARGUMENTS_CHARS = 64_000
 
-# Threads: messages per AddMessages call, how far ahead they may expire, and
-# ListThreads filters (service.core.filters).
+# Threads: messages per AddMessages call, how far ahead they may expire.
 MAX_ADDED_MESSAGES = 1000
 MAX_THREAD_TTL_DAYS = 3650
+
+# The filter of every list and search (service.core.filtering).
 MAX_FILTER_CHARS = 2000
 MAX_FILTER_CLAUSES = 16
 

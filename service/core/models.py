@@ -199,6 +199,8 @@ class Thread:
     forked_from: ThreadOrigin | None = None
     usage: Usage = Usage()
     open_batch: int | None = None
+    fence: int = 0  # epoch of the last lease holder that wrote it (see ports.ThreadClaim)
+    replying: bool = False  # a reply was started and its end not yet written
 
 
 @dataclass(slots=True)
@@ -274,9 +276,12 @@ class Recalled:
 
 @dataclass(frozen=True, slots=True)
 class MemoryRecalled:
-    """The memories recalled for a reply, before its first delta."""
+    """The memories recalled for a reply, before its first delta; or, with
+    ``skipped_reason`` (the ErrorInfo reason of what failed), none because
+    recall was skipped."""
 
     memories: list[Recalled]
+    skipped_reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)

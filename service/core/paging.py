@@ -2,8 +2,10 @@
 List use case reads a page.
 
 A token carries the sort key of the last item returned and a fingerprint of
-the request's filters, so a token replayed with other filters is refused
-rather than silently returning the wrong page. A List reads one item more
+the request's filters and the caller's tenant, so a token replayed with
+other filters, or by another tenant, is refused rather than silently
+returning the wrong page. (Tokens are not signed: a forged one can only
+name a position in the forger's own list, which every read is scoped to.) A List reads one item more
 than the page holds: that item's presence is what says a next page exists.
 Lists newest first sort by creation time, then id (ids are random: they only
 break ties): their key is a ``CreatedKey``; the others by a position (a
@@ -68,8 +70,9 @@ def _decode_token(token: str, filters: dict[str, object]) -> object | None:
         )
     if data.get("f") != _fingerprint(filters):
         raise InvalidArgument(
-            "page_token was issued for a request with other filters or ordering; send the same "
-            "filters as the first page, or omit page_token to start again",
+            "page_token was issued for a request with other filters or ordering, or to another "
+            "API key's tenant; send the same filters as the first page, or omit page_token to "
+            "start again",
             field="page_token",
         )
     after: object = data["a"]
@@ -137,27 +140,38 @@ class Cursor(Generic[K]):
 
 @overload
 def open_cursor(
-    page_size: int, page_token: str, filters: dict[str, object], by: Literal["position"]
+    tenant: str,
+    page_size: int,
+    page_token: str,
+    filters: dict[str, object],
+    by: Literal["position"],
 ) -> Cursor[int]: ...
 @overload
 def open_cursor(
-    page_size: int, page_token: str, filters: dict[str, object], by: Literal["created"]
+    tenant: str,
+    page_size: int,
+    page_token: str,
+    filters: dict[str, object],
+    by: Literal["created"],
 ) -> Cursor[CreatedKey]: ...
 def open_cursor(
+    tenant: str,
     page_size: int,
     page_token: str,
     filters: dict[str, object],
     by: Literal["position", "created"],
 ) -> Cursor[int] | Cursor[CreatedKey]:
-    """The cursor of a List request whose items sort ``by`` a position or
-    by creation time (newest first); ``filters`` are the request's filters
-    and ordering, which its tokens are tied to.
+    """The cursor of ``tenant``'s List request whose items sort ``by`` a
+    position or by creation time (newest first); ``filters`` are the
+    request's filters and ordering. Its tokens are tied to both, under the
+    key "tenant" of the filters.
 
     Raises:
         InvalidArgument: a negative page size, or a token that is malformed
-            or was issued for other filters.
+            or was issued for other filters or another tenant.
     """
     limit = _check_page_size(page_size)
+    filters = {**filters, "tenant": tenant}
     raw = _decode_token(page_token, filters)
     if by == "position":
         position = _as_position(raw)

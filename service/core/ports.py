@@ -3,17 +3,19 @@
 ``service.store`` implements the stores over MongoDB and ``service.llm``
 implements ``ChatModel`` over an OpenAI-compatible endpoint; the domain sees
 only these protocols. The thread and message stores are written in
-``service.core.thread_ports`` and imported from here like the rest.
+``service.core.thread_ports`` and imported from here like the rest; the
+lease store's port is ``lease_port.py``.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 
+from service.core.errors import LoomError
 from service.core.models import (
     Assistant,
     Message,
@@ -22,7 +24,12 @@ from service.core.models import (
     ToolSpec,
     Usage,
 )
-from service.core.thread_ports import MessageStore, PendingThreadDelete, ThreadStore
+from service.core.thread_ports import (
+    MessageStore,
+    PendingThreadDelete,
+    ThreadClaim,
+    ThreadStore,
+)
 
 __all__ = [
     "ApiKey",
@@ -34,10 +41,6 @@ __all__ = [
     "Job",
     "JobState",
     "JobStore",
-    "LeaseGrant",
-    "LeaseOutcome",
-    "LeaseState",
-    "LeaseStore",
     "MemoryPort",
     "MessageStore",
     "PendingThreadDelete",
@@ -45,9 +48,16 @@ __all__ = [
     "RequestRecord",
     "RequestStore",
     "TenantLimits",
+    "ThreadClaim",
     "ThreadStore",
     "TokenCounter",
+    "Translate",
 ]
+
+Translate: TypeAlias = Callable[[BaseException], LoomError | None]
+"""An adapter's translation of its own exceptions into domain errors (None:
+not one it knows), built by the wiring: the store's turns what waiting
+cures into ``DatabaseUnavailable``."""
 
 
 class AssistantStore(Protocol):
@@ -80,67 +90,6 @@ class AssistantStore(Protocol):
     async def delete(self, tenant: str, assistant_id: str) -> None: ...
     async def pending_deletes(self) -> list[tuple[str, str]]:
         """(tenant, assistant_id) of deletions that a crash interrupted."""
-
-
-class LeaseOutcome(enum.Enum):
-    """Result of trying to take a thread's reply lease."""
-
-    ACQUIRED = "acquired"
-    TAKEN_OVER = "taken_over"  # the previous holder's lease had expired
-    BUSY = "busy"
-
-
-@dataclass(frozen=True, slots=True)
-class LeaseState:
-    """A lease as stored: who holds it, until when, why, and its epoch."""
-
-    owner: str
-    expires: datetime
-    purpose: str = ""
-    epoch: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class LeaseGrant:
-    """What ``LeaseStore.acquire`` did: with ACQUIRED or TAKEN_OVER, ``epoch``
-    is the new holder's; ``other`` is the dead holder's state (TAKEN_OVER)
-    or the live holder's (BUSY, None when unknown)."""
-
-    outcome: LeaseOutcome
-    epoch: int = 0
-    other: LeaseState | None = None
-
-
-class LeaseStore(Protocol):
-    """One lease document per busy thread (or running job), created by a
-    unique insert (the one write that is atomic on MongoDB and FerretDB
-    alike) and deleted on release, so the collection only ever holds the
-    work in flight.
-
-    Epochs: a lease taken fresh gets the acquisition time in milliseconds; a
-    takeover gets at least the dead holder's epoch plus one. So epochs only
-    grow along a chain of takeovers, and (as long as replicas' clocks agree
-    to within a lease's lifetime, which expiry already assumes) across
-    releases too: a fencing check can trust a larger epoch to be newer."""
-
-    async def acquire(
-        self,
-        tenant: str,
-        thread_id: str,
-        owner: str,
-        expires: datetime,
-        now: datetime,
-        purpose: str = "",
-    ) -> LeaseGrant:
-        """Take the lease, or take over an expired one; never leaves the
-        thread blocked for longer than a lease's lifetime if the caller dies
-        part-way."""
-
-    async def renew(self, thread_id: str, owner: str, expires: datetime) -> bool:
-        """Extend ``owner``'s lease; False if it no longer holds it."""
-
-    async def release(self, thread_id: str, owner: str) -> None: ...
-    async def current(self, thread_id: str) -> LeaseState | None: ...
 
 
 @dataclass(slots=True)

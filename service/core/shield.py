@@ -28,6 +28,19 @@ class Shield:
         task.add_done_callback(self._pending.discard)
         return await asyncio.shield(task)
 
+    def spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """Run ``coro`` in a task of its own, which ``drain`` waits for;
+        nobody need await it (its failure is logged)."""
+        task = asyncio.ensure_future(coro)
+        self._pending.add(task)
+        task.add_done_callback(self._spawned_done)
+        return task
+
+    def _spawned_done(self, task: asyncio.Task[Any]) -> None:
+        self._pending.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning("background write failed", exc_info=exc)
+
     async def drain(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109 - a bound, not a deadline
         """Wait (up to ``timeout`` seconds) for shielded writes still running."""
         if self._pending:

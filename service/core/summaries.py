@@ -152,7 +152,7 @@ class Summarizer:
             await checkpoint({"text": text, "through": block[-1].sequence})
         text, through = str(job.checkpoint["text"]), int(job.checkpoint["through"])
         try:
-            async with self._leases.hold(tenant, thread_id, BRIEF):
+            async with self._leases.hold(tenant, thread_id, BRIEF) as lease:
                 thread = await self._threads.get(tenant, thread_id)
                 if thread is None:
                     return {"skipped": "thread deleted"}
@@ -161,7 +161,12 @@ class Summarizer:
                     return {"skipped": "superseded by another fold"}
                 summary = Summary(text, through, p["model"], now())
                 remaining = [e for e in thread.context if e.sequence > through]
-                await self._threads.save_summary(tenant, thread_id, summary, remaining)
+                if not await self._threads.save_summary(
+                    tenant, thread_id, summary, remaining, epoch=lease.epoch
+                ):
+                    # A later holder wrote the thread (or this clock runs behind
+                    # its): read it again on the next try.
+                    raise RetryLater(0.5, "the thread was written by a later holder")
         except ThreadBusy:
             raise RetryLater(0.5, "a reply is running on the thread") from None
         return {"through": through}

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from service.core.filters import Clause
+from service.core.filtering import Comparison
 from service.core.models import (
     ContextEntry,
     Message,
@@ -20,7 +20,7 @@ from service.core.models import (
     Usage,
 )
 
-__all__ = ["MessageStore", "PendingThreadDelete", "ThreadStore"]
+__all__ = ["MessageStore", "PendingThreadDelete", "ThreadClaim", "ThreadStore"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +31,29 @@ class PendingThreadDelete:
     assistant_id: str
     thread_id: str
     forget: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadClaim:
+    """What ``ThreadStore.claim`` did.
+
+    Fencing: every write made under a thread's lease (the thread's context
+    and count, its messages' progress and final state) carries the lease's
+    epoch and is refused by the store once a larger epoch has written the
+    document: each write checks it itself (``{fence: {$not: {$gt: epoch}}}``
+    in the update's filter, one document, so exact on MongoDB; FerretDB 1.x
+    reads, then writes by ``_id``, so there the check narrows what is left
+    to a stale holder whose write falls in that gap). A holder claims the
+    thread first, which fences out every earlier holder's thread writes.
+
+    ``thread`` is the thread as it was just before the claim (with
+    ``replying`` set when an earlier holder started a reply and never wrote
+    its end: a crash or an outage to recover from); None when the claim
+    was refused, then ``fence`` is the larger epoch that wrote it, or 0
+    when the thread is gone."""
+
+    thread: Thread | None
+    fence: int = 0
 
 
 class ThreadStore(Protocol):
@@ -51,11 +74,11 @@ class ThreadStore(Protocol):
         user_id: str,
         limit: int,
         after: tuple[datetime, str] | None,
-        clauses: Sequence[Clause] = (),
+        where: Sequence[Comparison] = (),
     ) -> list[Thread]:
         """Threads newest first (by create_time, then id), after ``after``
         (the create_time and id of the last thread of the previous page),
-        matching every clause."""
+        matching every comparison."""
 
     async def update(
         self, tenant: str, thread_id: str, changes: dict[str, object], update_time: datetime
@@ -86,6 +109,11 @@ class ThreadStore(Protocol):
 
     async def delete(self, tenant: str, thread_id: str) -> None: ...
     async def pending_deletes(self) -> list[PendingThreadDelete]: ...
+    async def claim(self, tenant: str, thread_id: str, epoch: int) -> ThreadClaim:
+        """Fence the thread on the lease ``epoch`` its caller holds and mark
+        a reply started (``Thread.replying``), unless a holder with a larger
+        epoch wrote it already; see ``ThreadClaim``."""
+
     async def save_context(
         self,
         tenant: str,
@@ -95,16 +123,35 @@ class ThreadStore(Protocol):
         update_time: datetime,
         run: PendingRun | None = None,
         usage: Usage | None = None,
-    ) -> None:
+        *,
+        epoch: int,
+        replying: bool = False,
+    ) -> bool:
         """Store the thread's cached context, message count and pending run,
-        close its open batch, and add ``usage`` to its totals (written only by
-        the holder of the thread's lease)."""
+        close its open batch, add ``usage`` to its totals, and note whether a
+        reply is still unfinished on it (``Thread.replying``), fenced on
+        ``epoch`` (see ``ThreadClaim``); False if a holder with a larger epoch
+        wrote the thread since (or it is gone)."""
+
+    async def unfinished(self, limit: int) -> list[tuple[str, str]]:
+        """(tenant, thread_id) of threads marked mid-reply (``Thread.replying``),
+        for the sweep that settles replies whose holder died."""
+
+    async def end_claim(self, tenant: str, thread_id: str, *, epoch: int) -> bool:
+        """Mark no reply unfinished (after a claim that wrote nothing
+        else), fenced on ``epoch``."""
 
     async def save_summary(
-        self, tenant: str, thread_id: str, summary: Summary, context: Sequence[ContextEntry]
-    ) -> None:
-        """Store a new rolling summary and the context left after it (written
-        only by the holder of the thread's lease)."""
+        self,
+        tenant: str,
+        thread_id: str,
+        summary: Summary,
+        context: Sequence[ContextEntry],
+        *,
+        epoch: int,
+    ) -> bool:
+        """Store a new rolling summary and the context left after it, fenced
+        on ``epoch`` as ``save_context``."""
 
 
 class MessageStore(Protocol):
@@ -117,8 +164,11 @@ class MessageStore(Protocol):
         (thread_id, sequence) settles races: no gaps, no duplicates, even with
         concurrent writers on several replicas."""
 
-    async def append_all(self, messages: list[Message], first_try: int) -> list[Message]:
-        """``append`` each message in turn (consecutive numbers if free)."""
+    async def append_all(
+        self, messages: list[Message], first_try: int, *, epoch: int = 0
+    ) -> list[Message]:
+        """``append`` each message in turn (consecutive numbers if free),
+        fenced on the lease ``epoch`` of their writer (see ``ThreadClaim``)."""
 
     async def get(self, tenant: str, message_id: str) -> Message | None: ...
     async def finish(
@@ -131,10 +181,20 @@ class MessageStore(Protocol):
         usage: Usage | None = None,
         error: str = "",
         tool_calls: Sequence[ToolCall] = (),
-    ) -> Message | None: ...
-    async def save_progress(self, tenant: str, message_id: str, content: str) -> None: ...
-    async def restart(self, tenant: str, message_id: str, model: str) -> bool:
-        """Put a FAILED, empty message back IN_PROGRESS for a retry."""
+        epoch: int,
+    ) -> Message | None:
+        """Store a message's final state, fenced on ``epoch``; None if a
+        holder with a larger epoch wrote it since, or it is gone."""
+
+    async def save_progress(
+        self, tenant: str, message_id: str, content: str, *, epoch: int
+    ) -> bool:
+        """Store what a streaming message holds so far, fenced on ``epoch``;
+        False if refused or gone."""
+
+    async def restart(self, tenant: str, message_id: str, model: str, *, epoch: int) -> bool:
+        """Put a FAILED, empty message back IN_PROGRESS for a retry (fenced
+        on ``epoch``)."""
 
     async def find_page(
         self,

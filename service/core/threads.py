@@ -13,7 +13,7 @@ from service.core import ids
 from service.core.assistants import Assistants
 from service.core.clock import now
 from service.core.errors import InvalidArgument, NotFound
-from service.core.filters import FieldKind, canonical, parse_filter
+from service.core.filtering import ORDERED, FieldSpec, parse_filter
 from service.core.jobs import JobRunner
 from service.core.limits import MAX_PAGE_SIZE, MAX_USER_ID
 from service.core.models import Message, Page, Thread, Usage
@@ -28,13 +28,16 @@ log = logging.getLogger(__name__)
 
 _ORDERS = {"": False, "sequence": False, "sequence asc": False, "sequence desc": True}
 UPDATABLE_FIELDS = ("metadata", "assistant_id", "expire_time", "ttl", "expire_memories")
-# What ListThreads can filter on (service.core.filters).
+# What ListThreads can filter on (service.core.filtering): equality on the
+# ids and metadata keys, ranges on update_time (each is a MongoDB query).
+_EQUAL = frozenset({"="})
 FILTERS = {
-    "user_id": FieldKind.TEXT,
-    "assistant_id": FieldKind.TEXT,
-    "metadata": FieldKind.MAP,
-    "update_time": FieldKind.TIME,
+    "user_id": FieldSpec("string", _EQUAL),
+    "assistant_id": FieldSpec("string", _EQUAL),
+    "metadata": FieldSpec("string", _EQUAL, map=True),
+    "update_time": FieldSpec("timestamp", ORDERED - {"!="}),
 }
+_EXAMPLE = 'metadata.ticket = "123" AND update_time >= "2025-01-01T00:00:00Z"'
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,13 +191,13 @@ class Threads:
         if assistant_id:
             ids.check_id(ids.ASSISTANT, assistant_id, "assistant_id")
         check_text(user_id, "user_id", MAX_USER_ID)
-        clauses = parse_filter(filter_text, FILTERS)
+        where = parse_filter(filter_text, FILTERS, example=_EXAMPLE)
         filters: dict[str, object] = {"list": "threads", "a": assistant_id, "u": user_id}
-        if clauses:
-            filters["f"] = canonical(clauses)
-        cursor = open_cursor(page_size, page_token, filters, "created")
+        if where:
+            filters["f"] = where.canonical()
+        cursor = open_cursor(tenant, page_size, page_token, filters, "created")
         items = await self._threads.find_page(
-            tenant, assistant_id, user_id, cursor.fetch, cursor.after, clauses
+            tenant, assistant_id, user_id, cursor.fetch, cursor.after, where.comparisons
         )
         page = cursor.page(items, lambda t: created(t.create_time, t.thread_id))
         await self.with_totals(page.items)
@@ -220,9 +223,13 @@ class Threads:
     async def _finish_delete(
         self, tenant: str, assistant_id: str, thread_id: str, forget: bool
     ) -> int:
+        # Messages before memories: a memory job that indexed a message of
+        # this thread checks afterwards that the message still exists (and
+        # unwrites it if not); so either it sees them gone, or it wrote
+        # before the forgetting below, which then removes what it wrote.
+        count = await self._messages.delete_thread(tenant, thread_id)
         if forget and self._memory is not None:
             await self._memory.forget_thread(tenant, assistant_id, thread_id)
-        count = await self._messages.delete_thread(tenant, thread_id)
         await self._threads.delete(tenant, thread_id)
         return count
 
@@ -246,12 +253,12 @@ class Threads:
         order = " ".join(order_by.lower().split())
         if order not in _ORDERS:
             raise InvalidArgument(
-                f"order_by {order_by!r} is not supported; use 'sequence' or 'sequence desc'",
+                f"order_by {order_by[:40]!r} is not supported; use 'sequence' or 'sequence desc'",
                 field="order_by",
             )
         descending = _ORDERS[order]
         filters: dict[str, object] = {"list": "messages", "t": thread_id, "d": descending}
-        cursor = open_cursor(page_size, page_token, filters, "position")
+        cursor = open_cursor(tenant, page_size, page_token, filters, "position")
         thread = await self.get(tenant, thread_id)
         # A batch still being appended (or left by a writer that died) is not shown.
         items = await self._messages.find_page(

@@ -1,5 +1,6 @@
 """This process's search caches: per collection, the BM25 index and the
-vectors built from Chroma and kept fresh, bounded together by an LRU.
+vectors built from Chroma and kept fresh, bounded together by bytes
+(least recently searched evicted first).
 
 Why. Chroma 1.5.9 cannot serve a search fast: any ``where`` filter (and a
 user's scope needs one) makes a query scan the metadata, 30-50 ms with
@@ -95,6 +96,10 @@ class CollectionCache:
     def __len__(self) -> int:
         return len(self.vectors)
 
+    def nbytes(self) -> int:
+        """About how much memory the cache holds (its BM25 index and vectors)."""
+        return self.lexical.nbytes() + self.vectors.nbytes()
+
     def nearest(self, vector: Vectors, scopes: list[str], n: int) -> list[tuple[str, float]]:
         """The ``n`` nearest memories of those scopes: (id, cosine), nearest first."""
         with self.lock:
@@ -140,17 +145,19 @@ class CollectionCache:
 
 class SearchCaches:
     """The caches of the collections this process searched, least recently
-    searched dropped first once they hold more than ``max_records``
-    memories together; see the module docstring."""
+    searched dropped first once they hold more than ``max_bytes`` together
+    (as each cache's ``nbytes`` estimates it when built or refreshed); see
+    the module docstring."""
 
     def __init__(
-        self, tuning: SearchTuning, *, max_age: float, margin_us: int, max_records: int
+        self, tuning: SearchTuning, *, max_age: float, margin_us: int, max_bytes: int
     ) -> None:
         self._tuning = tuning
         self._max_age = max_age
         self._margin_us = margin_us
-        self._max_records = max_records
+        self._max_bytes = max_bytes
         self._entries: OrderedDict[str, CollectionCache] = OrderedDict()
+        self._sizes: dict[str, int] = {}  # each entry's nbytes when last kept
         self._lock = threading.Lock()  # the entries are read and written from worker threads
         # The build in flight of each collection; touched on the event loop only.
         self._builds: dict[str, asyncio.Task[CollectionCache]] = {}
@@ -238,13 +245,20 @@ class SearchCaches:
         return entry
 
     def _keep(self, name: str, entry: CollectionCache) -> None:
+        size = entry.nbytes()
         with self._lock:
             self._entries[name] = entry
             self._entries.move_to_end(name)
-            total = sum(len(e) for e in self._entries.values())
-            while total > self._max_records and len(self._entries) > 1:
-                _, dropped = self._entries.popitem(last=False)
-                total -= len(dropped)
+            self._sizes[name] = size
+            total = sum(self._sizes.values())
+            while total > self._max_bytes and len(self._entries) > 1:
+                dropped, _ = self._entries.popitem(last=False)
+                total -= self._sizes.pop(dropped, 0)
+
+    def nbytes(self) -> int:
+        """About how much memory the caches hold together."""
+        with self._lock:
+            return sum(self._sizes.values())
 
     def apply(
         self,
@@ -275,12 +289,14 @@ class SearchCaches:
         """Drop the cache of that collection."""
         with self._lock:
             self._entries.pop(name, None)
+            self._sizes.pop(name, None)
 
     async def close(self) -> None:
         """Let the builds in flight end, then drop every cache."""
         await asyncio.gather(*self._builds.values(), return_exceptions=True)
         with self._lock:
             self._entries.clear()
+            self._sizes.clear()
 
 
 def _read(

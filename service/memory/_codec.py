@@ -36,6 +36,7 @@ __all__ = [
     "created_us",
     "in_scope",
     "now_us",
+    "replacing",
     "scopes_of",
     "to_metadata",
     "to_record",
@@ -98,6 +99,16 @@ def to_metadata(record: MemoryRecord) -> dict[str, str | int]:
         if micros is not None:
             meta[key] = micros
     return meta
+
+
+def replacing(
+    new: Mapping[str, str | int], old: Mapping[str, object] | None
+) -> dict[str, str | int | None]:
+    """``new`` with every key only ``old`` has set to None: Chroma's upsert
+    merges a record's metadata into what it holds, and deletes a key given
+    as None, so this is how a write replaces the metadata whole."""
+    removed: dict[str, str | int | None] = {key: None for key in old or {} if key not in new}
+    return removed | dict(new)
 
 
 def to_record(

@@ -37,6 +37,12 @@ class VectorSet:
     def __len__(self) -> int:
         return len(self._slot_of)
 
+    def nbytes(self) -> int:
+        """About how much memory the set holds: its arrays, and about 150
+        bytes a slot for its id (measured with tracemalloc on CPython 3.11)."""
+        arrays = self._vectors.nbytes + self._alive.nbytes + self._scope.nbytes
+        return arrays + 150 * len(self._ids)
+
     def add(self, doc_id: str, vector: npt.NDArray[np.float32], scope: str) -> None:
         """Store a vector, replacing any with the same id."""
         slot = self._slot_of.get(doc_id)

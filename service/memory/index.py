@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TypedDict, Unpack
+from typing import TypedDict, Unpack
 
 import numpy as np
 
@@ -43,6 +43,7 @@ from service.memory._codec import (
     created_us,
     in_scope,
     now_us,
+    replacing,
     scopes_of,
     to_metadata,
     to_record,
@@ -54,19 +55,17 @@ from service.memory.filters import matches
 from service.memory.ports import MODES, MemoryHit, MemoryRecord, VersionSource
 from service.memory.ranking import Ranked, SearchTuning
 
-if TYPE_CHECKING:
-    from chromadb.api.types import Metadata
-
 __all__ = ["ChromaMemoryIndex", "IndexOptions", "open_index"]
 
 
 class ChromaMemoryIndex:
     """``MemoryIndex`` over a chromadb client; see the module docstring.
 
-    ``max_cached_records`` bounds the memories held in this process's
-    search caches together (about 1.5 KB each with MiniLM's 384 dimensions,
-    plus the BM25 postings); the least recently searched collections are
-    dropped first and rebuilt from Chroma when searched again.
+    ``max_cached_bytes`` bounds the memory this process's search caches
+    hold together (about 3 KB a memory with MiniLM's 384 dimensions and a
+    short text: the vector, its id, the BM25 postings); the least recently
+    searched collections are dropped first and rebuilt from Chroma when
+    searched again.
     ``refresh_margin`` is how far back (seconds) a refresh after another
     replica's write looks, to cover clocks that disagree and writes in flight.
     ``context_vectors=False`` embeds a record's text alone, ignoring its
@@ -83,7 +82,7 @@ class ChromaMemoryIndex:
         versions: VersionSource | None = None,
         cache_max_age: float = 300.0,
         refresh_margin: float = 30.0,
-        max_cached_records: int = 500_000,
+        max_cached_bytes: int = 512 * 2**20,
         context_vectors: bool = True,
         owns_client: bool = False,
     ) -> None:
@@ -94,10 +93,14 @@ class ChromaMemoryIndex:
             self.tuning,
             max_age=cache_max_age,
             margin_us=int(refresh_margin * 1_000_000),
-            max_records=max_cached_records,
+            max_bytes=max_cached_bytes,
         )
         self._owns_client = owns_client
         self._context_vectors = context_vectors
+
+    def cached_bytes(self) -> int:
+        """About how much memory this process's search caches hold."""
+        return self._caches.nbytes()
 
     @property
     def client(self) -> chroma.Client:
@@ -154,14 +157,25 @@ class ChromaMemoryIndex:
         collection = existing
         if collection is None:
             collection = await self._collections.create(tenant, assistant_id, int(vectors.shape[1]))
+        stored: dict[str, Mapping[str, object]] = {}
+        if existing is not None:
+            found = await chroma.call(
+                existing.get, ids=[r.memory_id for r in records], include=["metadatas"]
+            )
+            stored = dict(zip(found["ids"], found["metadatas"] or [], strict=True))
         written = now_us()
+        # A key the new version leaves out is deleted, not kept (an update
+        # replaces the metadata whole).
         metadatas = [to_metadata(r) | {"write_us": written} for r in records]
+        replacements = [
+            replacing(m, stored.get(r.memory_id)) for r, m in zip(records, metadatas, strict=True)
+        ]
         await chroma.upsert(
             collection,
             [r.memory_id for r in records],
             vectors,
             [r.text for r in records],
-            metadatas if existing is None else await self._replacing(existing, metadatas, records),
+            replacements,
         )
         after = await self._collections.bump(tenant, assistant_id)
         puts: list[Write] = [
@@ -169,29 +183,6 @@ class ChromaMemoryIndex:
             for r, meta, vector in zip(records, metadatas, vectors, strict=True)
         ]
         await asyncio.to_thread(self._caches.apply, collection, before, after, puts, [])
-
-    async def _replacing(
-        self,
-        collection: chroma.Collection,
-        metadatas: list[dict[str, str | int]],
-        records: list[MemoryRecord],
-    ) -> list[Metadata]:
-        """The metadatas to write over records that may exist: Chroma merges
-        an upsert's metadata into the stored one, so each key a record no
-        longer has (a caller's key removed, an invalidation lifted) is
-        written as None, which removes it."""
-        old: dict[str, Mapping[str, object]] = {}
-        for start in range(0, len(records), chroma.BATCH):
-            found = await chroma.call(
-                collection.get,
-                ids=[r.memory_id for r in records[start : start + chroma.BATCH]],
-                include=["metadatas"],
-            )
-            old.update(zip(found["ids"], found["metadatas"] or [], strict=True))
-        return [
-            meta | {key: None for key in old.get(r.memory_id, {}) if key not in meta}
-            for r, meta in zip(records, metadatas, strict=True)
-        ]
 
     async def delete(self, tenant: str, assistant_id: str, memory_ids: Sequence[str]) -> int:
         collection = await self._collections.find(tenant, assistant_id)
@@ -459,7 +450,7 @@ class IndexOptions(TypedDict, total=False):
     versions: VersionSource | None
     cache_max_age: float
     refresh_margin: float
-    max_cached_records: int
+    max_cached_bytes: int
     context_vectors: bool
 
 

@@ -25,6 +25,9 @@ from service.memory.history import History, next_version
 from service.memory.ports import EPISODIC, FACT, MemoryIndex, MemoryRecord
 from service.telemetry import span, tracer
 
+# The user messages of an exchange, and its user's and assistant's side as text.
+Exchange = tuple[list[Message], str, str]
+
 __all__ = ["EXTRACTION_JOB", "Learning", "episodic_id", "episodic_record"]
 
 _tracer = tracer("loom.memory")
@@ -76,6 +79,30 @@ class Learning:
         self._llm = llm
         self._neighbours = neighbours
 
+    async def _reindex(
+        self,
+        tenant: str,
+        assistant_id: str,
+        user_id: str,
+        payload: dict[str, Any],
+        exchange: Exchange,
+    ) -> Exchange | None:
+        """Index the exchange's user messages again (idempotent: makes sure
+        the episodic write landed even if the inline one during the reply
+        failed); None, with the write undone, if the thread went meanwhile:
+        its deletion may have forgotten its memories before this write, and
+        deletes the messages first (``Threads._finish_delete``), so reading
+        them again after the write tells."""
+        records = [
+            episodic_record(tenant, assistant_id, user_id, payload["thread_id"], u)
+            for u in exchange[0]
+        ]
+        await self._index.upsert(records)
+        if await read_exchange(self._messages, tenant, payload) is not None:
+            return exchange
+        await self._index.delete(tenant, assistant_id, [r.memory_id for r in records])
+        return None
+
     async def run(self, job: Job, checkpoint: Checkpoint) -> dict[str, Any]:
         """The job's body (``JobRunner`` handler); its result lists the
         memories added, updated and invalidated, and the warnings of what
@@ -85,16 +112,12 @@ class Learning:
         if "facts" not in job.checkpoint:
             with span(_tracer, "memory.extract") as current:
                 exchange = await read_exchange(self._messages, tenant, p)
+                if exchange is not None:
+                    exchange = await self._reindex(tenant, assistant_id, user_id, p, exchange)
                 if exchange is None:  # the thread was deleted meanwhile
                     current.set_attribute("loom.memory.skipped", "messages deleted")
                     return {"added": [], "updated": [], "invalidated": [], "warnings": []}
-                users, user_text, reply_text = exchange
-                # Idempotent: makes sure the episodic write landed even if the
-                # inline one during the reply failed.
-                thread_id = p["thread_id"]
-                await self._index.upsert(
-                    [episodic_record(tenant, assistant_id, user_id, thread_id, u) for u in users]
-                )
+                _, user_text, reply_text = exchange
                 extracted, warnings = await extract_facts(
                     self._llm, p["model"], user_text, reply_text, p.get("tool_outputs") or []
                 )

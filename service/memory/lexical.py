@@ -268,6 +268,13 @@ class BM25Index:
     def __len__(self) -> int:
         return self._live
 
+    def nbytes(self) -> int:
+        """About how much memory the index holds, from its counts: about 250
+        bytes a slot, 72 a posting and 505 a distinct term (fitted with
+        tracemalloc on CPython 3.11 over 1,000 and 10,000 short texts)."""
+        postings = sum(len(slots) for slots in self._post_slots)
+        return 250 * len(self._ids) + 72 * postings + 505 * len(self._vocab)
+
     def __contains__(self, doc_id: object) -> bool:
         return doc_id in self._slot_of
 

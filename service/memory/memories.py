@@ -227,9 +227,9 @@ class Memories:
             "u": user_id,
             "w": assistant_wide_only,
             "i": query.include_invalidated,
-            "f": query.filter,
+            "f": matching.canonical(),
         }
-        cursor = open_cursor(page_size, page_token, filters, "position")
+        cursor = open_cursor(tenant, page_size, page_token, filters, "position")
         await self._assistant(tenant, assistant_id)
         # The index pages by offset: the key a page resumes after is the
         # number of items before it.
@@ -367,7 +367,7 @@ class Memories:
             NotFound: no such assistant or memory.
         """
         filters: dict[str, object] = {"list": "history", "a": assistant_id, "m": memory_id}
-        cursor = open_cursor(page_size, page_token, filters, "position")
+        cursor = open_cursor(tenant, page_size, page_token, filters, "position")
         record = await self.get(tenant, assistant_id, memory_id)
         versions = await self._history.versions(record)
         offset = cursor.after or 0  # the number of versions before the page

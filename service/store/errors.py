@@ -1,5 +1,5 @@
 """Driver errors that waiting cures (the database down, failing over, busy),
-as the domain's ``Unavailable``; the wiring registers them with the API's
+as the domain's ``DatabaseUnavailable``; the wiring registers them with the API's
 error table and the job runner uses them to tell waiting from failing."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
-from service.core.errors import LoomError, Unavailable
+from service.core.errors import DatabaseUnavailable, LoomError
 
 __all__ = ["transient", "translate", "translations"]
 
@@ -40,14 +40,12 @@ def transient(exc: BaseException) -> bool:
 
 
 def translate(exc: BaseException) -> LoomError | None:
-    """``Unavailable`` (reason DATABASE_UNAVAILABLE) for an error waiting
-    cures, None for any other (left to the caller's own handling)."""
+    """``DatabaseUnavailable`` for an error waiting cures, None for any
+    other (left to the caller's own handling)."""
     if isinstance(exc, ConnectionFailure):
-        return Unavailable(
-            "the database is unreachable; retry later", reason="DATABASE_UNAVAILABLE"
-        )
+        return DatabaseUnavailable("the database is unreachable; retry later")
     if transient(exc):
-        return Unavailable("the database is busy; retry in a moment", reason="DATABASE_UNAVAILABLE")
+        return DatabaseUnavailable("the database is busy; retry in a moment")
     return None
 
 

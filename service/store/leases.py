@@ -8,7 +8,7 @@ from typing import Any
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
-from service.core.ports import LeaseGrant, LeaseOutcome, LeaseState
+from service.core.lease_port import LeaseGrant, LeaseOutcome, LeaseState
 
 __all__ = ["MongoLeaseStore"]
 
@@ -128,6 +128,12 @@ class MongoLeaseStore:
     async def renew(self, thread_id: str, owner: str, expires: datetime) -> bool:
         result = await self._c.update_one(
             {"_id": thread_id, "owner": owner}, {"$set": {"expires": expires}}
+        )
+        return result.matched_count == 1
+
+    async def set_epoch(self, thread_id: str, owner: str, epoch: int) -> bool:
+        result = await self._c.update_one(
+            {"_id": thread_id, "owner": owner}, {"$set": {"epoch": epoch}}
         )
         return result.matched_count == 1
 

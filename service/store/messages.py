@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from service.core.models import MemoryMode, Message, MessageStatus, Role, ToolCall, Usage
+from service.store.fencing import Fences
 from service.store.scoped import key, object_id
 
 __all__ = ["MongoMessageStore", "to_doc"]
@@ -18,9 +19,10 @@ Doc = dict[str, Any]
 _MAX_APPEND_ATTEMPTS = 64
 
 
-def to_doc(m: Message) -> Doc:
-    """The stored document of ``m``."""
+def to_doc(m: Message, epoch: int = 0) -> Doc:
+    """The stored document of ``m``, written under the lease ``epoch``."""
     return {
+        "fence": epoch,
         "_id": key(m.tenant, m.message_id),
         "tenant": m.tenant,
         "thread_id": m.thread_id,
@@ -86,10 +88,11 @@ class MongoMessageStore:
     (thread_id, sequence) index on MongoDB.
     """
 
-    def __init__(self, collection: AsyncCollection[Doc]) -> None:
+    def __init__(self, collection: AsyncCollection[Doc], fences: Fences | None = None) -> None:
         self._c = collection
+        self._fences = fences or Fences()
 
-    async def append(self, message: Message, first_try: int) -> Message:
+    async def append(self, message: Message, first_try: int, *, epoch: int = 0) -> Message:
         """Insert at the first free sequence number from ``first_try`` on.
 
         The unique (thread_id, sequence) index arbitrates between concurrent
@@ -100,7 +103,7 @@ class MongoMessageStore:
         for _ in range(_MAX_APPEND_ATTEMPTS):
             message.sequence = sequence
             try:
-                await self._c.insert_one(to_doc(message))
+                await self._c.insert_one(to_doc(message, epoch))
                 return message
             except DuplicateKeyError:
                 mine = await self._c.find_one({"_id": key(message.tenant, message.message_id)})
@@ -110,19 +113,21 @@ class MongoMessageStore:
                 sequence += 1
         raise RuntimeError(f"could not allocate a sequence number in {message.thread_id}")
 
-    async def append_all(self, messages: list[Message], first_try: int) -> list[Message]:
+    async def append_all(
+        self, messages: list[Message], first_try: int, *, epoch: int = 0
+    ) -> list[Message]:
         """Insert consecutive messages in one round trip when their numbers
         are free, else one by one as ``append`` does."""
         for offset, message in enumerate(messages):
             message.sequence = first_try + offset
         try:
-            await self._c.insert_many([to_doc(m) for m in messages], ordered=True)
+            await self._c.insert_many([to_doc(m, epoch) for m in messages], ordered=True)
             return messages
         except BulkWriteError as exc:
             landed = int(exc.details.get("nInserted", 0))
         next_try = messages[landed - 1].sequence + 1 if landed else first_try
         for message in messages[landed:]:
-            await self.append(message, next_try)
+            await self.append(message, next_try, epoch=epoch)
             next_try = message.sequence + 1
         return messages
 
@@ -140,34 +145,32 @@ class MongoMessageStore:
         usage: Usage | None = None,
         error: str = "",
         tool_calls: Sequence[ToolCall] = (),
+        epoch: int,
     ) -> Message | None:
-        doc = await self._c.find_one_and_update(
-            {"_id": key(tenant, message_id)},
-            {
-                "$set": {
-                    "content": content,
-                    "status": status.value,
-                    "usage": _usage_doc(usage),
-                    "error": error,
-                    "tool_calls": _calls_doc(tool_calls),
-                }
-            },
-            return_document=ReturnDocument.AFTER,
-        )
+        changes = {
+            "content": content,
+            "status": status.value,
+            "usage": _usage_doc(usage),
+            "error": error,
+            "tool_calls": _calls_doc(tool_calls),
+        }
+        doc_id = key(tenant, message_id)
+        doc = await self._fences.find_and_update(self._c, doc_id, epoch, changes, after=True)
         return _from_doc(doc) if doc else None
 
-    async def save_progress(self, tenant: str, message_id: str, content: str) -> None:
-        await self._c.update_one({"_id": key(tenant, message_id)}, {"$set": {"content": content}})
+    async def save_progress(
+        self, tenant: str, message_id: str, content: str, *, epoch: int
+    ) -> bool:
+        return await self._fences.update(
+            self._c, key(tenant, message_id), epoch, {"content": content}
+        )
 
-    async def restart(self, tenant: str, message_id: str, model: str) -> bool:
+    async def restart(self, tenant: str, message_id: str, model: str, *, epoch: int) -> bool:
         current = await self.get(tenant, message_id)
         if current is None or current.status is not MessageStatus.FAILED or current.content:
             return False
-        await self._c.update_one(
-            {"_id": key(tenant, message_id)},
-            {"$set": {"status": MessageStatus.IN_PROGRESS.value, "model": model, "error": ""}},
-        )
-        return True
+        changes = {"status": MessageStatus.IN_PROGRESS.value, "model": model, "error": ""}
+        return await self._fences.update(self._c, key(tenant, message_id), epoch, changes)
 
     async def find_page(
         self,

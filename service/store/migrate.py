@@ -3,6 +3,7 @@ once, when a Loom starts on such a database."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -52,9 +53,11 @@ async def scope_keys(db: AsyncDatabase[Doc]) -> int:
             moved += await _land(db, parked)
     if moved:
         log.info("re-keyed %d stored documents by tenant", moved)
-    await db["migrations"].update_one(
-        {"_id": _DONE}, {"$set": {"time": datetime.now(UTC)}}, upsert=True
-    )
+    # A replica starting beside this one may upsert it first.
+    with contextlib.suppress(DuplicateKeyError):
+        await db["migrations"].update_one(
+            {"_id": _DONE}, {"$set": {"time": datetime.now(UTC)}}, upsert=True
+        )
     return moved
 
 

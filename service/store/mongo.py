@@ -10,6 +10,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
 from service.store.assistants import MongoAssistantStore
+from service.store.fencing import Fences
 from service.store.jobs import MongoJobStore
 from service.store.keys import MongoApiKeyStore
 from service.store.leases import MongoLeaseStore
@@ -61,6 +62,9 @@ _INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("tenant", ASCENDING), ("update_time", DESCENDING)], name="tenant_update_time"),
         # Deletions a crash interrupted, finished at start: {deleting: true}.
         IndexModel([("deleting", ASCENDING)], name="deleting"),
+        # Replies whose holder died mid-reply, settled by the sweep
+        # (core/reply/recovery.py): {replying: true}.
+        IndexModel([("replying", ASCENDING)], name="replying"),
     ],
     "thread_usage": [
         # Usage totals of a page of threads: {tenant, _id $in}.
@@ -111,6 +115,7 @@ class MongoStore:
     jobs: MongoJobStore
     memory_versions: MongoMemoryVersions
     memory_history: MongoMemoryHistory
+    fences: Fences
 
     async def migrate(self) -> int:
         """Bring documents stored by earlier versions to today's shape (keys
@@ -118,7 +123,9 @@ class MongoStore:
         return await scope_keys(self.db)
 
     async def ensure_indexes(self) -> None:
-        """Create the indexes (idempotent)."""
+        """Create the indexes (idempotent), and learn how the server takes a
+        fenced write (``Fences.detect``)."""
+        await self.fences.detect(self.db)
         for name, indexes in _INDEXES.items():
             collection: AsyncCollection[Doc] = self.db[name]
             # One index per command: FerretDB 1.24 drops the connection when a
@@ -167,16 +174,18 @@ def connect(
         event_listeners=list(listeners),
     )
     db = client[database]
+    fences = Fences()
     return MongoStore(
         client=client,
         db=db,
         assistants=MongoAssistantStore(db["assistants"], db["default_assistants"]),
-        threads=MongoThreadStore(db["threads"], db["thread_usage"]),
+        threads=MongoThreadStore(db["threads"], db["thread_usage"], fences),
         leases=MongoLeaseStore(db["leases"]),
-        messages=MongoMessageStore(db["messages"]),
+        messages=MongoMessageStore(db["messages"], fences),
         requests=MongoRequestStore(db["requests"]),
         keys=MongoApiKeyStore(db["api_keys"], db["tenants"]),
         jobs=MongoJobStore(db["jobs"]),
         memory_versions=MongoMemoryVersions(db["memory_versions"]),
         memory_history=MongoMemoryHistory(db["memory_history"]),
+        fences=fences,
     )

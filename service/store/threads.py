@@ -11,7 +11,7 @@ from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 
 from service.core.clock import now
-from service.core.filters import Clause
+from service.core.filtering import Comparison
 from service.core.models import (
     ContextEntry,
     MessageStatus,
@@ -23,7 +23,8 @@ from service.core.models import (
     ToolCall,
     Usage,
 )
-from service.core.ports import PendingThreadDelete
+from service.core.ports import PendingThreadDelete, ThreadClaim
+from service.store.fencing import Fences
 from service.store.order import NEWEST_FIRST, older_than
 from service.store.scoped import key, object_id
 from service.store.tooldocs import tool_doc, tool_from_doc
@@ -132,10 +133,10 @@ def _summary_doc(s: Summary | None) -> Doc | None:
 _OPERATORS = {"=": "$eq", ">": "$gt", ">=": "$gte", "<": "$lt", "<=": "$lte"}
 
 
-def _clause_query(clause: Clause) -> Doc:
-    """One filter clause as a query on the threads collection (metadata keys
-    by dot notation, which MongoDB and FerretDB both read)."""
-    return {clause.field: {_OPERATORS[clause.op]: clause.value}}
+def _comparison_query(c: Comparison) -> Doc:
+    """One filter comparison as a query on the threads collection (metadata
+    keys by dot notation, which MongoDB and FerretDB both read)."""
+    return {c.name: {_OPERATORS[c.op]: c.value}}
 
 
 def _unexpired(t: datetime) -> Doc:
@@ -192,6 +193,8 @@ def _from_doc(d: Doc) -> Thread:
         forked_from=ThreadOrigin(origin["thread_id"], int(origin["through"])) if origin else None,
         usage=Usage(int(d.get("input_tokens", 0)), int(d.get("output_tokens", 0))),
         open_batch=d.get("open_batch"),
+        fence=int(d.get("fence", 0)),
+        replying=bool(d.get("replying")),
     )
 
 
@@ -206,9 +209,15 @@ class MongoThreadStore:
     collection).
     """
 
-    def __init__(self, collection: AsyncCollection[Doc], usage: AsyncCollection[Doc]) -> None:
+    def __init__(
+        self,
+        collection: AsyncCollection[Doc],
+        usage: AsyncCollection[Doc],
+        fences: Fences | None = None,
+    ) -> None:
         self._c = collection
         self._usage = usage
+        self._fences = fences or Fences()
 
     async def insert(self, thread: Thread) -> None:
         await self._c.insert_one(to_doc(thread))
@@ -226,14 +235,14 @@ class MongoThreadStore:
         user_id: str,
         limit: int,
         after: tuple[datetime, str] | None,
-        clauses: Sequence[Clause] = (),
+        where: Sequence[Comparison] = (),
     ) -> list[Thread]:
         query: Doc = {"tenant": tenant, "deleting": {"$ne": True}}
         if assistant_id:
             query["assistant_id"] = assistant_id
         if user_id:
             query["user_id"] = user_id
-        query["$and"] = [_unexpired(now()), *(_clause_query(c) for c in clauses)]
+        query["$and"] = [_unexpired(now()), *(_comparison_query(c) for c in where)]
         if after is not None:
             query["$and"].append(older_than(after, key(tenant, after[1])))
         cursor = self._c.find(query, {"context": 0}).sort(NEWEST_FIRST).limit(limit)
@@ -318,6 +327,23 @@ class MongoThreadStore:
             async for d in cursor
         ]
 
+    async def claim(self, tenant: str, thread_id: str, epoch: int) -> ThreadClaim:
+        doc_id = key(tenant, thread_id)
+        before = await self._fences.find_and_update(
+            self._c, doc_id, epoch, {"replying": True}, after=False
+        )
+        if before is not None and not _hidden(before):
+            return ThreadClaim(_from_doc(before))
+        if before is not None:  # being deleted or expired: put the flag back
+            await self._c.update_one(
+                {"_id": doc_id}, {"$set": {"replying": bool(before.get("replying"))}}
+            )
+            return ThreadClaim(None)
+        doc = await self._c.find_one({"_id": doc_id}, {"fence": 1, "deleting": 1, "expire_time": 1})
+        if doc is None or _hidden(doc):
+            return ThreadClaim(None)
+        return ThreadClaim(None, int(doc.get("fence", 0)))
+
     async def save_context(
         self,
         tenant: str,
@@ -327,29 +353,38 @@ class MongoThreadStore:
         update_time: datetime,
         run: PendingRun | None = None,
         usage: Usage | None = None,
-    ) -> None:
-        change: Doc = {
-            "$set": {
-                "context": _context_blob(context),
-                "message_count": message_count,
-                "update_time": update_time,
-                "run": _run_doc(run),
-                "open_batch": None,
-            }
+        *,
+        epoch: int,
+        replying: bool = False,
+    ) -> bool:
+        changes = {
+            "context": _context_blob(context),
+            "message_count": message_count,
+            "update_time": update_time,
+            "run": _run_doc(run),
+            "open_batch": None,
+            "replying": replying,
         }
-        if usage is not None:
-            change["$inc"] = _usage_inc(usage)
-        await self._c.update_one({"_id": key(tenant, thread_id)}, change)
+        inc = _usage_inc(usage) if usage is not None else None
+        return await self._fences.update(self._c, key(tenant, thread_id), epoch, changes, inc=inc)
+
+    async def unfinished(self, limit: int) -> list[tuple[str, str]]:
+        cursor = self._c.find({"replying": True}, {"tenant": 1}).limit(limit)
+        return [(d["tenant"], object_id(d["_id"])) async for d in cursor]
+
+    async def end_claim(self, tenant: str, thread_id: str, *, epoch: int) -> bool:
+        return await self._fences.update(
+            self._c, key(tenant, thread_id), epoch, {"replying": False}
+        )
 
     async def save_summary(
-        self, tenant: str, thread_id: str, summary: Summary, context: Sequence[ContextEntry]
-    ) -> None:
-        await self._c.update_one(
-            {"_id": key(tenant, thread_id)},
-            {
-                "$set": {
-                    "summary": _summary_doc(summary),
-                    "context": _context_blob(context),
-                }
-            },
-        )
+        self,
+        tenant: str,
+        thread_id: str,
+        summary: Summary,
+        context: Sequence[ContextEntry],
+        *,
+        epoch: int,
+    ) -> bool:
+        changes = {"summary": _summary_doc(summary), "context": _context_blob(context)}
+        return await self._fences.update(self._c, key(tenant, thread_id), epoch, changes)

@@ -16,6 +16,7 @@ lines), ``rpc`` (interceptors), ``genai``, ``chroma``, ``embeddings``,
 
 from service.telemetry.config import CAPTURE_CONTENT_ENV, TelemetryConfig, TelemetryConfigError
 from service.telemetry.logs import JsonFormatter, configure_logging
+from service.telemetry.rpc import record_reason
 from service.telemetry.setup import Telemetry, setup
 from service.telemetry.spans import annotate, record_error, span, tracer
 
@@ -28,6 +29,7 @@ __all__ = [
     "annotate",
     "configure_logging",
     "record_error",
+    "record_reason",
     "setup",
     "span",
     "tracer",

@@ -2,7 +2,10 @@
 per call, the caller's ``traceparent`` as its parent), and Loom's own
 interceptor for what that one does not do on grpc.aio: the call duration
 metric by method and status code, the active streams gauge, and one log line
-per call.
+per call. A call that fails with an ErrorInfo reason (``record_reason``,
+which Loom's error interceptor calls) has it in its log line and as the
+metric's ``error.type``: a stream a shutdown cut (``SERVER_SHUTTING_DOWN``)
+is counted as such, not as a client's cancellation.
 
 Interceptor order (``server_interceptors``): the OpenTelemetry interceptor
 first, so its span is current for everything below it and records the final
@@ -20,6 +23,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -27,7 +31,7 @@ from grpc import aio
 from opentelemetry import metrics
 from opentelemetry.trace import TracerProvider
 
-__all__ = ["EXCLUDED_PREFIXES", "RpcTelemetry", "server_interceptors"]
+__all__ = ["EXCLUDED_PREFIXES", "RpcTelemetry", "record_reason", "server_interceptors"]
 
 log = logging.getLogger("loom.rpc")
 
@@ -37,6 +41,15 @@ DURATION_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75,
     1.0, 2.5, 5.0, 7.5, 10.0, 30.0, 60.0, 120.0,
 )  # fmt: skip
+
+# Each call runs in its own task, so this is the call's own.
+_reason: ContextVar[str] = ContextVar("loom_rpc_error_reason", default="")
+
+
+def record_reason(reason: str) -> None:
+    """Note the ErrorInfo reason the current call fails with."""
+    _reason.set(reason)
+
 
 if TYPE_CHECKING:  # grpc's handler types are generic only in their stubs
     Continuation = Callable[
@@ -128,20 +141,25 @@ class RpcTelemetry(aio.ServerInterceptor):
     ) -> None:
         elapsed = time.perf_counter() - started
         code = _final_code(context, exc)
+        reason = _reason.get() if code != "OK" else ""
         attributes = {
             "rpc.system.name": "grpc",
             "rpc.method": method.lstrip("/"),
             "rpc.response.status_code": code,
         }
+        if reason:
+            attributes["error.type"] = reason
         self._duration.record(elapsed, attributes)
         log.info(
-            "%s %s %.1fms",
+            "%s %s%s %.1fms",
             method,
             code,
+            f" {reason}" if reason else "",
             elapsed * 1000,
             extra={
                 "rpc.method": method,
                 "rpc.code": code,
+                "error.reason": reason,
                 "duration_ms": round(elapsed * 1000, 2),
                 "tenant": self._tenant() or "",
             },

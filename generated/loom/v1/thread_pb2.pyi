@@ -1023,12 +1023,18 @@ class MemoryRecalled(_message.Message):
     """MemoryRecalled lists the memories given to the model for this reply
     (memory AUTO or READONLY), so clients can show what was remembered. Sent
     after `started`, before the first `delta`; absent when nothing was
-    recalled.
+    recalled, unless recall was skipped (`skipped_reason`).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     MEMORIES_FIELD_NUMBER: _builtins.int
+    SKIPPED_REASON_FIELD_NUMBER: _builtins.int
+    skipped_reason: _builtins.str
+    """Set when recall was skipped and the reply goes on without memories:
+    the ErrorInfo reason of what failed (`UNAVAILABLE`: the memory store or
+    the embedding endpoint cannot be reached). `memories` is then empty.
+    """
     @_builtins.property
     def memories(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecalledMemory]:
         """The memories, most relevant first."""
@@ -1037,10 +1043,11 @@ class MemoryRecalled(_message.Message):
         self,
         *,
         memories: _abc.Iterable[Global___RecalledMemory] | None = ...,
+        skipped_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["memories", b"memories"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["memories", b"memories", "skipped_reason", b"skipped_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,15 +1,43 @@
-"""The messages a run appends to a thread and the ``Started`` event that
-announces a reply, each built in one place."""
+"""The messages a run appends to a thread, the ``Started`` event that
+announces a reply, and the holding back of a round's last event, each
+built in one place."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from datetime import datetime
 
 from service.core import ids
-from service.core.models import MemoryMode, Message, MessageStatus, Role, Started
+from service.core.models import (
+    Completed,
+    MemoryMode,
+    Message,
+    MessageStatus,
+    ReplyEvent,
+    Role,
+    Started,
+    ToolCallsRequired,
+)
 
-__all__ = ["RunMessages", "started"]
+__all__ = ["RunMessages", "before_end", "started"]
+
+
+async def before_end(
+    events: AsyncGenerator[ReplyEvent, None], end: list[ReplyEvent]
+) -> AsyncGenerator[ReplyEvent, None]:
+    """``events`` but the round's last (``Completed`` or
+    ``ToolCallsRequired``), which is put in ``end`` instead: its caller
+    yields it once the thread's lease is released, so that a client that
+    sends its next message as soon as it reads it is never refused
+    THREAD_BUSY."""
+    async with contextlib.aclosing(events) as stream:
+        async for event in stream:
+            if isinstance(event, Completed | ToolCallsRequired):
+                end.append(event)
+                return
+            yield event
 
 
 @dataclass(frozen=True, slots=True)

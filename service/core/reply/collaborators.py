@@ -3,7 +3,7 @@ it calls, and the policies (limits and timings) it follows."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from service.core.assistants import Assistants
 from service.core.leases import Leases
@@ -14,6 +14,7 @@ from service.core.ports import (
     RequestStore,
     ThreadStore,
     TokenCounter,
+    Translate,
 )
 from service.core.shield import Shield
 from service.core.summaries import Summarizer
@@ -25,8 +26,10 @@ __all__ = ["ReplyPolicy", "ReplyServices", "ReplyStores"]
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReplyStores:
     """Where a reply reads and writes: the assistant and thread use cases,
-    the stores beneath them, the thread leases, and the shield that lets a
-    reply's final writes outlive a caller who went away."""
+    the stores beneath them, the thread leases, the shield that lets a
+    reply's final writes outlive a caller who went away, and the store's
+    translation of its driver errors (``DatabaseUnavailable`` for what
+    waiting cures)."""
 
     assistants: Assistants
     threads: Threads
@@ -35,6 +38,7 @@ class ReplyStores:
     requests: RequestStore
     leases: Leases
     shield: Shield
+    translate: Translate = field(default=lambda _: None)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,6 +1,16 @@
 """One round of a reply: recall, fit the prompt, stream the model's answer
 (saving progress now and then), then settle the reply COMPLETE, INCOMPLETE
-or FAILED, or leave it waiting for the tool outputs the model asked for."""
+or FAILED, or leave it waiting for the tool outputs the model asked for.
+
+How a round ends when something goes wrong: the model fails (stored
+FAILED, the model's error raised); the caller goes away (INCOMPLETE); the
+server shuts down (INCOMPLETE, ``ShuttingDown``); the lease is lost to
+another holder (``LeaseLost``: one last write, fenced by the store, keeps
+what the caller received unless that holder wrote the reply already, and
+nothing more is written); the database stops answering (the reply is
+stored later with what the caller received, ``late.py``, and
+``DatabaseUnavailable`` raised). Losing the lease or shutting down cuts
+the wait for the model's next chunk short."""
 
 from __future__ import annotations
 
@@ -12,12 +22,18 @@ from datetime import timedelta
 
 from service.core.budget import Fitted
 from service.core.clock import now
-from service.core.errors import LoomError, ResourceExhausted
+from service.core.errors import (
+    DatabaseUnavailable,
+    LeaseLost,
+    LoomError,
+    NotFound,
+    ResourceExhausted,
+    ShuttingDown,
+)
 from service.core.models import (
     Assistant,
     Completed,
     Delta,
-    MemoryRecalled,
     Message,
     MessageStatus,
     PendingRun,
@@ -28,7 +44,8 @@ from service.core.models import (
 from service.core.reply.collaborators import ReplyPolicy, ReplyServices
 from service.core.reply.fitting import fit_prompt
 from service.core.reply.hooks import Remembering, ReplyHooks
-from service.core.reply.writes import ReplyWriter, ThreadWrites
+from service.core.reply.late import LateWrites
+from service.core.reply.writes import Ending, ReplyWriter, ThreadWrites
 from service.core.shield import Shield
 
 __all__ = ["Replier", "RunSpec"]
@@ -52,12 +69,15 @@ class RunSpec:
 class Replier:
     """Runs the rounds of replies, under the thread's lease."""
 
-    def __init__(self, services: ReplyServices, policy: ReplyPolicy, shield: Shield) -> None:
+    def __init__(
+        self, services: ReplyServices, policy: ReplyPolicy, shield: Shield, late: LateWrites
+    ) -> None:
         self._llm = services.llm
         self._counter = services.counter
         self._hooks = ReplyHooks(services.memory, services.summarizer, shield)
         self._policy = policy
         self._shield = shield
+        self._late = late
 
     async def generate(
         self,
@@ -81,9 +101,10 @@ class Replier:
         first_round = run.round == 1
         remembering = self._hooks.remember(tenant, assistant, thread, user) if first_round else None
         try:
-            recalled = await self._hooks.recall(tenant, thread, user) if first_round else []
-            if recalled:
-                yield MemoryRecalled(recalled)
+            announced = await self._hooks.recall(tenant, thread, user) if first_round else None
+            if announced is not None:
+                yield announced
+            recalled = announced.memories if announced is not None else []
             fitted = await fit_prompt(
                 self._counter,
                 assistant=assistant,
@@ -93,7 +114,7 @@ class Replier:
                 recalled=recalled,
                 instructions=run.instructions,
             )
-            writer = ReplyWriter(writes, reply, self._policy.flush_interval)
+            writer = ReplyWriter(writes, reply, self._policy.flush_interval, self._shield)
             async with contextlib.aclosing(self._stream(writer, fitted, run)) as deltas:
                 async for delta in deltas:
                     yield delta
@@ -110,26 +131,66 @@ class Replier:
         self, writer: ReplyWriter, fitted: Fitted, run: RunSpec
     ) -> AsyncGenerator[Delta, None]:
         """Stream the model's answer into ``writer``, passing text on as
-        deltas. If the model fails, the reply is stored FAILED with what
-        arrived; if the caller goes away (or the server stops), INCOMPLETE."""
-        model = writer.reply.model
+        deltas, and store how it ended if it did not end well (see the
+        module docstring)."""
+        lease = writer.writes.lease
         try:
-            chunks = self._llm.stream(model, fitted.turns, run.tools, run.tool_choice)
+            chunks = self._llm.stream(writer.reply.model, fitted.turns, run.tools, run.tool_choice)
             async with contextlib.aclosing(chunks) as stream:
-                async for chunk in stream:
+                while True:
+                    async with lease.interruptible():
+                        chunk = await anext(stream, None)
+                    if chunk is None:
+                        break
                     if text := writer.received.add(chunk):
                         yield Delta(text)
-                        await writer.checkpoint()
+                        writer.checkpoint()
+        except LeaseLost:  # another holder has the thread: it settles the reply
+            await self._shield.run(writer.keep_received())
+            raise
+        except DatabaseUnavailable:
+            self._late.hand_off(writer, Ending(MessageStatus.INCOMPLETE, "database unavailable"))
+            raise
+        except ShuttingDown:
+            await self._end(writer, Ending(MessageStatus.INCOMPLETE, "server shutting down"))
+            raise
         except LoomError as exc:
-            await self._shield.run(writer.settle(MessageStatus.FAILED, exc.message))
+            await self._end(writer, Ending(MessageStatus.FAILED, exc.message))
             raise
         except Exception:
             log.exception("reply %s failed", writer.reply.message_id)
-            await self._shield.run(writer.settle(MessageStatus.FAILED, "internal error"))
+            await self._end(writer, Ending(MessageStatus.FAILED, "internal error"))
             raise
-        except BaseException:  # the caller cancelled, or the server is stopping
-            await self._shield.run(writer.settle(MessageStatus.INCOMPLETE, "cancelled"))
+        except BaseException:  # the caller cancelled
+            await self._end(writer, Ending(MessageStatus.INCOMPLETE, "cancelled"))
             raise
+
+    async def _end(self, writer: ReplyWriter, ending: Ending) -> None:
+        """Store a reply that ended badly, even if the caller is gone; if the
+        database does not take it, store it once it is back."""
+        try:
+            await self._shield.run(writer.settle(ending))
+        except DatabaseUnavailable:
+            self._late.hand_off(writer, ending)
+        except (LeaseLost, NotFound):
+            pass  # another holder settles it, or the thread is gone
+
+    async def _settle(self, writer: ReplyWriter, ending: Ending) -> Message:
+        """Store a reply the model finished.
+
+        Raises:
+            DatabaseUnavailable: the database did not take it; it is stored
+                once the database is back, and the caller is told so.
+        """
+        try:
+            return await writer.settle(ending)
+        except DatabaseUnavailable:
+            self._late.hand_off(writer, ending)
+            raise DatabaseUnavailable(
+                "the reply arrived whole but the database did not answer to store it; it is "
+                f"stored {ending.status.name} with what you received once the database is back",
+                metadata={"message_id": writer.reply.message_id},
+            ) from None
 
     async def _end_round(
         self,
@@ -151,7 +212,8 @@ class Replier:
             await self._observe(remembering)
             return await self._await_tools(writer, user, run)
         length = got.finish_reason == "length"
-        stored = await writer.settle(MessageStatus.INCOMPLETE if length else MessageStatus.COMPLETE)
+        status = MessageStatus.INCOMPLETE if length else MessageStatus.COMPLETE
+        stored = await self._settle(writer, Ending(status))
         thread = writer.thread
         await self._hooks.fold(tenant, assistant, thread, reply.model, fitted.limit)
         await self._observe(remembering)
@@ -169,7 +231,7 @@ class Replier:
         """
         limit = self._policy.max_tool_rounds
         if run.round >= limit:
-            await writer.settle(MessageStatus.INCOMPLETE, "tool round limit reached")
+            await self._settle(writer, Ending(MessageStatus.INCOMPLETE, "tool round limit reached"))
             raise ResourceExhausted(
                 f"the model asked for tools {run.round} times in one reply, the limit "
                 f"(LOOM_MAX_TOOL_ROUNDS={limit}); the run was stopped and the thread is free",
@@ -188,5 +250,5 @@ class Replier:
             tool_choice=run.tool_choice,
             request_id=run.request_id,
         )
-        await writer.settle(MessageStatus.REQUIRES_ACTION, pending=pending)
+        await self._settle(writer, Ending(MessageStatus.REQUIRES_ACTION, pending=pending))
         return ToolCallsRequired(run.run_id, reply.message_id, list(calls), pending.expire_time)

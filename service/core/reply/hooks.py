@@ -13,18 +13,20 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from service.core.errors import LoomError
 from service.core.models import (
     Assistant,
     ContextStrategy,
     MemoryMode,
+    MemoryRecalled,
     Message,
-    Recalled,
     Role,
     Thread,
 )
 from service.core.ports import MemoryPort
 from service.core.shield import Shield
 from service.core.summaries import Summarizer
+from service.telemetry import annotate
 
 __all__ = ["Remembering", "ReplyHooks"]
 
@@ -87,20 +89,29 @@ class ReplyHooks:
         write = memory.remember(tenant, thread.assistant_id, thread.user_id, thread.thread_id, user)
         return Remembering(asyncio.ensure_future(self._shield.run(write)), user.message_id)
 
-    async def recall(self, tenant: str, thread: Thread, user: Message) -> list[Recalled]:
-        """Memories for the reply's prompt (memory AUTO or READONLY); none if
-        recall fails."""
+    async def recall(self, tenant: str, thread: Thread, user: Message) -> MemoryRecalled | None:
+        """The memories for the reply's prompt (memory AUTO or READONLY), as
+        the event that announces them; None when there is nothing to say.
+        A recall that fails never fails the reply: it goes on without
+        memories, and the event and the call's span say recall was skipped
+        and why."""
         if self._memory is None or user.memory not in (MemoryMode.AUTO, MemoryMode.READONLY):
-            return []
+            return None
         try:
-            return await self._memory.recall(
+            recalled = await self._memory.recall(
                 tenant, thread.assistant_id, thread.user_id, thread.thread_id, user.content
             )
-        except Exception:  # a reply without memories beats no reply
+        except Exception as exc:  # a reply without memories beats no reply
+            reason = exc.reason if isinstance(exc, LoomError) else "INTERNAL"
             log.warning(
-                "memory recall failed for %s; replying without it", user.message_id, exc_info=True
+                "memory recall failed for %s (%s); replying without it",
+                user.message_id,
+                reason,
+                exc_info=True,
             )
-            return []
+            annotate({"loom.memory.recall_skipped": reason})
+            return MemoryRecalled([], skipped_reason=reason)
+        return MemoryRecalled(recalled) if recalled else None
 
     async def fold(
         self, tenant: str, assistant: Assistant, thread: Thread, model: str, limit: int

@@ -154,8 +154,8 @@ class Importer:
             thread_id = new.thread_id
         stored: list[Message] = []
         try:
-            # An existing thread is read under the lease (``new`` is passed as is).
-            async with self._recovery.hold(tenant, thread_id, new) as writes:
+            # The thread is read as claimed under the lease.
+            async with self._recovery.hold(tenant, thread_id) as writes:
                 assistant = await thread_assistant(
                     self._stores, tenant, writes.thread, req.assistant_id, req.user_id
                 )

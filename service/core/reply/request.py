@@ -5,6 +5,7 @@ fails before it stored anything."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -30,7 +31,7 @@ from service.core.models import (
     ToolSpec,
 )
 from service.core.ports import RequestRecord
-from service.core.reply.build import started
+from service.core.reply.build import before_end, started
 from service.core.reply.collaborators import ReplyPolicy, ReplyStores
 from service.core.reply.generate import Replier, RunSpec
 from service.core.reply.recovery import Recovery
@@ -50,6 +51,13 @@ __all__ = [
 
 
 Events: TypeAlias = AsyncGenerator[ReplyEvent, None]
+
+# A repeat of a request still running polls for its result this often.
+_POLL_FIRST = 0.05
+_POLL_MAX = 0.5
+# The longest a repeat waits for the first attempt (seconds); the caller's
+# deadline usually ends the wait sooner.
+_REPEAT_WAIT = 300.0
 
 
 @dataclass(slots=True)
@@ -217,7 +225,7 @@ class Idempotency:
 
         Raises:
             InvalidArgument: the id was used for a different request.
-            Aborted: the first attempt is still running.
+            Aborted: the first attempt is still running after a long wait.
             FailedPrecondition: the first attempt failed and the thread has
                 moved on since.
         """
@@ -269,8 +277,9 @@ class Idempotency:
     async def _repeat(
         self, tenant: str, req: SendRequest, record: RequestRecord, fresh: Callable[[], Events]
     ) -> Events:
-        """Serve a request id seen before: replay its result, or finish what a
-        dead attempt left, without ever calling the model for it twice."""
+        """Serve a request id seen before: replay its result, waiting for it
+        while the first attempt runs (on any replica), or finish what a dead
+        attempt left, without ever calling the model for it twice."""
         if record.fingerprint != req.fingerprint():
             raise InvalidArgument(
                 f"request_id {req.request_id!r} was already used for a different request; "
@@ -278,35 +287,55 @@ class Idempotency:
                 field="request_id",
                 reason="REQUEST_ID_REUSED",
             )
-        if not record.assistant_message_id:
-            stale = record.create_time < now() - timedelta(seconds=2 * self._lease_ttl)
-            if stale and await self._requests.take_over(
-                tenant, req.request_id, record.create_time, now()
-            ):
-                events = self._released_on_failure(tenant, req, fresh())
-            else:
+        events = await self._first_result(tenant, req, record, fresh)
+        async with contextlib.aclosing(events) as stream:
+            async for event in stream:
+                yield event
+
+    async def _first_result(
+        self, tenant: str, req: SendRequest, record: RequestRecord, fresh: Callable[[], Events]
+    ) -> Events:
+        """The events that answer a repeat of ``record``'s request, once its
+        first attempt has stored a result (polled, with capped back-off; the
+        caller's deadline bounds the wait, and ``_REPEAT_WAIT`` too).
+
+        Raises:
+            Aborted: the first attempt still runs after ``_REPEAT_WAIT``.
+        """
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + _REPEAT_WAIT
+        delay = _POLL_FIRST
+        while True:
+            if not record.assistant_message_id:
+                stale = record.create_time < now() - timedelta(seconds=2 * self._lease_ttl)
+                if stale and await self._requests.take_over(
+                    tenant, req.request_id, record.create_time, now()
+                ):
+                    return self._released_on_failure(tenant, req, fresh())
+            elif (reply := await self._first_reply(tenant, record)) is not None:
+                if reply.status is MessageStatus.FAILED and not reply.content:
+                    # The model was never heard from: run it now, in the same slot.
+                    return self._retry_failed(tenant, record, reply, req.instructions)
+                return _replay(record, reply)
+            if loop.time() + delay > give_up:
                 raise Aborted(
                     f"a request with request_id {req.request_id!r} is still being processed; "
                     "retry shortly",
                     reason="REQUEST_IN_PROGRESS",
                 )
-        else:
-            reply = await self._first_reply(tenant, req, record)
-            if reply.status is MessageStatus.FAILED and not reply.content:
-                # The model was never heard from: run it now, in the same slot.
-                events = self._retry_failed(tenant, record, reply, req.instructions)
-            else:
-                events = _replay(record, reply)
-        async with contextlib.aclosing(events) as stream:
-            async for event in stream:
-                yield event
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _POLL_MAX)
+            again = await self._requests.claim(tenant, req.request_id, req.fingerprint(), now())
+            if again is None:  # the first attempt stored nothing and let the id go
+                return self._released_on_failure(tenant, req, fresh())
+            record = again
 
-    async def _first_reply(self, tenant: str, req: SendRequest, record: RequestRecord) -> Message:
-        """The reply the first attempt stored, settled if its writer died.
+    async def _first_reply(self, tenant: str, record: RequestRecord) -> Message | None:
+        """The reply the first attempt stored, settled if its writer died;
+        None while it is still streaming.
 
         Raises:
             NotFound: the thread is gone.
-            Aborted: the reply is still streaming.
         """
         reply = await self._stores.messages.get(tenant, record.assistant_message_id)
         if reply is None:
@@ -314,11 +343,7 @@ class Idempotency:
         if reply.status is not MessageStatus.IN_PROGRESS:
             return reply
         if not await self._stores.leases.expired(record.thread_id):
-            raise Aborted(
-                f"the reply to request_id {req.request_id!r} is still streaming; "
-                "retry once it has completed",
-                reason="REQUEST_IN_PROGRESS",
-            )
+            return None
         # Its writer died: taking its lease over settles the reply INCOMPLETE.
         async with self._recovery.hold(tenant, record.thread_id):
             pass
@@ -334,6 +359,7 @@ class Idempotency:
             FailedPrecondition: the thread has moved on.
             NotFound: the thread or its assistant is gone.
         """
+        end: list[ReplyEvent] = []
         async with self._recovery.hold(tenant, record.thread_id) as writes:
             user = await self._stores.messages.get(tenant, record.user_message_id)
             if (
@@ -361,9 +387,11 @@ class Idempotency:
             )
             yield _started(record, reply)
             events = self._replier.generate(tenant, assistant, writes, user, reply, run)
-            async with contextlib.aclosing(events) as stream:
+            async with contextlib.aclosing(before_end(events, end)) as stream:
                 async for event in stream:
                     yield event
+        for event in end:  # the thread is free again
+            yield event
 
 
 def _started(record: RequestRecord, reply: Message) -> Started:

@@ -11,7 +11,7 @@ from service.core import ids
 from service.core.clock import now
 from service.core.errors import FailedPrecondition, NotFound, ThreadBusy
 from service.core.models import Message, MessageStatus, PendingRun, ReplyEvent
-from service.core.reply.build import RunMessages, started
+from service.core.reply.build import RunMessages, before_end, started
 from service.core.reply.collaborators import ReplyStores
 from service.core.reply.generate import Replier, RunSpec
 from service.core.reply.recovery import Recovery
@@ -59,14 +59,14 @@ class ToolRuns:
         ``instructions`` added to the assistant's for the next round).
 
         Raises:
-            InvalidArgument: malformed ids; missing, unknown or duplicate
-                outputs.
+            InvalidArgument: malformed ids; missing, unknown or duplicate outputs.
             NotFound: no such thread, or no such run waiting on it.
             FailedPrecondition: the run expired.
             ThreadBusy: a reply is streaming on the thread.
         """
         ids.check_id(ids.RUN, run_id, "run_id")
         await self._stores.threads.get(tenant, thread_id)
+        end: list[ReplyEvent] = []
         async with self._recovery.hold(tenant, thread_id) as writes:
             pending = writes.thread.run
             if pending is None or pending.run_id != run_id:
@@ -102,9 +102,11 @@ class ToolRuns:
                 reply=reply,
             )
             events = self._replier.generate(tenant, assistant, writes, user, reply, run)
-            async with contextlib.aclosing(events) as stream:
+            async with contextlib.aclosing(before_end(events, end)) as stream:
                 async for event in stream:
                     yield event
+        for event in end:  # the thread is free again
+            yield event
 
     async def _answer(
         self,
@@ -131,9 +133,7 @@ class ToolRuns:
             usage=waiting.usage,
             tool_calls=waiting.tool_calls,
         )
-        await writes.save(
-            [(answered or waiting).entry(), *(m.entry() for m in tool_messages)], run=None
-        )
+        await writes.save([answered.entry(), *(m.entry() for m in tool_messages)], run=None)
         return reply
 
     async def cancel(self, tenant: str, thread_id: str, run_id: str) -> Message:
@@ -146,8 +146,7 @@ class ToolRuns:
         """
         ids.check_id(ids.RUN, run_id, "run_id")
         await self._stores.threads.get(tenant, thread_id)
-        # A dead holder's reply (a submission cut off mid-way) is settled
-        # first, as by any other holder that takes the lease over.
+        # A dead holder's reply is settled first, as by any holder.
         async with self._recovery.hold(tenant, thread_id) as writes:
             run = writes.thread.run
             if run is None or run.run_id != run_id:
@@ -169,5 +168,5 @@ class ToolRuns:
             error=status.value,
             tool_calls=waiting.tool_calls,
         )
-        await writes.save([(closed or waiting).entry()], run=None)
-        return closed or waiting
+        await writes.save([closed.entry()], run=None)
+        return closed

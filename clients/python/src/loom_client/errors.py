@@ -18,8 +18,9 @@ keeps working when the server learns new reasons.
     ``RequestFailed``, ``EmbeddingModelUnavailable``, ``EmbeddingModelMismatch``
   - ``ResourceExhausted``: ``RateLimited``, ``TooManyStreams``,
     ``ModelRateLimited``, ``ToolRoundsExceeded``
-  - ``Unavailable``: ``DatabaseUnavailable``, ``ModelUnavailable``,
-    ``ModelUnreachable``, ``ModelTimeout``, ``ModelStreamBroken``
+  - ``Unavailable``: ``DatabaseUnavailable``, ``ServerShuttingDown``,
+    ``ModelUnavailable``, ``ModelUnreachable``, ``ModelTimeout``,
+    ``ModelStreamBroken``
   - ``DeadlineExceeded``, ``Cancelled``, ``Internal``, ``Unimplemented``,
     ``AlreadyExists``, ``OutOfRange``, ``DataLoss``, ``Unknown``
   - ``IncompleteStream``: a reply stream ended without its last event
@@ -70,6 +71,7 @@ __all__ = [
     "ResourceExhausted",
     "RunExpired",
     "RunNotFound",
+    "ServerShuttingDown",
     "ThreadBusy",
     "ThreadNotFound",
     "TooManyStreams",
@@ -356,9 +358,15 @@ class ToolRoundsExceeded(ResourceExhausted):
 
 
 class DatabaseUnavailable(Unavailable):
-    """The server's database is unreachable."""
+    """The server's database is unreachable or busy."""
 
     reason = "DATABASE_UNAVAILABLE"
+
+
+class ServerShuttingDown(Unavailable):
+    """The replica serving the call shut down and cut the reply short."""
+
+    reason = "SERVER_SHUTTING_DOWN"
 
 
 class ModelUnavailable(Unavailable):
