@@ -312,6 +312,25 @@ async def test_several_input_items_are_history_and_the_last_is_answered(
         )
     assert caught.value.param == "input[1]"
     assert len((await client.conversations.items.list(conversation)).data) == 7
+    # A function call and its output, as history before the message.
+    with_tools = await client.responses.create(
+        model=MODEL,
+        input=[
+            {"role": "user", "content": "Weather in Rome?"},
+            {
+                "type": "function_call",
+                "call_id": "call_3",
+                "name": "get_weather",
+                "arguments": '{"city": "Rome"}',
+            },
+            {"type": "function_call_output", "call_id": "call_3", "output": '{"forecast": "dry"}'},
+            {"role": "user", "content": "What did I say?"},
+        ],
+    )
+    assert with_tools.output_text == "You told me: Weather in Rome?"
+    prompt = _prompts(llm)[-1]
+    assert [m["role"] for m in prompt] == ["user", "assistant", "tool", "user"]
+    assert prompt[1]["tool_calls"][0]["id"] == prompt[2]["tool_call_id"] == "call_3"
 
 
 async def test_a_response_read_back_with_its_input_items(client: openai.AsyncOpenAI) -> None:
