@@ -230,8 +230,8 @@ def build(settings: Settings, telemetry: Telemetry | None = None) -> Loom:
         memory=memory,
     )
     keys, limiter = KeyService(store.keys), build_limiter(settings)  # shared by both doors
-    door = Door(keys.authenticate, limiter, threads, conversation, TRANSLATORS, max_body(settings))
     forks = Forks(threads, store.messages, context_chars=settings.context_cache_chars)
+    door = build_door(settings, keys, limiter, threads, conversation, forks)
     served = build_grpc_server(
         settings,
         telemetry,
@@ -265,6 +265,21 @@ def build(settings: Settings, telemetry: Telemetry | None = None) -> Loom:
         backlog=BacklogSampler(store.jobs.backlog, telemetry.config.metric_interval)
         if telemetry.metrics
         else None,
+    )
+
+
+def build_door(
+    settings: Settings,
+    keys: KeyService,
+    limiter: Limiter,
+    threads: Threads,
+    conversation: Conversation,
+    forks: Forks,
+) -> Door:
+    """What the HTTP door's endpoints call: the use cases the gRPC servicers
+    call, the same keys and limiter."""
+    return Door(
+        keys.authenticate, limiter, threads, conversation, forks, TRANSLATORS, max_body(settings)
     )
 
 

@@ -117,6 +117,117 @@ async def test_an_item_of_another_conversation_or_none_is_not_found(
     assert caught.value.param == "after"
 
 
+async def test_a_conversation_created_with_items_holds_them_and_answers_from_them(
+    client: openai.AsyncOpenAI, llm: ScriptedLLM
+) -> None:
+    requests = len(llm.requests)
+    conversation = await client.conversations.create(
+        items=[
+            {"type": "message", "role": "developer", "content": "Be brief."},
+            {"type": "message", "role": "user", "content": "My favorite color is red."},
+            {"type": "message", "role": "assistant", "content": "Noted."},
+        ],
+        metadata={"topic": "colors"},
+    )
+    assert conversation.metadata == {"topic": "colors"}
+    listed = await client.conversations.items.list(conversation.id, order="asc")
+    assert [(i.role, i.content[0].text) for i in listed.data] == [  # type: ignore[union-attr]
+        ("system", "Be brief."),
+        ("user", "My favorite color is red."),
+        ("assistant", "Noted."),
+    ]
+    assert len(llm.requests) == requests  # stored without a reply
+    reply = await client.responses.create(
+        model=MODEL, input="What did I say?", conversation=conversation.id
+    )
+    assert reply.output_text == "You told me: My favorite color is red."
+
+
+async def test_a_conversation_whose_items_cannot_be_stored_is_not_created(
+    client: openai.AsyncOpenAI, api: Api
+) -> None:
+    before = await api.call(api.threads.ListThreads, thread_pb2.ListThreadsRequest())
+    with pytest.raises(openai.BadRequestError) as caught:
+        await client.conversations.create(
+            items=[
+                {"type": "message", "role": "user", "content": "Hi"},
+                {"type": "function_call_output", "call_id": "call_9", "output": "{}"},
+            ]
+        )
+    assert caught.value.param == "items[1].tool_call_id"
+    assert "answers no tool call" in caught.value.message
+    after = await api.call(api.threads.ListThreads, thread_pb2.ListThreadsRequest())
+    assert [t.thread_id for t in after.threads] == [t.thread_id for t in before.threads]
+
+
+async def test_items_added_to_a_conversation_are_stored_without_a_reply(
+    client: openai.AsyncOpenAI, llm: ScriptedLLM
+) -> None:
+    conversation = await client.conversations.create()
+    requests = len(llm.requests)
+    added = await client.conversations.items.create(
+        conversation.id,
+        items=[
+            {"type": "message", "role": "user", "content": "Weather in Paris?"},
+            {"type": "message", "role": "assistant", "content": "Let me look."},
+            {
+                "type": "function_call",
+                "call_id": "call_7",
+                "name": "get_weather",
+                "arguments": '{"city": "Paris"}',
+            },
+            {"type": "function_call_output", "call_id": "call_7", "output": '{"forecast": "dry"}'},
+        ],
+    )
+    assert len(llm.requests) == requests  # nothing reached the model
+    assert added.object == "list"
+    assert [i.type for i in added.data] == [
+        "message", "message", "function_call", "function_call_output"
+    ]  # fmt: skip
+    assert added.has_more is False
+    assert (added.first_id, added.last_id) == (added.data[0].id, added.data[-1].id)
+    call = added.data[2]
+    assert (call.call_id, call.name, call.arguments) == (  # type: ignore[union-attr]
+        "call_7", "get_weather", '{"city": "Paris"}'
+    )  # fmt: skip
+    listed = await client.conversations.items.list(conversation.id, order="asc")
+    assert [i.id for i in listed.data] == [i.id for i in added.data]
+    for item in added.data:
+        fetched = await client.conversations.items.retrieve(
+            item.id, conversation_id=conversation.id
+        )
+        assert fetched.type == item.type
+    with pytest.raises(openai.NotFoundError):
+        await client.conversations.items.create(
+            MISSING, items=[{"type": "message", "role": "user", "content": "Hi"}]
+        )
+
+
+async def test_a_conversation_s_metadata_is_replaced(client: openai.AsyncOpenAI, api: Api) -> None:
+    conversation = await client.conversations.create(
+        metadata={"topic": "billing", "user_id": "alice"}
+    )
+    updated = await client.conversations.update(
+        conversation.id, metadata={"topic": "refunds", "user_id": "alice"}
+    )
+    assert (updated.id, updated.metadata) == (
+        conversation.id,
+        {"topic": "refunds", "user_id": "alice"},
+    )
+    thread = await api.call(
+        api.threads.GetThread, thread_pb2.GetThreadRequest(thread_id=conversation.id)
+    )
+    assert dict(thread.thread.metadata) == {"topic": "refunds", "user_id": "alice"}
+    assert thread.thread.user_id == "alice"
+    with pytest.raises(openai.BadRequestError) as caught:
+        await client.conversations.update(conversation.id, metadata={"user_id": "bob"})
+    assert caught.value.param == "metadata.user_id"
+    cleared = await client.conversations.update(conversation.id, metadata=None)
+    assert cleared.metadata == {}
+    with pytest.raises(openai.NotFoundError):
+        await client.conversations.update(MISSING, metadata={"topic": "x"})
+
+
 async def test_items_cannot_be_deleted(client: openai.AsyncOpenAI) -> None:
     conversation = await client.conversations.create()
     made = await client.responses.create(model=MODEL, input="Keep me", conversation=conversation.id)

@@ -17,7 +17,7 @@ import httpx
 import openai
 import pytest
 
-from generated.loom.v1 import assistant_pb2, common_pb2
+from generated.loom.v1 import assistant_pb2, common_pb2, thread_pb2
 from service.server import Loom
 from tests.conftest import Api, eventually, make_settings, start_loom
 from tests.scripted_llm import Fail, Reply, ScriptedLLM
@@ -224,6 +224,113 @@ async def test_previous_response_id_chains_without_a_conversation(
     assert first.conversation is not None
     assert third.conversation is not None
     assert third.conversation.id == first.conversation.id
+
+
+async def test_previous_response_id_of_an_older_response_answers_on_a_fork(
+    client: openai.AsyncOpenAI, api: Api
+) -> None:
+    first = await client.responses.create(model=MODEL, input="My favorite color is green.")
+    second = await client.responses.create(
+        model=MODEL, input="Now it is purple.", previous_response_id=first.id
+    )
+    assert first.conversation is not None
+    assert second.conversation is not None
+    assert second.conversation.id == first.conversation.id
+    # Back to the first response: the answer sees the first turn, not the second.
+    branch = await client.responses.create(
+        model=MODEL, input="What did I just tell you?", previous_response_id=first.id
+    )
+    assert branch.output_text == "You told me: My favorite color is green."
+    assert branch.previous_response_id == first.id
+    assert branch.conversation is not None
+    fork = branch.conversation.id
+    assert fork != first.conversation.id
+    forked = await client.conversations.items.list(fork, order="asc")
+    assert [i.content[0].text for i in forked.data] == [  # type: ignore[union-attr]
+        "My favorite color is green.",
+        "You said: My favorite color is green.",
+        "What did I just tell you?",
+        "You told me: My favorite color is green.",
+    ]
+    original = await client.conversations.items.list(first.conversation.id)
+    assert len(original.data) == 4  # untouched
+    # A reply refused on the fork leaves no fork behind.
+    before = await api.call(api.threads.ListThreads, thread_pb2.ListThreadsRequest())
+    with pytest.raises(openai.BadRequestError) as caught:
+        await client.responses.create(
+            model=MODEL, input="Hi", previous_response_id=first.id, metadata={"user_id": "bob"}
+        )
+    assert caught.value.param == "metadata.user_id"
+    after = await api.call(api.threads.ListThreads, thread_pb2.ListThreadsRequest())
+    assert [t.thread_id for t in after.threads] == [t.thread_id for t in before.threads]
+
+
+async def test_several_input_items_are_history_and_the_last_is_answered(
+    client: openai.AsyncOpenAI, llm: ScriptedLLM
+) -> None:
+    made = await client.responses.create(
+        model=MODEL,
+        input=[
+            {"role": "user", "content": "My name is Ada."},
+            {"role": "assistant", "content": "Hello Ada."},
+            {"role": "user", "content": [{"type": "input_text", "text": "What did I say?"}]},
+        ],
+    )
+    assert made.output_text == "You told me: My name is Ada."
+    assert [(m["role"], m["content"]) for m in _prompts(llm)[-1]] == [
+        ("user", "My name is Ada."),
+        ("assistant", "Hello Ada."),
+        ("user", "What did I say?"),
+    ]
+    assert made.conversation is not None
+    conversation = made.conversation.id
+    # In an existing conversation, after what it already holds.
+    later = await client.responses.create(
+        model=MODEL,
+        conversation=conversation,
+        input=[
+            {"type": "message", "role": "user", "content": "I live in Oslo."},
+            {"type": "message", "role": "user", "content": "What did I just tell you?"},
+        ],
+    )
+    assert later.output_text == "You told me: I live in Oslo."
+    items = await client.conversations.items.list(conversation, order="asc")
+    assert len(items.data) == 7
+    inputs = await client.responses.input_items.list(later.id, order="asc")
+    assert [i.content[0].text for i in inputs.data] == [  # type: ignore[union-attr]
+        "I live in Oslo.",
+        "What did I just tell you?",
+    ]
+    with pytest.raises(openai.BadRequestError) as caught:
+        await client.responses.create(
+            model=MODEL,
+            conversation=conversation,
+            input=[
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello"},
+            ],
+        )
+    assert caught.value.param == "input[1]"
+    assert len((await client.conversations.items.list(conversation)).data) == 7
+    # A function call and its output, as history before the message.
+    with_tools = await client.responses.create(
+        model=MODEL,
+        input=[
+            {"role": "user", "content": "Weather in Rome?"},
+            {
+                "type": "function_call",
+                "call_id": "call_3",
+                "name": "get_weather",
+                "arguments": '{"city": "Rome"}',
+            },
+            {"type": "function_call_output", "call_id": "call_3", "output": '{"forecast": "dry"}'},
+            {"role": "user", "content": "What did I say?"},
+        ],
+    )
+    assert with_tools.output_text == "You told me: Weather in Rome?"
+    prompt = _prompts(llm)[-1]
+    assert [m["role"] for m in prompt] == ["user", "assistant", "tool", "user"]
+    assert prompt[1]["tool_calls"][0]["id"] == prompt[2]["tool_call_id"] == "call_3"
 
 
 async def test_a_response_read_back_with_its_input_items(client: openai.AsyncOpenAI) -> None:

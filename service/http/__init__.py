@@ -1,8 +1,8 @@
 """The HTTP door: OpenAI's Conversations and Responses APIs over Loom's core.
 
 A translator like ``service.api``: requests in OpenAI's shapes become the
-same use cases the gRPC servicers call (``Threads``, ``Conversation``), and
-domain errors become OpenAI's error shape through one table
+same use cases the gRPC servicers call (``Threads``, ``Conversation``,
+``Forks``), and domain errors become OpenAI's error shape through one table
 (``errors.py``); it adds no policy of its own. Modules: ``app`` (routes,
 authentication and call limits), ``conversations`` and ``responses`` (the
 endpoints), ``bodies`` (request bodies), ``inputs`` (input items, tools),

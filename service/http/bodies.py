@@ -36,9 +36,9 @@ class ConversationCreate(_Body):
 
 
 class ConversationUpdate(_Body):
-    """``POST /v1/conversations/{id}``."""
+    """``POST /v1/conversations/{id}`` (null metadata clears it)."""
 
-    metadata: dict[str, str]
+    metadata: dict[str, str] | None
 
 
 class ItemsCreate(_Body):

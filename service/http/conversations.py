@@ -1,5 +1,6 @@
 """The Conversations API: a conversation is a Loom thread (same id), its
-items are the thread's messages. ``metadata`` is stored as sent; its keys
+items are the thread's messages; items added to it are stored without a
+reply (AddMessages). ``metadata`` is stored as sent; its keys
 ``assistant_id`` and ``user_id`` also choose, at creation, the assistant the
 conversation belongs to and the user whose memories it reads and writes."""
 
@@ -11,12 +12,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from service.core import ids
+from service.core.conversation import Added, BatchRequest
 from service.core.errors import InvalidArgument, NotFound
 from service.core.keys import Caller
-from service.http.bodies import ConversationCreate, read
+from service.core.threads import ThreadDraft
+from service.http.bodies import ConversationCreate, ConversationUpdate, ItemsCreate, read
 from service.http.door import Door
+from service.http.inputs import Input, input_items, new_messages
 from service.http.listing import conversation_items, paging
-from service.http.objects import conversation_object, items_of, message_of_item
+from service.http.objects import conversation_object, items_of, list_object, message_of_item
 
 __all__ = [
     "create",
@@ -26,6 +30,7 @@ __all__ = [
     "get",
     "get_item",
     "list_items",
+    "store_items",
     "thread_id_of",
     "update",
 ]
@@ -43,23 +48,48 @@ def thread_id_of(value: str) -> str:
         raise NotFound("thread", value[:80]) from None
 
 
-def _unfinished(what: str) -> InvalidArgument:
-    # AddMessages and UpdateThread are other branches' work (conv-a); this
-    # door maps to them once they merge.
-    return InvalidArgument(f"{what} is not supported yet", field="items")
+async def store_items(
+    door: Door, tenant: str, items: list[Input], field: str, batch: BatchRequest
+) -> Added:
+    """``items`` (the request's ``field``) appended to ``batch``'s thread (a
+    new one without a thread id) without a reply, by AddMessages.
+
+    Raises:
+        InvalidArgument: an item Loom cannot store (``param`` names the item).
+        NotFound: no such conversation or assistant.
+        ThreadBusy: a reply runs on the conversation.
+    """
+    batch.messages, starts = new_messages(items)
+    try:
+        return await door.conversation.add_messages(tenant, batch)
+    except InvalidArgument as exc:
+        # AddMessages names messages[j]; the request named items.
+        where = exc.field or ""
+        if not where.startswith("messages["):
+            raise
+        j, _, rest = where.removeprefix("messages[").partition("]")
+        param = f"{field}[{starts[int(j)]}]{rest}" if j.isdigit() else field
+        raise InvalidArgument(exc.message, field=param, reason=exc.reason) from None
 
 
 async def create(request: Request, door: Door, caller: Caller) -> Response:
-    """``POST /v1/conversations``: a new thread (with ``items``, stored
-    without a reply)."""
+    """``POST /v1/conversations``: a new thread, with ``items`` stored in it
+    without a reply (the thread is deleted again if they cannot be)."""
     body = await read(request, ConversationCreate, door.max_body)
-    if body.items:
-        raise _unfinished("creating a conversation with items")
     metadata = dict(body.metadata or {})
-    thread = await door.threads.create(
-        caller.tenant, metadata.get("assistant_id", ""), metadata.get("user_id", ""), metadata
-    )
-    return JSONResponse(conversation_object(thread))
+    assistant_id, user_id = metadata.get("assistant_id", ""), metadata.get("user_id", "")
+    thread = await door.threads.create(caller.tenant, assistant_id, user_id, metadata)
+    if not body.items:
+        return JSONResponse(conversation_object(thread))
+    batch = BatchRequest([], thread.thread_id)
+    try:
+        added = await store_items(
+            door, caller.tenant, input_items(body.items, "items"), "items", batch
+        )
+    except BaseException:
+        await door.threads.delete(caller.tenant, thread.thread_id)
+        raise
+    return JSONResponse(conversation_object(added.thread))
 
 
 async def get(request: Request, door: Door, caller: Caller) -> Response:
@@ -69,9 +99,25 @@ async def get(request: Request, door: Door, caller: Caller) -> Response:
 
 
 async def update(request: Request, door: Door, caller: Caller) -> Response:
-    """``POST /v1/conversations/{id}``: replace its metadata."""
-    thread_id_of(request.path_params["conversation_id"])
-    raise _unfinished("changing a conversation's metadata")
+    """``POST /v1/conversations/{id}``: replace its metadata (UpdateThread).
+    An ``assistant_id`` key naming another assistant moves the conversation
+    to it; the user is the one chosen at creation."""
+    thread_id = thread_id_of(request.path_params["conversation_id"])
+    body = await read(request, ConversationUpdate, door.max_body)
+    metadata = dict(body.metadata or {})
+    thread = await door.threads.get(caller.tenant, thread_id)
+    if metadata.get("user_id", thread.user_id) != thread.user_id:
+        raise InvalidArgument(
+            "metadata.user_id cannot change: a conversation's user (whose memories it reads "
+            "and writes) is chosen when it is created",
+            field="metadata.user_id",
+        )
+    draft = ThreadDraft(assistant_id=metadata.get("assistant_id", ""), metadata=metadata)
+    paths = ["metadata"]
+    if draft.assistant_id and draft.assistant_id != thread.assistant_id:
+        paths.append("assistant_id")
+    updated = await door.conversation.update_thread(caller.tenant, thread_id, draft, paths)
+    return JSONResponse(conversation_object(updated))
 
 
 async def delete(request: Request, door: Door, caller: Caller) -> Response:
@@ -90,9 +136,14 @@ async def list_items(request: Request, door: Door, caller: Caller) -> Response:
 
 
 async def create_items(request: Request, door: Door, caller: Caller) -> Response:
-    """``POST /v1/conversations/{id}/items``: a store-only append."""
-    thread_id_of(request.path_params["conversation_id"])
-    raise _unfinished("adding items to a conversation")
+    """``POST /v1/conversations/{id}/items``: a store-only append
+    (AddMessages); answers with the items stored, in order."""
+    thread_id = thread_id_of(request.path_params["conversation_id"])
+    body = await read(request, ItemsCreate, door.max_body)
+    batch = BatchRequest([], thread_id)
+    added = await store_items(door, caller.tenant, input_items(body.items, "items"), "items", batch)
+    items = [item for message in added.messages for item in items_of(message)]
+    return JSONResponse(list_object(items, has_more=False))
 
 
 async def _item(request: Request, door: Door, caller: Caller) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from starlette.responses import Response
 
 from service.core.conversation import Conversation
 from service.core.errors import Translator
+from service.core.forks import Forks
 from service.core.keys import Caller
 from service.core.ratelimit import Limiter
 from service.core.threads import Threads
@@ -27,6 +28,7 @@ class Door:
     limiter: Limiter
     threads: Threads
     conversation: Conversation
+    forks: Forks
     translators: Sequence[Translator] = ()
     max_body: int = 8 * 1024 * 1024  # bytes of a request body read at most
 

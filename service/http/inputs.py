@@ -1,7 +1,8 @@
 """What a request's input items, tools and tool choice mean to Loom: text
 messages (a ``developer`` message is a system one), function calls and
 their outputs, and function tools. Loom stores text: images, files and
-other item types are refused with the item's path as ``param``."""
+other item types are refused with the item's path as ``param``. Items to
+store without a reply become AddMessages' new messages (``new_messages``)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from service.core.batches import NewMessage
 from service.core.errors import InvalidArgument
-from service.core.models import Role, ToolSpec
+from service.core.models import Role, ToolCall, ToolSpec
 
 __all__ = [
     "Call",
@@ -18,6 +20,7 @@ __all__ = [
     "Input",
     "InputMessage",
     "input_items",
+    "new_messages",
     "tool_choice_of",
     "tools_of",
 ]
@@ -184,3 +187,27 @@ def tool_choice_of(value: Any) -> str:
         "tool_choice must be 'auto', 'none', 'required' or {'type': 'function', 'name': ...}",
         field="tool_choice",
     )
+
+
+def new_messages(items: list[Input]) -> tuple[list[NewMessage], list[int]]:
+    """``items`` as messages to store, and the index of the item each one
+    starts at. Function calls join the assistant message before them (the
+    turn in which the model made them, as a response's items show it), so
+    that their outputs follow it as a model's prompt needs them to."""
+    messages: list[NewMessage] = []
+    starts: list[int] = []
+    for i, item in enumerate(items):
+        if isinstance(item, Call):
+            call = ToolCall(item.call_id, item.name, item.arguments)
+            last = messages[-1] if messages else None
+            if last is not None and last.role is Role.ASSISTANT:
+                last.tool_calls.append(call)
+                continue
+            message = NewMessage(Role.ASSISTANT, tool_calls=[call])
+        elif isinstance(item, CallOutput):
+            message = NewMessage(Role.TOOL, item.output, tool_call_id=item.call_id)
+        else:
+            message = NewMessage(item.role, item.text)
+        messages.append(message)
+        starts.append(i)
+    return messages, starts

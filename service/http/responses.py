@@ -1,11 +1,13 @@
 """The Responses API. A response is one round of a Loom reply, held by its
 assistant message (id ``resp_`` and the message's digits). ``POST
-/v1/responses`` sends a user message (SendMessage) or the outputs of the
-function calls a response asked for (SubmitToolOutputs), and answers with
-the response whole or as server-sent events (``stream.py``). It goes to the
-request's ``conversation``, to the conversation of its
-``previous_response_id``, or to a new one (``metadata.assistant_id`` and
-``metadata.user_id`` choose its assistant and user)."""
+/v1/responses`` sends a user message (SendMessage; the input items before
+it are stored first, by AddMessages) or the outputs of the function calls a
+response asked for (SubmitToolOutputs), and answers with the response whole
+or as server-sent events (``stream.py``). It goes to the request's
+``conversation``, to the conversation of its ``previous_response_id`` (a
+fork through that response, by ForkThread, if it is not the latest), or to
+a new one (``metadata.assistant_id`` and ``metadata.user_id`` choose its
+assistant and user)."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from service.core.conversation import SendRequest
+from service.core.conversation import BatchRequest, SendRequest
 from service.core.errors import InvalidArgument, LoomError, NotFound
 from service.core.keys import Caller
 from service.core.models import (
@@ -31,7 +33,7 @@ from service.core.models import (
     ToolCallsRequired,
 )
 from service.http.bodies import ResponseCreate, read
-from service.http.conversations import thread_id_of
+from service.http.conversations import store_items, thread_id_of
 from service.http.door import Door
 from service.http.errors import error_response, http_error
 from service.http.inputs import (
@@ -77,11 +79,12 @@ REFUSED: dict[str, tuple[Callable[[Any], bool], str]] = {
 
 @dataclass(frozen=True, slots=True)
 class _Target:
-    """Where a response goes: a thread ("" for a new one), and the response
-    it follows (``previous_response_id``)."""
+    """Where a response goes: a thread ("" for a new one), the response it
+    follows (``previous_response_id``), and whether this request made it."""
 
     thread_id: str = ""
     after: Message | None = None
+    new: bool = False  # a thread this request made (a fork, or for its items)
 
 
 def _refuse(body: ResponseCreate) -> None:
@@ -146,30 +149,34 @@ async def _submission(
     )
 
 
+async def _continued(door: Door, tenant: str, target: _Target) -> _Target:
+    """The thread a message continues: the target's, or for a
+    ``previous_response_id`` that is not its conversation's latest response,
+    a fork of its conversation through that response (ForkThread)."""
+    if target.after is None:
+        return target
+    thread = await door.threads.get(tenant, target.thread_id)
+    if thread.message_count - 1 == target.after.sequence:
+        return target
+    fork = await door.forks.fork(tenant, target.thread_id, target.after.sequence)
+    return _Target(fork.thread_id, target.after, new=True)
+
+
 async def _message(
     door: Door, caller: Caller, body: ResponseCreate, items: list[Input], target: _Target
 ) -> Events:
-    """A user message, to SendMessage."""
+    """A user message, to SendMessage; the items before it are stored first
+    without a reply (AddMessages)."""
     last = items[-1]
-    if len(items) > 1 or not isinstance(last, InputMessage) or last.role is not Role.USER:
-        # Items before the message are stored without a reply (AddMessages,
-        # another branch's work): this door maps them once it merges.
+    if not isinstance(last, InputMessage) or last.role is not Role.USER:
         raise InvalidArgument(
-            "input must be one user message (several input items are not supported yet)",
-            field="input",
+            "the last input item must be a user message, which the response answers (add other "
+            "items with POST /v1/conversations/{id}/items)",
+            field=f"input[{len(items) - 1}]" if len(items) > 1 else "input",
         )
-    if target.after is not None:
-        thread = await door.threads.get(caller.tenant, target.thread_id)
-        if thread.message_count - 1 != target.after.sequence:
-            raise InvalidArgument(
-                "previous_response_id must be the latest response of its conversation "
-                "(continuing from an earlier one is not supported yet)",
-                field="previous_response_id",
-            )
     metadata = dict(body.metadata or {})
     send = SendRequest(
         content=last.text,
-        thread_id=target.thread_id,
         assistant_id=metadata.get("assistant_id", ""),
         user_id=metadata.get("user_id", ""),
         model=body.model or "",
@@ -178,7 +185,35 @@ async def _message(
         tool_choice=tool_choice_of(body.tool_choice),
         instructions=body.instructions or "",
     )
-    return door.conversation.send(caller.tenant, send)
+    return _sent(door, caller.tenant, send, items[:-1], target)
+
+
+async def _sent(
+    door: Door, tenant: str, send: SendRequest, before: list[Input], target: _Target
+) -> Events:
+    """The reply to ``send``, in the thread it continues (``_continued``),
+    once the items ``before`` it are stored there. Nothing is written until
+    the first event is asked for (so a request the call limits refuse leaves
+    nothing); if the reply is refused before it starts, a thread this
+    request made is deleted again. Items added to an existing conversation
+    stay: its history is append-only."""
+    started = False
+    target = await _continued(door, tenant, target)
+    try:
+        if before:
+            batch = BatchRequest([], target.thread_id, send.assistant_id, send.user_id)
+            added = await store_items(door, tenant, before, "input", batch)
+            new = target.new or not target.thread_id
+            target = _Target(added.thread.thread_id, target.after, new=new)
+        send.thread_id = target.thread_id
+        async with contextlib.aclosing(door.conversation.send(tenant, send)) as events:
+            async for event in events:
+                started = True
+                yield event
+    except BaseException:
+        if not started and target.new:
+            await door.threads.delete(tenant, target.thread_id)
+        raise
 
 
 async def _events(door: Door, caller: Caller, body: ResponseCreate) -> Events:
@@ -191,14 +226,9 @@ async def _events(door: Door, caller: Caller, body: ResponseCreate) -> Events:
     items = input_items(body.input, "input")
     target = await _target(door, caller.tenant, body)
     outputs = [i for i in items if isinstance(i, CallOutput)]
-    if not outputs:
-        return await _message(door, caller, body, items, target)
-    if len(outputs) != len(items):
-        raise InvalidArgument(
-            "send function_call_output items alone: their reply is the response to them",
-            field="input",
-        )
-    return await _submission(door, caller, body, outputs, target)
+    if len(outputs) == len(items):
+        return await _submission(door, caller, body, outputs, target)
+    return await _message(door, caller, body, items, target)
 
 
 def _echo(body: ResponseCreate) -> Echo:
