@@ -172,6 +172,30 @@ async def test_a_function_call_round_trip(client: openai.AsyncOpenAI, llm: Scrip
     ]
 
 
+async def test_function_call_outputs_continue_under_the_settings_of_their_response(
+    client: openai.AsyncOpenAI, llm: ScriptedLLM
+) -> None:
+    asked = await client.responses.create(
+        model=MODEL, input="What's the weather in Oslo?", tools=[WEATHER_TOOL], temperature=0.5
+    )
+    call = next(item for item in asked.output if item.type == "function_call")
+    forecast = json.dumps({"forecast": "grey"})
+    output = {"type": "function_call_output", "call_id": call.call_id, "output": forecast}
+    with pytest.raises(openai.BadRequestError) as caught:
+        await client.responses.create(
+            model=MODEL, previous_response_id=asked.id, input=[output], temperature=1.0
+        )
+    assert caught.value.param == "input"
+    requests = len(llm.requests)
+    await client.responses.create(model=MODEL, previous_response_id=asked.id, input=[output])
+    tool_round = next(
+        r.body or {}
+        for r in llm.requests[requests:]
+        if ((r.body or {}).get("messages") or [{}])[-1].get("role") == "tool"
+    )
+    assert tool_round["temperature"] == 0.5
+
+
 async def test_a_function_call_streamed(client: openai.AsyncOpenAI) -> None:
     stream = await client.responses.create(
         model=MODEL, input="And the weather in Paris?", tools=[WEATHER_TOOL], stream=True
@@ -422,6 +446,74 @@ async def test_per_response_instructions_and_tools_reach_the_prompt_of_that_repl
     assert "tools" not in later
 
 
+def _reply_request(llm: ScriptedLLM, content: str) -> dict[str, Any]:
+    """The last chat request whose last message is the user's ``content``
+    (not a memory job's)."""
+    for request in reversed(llm.requests):
+        messages = (request.body or {}).get("messages") or []
+        if messages and messages[-1] == {"role": "user", "content": content}:
+            return request.body or {}
+    raise AssertionError(f"no request asked for a reply to {content!r}")
+
+
+async def test_generation_settings_reach_the_model_and_come_back_on_the_response(
+    client: openai.AsyncOpenAI, llm: ScriptedLLM
+) -> None:
+    response = await client.responses.create(
+        model=MODEL, input="Be brief", temperature=0.25, top_p=0.5, max_output_tokens=64
+    )
+    body = _reply_request(llm, "Be brief")
+    assert (body["temperature"], body["top_p"], body["max_completion_tokens"]) == (0.25, 0.5, 64)
+    assert "response_format" not in body
+    assert (response.temperature, response.top_p, response.max_output_tokens) == (0.25, 0.5, 64)
+    again = await client.responses.create(
+        model=MODEL, input="Plain", previous_response_id=response.id
+    )
+    later = _reply_request(llm, "Plain")
+    assert not {"temperature", "top_p", "max_completion_tokens"} & later.keys()  # that reply only
+    assert again.temperature is None
+
+
+async def test_a_json_schema_text_format_reaches_the_model_and_a_mismatch_is_reported(
+    client: openai.AsyncOpenAI, llm: ScriptedLLM
+) -> None:
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    fmt = {"type": "json_schema", "name": "place", "schema": schema, "strict": True}
+    llm.script(Reply(text='{"city": "Oslo"}'), Reply(text='{"town": "Bergen"}'))
+    good = await client.responses.create(model=MODEL, input="Where?", text={"format": fmt})
+    body = _reply_request(llm, "Where?")
+    assert body["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "place", "schema": schema, "strict": True},
+    }
+    assert json.loads(good.output_text) == {"city": "Oslo"}
+    assert good.text is not None
+    assert good.text.format is not None
+    assert good.text.format.model_dump(by_alias=True, exclude_none=True) == fmt
+    assert "schema_error" not in (good.model_extra or {})
+    bad = await client.responses.create(model=MODEL, input="And?", text={"format": fmt})
+    assert bad.status == "completed"  # the text as the model wrote it, with why it misses
+    assert "/: 'city' is a required property" in (bad.model_extra or {})["schema_error"]
+    plain = await client.responses.create(
+        model=MODEL, input="Mode", text={"format": {"type": "json_object"}}
+    )
+    assert _reply_request(llm, "Mode")["response_format"] == {"type": "json_object"}
+    assert plain.text is not None
+    assert plain.text.format is not None
+    assert plain.text.format.type == "json_object"
+
+
+async def test_an_out_of_range_temperature_is_400_naming_it_and_reaches_no_model(
+    client: openai.AsyncOpenAI, llm: ScriptedLLM
+) -> None:
+    requests = len(llm.requests)
+    with pytest.raises(openai.BadRequestError) as caught:
+        await client.responses.create(model=MODEL, input="Too hot", temperature=3.5)
+    assert caught.value.param == "temperature"
+    assert caught.value.message.endswith(" - temperature is 3.5; it must be 0 to 2")
+    assert len(llm.requests) == requests
+
+
 @pytest.mark.parametrize(
     ("fields", "param"),
     [
@@ -435,6 +527,14 @@ async def test_per_response_instructions_and_tools_reach_the_prompt_of_that_repl
         ({"input": "x", "metadata": {"user_id": 5}}, "metadata.user_id"),
         ({"input": "x", "metadata": {"assistant_id": "nope"}}, "metadata.assistant_id"),
         ({"input": "x", "tool_choice": "sometimes"}, "tool_choice"),
+        ({"input": "x", "top_p": 1.5}, "top_p"),
+        ({"input": "x", "max_output_tokens": 0}, "max_output_tokens"),
+        ({"input": "x", "text": {"format": {"type": "xml"}}}, "text.format.type"),
+        ({"input": "x", "text": {"format": {"type": "json_schema", "schema": {"type": "object"}}}},
+         "text.format.name"),
+        ({"input": "x", "text": {"format": {"type": "json_schema", "name": "n"}}},
+         "text.format.schema"),
+        ({"input": "x", "reasoning": {"effort": "low"}}, "reasoning"),
         ({"input": "x", "conversation": "thread_x", "previous_response_id": "resp_x"},
          "previous_response_id"),
     ],

@@ -6,6 +6,7 @@ same use cases the gRPC servicers call (``Threads``, ``Conversation``,
 (``errors.py``); it adds no policy of its own. Modules: ``app`` (routes,
 authentication and call limits), ``conversations`` and ``responses`` (the
 endpoints), ``bodies`` (request bodies), ``inputs`` (input items, tools),
+``generation`` (sampling settings and ``text.format``),
 ``objects`` (the objects returned), ``listing`` (item lists and their
 cursors), ``stream`` (server-sent events), ``errors`` and ``server``
 (uvicorn on the gRPC server's event loop).

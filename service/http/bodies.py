@@ -61,6 +61,7 @@ class ResponseCreate(_Body):
     temperature: float | None = None
     top_p: float | None = None
     max_output_tokens: int | None = None
+    text: dict[str, Any] | None = None  # its format (``generation.py``); verbosity is ignored
     store: bool | None = None
     metadata: dict[str, str] | None = None
     stream: bool | None = None
@@ -74,7 +75,6 @@ class ResponseCreate(_Body):
     service_tier: str | None = None
     include: list[str] | None = None
     stream_options: dict[str, Any] | None = None
-    text: dict[str, Any] | None = None
     # Refused when set: Loom cannot do what they ask.
     reasoning: dict[str, Any] | None = None
     background: bool | None = None

@@ -212,6 +212,7 @@ class Echo:
     temperature: float | None = None
     top_p: float | None = None
     max_output_tokens: int | None = None
+    text: Mapping[str, Any] = field(default_factory=lambda: {"format": {"type": "text"}})
 
 
 def _usage(usage: Usage | None) -> JSON | None:
@@ -261,6 +262,9 @@ def response_object(reply: Message, echo: Echo, output: Sequence[JSON] | None = 
         "top_p": echo.top_p,
         "max_output_tokens": echo.max_output_tokens,
         "store": True,
-        "text": {"format": {"type": "text"}},
+        "text": dict(echo.text),
         "truncation": "auto",
+        # Loom's own field, set only when a reply misses the JSON Schema of its
+        # text.format: OpenAI's shape has no place for that.
+        **({"schema_error": reply.schema_error} if reply.schema_error else {}),
     }

@@ -36,6 +36,7 @@ from service.http.bodies import ResponseCreate, read
 from service.http.conversations import store_items, thread_id_of
 from service.http.door import Door
 from service.http.errors import error_response, http_error
+from service.http.generation import generation_of, text_object
 from service.http.inputs import (
     CallOutput,
     Input,
@@ -65,15 +66,8 @@ REFUSED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "top_logprobs": (bool, "Loom returns no log probabilities"),
     "context_management": (_set, "Loom fits every prompt to the model's window itself"),
     "moderation": (_set, "Loom runs no moderation"),
-    "reasoning": (_set, "generation settings are not available yet"),
-    "temperature": (_set, "generation settings are not available yet"),
-    "top_p": (_set, "generation settings are not available yet"),
-    "max_output_tokens": (_set, "generation settings are not available yet"),
+    "reasoning": (_set, "this door does not map reasoning options (SendMessage takes an effort)"),
     "store": (lambda v: v is False, "Loom stores every response: it is the conversation's state"),
-    "text": (
-        lambda v: _set(v) and (v.get("format") or {}).get("type", "text") != "text",
-        "Loom answers with text (structured output is not available yet)",
-    ),
 }
 
 
@@ -142,6 +136,12 @@ async def _submission(
             "items with the previous_response_id of the response that asked for them",
             field="previous_response_id" if target.after is not None else "conversation",
         )
+    if generation_of(body) is not None:
+        raise InvalidArgument(
+            "function call outputs continue their response under the generation settings it "
+            "was created with: send temperature, top_p, max_output_tokens and text without them",
+            field="input",
+        )
     answers = [(o.call_id, o.output) for o in outputs]
     instructions = body.instructions or ""
     return door.conversation.submit(
@@ -184,6 +184,7 @@ async def _message(
         tools=tools_of(body.tools),
         tool_choice=tool_choice_of(body.tool_choice),
         instructions=body.instructions or "",
+        generation=generation_of(body),
     )
     return _sent(door, caller.tenant, send, items[:-1], target)
 
@@ -232,6 +233,7 @@ async def _events(door: Door, caller: Caller, body: ResponseCreate) -> Events:
 
 
 def _echo(body: ResponseCreate) -> Echo:
+    settings = generation_of(body)  # checked already, by _events
     return Echo(
         metadata=dict(body.metadata or {}),
         instructions=body.instructions,
@@ -241,6 +243,7 @@ def _echo(body: ResponseCreate) -> Echo:
         temperature=body.temperature,
         top_p=body.top_p,
         max_output_tokens=body.max_output_tokens,
+        text=text_object(settings.response_format if settings is not None else None),
     )
 
 
