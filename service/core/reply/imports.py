@@ -255,6 +255,8 @@ class Importer:
                 )
             except Exception:  # the extraction job indexes them again
                 log.warning("indexing the batch in %s failed", thread.thread_id, exc_info=True)
+            if thread.expire_memories and await self._expired(tenant, thread):
+                return ""
         return await self._memory.schedule_batch_extraction(
             tenant,
             thread.assistant_id,
@@ -263,6 +265,16 @@ class Importer:
             stored,
             model,
         )
+
+    async def _expired(self, tenant: str, thread: Thread) -> bool:
+        """Whether the thread expired (and was purged with its memories)
+        while its batch was being indexed; if so the write that landed after
+        the purge's forgetting is forgotten again. The extraction job undoes
+        its own writes the same way (memory/learning.py)."""
+        if self._memory is None or await self._stores.thread_store.get(tenant, thread.thread_id):
+            return False
+        await self._memory.forget_thread(tenant, thread.assistant_id, thread.thread_id)
+        return True
 
 
 def _check_request(req: BatchRequest) -> None:
