@@ -22,7 +22,7 @@ from datetime import timedelta
 
 from service.core.clock import now
 from service.core.errors import DatabaseUnavailable, LeaseLost, NotFound, ThreadBusy
-from service.core.leases import Lease
+from service.core.leases import BRIEF, REPLY, Lease
 from service.core.models import ContextEntry, MessageStatus, Thread
 from service.core.reply.collaborators import ReplyPolicy, ReplyServices, ReplyStores
 from service.core.reply.late import LateWrites
@@ -46,11 +46,14 @@ class Recovery:
         self._late = late
 
     @contextlib.asynccontextmanager
-    async def hold(self, tenant: str, thread_id: str) -> AsyncIterator[ThreadWrites]:
+    async def hold(
+        self, tenant: str, thread_id: str, purpose: str = REPLY
+    ) -> AsyncIterator[ThreadWrites]:
         """Hold the thread's lease for the body of the ``async with`` and give
         the writes made under it, after this replica's late write on the
         thread, if any, the recovery of an unfinished reply, and the roll
-        back of an unfinished batch.
+        back of an unfinished batch. A ``BRIEF`` hold is waited for by the
+        next holder instead of refused (see ``Leases.hold``).
 
         Raises:
             ThreadBusy: another live holder has the lease.
@@ -58,7 +61,7 @@ class Recovery:
             LeaseLost: a newer holder claimed the thread meanwhile.
         """
         await self._late.wait(thread_id, self._lease_ttl)
-        async with self._stores.leases.hold(tenant, thread_id) as lease:
+        async with self._stores.leases.hold(tenant, thread_id, purpose) as lease:
             thread = await self._claim(tenant, thread_id, lease)
             writes = ThreadWrites(
                 messages=self._stores.messages,
@@ -80,14 +83,20 @@ class Recovery:
         """Settle replies whose holder died mid-reply on threads nobody took
         since (``Thread.replying``, and no lease, or one expired a lease's
         lifetime ago: a late write of a holder that lost the database
-        reconfirms its lapsed lease first); return how many threads."""
+        reconfirms its lapsed lease first); return how many threads.
+
+        The sweep may read a thread as replying just before its reply ends
+        and releases it, then take the free lease: so it holds it as BRIEF,
+        and the caller's next message, sent as soon as it read
+        ``completed`` (possibly to another replica), waits for it instead
+        of being refused THREAD_BUSY."""
         settled = 0
         for tenant, thread_id in await self._stores.thread_store.unfinished(limit):
             held = await self._stores.leases.state(thread_id)
             if held is not None and held.expires > now() - timedelta(seconds=self._lease_ttl):
                 continue  # running, or its holder may still write its end
             try:
-                async with self.hold(tenant, thread_id):
+                async with self.hold(tenant, thread_id, BRIEF):
                     settled += 1
             except (ThreadBusy, NotFound, LeaseLost, DatabaseUnavailable):
                 continue  # taken meanwhile, gone, or the database is away: next sweep
