@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -33,8 +34,24 @@ def llm() -> Iterator[ScriptedLLM]:
         yield server
 
 
-def client(server: ScriptedLLM, **kwargs: object) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.base_url, api_key="test", max_retries=0, **kwargs)
+_opened: list[openai.OpenAI] = []
+
+
+def client(server: ScriptedLLM | str, **kwargs: Any) -> openai.OpenAI:
+    """A sync client of ``server`` (or of a base URL), closed when the test
+    ends: a client left to the garbage collector leaves its socket open, and
+    the ResourceWarning then fails whichever later test the collector runs in."""
+    base_url = server if isinstance(server, str) else server.base_url
+    c = openai.OpenAI(base_url=base_url, **{"api_key": "test", "max_retries": 0, **kwargs})
+    _opened.append(c)
+    return c
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _opened:
+        _opened.pop().close()
 
 
 def aclient(server: ScriptedLLM, **kwargs: object) -> openai.AsyncOpenAI:
@@ -239,7 +256,7 @@ def test_fail_500_raises_internal_server_error(llm: ScriptedLLM) -> None:
 
 def test_sdk_honours_retry_after_ms(llm: ScriptedLLM) -> None:
     llm.script(Fail(429, retry_after_ms=400), Reply(text="after retry"))
-    c = openai.OpenAI(base_url=llm.base_url, api_key="test", max_retries=1)
+    c = client(llm, max_retries=1)
     completion = c.chat.completions.create(model="m", messages=USER)
     assert completion.choices[0].message.content == "after retry"
     first, second = llm.requests
@@ -675,9 +692,9 @@ def test_standalone_module_runs_until_ctrl_c() -> None:
         match = re.search(r"(http://127\.0\.0\.1:\d+/v1)", line)
         assert match, line
         base_url = match.group(1)
-        models = openai.OpenAI(base_url=base_url, api_key="test", max_retries=0).models.list()
+        models = client(base_url).models.list()
         assert [m.id for m in models] == ["scripted-model"]
-        c = openai.OpenAI(base_url=base_url, api_key="test", max_retries=0)
+        c = client(base_url)
         chunks = list(c.chat.completions.create(model="m", messages=USER, stream=True))
         assert "".join(ch.choices[0].delta.content or "" for ch in chunks) == "standalone hi"
         proc.send_signal(signal.SIGINT)
