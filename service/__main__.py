@@ -78,13 +78,9 @@ def _settings() -> tuple[Settings, TelemetryConfig]:
 
 async def _api_keys(args: argparse.Namespace, settings: Settings) -> int:
     from service.core.keys import KeyService
-    from service.store import connect
+    from service.database import store_from, unreachable
 
-    store = connect(
-        settings.mongodb_uri.get_secret_value(),
-        settings.mongodb_db,
-        timeout=settings.mongodb_timeout,
-    )
+    store = store_from(settings)
     try:
         await store.ensure_indexes()
         keys = KeyService(store.keys)
@@ -113,10 +109,7 @@ async def _api_keys(args: argparse.Namespace, settings: Settings) -> int:
         sys.stderr.write(f"loom: {exc.message}\n")
         return 2
     except PyMongoError as exc:
-        sys.stderr.write(
-            f"loom: cannot reach MongoDB at LOOM_MONGODB_URI ({type(exc).__name__}); "
-            "start it or point LOOM_MONGODB_URI at a running server\n"
-        )
+        sys.stderr.write(unreachable(exc) + "\n")
         return 1
     finally:
         await store.close()

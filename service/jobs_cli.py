@@ -39,13 +39,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
     """Run a ``jobs`` command; return the exit code."""
-    from service.store import connect
+    from service.database import store_from, unreachable
 
-    store = connect(
-        settings.mongodb_uri.get_secret_value(),
-        settings.mongodb_db,
-        timeout=settings.mongodb_timeout,
-    )
+    store = store_from(settings)
     try:
         if args.command == "list":
             state = JobState(args.state) if args.state else None
@@ -69,10 +65,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"re-queued {count} failed jobs")
         return 0
     except PyMongoError as exc:
-        sys.stderr.write(
-            f"loom: cannot reach MongoDB at LOOM_MONGODB_URI ({type(exc).__name__}); "
-            "start it or point LOOM_MONGODB_URI at a running server\n"
-        )
+        sys.stderr.write(unreachable(exc) + "\n")
         return 1
     finally:
         await store.close()

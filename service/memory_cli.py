@@ -122,6 +122,7 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _run(args: argparse.Namespace, settings: Settings, state: _State) -> int:
+    from service.database import unreachable
     from service.memory.embeddings import EmbeddingError
 
     try:
@@ -140,10 +141,7 @@ async def _run(args: argparse.Namespace, settings: Settings, state: _State) -> i
         sys.stderr.write(f"loom: {exc.message}\n")
         return 2
     except PyMongoError as exc:
-        sys.stderr.write(
-            f"loom: cannot reach MongoDB at LOOM_MONGODB_URI ({type(exc).__name__}); "
-            "start it or point LOOM_MONGODB_URI at a running server\n"
-        )
+        sys.stderr.write(unreachable(exc) + "\n")
         return 1
 
 
@@ -151,9 +149,9 @@ async def _run(args: argparse.Namespace, settings: Settings, state: _State) -> i
 async def _opened(settings: Settings) -> AsyncIterator[tuple[MongoStore, ChromaMemoryIndex]]:
     """The store and the memory index the settings name (the index bumps the
     store's write counters, so running replicas see what the command wrote)."""
+    from service.database import store_from
     from service.memory.embeddings import embedder_from_settings
     from service.memory.index import open_index
-    from service.store import connect
 
     key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
     embedder = embedder_from_settings(
@@ -162,11 +160,7 @@ async def _opened(settings: Settings) -> AsyncIterator[tuple[MongoStore, ChromaM
         openai_base_url=settings.llm_base_url,
         openai_api_key=key,
     )
-    store = connect(
-        settings.mongodb_uri.get_secret_value(),
-        settings.mongodb_db,
-        timeout=settings.mongodb_timeout,
-    )
+    store = store_from(settings)
     index = open_index(
         settings.data_dir, settings.chroma_url, embedder, versions=store.memory_versions
     )

@@ -10,6 +10,7 @@ import signal
 from pymongo import errors as mongo_errors
 
 from service.config import Settings
+from service.database import unreachable
 from service.memory.embeddings import EmbeddingError
 from service.server import build
 from service.telemetry import Telemetry, TelemetryConfigError, setup
@@ -42,10 +43,7 @@ async def _serve(settings: Settings, telemetry: Telemetry) -> None:
     try:
         await loom.store.ping()
     except mongo_errors.PyMongoError as exc:
-        raise SystemExit(
-            f"loom: cannot reach MongoDB at LOOM_MONGODB_URI ({type(exc).__name__}); "
-            "start it or point LOOM_MONGODB_URI at a running server"
-        ) from None
+        raise SystemExit(unreachable(exc)) from None
     await loom.start()
     if not loom.llm.configured:
         log.warning(

@@ -43,6 +43,7 @@ from service.core.shield import Shield
 from service.core.summaries import Summarizer
 from service.core.threads import Threads
 from service.core.usage import Ledger
+from service.database import store_from
 from service.http.app import TENANT, build_app
 from service.http.door import Door
 from service.http.server import HttpServer
@@ -54,7 +55,7 @@ from service.memory.history import History
 from service.memory.index import ChromaMemoryIndex, open_index
 from service.memory.memories import Memories
 from service.memory.sharing import SharedEmbedder
-from service.store import MongoStore, connect
+from service.store import MongoStore
 from service.store import errors as store_errors
 from service.telemetry import Telemetry, span, tracer
 from service.telemetry.chroma import TracedChromaClient
@@ -211,8 +212,7 @@ def build(settings: Settings, telemetry: Telemetry | None = None) -> Loom:
     (from ``service.telemetry.setup``, before this call so that MongoDB is
     traced) defaults to off."""
     telemetry = telemetry or Telemetry()
-    uri = settings.mongodb_uri.get_secret_value()
-    store = connect(uri, settings.mongodb_db, timeout=settings.mongodb_timeout)
+    store = store_from(settings)
     llm = build_model(settings, telemetry)
     shield = Shield()
     jobs = build_jobs(settings, store, shield)

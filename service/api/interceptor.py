@@ -23,6 +23,7 @@ from grpc import aio
 
 from service.api.context import current_caller, current_tenant
 from service.api.errors import Translator, caller_message, classify, status_details
+from service.api.handlers import rewrap
 from service.core.errors import InvalidArgument
 from service.core.keys import Caller
 from service.telemetry import annotate, record_reason
@@ -31,7 +32,6 @@ __all__ = ["LoomInterceptor"]
 
 log = logging.getLogger(__name__)
 
-_OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 API_KEY_HEADER = "x-api-key"
 # Codes the RPC semantic conventions count as server errors on a server span.
 _SERVER_ERRORS = frozenset(
@@ -129,23 +129,13 @@ class LoomInterceptor(aio.ServerInterceptor):
         ],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
-        method: str = handler_call_details.method
-        if handler is None or method.startswith(_OPEN_PREFIXES):
-            return handler
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary),
-                request_deserializer=_lenient(handler.request_deserializer),
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                self._stream(handler.unary_stream),
-                request_deserializer=_lenient(handler.request_deserializer),
-                response_serializer=handler.response_serializer,
-            )
-        return handler  # Loom has no client-streaming RPCs
+        return rewrap(
+            await continuation(handler_call_details),
+            handler_call_details.method,
+            unary=self._unary,
+            stream=self._stream,
+            parse=_lenient,
+        )
 
     def _unary(self, behavior: Any) -> Any:
         authenticate, translators = self._authenticate, self._translators

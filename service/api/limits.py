@@ -18,11 +18,11 @@ import grpc
 from grpc import aio
 
 from service.api.context import current_caller
+from service.api.handlers import rewrap
 from service.core.ratelimit import Limiter
 
 __all__ = ["REPLY_STREAMS", "LimitsInterceptor"]
 
-_OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 # The streams that hold a model call open: the ones a tenant's cap counts.
 REPLY_STREAMS = frozenset(
     {"/loom.v1.ThreadService/SendMessage", "/loom.v1.ThreadService/SubmitToolOutputs"}
@@ -42,23 +42,14 @@ class LimitsInterceptor(aio.ServerInterceptor):
         ],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
         method: str = handler_call_details.method
-        if handler is None or method.startswith(_OPEN_PREFIXES):
-            return handler
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                self._stream(handler.unary_stream, capped=method in REPLY_STREAMS),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler  # Loom has no client-streaming RPCs
+        capped = method in REPLY_STREAMS
+        return rewrap(
+            await continuation(handler_call_details),
+            method,
+            unary=self._unary,
+            stream=lambda behavior: self._stream(behavior, capped=capped),
+        )
 
     def _unary(self, behavior: Any) -> Any:
         limiter = self._limiter
