@@ -23,7 +23,7 @@ constraint), so a write claims the next number by inserting it:
   alone, which FerretDB pushes down (it pushes no other filter).
 
 So a search reads two documents (the hint and one missing claim) and a
-write inserts one and updates one. The claims are kept (about 100 bytes a
+write reads the hint, inserts its claim and raises the hint. The claims are kept (about 100 bytes a
 write; dropping old ones would reopen numbers a late writer could claim).
 Counters stored before claims existed carry on from their stored value.
 """
@@ -56,8 +56,11 @@ class MongoMemoryVersions:
 
     async def current(self, tenant: str, assistant_id: str) -> int:
         counter = key(tenant, assistant_id)
+        return await self._last_claimed(counter, await self._hint(counter))
+
+    async def _hint(self, counter: str) -> int:
         doc = await self._hints.find_one({"_id": counter})
-        return await self._last_claimed(counter, int(doc["version"]) if doc else 0)
+        return int(doc["version"]) if doc else 0
 
     async def _last_claimed(self, counter: str, n: int) -> int:
         """The largest claim, looking up from ``n`` (claimed, or the start)."""
@@ -67,7 +70,9 @@ class MongoMemoryVersions:
 
     async def bump(self, tenant: str, assistant_id: str) -> int:
         counter = key(tenant, assistant_id)
-        n = await self.current(tenant, assistant_id) + 1
+        # From the hint: it is the counter but while another write is between
+        # its claim and its hint, and a duplicate key then says so.
+        n = await self._hint(counter) + 1
         while True:
             try:
                 await self._claims.insert_one({"_id": _claim(counter, n)})
