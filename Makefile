@@ -145,7 +145,7 @@ bench-memory: setup
 	$(BENCH_ENV) $(PY) -m bench.memory_api
 
 # One replica's RSS and cache misses over many assistants' memories (bench/memory_scale.py);
-# SCALE_ARGS=--assistants 1000 for the full 1,000 x 1,000 (about three hours here).
+# SCALE_ARGS=--assistants 1000 for the full 1,000 x 1,000 (about 2.5 hours on 2 cores).
 SCALE_ARGS ?=
 bench-memory-scale: setup
 	$(BENCH_ENV) $(PY) -m bench.memory_scale $(SCALE_ARGS)
