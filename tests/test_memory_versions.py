@@ -17,6 +17,7 @@ from service.memory.embeddings import OnnxMiniLM
 from service.memory.index import ChromaMemoryIndex, open_index
 from service.memory.ports import MemoryRecord
 from service.store import MongoStore, connect
+from service.store.scoped import key
 from tests.support.embedding import model_dir
 from tests.support.ferretdb import FerretDB
 
@@ -129,3 +130,14 @@ async def test_two_replicas_see_each_others_writes_at_once(
     finally:
         for replica in replicas:
             await replica.close()
+
+
+async def test_a_counter_stored_before_claims_carries_on(
+    stores: tuple[MongoStore, MongoStore],
+) -> None:
+    # What an earlier Loom left: the counter alone, no claims.
+    await stores[0].db["memory_versions"].insert_one({"_id": key("t", "asst"), "version": 5})
+    versions = stores[1].memory_versions
+    assert await versions.current("t", "asst") == 5
+    assert await versions.bump("t", "asst") == 6
+    assert await versions.current("t", "asst") == 6
