@@ -19,7 +19,7 @@ STAMP := $(VENV)/.installed
 CLIENT := clients/python
 LINTED := service tests bench $(CLIENT)
 
-.PHONY: fuzz setup run-deps postgres jaeger go-plugins proto proto-check lint test bench bench-rss bench-profile bench-lists bench-imports bench-memory bench-tracing bench-outage soak run fleet clean
+.PHONY: fuzz setup run-deps postgres jaeger go-plugins proto proto-check lint test bench bench-rss bench-profile bench-lists bench-imports bench-memory bench-memory-scale bench-tracing bench-outage soak run fleet clean
 
 # The local database is FerretDB over PostgreSQL (scripts/postgres.sh makes and
 # starts the cluster); LOOM_LOCAL_DB=sqlite needs no PostgreSQL.
@@ -143,6 +143,12 @@ bench-imports: setup
 bench-memory: setup
 	$(BENCH_ENV) $(PY) -m bench.memory
 	$(BENCH_ENV) $(PY) -m bench.memory_api
+
+# One replica's RSS and cache misses over many assistants' memories (bench/memory_scale.py);
+# SCALE_ARGS=--assistants 1000 for the full 1,000 x 1,000 (about 2.5 hours on 2 cores).
+SCALE_ARGS ?=
+bench-memory-scale: setup
+	$(BENCH_ENV) $(PY) -m bench.memory_scale $(SCALE_ARGS)
 
 bench-tracing: setup
 	$(BENCH_ENV) LOOM_JAEGER_BIN=$(JAEGER) $(PY) -m bench.tracing

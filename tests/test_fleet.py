@@ -542,3 +542,52 @@ def test_database_killed_mid_stream_keeps_what_was_streamed(fleet: Fleet, model:
         stored = _messages(channel, thread_id)
         assert stored[3].content == stream.text
         assert _send(channel, content="next", thread_id=thread_id)[-1].HasField("completed")
+
+
+def test_memories_written_through_any_replica_are_found_on_every_other_at_once(
+    fleet: Fleet, model: Model
+) -> None:
+    """Read-your-writes across the fleet: memories created through both
+    replicas at the same instant are each found by the very next search on
+    both (warm caches: each replica searched the assistant before), and one
+    deleted through either is gone from both."""
+    with fleet.replica(0).channel() as first, fleet.replica(1).channel() as second:
+        stubs = [memory_pb2_grpc.MemoryServiceStub(c) for c in (first, second)]
+        assistant_id = _assistant(first)
+
+        def create(i: int, name: str) -> str:
+            memory = memory_pb2.Memory(
+                assistant_id=assistant_id, user_id=USER, content=f"The user visited {name}."
+            )
+            made = stubs[i].CreateMemory(
+                memory_pb2.CreateMemoryRequest(memory=memory), metadata=MD, timeout=10
+            )
+            return str(made.memory.memory_id)
+
+        def found(i: int) -> set[str]:
+            reply = stubs[i].SearchMemories(
+                memory_pb2.SearchMemoriesRequest(
+                    assistant_id=assistant_id, query="visited", user_id=USER, limit=50
+                ),
+                metadata=MD,
+                timeout=10,
+            )
+            return {r.memory.memory_id for r in reply.results}
+
+        written = {create(0, "Lisbon")}
+        assert found(0) == found(1) == written
+        with ThreadPoolExecutor(2) as pool:
+            for round_ in range(6):
+                made = pool.map(create, (0, 1), (f"Porto {round_}", f"Faro {round_}"))
+                written.update(made)
+                assert found(0) == written
+                assert found(1) == written
+            gone = sorted(written)[:2]
+            for i, memory_id in enumerate(gone):
+                stubs[i].DeleteMemory(
+                    memory_pb2.DeleteMemoryRequest(assistant_id=assistant_id, memory_id=memory_id),
+                    metadata=MD,
+                    timeout=10,
+                )
+        written.difference_update(gone)
+        assert found(0) == found(1) == written

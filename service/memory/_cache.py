@@ -15,13 +15,17 @@ scope of each memory (its user id, marked when invalidated:
 alone.
 
 Freshness across replicas. A process applies its own writes to its cache
-(``apply``). Every write bumps the collection's version (``VersionSource``;
-by default ``loom_version`` in the collection metadata, a read-modify-write
-that two replicas writing at the same instant can both miss); a search that
-sees another version than its cache re-reads the records written since its
-last read (``write_us``, minus ``refresh_margin``), and a cache older than
-``max_age`` seconds is rebuilt whole (that is when other replicas'
-deletions leave it; until then they are only filtered out of results).
+(``apply``). Every write, once its records are in Chroma, bumps the
+collection's version (``VersionSource``: in Loom the store's counter,
+exact on MongoDB and FerretDB, ``service/store/versions.py``; without one,
+``loom_version`` in the collection metadata, a read-modify-write that two
+writers at the same instant can both miss); a search that sees another
+version than its cache re-reads the records written since its last read
+(``write_us``, minus ``refresh_margin``: exact while a write reaches Chroma
+within that margin of the time its writer stamped, and writers' clocks
+agree within it), and a cache older than ``max_age`` seconds is rebuilt
+whole (that is when other replicas' deletions leave it; until then they
+are only filtered out of results).
 
 Concurrency. Concurrent searches of a collection whose cache is missing or
 stale wait on the event loop for one build (its read runs in one worker

@@ -188,7 +188,7 @@ def connect(
         requests=MongoRequestStore(db["requests"]),
         keys=MongoApiKeyStore(db["api_keys"], db["tenants"]),
         jobs=MongoJobStore(db["jobs"]),
-        memory_versions=MongoMemoryVersions(db["memory_versions"]),
+        memory_versions=MongoMemoryVersions(db["memory_versions"], db["memory_version_claims"]),
         memory_history=MongoMemoryHistory(db["memory_history"]),
         fences=fences,
     )
