@@ -212,7 +212,12 @@ def build(settings: Settings, telemetry: Telemetry | None = None) -> Loom:
     traced) defaults to off."""
     telemetry = telemetry or Telemetry()
     uri = settings.mongodb_uri.get_secret_value()
-    store = connect(uri, settings.mongodb_db, timeout=settings.mongodb_timeout)
+    store = connect(
+        uri,
+        settings.mongodb_db,
+        timeout=settings.mongodb_timeout,
+        max_pool=settings.mongodb_max_pool,
+    )
     llm = build_model(settings, telemetry)
     shield = Shield()
     jobs = build_jobs(settings, store, shield)

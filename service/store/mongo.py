@@ -154,6 +154,7 @@ def connect(
     database: str,
     *,
     timeout: float = 2.0,
+    max_pool: int = 100,
     listeners: Sequence[monitoring.CommandListener] = (),
 ) -> MongoStore:
     """Return a store over ``database`` (connections open lazily);
@@ -165,7 +166,18 @@ def connect(
     deadline. An operation already sent may wait ten times as long for its
     answer: a loaded database (FerretDB waiting on SQLite's lock, say) can
     be slow to answer without being gone, and a dead one drops the
-    connection, which is noticed at once."""
+    connection, which is noticed at once.
+
+    ``max_pool`` (``LOOM_MONGODB_MAX_POOL``) caps the connections this
+    client opens; calls beyond it wait for one to be free. On FerretDB 1.24
+    it is what keeps the database alive: FerretDB runs a matched update as a
+    read that holds one of its own connections to PostgreSQL (or SQLite)
+    while it takes a second for the write, so as many concurrent updates as
+    its pool has connections (50 over PostgreSQL unless ``pool_max_conns``
+    says otherwise, 100 over SQLite) each hold one and wait for ever for
+    another, and FerretDB answers nothing again until it is restarted. The
+    caps of every client of one FerretDB, summed, must stay below its pool;
+    MongoDB has no such limit."""
     ms = max(int(timeout * 1000), 1)
     client: AsyncMongoClient[Doc] = AsyncMongoClient(
         uri,
@@ -173,6 +185,7 @@ def connect(
         serverSelectionTimeoutMS=ms,
         connectTimeoutMS=ms,
         socketTimeoutMS=10 * ms,
+        maxPoolSize=max_pool,
         appname="loom",
         event_listeners=list(listeners),
     )
