@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import threading
 import uuid
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -69,6 +70,40 @@ def _tables(database: FerretDB) -> list[str]:
     return listed.split()
 
 
+@contextlib.asynccontextmanager
+async def _locked(database: FerretDB, table: str) -> AsyncIterator[None]:
+    """``table`` locked by a psql session of its own (ACCESS EXCLUSIVE: no
+    read or write of it proceeds) from entry, once granted, to exit."""
+    postgres = database.postgres
+    assert postgres is not None
+
+    def hold() -> None:
+        # Returns when its session is terminated at exit.
+        with contextlib.suppress(RuntimeError):
+            postgres.psql(
+                database.database,
+                f"BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE; "
+                "SELECT pg_sleep(120); COMMIT;",
+            )
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    granted = (
+        "SELECT count(*) FROM pg_locks WHERE relation = "  # noqa: S608 - a table's name
+        f"'{table}'::regclass AND mode = 'AccessExclusiveLock' AND granted"
+    )
+    try:
+        assert await eventually(lambda: postgres.psql(database.database, granted) == "1", 60)
+        yield
+    finally:
+        postgres.psql(
+            database.database,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE query LIKE '%pg_sleep(120)%' AND pid <> pg_backend_pid()",
+        )
+        await asyncio.to_thread(holder.join)
+
+
 async def test_a_table_locked_past_lock_timeout_answers_unavailable(llm: ScriptedLLM) -> None:
     """PostgreSQL refusing to wait for a lock (55P03, as under contention
     with lock_timeout set) reaches the caller as UNAVAILABLE, and the same
@@ -81,40 +116,12 @@ async def test_a_table_locked_past_lock_timeout_answers_unavailable(llm: Scripte
             api = Api(channel, await new_tenant_key(loom))
             await api.send(content="hello")
             threads = next(t for t in _tables(database) if t.startswith("loom_locked.threads"))
-            assert database.postgres is not None
-            postgres = database.postgres
-
-            def hold_lock() -> None:
-                # Holds the lock until its session is terminated below.
-                with contextlib.suppress(RuntimeError):
-                    postgres.psql(
-                        database.database,
-                        f"BEGIN; LOCK TABLE {threads} IN ACCESS EXCLUSIVE MODE; "
-                        "SELECT pg_sleep(120); COMMIT;",
-                    )
-
-            holder = threading.Thread(target=hold_lock)
-            holder.start()
-            granted = (
-                "SELECT count(*) FROM pg_locks WHERE relation = "  # noqa: S608 - a table's name
-                f"'{threads}'::regclass AND mode = 'AccessExclusiveLock' AND granted"
-            )
-            assert await eventually(
-                lambda: postgres.psql(database.database, granted) == "1", timeout=60
-            )
-            try:
+            async with _locked(database, threads):
                 await expect_error(
                     api.call(api.threads.ListThreads, thread_pb2.ListThreadsRequest(), timeout=10),
                     grpc.StatusCode.UNAVAILABLE,
                     "DATABASE_UNAVAILABLE",
                 )
-            finally:
-                postgres.psql(
-                    database.database,
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE query LIKE '%pg_sleep(120)%' AND pid <> pg_backend_pid()",
-                )
-                await asyncio.to_thread(holder.join)
             listed = await api.call(
                 api.threads.ListThreads, thread_pb2.ListThreadsRequest(), timeout=10
             )
@@ -181,6 +188,34 @@ async def test_updates_beyond_ferretdbs_pool_wait_in_loom_not_in_ferretdb() -> N
         await asyncio.wait_for(asyncio.gather(*(bump(i) for i in range(12))), timeout=120)
         assert [d["n"] async for d in counters.find({})] == [20] * 12
         await store.ping()
+    finally:
+        await store.close()
+        database.stop()
+
+
+async def test_ping_answers_while_every_connection_of_the_store_waits() -> None:
+    """The health check's ping has a connection of its own: with the
+    store's only connection waiting on a locked table (a database busy, not
+    down), ping still answers."""
+    database = FerretDB(backend="postgresql").start()
+    name = f"loom_probe_{uuid.uuid4().hex[:8]}"
+    store = connect(database.uri, name, max_pool=1)
+    try:
+        await store.db["slow"].insert_one({"_id": 1})
+        table = next(t for t in _tables(database) if t.startswith(f"{name}.slow"))
+        async with _locked(database, table):
+            waiting = asyncio.create_task(store.db["slow"].find_one({"_id": 1}))
+            # The find is in flight once PostgreSQL has it waiting for the lock.
+            assert database.postgres is not None
+            postgres = database.postgres
+            blocked = (
+                "SELECT count(*) FROM pg_locks WHERE relation = "  # noqa: S608 - a table's name
+                f"'{table}'::regclass AND NOT granted"
+            )
+            assert await eventually(lambda: postgres.psql(database.database, blocked) != "0", 60)
+            # A bound for a hang, not a speed target.
+            await asyncio.wait_for(store.ping(), timeout=30)
+        assert await waiting == {"_id": 1}
     finally:
         await store.close()
         database.stop()

@@ -79,7 +79,8 @@ class Fleet:
         self.database_name = database
         replica_pool = int(self._overrides.get("LOOM_MONGODB_MAX_POOL", REPLICA_POOL))
         self._overrides["LOOM_MONGODB_MAX_POOL"] = str(replica_pool)
-        self.ferretdb = FerretDB(pool=replicas * replica_pool + CLIENT_HEADROOM)
+        # One more connection each for the replica's health checks (its store's probe).
+        self.ferretdb = FerretDB(pool=replicas * (replica_pool + 1) + CLIENT_HEADROOM)
         self.chroma = ChromaServer()
         self.ports = [free_port() for _ in range(replicas)]
         self.replicas: list[LoomProcess | None] = [None] * replicas
