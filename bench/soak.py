@@ -49,6 +49,7 @@ class Ack:
     request_id: str
     reply_id: str
     text: str
+    at: float  # seconds into the run
 
 
 @dataclass(slots=True)
@@ -59,6 +60,12 @@ class Outcome:
     errors: Counter[str] = field(default_factory=Counter)
     first_delta: list[float] = field(default_factory=list)
     faults: list[str] = field(default_factory=list)
+    start: float = field(default_factory=time.monotonic)
+    # When each fault happened, seconds into the run ("kill", "replica back").
+    marks: dict[str, float] = field(default_factory=dict)
+
+    def since_start(self) -> float:
+        return time.monotonic() - self.start
 
 
 @dataclass(slots=True)
@@ -96,7 +103,7 @@ async def _exchange(
                     outcome.first_delta.append(time.monotonic() - started)
                 text.append(event.delta.text)
             elif kind == "completed":
-                outcome.acks.append(Ack(request_id, reply_id, "".join(text)))
+                outcome.acks.append(Ack(request_id, reply_id, "".join(text), outcome.since_start()))
                 call.cancel()  # read no further, as a chat client does
                 break
     except aio.AioRpcError as exc:
@@ -123,11 +130,13 @@ async def _faults(fleet: Fleet, seconds: float, outcome: Outcome, kill: bool, db
         await asyncio.sleep(seconds / 3)
         victim = fleet.size - 1
         fleet.kill(victim)
+        outcome.marks["kill"] = outcome.since_start()
         outcome.faults.append(f"{time.monotonic() - start:.0f}s SIGKILL replica {victim}")
         state = "left down"
         for attempt in range(3):  # as a supervisor would, if a start fails under load
             try:
                 await asyncio.to_thread(fleet.restart, victim)
+                outcome.marks["replica back"] = outcome.since_start()
                 state = "serving again"
                 break
             except AssertionError as exc:
@@ -173,6 +182,7 @@ async def drive(
     stop = asyncio.Event()
     watcher = asyncio.create_task(_watch_rss(fleet, peaks, stop))
     until = time.monotonic() + seconds
+    outcome.start = time.monotonic()
     async with fleet.aio_channel() as channel:
         faults = asyncio.create_task(_faults(fleet, seconds, outcome, kill, db))
         await asyncio.gather(*(_caller(channel, until, outcome, seed + i) for i in range(streams)))
@@ -226,6 +236,22 @@ def _quantile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[int(q * 100) - 1]
 
 
+def _timeline(outcome: Outcome, seconds: float, step: float = 10.0) -> str:
+    """Replies acknowledged in each ``step`` seconds of the run, and after
+    the kill (while the replica was down, once it was back): a fleet that
+    stops answering shows as zeros."""
+    buckets = Counter(min(int(a.at // step), int(seconds // step) - 1) for a in outcome.acks)
+    per_step = ", ".join(str(buckets[i]) for i in range(max(int(seconds // step), 1)))
+    line = f"acknowledged per {step:.0f} s: {per_step}"
+    if "kill" in outcome.marks:
+        kill = outcome.marks["kill"]
+        back = outcome.marks.get("replica back", float("inf"))
+        down = sum(1 for a in outcome.acks if kill <= a.at < back)
+        after = sum(1 for a in outcome.acks if a.at >= back)
+        line += f"; while the killed replica was down: {down}; after it was back: {after}"
+    return line
+
+
 def report(outcome: Outcome, found: Audit, peaks: list[int], args: argparse.Namespace) -> str:
     """The soak's figures, one per line."""
     errors = ", ".join(f"{code} {n}" for code, n in outcome.errors.most_common()) or "none"
@@ -235,6 +261,7 @@ def report(outcome: Outcome, found: Audit, peaks: list[int], args: argparse.Name
         f"machine: {machine()}",
         f"faults: {'; '.join(outcome.faults) or 'none'}",
         f"streams acknowledged: {len(outcome.acks)}",
+        _timeline(outcome, args.seconds),
         f"errors by code: {errors}",
         f"messages lost: {found.lost}",
         f"messages duplicated: {found.duplicated}",

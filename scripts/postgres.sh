@@ -66,6 +66,9 @@ synchronous_commit = off
 # PostgreSQL's default, kept small on a machine shared with other work: the
 # operating system's page cache holds the rest of what is read often.
 shared_buffers = 128MB
+# Room for several FerretDBs (tests start one per fleet beside their own),
+# each with a pool sized above its clients' (tests/support/fleet.py).
+max_connections = 200
 # Loom's queries are short; compiling them would cost more than it saves.
 jit = off
 # Fresh statistics sooner after a burst of writes: without them the planner

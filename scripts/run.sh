@@ -55,6 +55,10 @@ if [[ -z "${LOOM_MONGODB_URI:-}" ]]; then
     sleep 0.1
   done
   export LOOM_MONGODB_URI="mongodb://127.0.0.1:$port"
+  # Below FerretDB's own pool (50 connections to PostgreSQL, 100 to SQLite):
+  # as many concurrent updates as it has connections lock it up for good
+  # (service/store/mongo.py, connect).
+  export LOOM_MONGODB_MAX_POOL=${LOOM_MONGODB_MAX_POOL:-40}
   echo "FerretDB on $LOOM_MONGODB_URI over $where" >&2
 fi
 "$PY" -m service "$@" &

@@ -78,6 +78,12 @@ class Settings(BaseSettings):
         le=600,
         description="seconds to find the database or connect to it before a call fails",
     )
+    mongodb_max_pool: int = Field(
+        100,
+        ge=1,
+        le=10_000,
+        description="connections to the database each replica keeps at most",
+    )
     data_dir: Path = Path("./.data")
     llm_base_url: str | None = Field(
         None, validation_alias=AliasChoices("LOOM_LLM_BASE_URL", "OPENAI_BASE_URL")

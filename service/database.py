@@ -18,11 +18,13 @@ def store_from(
     settings: Settings, listeners: Sequence[monitoring.CommandListener] = ()
 ) -> MongoStore:
     """The store ``LOOM_MONGODB_URI`` and ``LOOM_MONGODB_DB`` name, with the
-    connection bounds the settings give (connections open lazily)."""
+    connection bounds the settings give (``LOOM_MONGODB_TIMEOUT``,
+    ``LOOM_MONGODB_MAX_POOL``; connections open lazily)."""
     return connect(
         settings.mongodb_uri.get_secret_value(),
         settings.mongodb_db,
         timeout=settings.mongodb_timeout,
+        max_pool=settings.mongodb_max_pool,
         listeners=listeners,
     )
 

@@ -4,6 +4,7 @@ error table and the job runner uses them to tell waiting from failing."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
@@ -18,9 +19,26 @@ __all__ = ["transient", "translate", "translations"]
 _TRANSIENT_CODES = frozenset(
     {6, 7, 50, 89, 91, 134, 189, 262, 9001, 10058, 10107, 11600, 11602, 13435, 13436}
 )
-# FerretDB over SQLite answers a write that met another's lock with an
-# internal error naming SQLite's code; the next attempt usually succeeds.
-_BUSY_WORDS = ("SQLITE_BUSY", "database is locked")
+# FerretDB answers what its storage refused with an internal error (code 1,
+# or a write error) that carries the storage's own words. Over SQLite: a write that met
+# another's lock. Over PostgreSQL: PostgreSQL down or restarting (pgx's
+# "failed to connect to", a connection cut mid-query), and the SQLSTATEs
+# below. Each is cured by trying again later.
+_BUSY_WORDS = (
+    "SQLITE_BUSY",
+    "database is locked",
+    "failed to connect to",
+    "conn closed",
+    "unexpected EOF",
+)
+_SQLSTATE = re.compile(r"\(SQLSTATE (\w{5})\)")
+# Class 08 (connection exception), class 53 (insufficient resources: too
+# many connections, out of memory) and class 57P (shutting down, starting
+# up) whatever their last digits; and serialization failure, deadlock
+# detected, lock not available (lock_timeout), object in use and a
+# statement cancelled by statement_timeout.
+_SQLSTATE_CLASSES = ("08", "53", "57P")
+_SQLSTATES = frozenset({"40001", "40P01", "55P03", "55006", "57014"})
 
 
 def transient(exc: BaseException) -> bool:
@@ -35,8 +53,19 @@ def transient(exc: BaseException) -> bool:
         "TransientTransactionError"
     ):
         return True
-    text = str(exc)
-    return any(word in text for word in _BUSY_WORDS)
+    return _storage_transient(str(exc))
+
+
+def _storage_transient(text: str) -> bool:
+    """True when FerretDB's internal error names a storage failure that
+    passes (``_BUSY_WORDS``, ``_SQLSTATES``)."""
+    if any(word in text for word in _BUSY_WORDS):
+        return True
+    found = _SQLSTATE.search(text)
+    if found is None:
+        return False
+    state = found.group(1)
+    return state in _SQLSTATES or state.startswith(_SQLSTATE_CLASSES)
 
 
 def translate(exc: BaseException) -> LoomError | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, monitoring
 from pymongo.asynchronous.collection import AsyncCollection
@@ -108,6 +109,10 @@ class MongoStore:
     """Every repository over one database."""
 
     client: AsyncMongoClient[Doc]
+    # One connection of its own for ``ping``: a health check must not wait
+    # behind the replica's own load for one of ``client``'s connections, or
+    # a busy database reads as an unreachable one.
+    probe: AsyncMongoClient[Doc]
     db: AsyncDatabase[Doc]
     assistants: MongoAssistantStore
     threads: MongoThreadStore
@@ -137,16 +142,18 @@ class MongoStore:
                 await collection.create_indexes([index])
 
     async def ping(self) -> None:
-        """Round-trip to the server.
+        """Round-trip to the server, on a connection that waits for none of
+        the store's work.
 
         Raises:
             pymongo.errors.PyMongoError: the server is unreachable.
         """
-        await self.db.command("ping")
+        await self.probe[self.db.name].command("ping")
 
     async def close(self) -> None:
-        """Close the client's connections."""
+        """Close the clients' connections."""
         await self.client.close()
+        await self.probe.close()
 
 
 def connect(
@@ -154,6 +161,7 @@ def connect(
     database: str,
     *,
     timeout: float = 2.0,
+    max_pool: int = 100,
     listeners: Sequence[monitoring.CommandListener] = (),
 ) -> MongoStore:
     """Return a store over ``database`` (connections open lazily);
@@ -165,21 +173,35 @@ def connect(
     deadline. An operation already sent may wait ten times as long for its
     answer: a loaded database (FerretDB waiting on SQLite's lock, say) can
     be slow to answer without being gone, and a dead one drops the
-    connection, which is noticed at once."""
+    connection, which is noticed at once.
+
+    ``max_pool`` (``LOOM_MONGODB_MAX_POOL``) caps the connections the
+    store opens for its work; calls beyond it wait for one to be free. One
+    more serves ``ping``. On FerretDB 1.24
+    it is what keeps the database alive: FerretDB runs a matched update as a
+    read that holds one of its own connections to PostgreSQL (or SQLite)
+    while it takes a second for the write, so as many concurrent updates as
+    its pool has connections (50 over PostgreSQL unless ``pool_max_conns``
+    says otherwise, 100 over SQLite) each hold one and wait for ever for
+    another, and FerretDB answers nothing again until it is restarted. The
+    caps of every client of one FerretDB (plus one each for ``ping``),
+    summed, must stay below its pool; MongoDB has no such limit."""
     ms = max(int(timeout * 1000), 1)
-    client: AsyncMongoClient[Doc] = AsyncMongoClient(
-        uri,
-        tz_aware=True,
-        serverSelectionTimeoutMS=ms,
-        connectTimeoutMS=ms,
-        socketTimeoutMS=10 * ms,
-        appname="loom",
-        event_listeners=list(listeners),
-    )
+    options: dict[str, Any] = {
+        "tz_aware": True,
+        "serverSelectionTimeoutMS": ms,
+        "connectTimeoutMS": ms,
+        "socketTimeoutMS": 10 * ms,
+        "appname": "loom",
+        "event_listeners": list(listeners),
+    }
+    client: AsyncMongoClient[Doc] = AsyncMongoClient(uri, maxPoolSize=max_pool, **options)
+    probe: AsyncMongoClient[Doc] = AsyncMongoClient(uri, maxPoolSize=1, **options)
     db = client[database]
     fences = Fences()
     return MongoStore(
         client=client,
+        probe=probe,
         db=db,
         assistants=MongoAssistantStore(db["assistants"], db["default_assistants"]),
         threads=MongoThreadStore(db["threads"], db["thread_usage"], fences),

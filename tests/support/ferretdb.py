@@ -44,9 +44,16 @@ class FerretDB:
         *,
         backend: str = "",
         postgres_settings: dict[str, str] | None = None,
+        pool: int | None = None,
+        postgres: Postgres | None = None,
     ) -> None:
         """``postgres_settings`` are set on the PostgreSQL database before
-        FerretDB connects (``ALTER DATABASE ... SET``)."""
+        FerretDB connects (``ALTER DATABASE ... SET``); ``pool`` is how many
+        connections FerretDB opens to PostgreSQL at most (its
+        ``pool_max_conns``, 50 by default), which must exceed the
+        connections all its clients open together (``service.store.mongo.connect``
+        says why); ``postgres`` is a cluster of the caller's to store in
+        instead of the process's shared one (to stop it under FerretDB)."""
         self.backend = backend or os.environ.get("LOOM_LOCAL_DB", "") or BACKENDS[0]
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown backend {self.backend!r}; expected one of {BACKENDS}")
@@ -57,9 +64,10 @@ class FerretDB:
             raise RuntimeError(f"FerretDB not found at {self.binary}; run `make setup`")
         self.port = 0
         self.dir = ""
-        self.postgres: Postgres | None = None
+        self.postgres: Postgres | None = postgres
         self.database = ""  # the PostgreSQL database, if any
         self.postgres_settings = postgres_settings or {}
+        self.pool = pool
         self.proc: subprocess.Popen[bytes] | None = None
         self._args: list[str] = []
 
@@ -83,13 +91,15 @@ class FerretDB:
 
     def _storage_args(self) -> list[str]:
         if self.backend == "postgresql":
-            self.postgres = Postgres.shared()
+            self.postgres = self.postgres or Postgres.shared()
             url = self.postgres.create_database()
             self.database = urlsplit(url).path.lstrip("/")
             for name, value in self.postgres_settings.items():
                 self.postgres.psql(
                     "postgres", f'ALTER DATABASE "{self.database}" SET {name} = {value}'
                 )
+            if self.pool is not None:
+                url += f"&pool_max_conns={self.pool}"
             return ["--handler=postgresql", f"--postgresql-url={url}"]
         query = "?_pragma=synchronous(normal)" if self.backend == "sqlite-normal" else ""
         return ["--handler=sqlite", f"--sqlite-url=file:{self.dir}/{query}"]

@@ -38,6 +38,12 @@ __all__ = ["DEV_KEY", "Fleet"]
 
 DEV_KEY = "loom-fleet-dev-key"
 MODEL = "scripted-model"
+# Each replica's connections to the database (LOOM_MONGODB_MAX_POOL), and
+# FerretDB's to PostgreSQL beyond the replicas' sum: for the test's or the
+# audit's own clients. FerretDB must have more than all its clients together
+# (service/store/mongo.py, ``connect``), or it stops answering under load.
+REPLICA_POOL = 16
+CLIENT_HEADROOM = 16
 MODEL_DIR = Path(
     os.environ.get("LOOM_EMBEDDING_MODEL_DIR", REPO.parent / "shared/models/all-MiniLM-L6-v2/onnx")
 )
@@ -49,7 +55,9 @@ class Fleet:
     ``llm`` is a running ``ScriptedLLM`` to use (a test's, so that it can
     script faults); without one the fleet starts its own, replying with
     ``token_delay`` seconds between words. ``env`` adds or overrides Loom
-    settings (``LOOM_LEASE_SECONDS``, say) for every replica."""
+    settings (``LOOM_LEASE_SECONDS``, say) for every replica; FerretDB's
+    pool to PostgreSQL is sized from the replicas' (``LOOM_MONGODB_MAX_POOL``,
+    ``REPLICA_POOL`` unless ``env`` says otherwise)."""
 
     def __init__(
         self,
@@ -69,7 +77,10 @@ class Fleet:
         self._token_delay = token_delay
         self._overrides = dict(env or {})
         self.database_name = database
-        self.ferretdb = FerretDB()
+        replica_pool = int(self._overrides.get("LOOM_MONGODB_MAX_POOL", REPLICA_POOL))
+        self._overrides["LOOM_MONGODB_MAX_POOL"] = str(replica_pool)
+        # One more connection each for the replica's health checks (its store's probe).
+        self.ferretdb = FerretDB(pool=replicas * (replica_pool + 1) + CLIENT_HEADROOM)
         self.chroma = ChromaServer()
         self.ports = [free_port() for _ in range(replicas)]
         self.replicas: list[LoomProcess | None] = [None] * replicas

@@ -53,11 +53,15 @@ class Postgres:
     @classmethod
     def shared(cls) -> Postgres:
         if cls._shared is None:
-            cluster = cls()
-            cluster._script("start", cluster.dir)
+            cluster = cls().start()
             atexit.register(cluster.stop)
             cls._shared = cluster
         return cls._shared
+
+    def start(self) -> Postgres:
+        """Start the cluster (made on first start; again after ``stop(remove=False)``)."""
+        self._script("start", self.dir)
+        return self
 
     def _script(self, *args: str) -> str:
         done = subprocess.run(
@@ -87,6 +91,9 @@ class Postgres:
                 continue
         return total
 
-    def stop(self) -> None:
+    def stop(self, *, remove: bool = True) -> None:
+        """Stop the cluster (its clients' connections cut), and remove its
+        files unless ``remove`` is false."""
         subprocess.run([str(SCRIPT), "stop", self.dir], capture_output=True, check=False)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if remove:
+            shutil.rmtree(self.dir, ignore_errors=True)
