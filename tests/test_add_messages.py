@@ -448,3 +448,31 @@ async def test_memory_auto_remembers_a_batch_with_one_extraction_job(
         memory=common_pb2.MEMORY_MODE_OFF,
     )
     assert quiet.memory_operation_id == ""
+
+
+async def test_a_thread_deleted_with_its_memories_while_its_batch_is_indexed_keeps_none(
+    mem: Mem, loom: Loom, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DeleteThread(delete_memories) lands while AddMessages indexes its
+    batch: the deletion's forgetting runs first, the batch's write after it;
+    the write is undone, so nothing learnt in the deleted thread is left."""
+    assistant_id = await _assistant(mem, memory_mode=common_pb2.MEMORY_MODE_AUTO)
+    first = await _add(mem, _msg(USER, "hello"), assistant_id=assistant_id, user_id="u1")
+    thread_id = first.thread.thread_id
+    tenant = (await loom.keys.authenticate(mem.key)).tenant
+    memory = loom.threads._memory
+    assert memory is not None
+    index = memory.remember_all
+
+    async def racing(*args: Any) -> None:
+        await loom.threads.delete(tenant, thread_id, forget=True)
+        await index(*args)
+
+    monkeypatch.setattr(memory, "remember_all", racing)
+    await _add(mem, _msg(USER, "My locker code is 4711."), thread_id=thread_id)
+    monkeypatch.undo()
+    listed = await mem.call(
+        mem.memory.ListMemories,
+        memory_pb2.ListMemoriesRequest(assistant_id=assistant_id, user_id="u1", page_size=100),
+    )
+    assert [m.content for m in listed.memories] == []

@@ -331,6 +331,10 @@ class MemoryPort(Protocol):
     ) -> None:
         """Index user messages added without a reply, in one batch."""
 
+    async def unremember(self, tenant: str, assistant_id: str, messages: Sequence[Message]) -> None:
+        """Delete the episodic memories ``remember_all`` wrote for ``messages``
+        (their thread was deleted while they were being written)."""
+
     async def schedule_batch_extraction(
         self,
         tenant: str,

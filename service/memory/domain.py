@@ -25,7 +25,7 @@ from service.core.models import Message, Recalled
 from service.core.ports import ChatModel, MessageStore
 from service.memory.exchanges import batch_payload
 from service.memory.history import History
-from service.memory.learning import EXTRACTION_JOB, Learning, episodic_record
+from service.memory.learning import EXTRACTION_JOB, Learning, episodic_id, episodic_record
 from service.memory.ports import EPISODIC, MemoryIndex
 from service.telemetry import span, tracer
 
@@ -117,6 +117,10 @@ class AssistantMemory:
         records = [episodic_record(tenant, assistant_id, user_id, thread_id, m) for m in messages]
         with span(_tracer, "memory.remember"):
             await self._index.upsert(records)
+
+    async def unremember(self, tenant: str, assistant_id: str, messages: Sequence[Message]) -> None:
+        written = [episodic_id(m.message_id) for m in messages]
+        await self._index.delete(tenant, assistant_id, written)
 
     async def schedule_extraction(
         self,

@@ -255,7 +255,7 @@ class Importer:
                 )
             except Exception:  # the extraction job indexes them again
                 log.warning("indexing the batch in %s failed", thread.thread_id, exc_info=True)
-            if thread.expire_memories and await self._expired(tenant, thread):
+            if await self._gone(tenant, thread, users):
                 return ""
         return await self._memory.schedule_batch_extraction(
             tenant,
@@ -266,14 +266,16 @@ class Importer:
             model,
         )
 
-    async def _expired(self, tenant: str, thread: Thread) -> bool:
-        """Whether the thread expired (and was purged with its memories)
-        while its batch was being indexed; if so the write that landed after
-        the purge's forgetting is forgotten again. The extraction job undoes
-        its own writes the same way (memory/learning.py)."""
+    async def _gone(self, tenant: str, thread: Thread, users: list[Message]) -> bool:
+        """Whether the thread was deleted (or expired) while ``users`` were
+        being indexed; if so what was written for them is unwritten. A
+        deletion hides the thread before it forgets the thread's memories:
+        so either this check sees it hidden, or the forgetting comes after
+        the write and removes it. The extraction job undoes its own writes
+        the same way (memory/learning.py)."""
         if self._memory is None or await self._stores.thread_store.get(tenant, thread.thread_id):
             return False
-        await self._memory.forget_thread(tenant, thread.assistant_id, thread.thread_id)
+        await self._memory.unremember(tenant, thread.assistant_id, users)
         return True
 
 
