@@ -26,6 +26,7 @@ from service.core.models import (
     MemoryMode,
     Message,
     MessageStatus,
+    OnBusy,
     ReplyEvent,
     Started,
     Thread,
@@ -80,11 +81,13 @@ class SendRequest:
     # Added to the assistant's instructions for this reply only (the HTTP
     # door's per-response ``instructions``).
     instructions: str = ""
+    on_busy: OnBusy = OnBusy.REJECT  # when another reply holds the thread
 
     def fingerprint(self) -> str:
         """A digest of everything but the request id, to spot a reused id."""
         body = asdict(self)
         body.pop("request_id")
+        body.pop("on_busy")  # how to wait is not what was asked
         if body["generation"] is None:  # as digested before requests had settings
             body.pop("generation")
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
