@@ -916,8 +916,10 @@ class SendMessageRequest(_message.Message):
     on_busy: Global___OnBusy.ValueType
     """What to do when another reply is streaming on the thread. UNSPECIFIED
     is REJECT. A thread whose run waits for tool outputs is not busy in this
-    sense: a message is refused FAILED_PRECONDITION in every mode until the
-    outputs are submitted or the run is cancelled.
+    sense (nothing runs to wait for): a message is refused in every mode,
+    ABORTED with reason THREAD_BUSY naming the run, until the outputs are
+    submitted or the run is cancelled; a message queued behind a reply that
+    ends asking for tools is refused so when its turn comes.
     """
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
