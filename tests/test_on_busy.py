@@ -129,7 +129,8 @@ async def test_enqueue_answers_after_the_running_reply_in_order(
     ]
     # The queued message was answered with the running reply in its prompt.
     prompt = [m["content"] for m in llm.requests[-2].body["messages"]]
-    assert SLOW.text in prompt and prompt[-1] == "second"
+    assert SLOW.text in prompt
+    assert prompt[-1] == "second"
     assert await _count(loom, thread_id) == 0
 
 
@@ -147,11 +148,13 @@ async def test_interrupt_stops_the_running_reply_and_answers_with_both(
     messages = await _messages(api, thread_id)
     interrupted = messages[3]
     assert interrupted.status == thread_pb2.MESSAGE_STATUS_INCOMPLETE
-    assert interrupted.content and SLOW.text.startswith(interrupted.content)
+    assert interrupted.content
+    assert SLOW.text.startswith(interrupted.content)
     assert interrupted.content != SLOW.text
     assert [m.content for m in messages[4:]] == ["stop, I meant this", "Echo: stop, I meant this"]
     prompt = [m["content"] for m in llm.requests[-1].body["messages"]]
-    assert "slow one" in prompt and interrupted.content in prompt
+    assert "slow one" in prompt
+    assert interrupted.content in prompt
     assert await _count(loom, thread_id) == 0
 
 
