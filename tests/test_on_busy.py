@@ -19,7 +19,7 @@ from grpc import aio
 
 from generated.loom.v1 import thread_pb2
 from service.server import Loom
-from tests.conftest import Api, expect_error, make_settings, start_loom
+from tests.conftest import Api, expect_error, make_settings, new_tenant_key, start_loom
 from tests.scripted_llm import Reply, ScriptedLLM
 from tests.support.ferretdb import FerretDB
 
@@ -214,6 +214,42 @@ async def test_a_dead_waiter_blocks_the_queue_one_lease_at_most(
     events = await _drain(_send(api, thread_id, "after the dead", thread_pb2.ON_BUSY_ENQUEUE))
     assert events[-1].completed.message.content == "Echo: after the dead"
     assert await _count(loom, thread_id) == 0
+
+
+async def test_a_repeat_of_a_long_queued_request_waits_for_it(
+    ferretdb: FerretDB, llm: ScriptedLLM
+) -> None:
+    """A request id whose first attempt waits in the queue for longer than
+    a dead attempt's claim lasts is not run a second time by its repeat."""
+    loom = await start_loom(
+        make_settings(ferretdb, llm, mongodb_db="loom_on_busy_repeat", lease_seconds=1.0)
+    )
+    try:
+        async with aio.insecure_channel(f"127.0.0.1:{loom.port}") as channel:
+            api = Api(channel, await new_tenant_key(loom))
+            thread_id = (await api.send(content="hello"))[0].started.thread_id
+            await _hold_thread(loom, api, thread_id)
+            fields = {"request_id": "r-queued"}
+            first = asyncio.create_task(_drain(_queued(api, thread_id, fields)))
+            await _eventually_tickets(loom, thread_id, 1)
+            await asyncio.sleep(2.5)  # past two lease lifetimes: a dead attempt's claim lapses
+            repeat = asyncio.create_task(_drain(_queued(api, thread_id, fields)))
+            await asyncio.sleep(0.5)
+            await loom.store.db["leases"].delete_one({"_id": thread_id})
+            answers = [(await first)[-1], (await repeat)[-1]]
+            ids = {a.completed.message.message_id for a in answers}
+            assert len(ids) == 1
+            contents = [m.content for m in await _messages(api, thread_id)]
+            assert contents.count("once") == 1
+    finally:
+        await loom.stop(0)
+
+
+def _queued(api: Api, thread_id: str, fields: dict[str, str]) -> Any:
+    request = thread_pb2.SendMessageRequest(
+        content="once", thread_id=thread_id, on_busy=thread_pb2.ON_BUSY_ENQUEUE, **fields
+    )
+    return api.threads.SendMessage(request, metadata=api.metadata)
 
 
 @pytest.fixture

@@ -269,6 +269,10 @@ class Leases:
         """The lease on the thread as stored (live or expired), if any."""
         return await self._store.current(thread_id)
 
+    async def waiting(self, thread_id: str) -> bool:
+        """True while messages wait in the thread's queue (``LeaseQueue``)."""
+        return bool(await self._store.queued(thread_id, now()))
+
     async def expired(self, thread_id: str) -> bool:
         """True when nobody holds a live lease on the thread."""
         state = await self._store.current(thread_id)
