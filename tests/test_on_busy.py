@@ -14,10 +14,11 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import json_format
 from google.rpc import error_details_pb2, status_pb2
 from grpc import aio
 
-from generated.loom.v1 import thread_pb2
+from generated.loom.v1 import thread_pb2, tools_pb2
 from service.server import Loom
 from tests.conftest import Api, expect_error, make_settings, new_tenant_key, start_loom
 from tests.scripted_llm import Reply, ScriptedLLM
@@ -156,6 +157,28 @@ async def test_interrupt_stops_the_running_reply_and_answers_with_both(
     assert "slow one" in prompt
     assert interrupted.content in prompt
     assert await _count(loom, thread_id) == 0
+
+
+async def test_a_run_waiting_for_tool_outputs_is_refused_in_every_mode(
+    api: Api, llm: ScriptedLLM, loom: Loom
+) -> None:
+    """Nothing runs to wait for or to stop: the message is refused at once,
+    naming the run, and nothing is queued."""
+    tool = json_format.ParseDict(
+        {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}},
+        tools_pb2.Tool(),
+    )
+    llm.script(Reply(tool_calls=[{"id": "call_t", "name": "get_time", "arguments": "{}"}]))
+    events = await api.send(content="what time is it?", tools=[tool])
+    required = events[-1].tool_calls_required
+    thread_id = events[0].started.thread_id
+    for mode in (thread_pb2.ON_BUSY_ENQUEUE, thread_pb2.ON_BUSY_INTERRUPT):
+        error = await expect_error(
+            _send(api, thread_id, "hello?", mode), grpc.StatusCode.ABORTED, "THREAD_BUSY"
+        )
+        assert required.run_id in error.details()
+    assert await _count(loom, thread_id) == 0
+    assert len(await _messages(api, thread_id)) == 2
 
 
 async def test_a_full_queue_is_refused_with_retry_info(
