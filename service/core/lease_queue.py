@@ -99,14 +99,16 @@ class LeaseQueue(Generic[L]):
             if lease is not None:
                 return lease
         ticket = _ticket(on_busy)
-        await self._join(tenant, thread_id, ticket)
-        keeper = asyncio.create_task(self._keep(thread_id, ticket), name=f"queue {thread_id}")
+        keeper: asyncio.Task[None] | None = None
         try:
+            await self._join(tenant, thread_id, ticket)
+            keeper = asyncio.create_task(self._keep(thread_id, ticket), name=f"queue {thread_id}")
             return await self._wait(tenant, thread_id, purpose, ticket, holder)
         finally:
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
+            if keeper is not None:
+                keeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await keeper
             await self._shield.run(self._leave(thread_id, ticket))
 
     async def _wait(
@@ -149,8 +151,7 @@ class LeaseQueue(Generic[L]):
         await self._store.join(tenant, thread_id, ticket, self._expiry())
         tickets = await self._store.queued(thread_id, now())
         ahead = sum(1 for t in tickets if t[1:] < ticket[1:])
-        if ahead >= self._limit:
-            await self._shield.run(self._leave(thread_id, ticket))
+        if ahead >= self._limit:  # the caller leaves the queue
             raise ThreadQueueFull(thread_id, self._limit, QUEUE_RETRY_AFTER)
 
     async def _ask(self, thread_id: str, holder: LeaseState) -> None:
