@@ -268,6 +268,32 @@ async def test_a_repeat_of_a_long_queued_request_waits_for_it(
         await loom.stop(0)
 
 
+async def test_a_shutdown_ends_the_waits_of_its_replica(
+    ferretdb: FerretDB, llm: ScriptedLLM
+) -> None:
+    """A queued message is told the server is stopping (and sends again to
+    another replica) instead of holding the shutdown for its whole grace."""
+    loom = await start_loom(make_settings(ferretdb, llm, mongodb_db="loom_on_busy_stop"))
+    async with aio.insecure_channel(f"127.0.0.1:{loom.port}") as channel:
+        api = Api(channel, await new_tenant_key(loom))
+        thread_id = (await api.send(content="hello"))[0].started.thread_id
+        await _hold_thread(loom, api, thread_id)
+        waiting = asyncio.create_task(
+            expect_error(
+                _send(api, thread_id, "later", thread_pb2.ON_BUSY_ENQUEUE),
+                grpc.StatusCode.UNAVAILABLE,
+                "SERVER_SHUTTING_DOWN",
+            )
+        )
+        await _eventually_tickets(loom, thread_id, 1)
+        leases = loom.store.db["leases"]
+        stopping = asyncio.create_task(loom.stop(0.5))
+        await waiting
+        left = await leases.count_documents({"_id": {"$regex": "^" + re.escape(thread_id)}})
+        await stopping
+    assert left == 1  # the test's own lease; the ticket is gone
+
+
 def _queued(api: Api, thread_id: str, fields: dict[str, str]) -> Any:
     request = thread_pb2.SendMessageRequest(
         content="once", thread_id=thread_id, on_busy=thread_pb2.ON_BUSY_ENQUEUE, **fields
