@@ -85,8 +85,8 @@ def _route(body: dict[str, Any]) -> Reply:
         return Reply(tool_calls=calls)
     if "[slow]" in last["content"]:
         return Reply(text="late", first_byte_delay=3.0)
-    if "[paced]" in last["content"]:  # streams for 2 s, a word at a time
-        return Reply(text=" ".join(f"w{i}" for i in range(20)), chunk_delay=0.1)
+    if "[paced]" in last["content"]:  # streams for 6 s, a word at a time
+        return Reply(text=" ".join(f"w{i}" for i in range(60)), chunk_delay=0.1)
     return Reply(text=f"You said: {last['content']}")
 
 

@@ -131,11 +131,11 @@ class LeaseQueue(Generic[L]):
                     await freed.wait()
             delay = min(delay * 2, _MAX_DELAY)
             tickets = await self._store.queued(thread_id, now())
-            if ticket not in tickets:  # it lapsed (this waiter stalled): back in its place
-                await self._store.join(tenant, thread_id, ticket, self._expiry())
-                tickets = sorted([*tickets, ticket])
             holder = None
-            if tickets[0] != ticket:
+            # A ticket that lapsed (this waiter stalled for a lease's
+            # lifetime) is not written again: a write still in flight when
+            # its waiter is cancelled could land after its removal.
+            if min([*tickets, ticket]) != ticket:
                 continue
             lease, holder = await self._take(tenant, thread_id, purpose)
             if lease is not None:
@@ -175,10 +175,18 @@ class LeaseQueue(Generic[L]):
                 log.warning("could not keep a queued message on %s", thread_id, exc_info=True)
 
     async def _leave(self, thread_id: str, ticket: str) -> None:
-        try:
-            await self._store.leave(thread_id, ticket)
-        except Exception:  # it lapses within a lease's lifetime
-            log.warning("could not leave the queue of %s", thread_id, exc_info=True)
+        """Remove ``ticket``, trying again a few times: one left behind holds
+        the messages after it for up to a lease's lifetime."""
+        for pause in (0.05, 0.2, None):
+            try:
+                await self._store.leave(thread_id, ticket)
+                return
+            except Exception:
+                if pause is None:  # it lapses within a lease's lifetime
+                    log.warning("could not leave the queue of %s", thread_id, exc_info=True)
+                    return
+                log.info("leaving the queue of %s failed; trying again", thread_id, exc_info=True)
+            await asyncio.sleep(pause)
 
     def _expiry(self) -> datetime:
         return now() + timedelta(seconds=self._ttl)

@@ -164,8 +164,7 @@ class MongoLeaseStore:
     # by the ``_id`` index on MongoDB) and no index of its own.
 
     async def join(self, tenant: str, thread_id: str, ticket: str, expires: datetime) -> None:
-        # An upsert: a waiter whose ticket lapsed while it stalled joins again
-        # under the same ticket, in the same place.
+        # An upsert, so that joining twice under one ticket is harmless.
         await self._c.update_one(
             {"_id": _queue_prefix(thread_id) + ticket},
             {"$set": {"tenant": tenant, "expires": expires}},

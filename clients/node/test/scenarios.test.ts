@@ -2,7 +2,7 @@
 // repository's tests/test_other_languages.py starts one with a scripted model
 // that answers "You said: <message>", asks for get_weather when a message
 // mentions the weather and tools are offered, is slow for "[slow]" (answers
-// after the call's deadline) and streams for 2 s for "[paced]").
+// after the call's deadline) and streams for 6 s for "[paced]").
 
 import assert from "node:assert/strict";
 import { after, describe, test } from "node:test";
