@@ -78,7 +78,8 @@ async def _eventually_tickets(loom: Loom, thread_id: str, n: int) -> None:
         if await _count(loom, thread_id) == n:
             return
         await asyncio.sleep(0.02)
-    raise AssertionError(f"{await _tickets(loom, thread_id)} queued at {datetime.now(UTC)}, not {n}")
+    left = await _tickets(loom, thread_id)
+    raise AssertionError(f"{left} queued at {datetime.now(UTC)}, not {n} tickets")
 
 
 async def _hold_thread(loom: Loom, api: Api, thread_id: str) -> None:
