@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     dev_api_key: SecretStr | None = None
     max_message_chars: int = Field(100_000, gt=0)
     lease_seconds: float = Field(30.0, gt=0)
+    max_queued_per_thread: int = Field(
+        8, ge=1, description="messages that may wait for a busy thread (on_busy ENQUEUE/INTERRUPT)"
+    )
     context_cache_chars: int = Field(
         400_000, gt=0, description="characters of recent history cached on each thread"
     )

@@ -402,7 +402,7 @@ def build_conversation(
 ) -> Conversation:
     """The reply loop, with rolling summaries run as jobs."""
     counter = TokenBudgets(window_override=settings.context_window)
-    leases = Leases(store.leases, settings.lease_seconds, shield)
+    leases = Leases(store.leases, settings.lease_seconds, shield, settings.max_queued_per_thread)
     summarizer = Summarizer(
         threads=store.threads,
         leases=leases,

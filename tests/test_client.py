@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from loom_client import AsyncLoom, Loom, MemoryMode
+from loom_client import AsyncLoom, Loom, MemoryMode, OnBusy
 from loom_client.errors import (
     ApiKeyInvalid,
     ApiKeyMissing,
@@ -18,6 +18,7 @@ from loom_client.errors import (
     DeadlineExceeded,
     InvalidArgument,
     MemoryNotFound,
+    ReplyInterrupted,
     RequestIdReused,
     ThreadBusy,
     ThreadNotFound,
@@ -458,6 +459,31 @@ async def test_a_second_message_on_a_busy_thread_raises_thread_busy(
         await client.send_message("two", thread_id=thread.thread_id)
     assert caught.value.metadata == {"thread_id": thread.thread_id}
     assert (await first).status is MessageStatus.COMPLETE
+
+
+async def test_on_busy_enqueues_or_interrupts_as_a_string_or_an_enum(
+    client: Uniform, routed: ScriptedLLM
+) -> None:
+    thread = await client.threads.create()
+    tid = thread.thread_id
+    routed.script(Scripted(text="slow reply " * 5, chunk_delay=0.1))
+    first = asyncio.create_task(client.send_message("one", thread_id=tid))
+    assert await asyncio.to_thread(routed.wait_for, lambda s: len(s.requests) >= 1)
+    queued = await client.send_message("two", thread_id=tid, on_busy="enqueue")
+    assert (await first).status is MessageStatus.COMPLETE
+    assert queued.status is MessageStatus.COMPLETE
+    routed.script(Scripted(text="slow reply " * 40, chunk_delay=0.1))
+    slow = asyncio.create_task(client.send_message("three", thread_id=tid))
+    assert await asyncio.to_thread(routed.wait_for, lambda s: len(s.requests) >= 3)
+    newer = await client.send_message("four", thread_id=tid, on_busy=OnBusy.INTERRUPT)
+    with pytest.raises(ReplyInterrupted):
+        await slow
+    assert newer.status is MessageStatus.COMPLETE
+    messages = await client.threads.messages(tid, page_size=10)
+    assert [m.content for m in messages if m.role is Role.USER] == ["one", "two", "three", "four"]
+    assert messages[5].status is MessageStatus.INCOMPLETE
+    with pytest.raises(ValueError, match="on_busy must be one of reject, enqueue, interrupt"):
+        await client.send_message("hi", thread_id=tid, on_busy="wait")
 
 
 async def test_with_options_sets_a_deadline_on_the_same_channel(

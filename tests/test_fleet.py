@@ -489,6 +489,38 @@ def test_next_message_right_after_completed_is_accepted(fleet: Fleet, model: Mod
     assert refused == 0
 
 
+@pytest.mark.parametrize("mode", ["enqueue", "interrupt"])
+def test_a_message_on_a_busy_thread_waits_or_interrupts_across_replicas(
+    fleet: Fleet, model: Model, mode: str
+) -> None:
+    """SendMessage's on_busy with the running reply on the other replica's
+    process: it learns of the interrupt through its lease document."""
+    interrupt = mode == "interrupt"
+    on_busy = thread_pb2.ON_BUSY_INTERRUPT if interrupt else thread_pb2.ON_BUSY_ENQUEUE
+    with fleet.replica(0).channel() as zero, fleet.replica(1).channel() as one:
+        thread_id = _first_thread(zero)
+        running = Streamer(zero, content="slow: first", thread_id=thread_id)
+        _eventually(lambda: running.deltas() >= 1, 20, "the first delta")
+        newer = _send(one, content="then this", thread_id=thread_id, on_busy=on_busy)
+        running.join(30)
+        assert newer[-1].completed.message.content == "Noted."
+        messages = _messages(zero, thread_id)
+    if interrupt:
+        assert running.error is not None
+        assert error_info(running.error)["reason"] == "REPLY_INTERRUPTED"
+        assert messages[3].status == thread_pb2.MESSAGE_STATUS_INCOMPLETE
+        assert messages[3].content == running.text
+    else:
+        assert running.error is None
+        assert messages[3].status == thread_pb2.MESSAGE_STATUS_COMPLETE
+        assert messages[3].content == SLOW_WORDS
+    assert [m.content for m in messages[2:3] + messages[4:]] == [
+        "slow: first",
+        "then this",
+        "Noted.",
+    ]
+
+
 def test_a_reply_that_loses_its_lease_stops_writing(fleet: Fleet, model: Model) -> None:
     with fleet.replica(0).channel() as channel:
         thread_id = _first_thread(channel)

@@ -74,7 +74,8 @@ def _readme_block(language: str, marker: str) -> str:
 
 
 def _route(body: dict[str, Any]) -> Reply:
-    """The scripted model: echoes, asks for get_weather, or is slow."""
+    """The scripted model: echoes, asks for get_weather, or is slow (to
+    answer, or to stream)."""
     messages = body["messages"]
     last = messages[-1]
     if last["role"] == "tool":
@@ -84,6 +85,8 @@ def _route(body: dict[str, Any]) -> Reply:
         return Reply(tool_calls=calls)
     if "[slow]" in last["content"]:
         return Reply(text="late", first_byte_delay=3.0)
+    if "[paced]" in last["content"]:  # streams for 6 s, a word at a time
+        return Reply(text=" ".join(f"w{i}" for i in range(60)), chunk_delay=0.1)
     return Reply(text=f"You said: {last['content']}")
 
 

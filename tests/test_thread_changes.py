@@ -440,6 +440,8 @@ async def test_the_readme_conversation_commands_run_as_written(
         "SendMessage",
         "ForkThread",
         "SendMessage",
+        "SendMessage",
+        "SendMessage",
         "GetThread",
     ]
     imported = await run(commands[0])
@@ -460,6 +462,10 @@ async def test_the_readme_conversation_commands_run_as_written(
     names["thread_6b0c..."] = regenerate["thread_id"]
     again = await run(commands[9])
     assert again["completed"]["message"]["sequence"] == "1"
-    shown = (await run(commands[10]))["thread"]
+    # on_busy: with no reply running, both are answered at once (the
+    # waiting and the interrupting are tested in tests/test_on_busy.py).
+    assert (await run(commands[10]))["completed"]["message"]["sequence"] == "4"
+    assert (await run(commands[11]))["completed"]["message"]["sequence"] == "6"
+    shown = (await run(commands[12]))["thread"]
     assert shown["thread_id"] == thread_id
-    assert shown["message_count"] == "3"
+    assert shown["message_count"] == "7"

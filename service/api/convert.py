@@ -45,6 +45,12 @@ _MEMORY_TO_PB = {
     models.MemoryMode.OFF: common_pb2.MEMORY_MODE_OFF,
 }
 _MEMORY_FROM_PB: dict[int, models.MemoryMode] = {v: k for k, v in _MEMORY_TO_PB.items()}
+_ON_BUSY_FROM_PB: dict[int, models.OnBusy] = {
+    thread_pb2.ON_BUSY_UNSPECIFIED: models.OnBusy.REJECT,
+    thread_pb2.ON_BUSY_REJECT: models.OnBusy.REJECT,
+    thread_pb2.ON_BUSY_ENQUEUE: models.OnBusy.ENQUEUE,
+    thread_pb2.ON_BUSY_INTERRUPT: models.OnBusy.INTERRUPT,
+}
 _STRATEGY_TO_PB = {
     models.ContextStrategy.SUMMARIZE: assistant_pb2.CONTEXT_STRATEGY_SUMMARIZE,
     models.ContextStrategy.TRUNCATE: assistant_pb2.CONTEXT_STRATEGY_TRUNCATE,
@@ -227,6 +233,15 @@ def memory_from_pb(value: int, field: str) -> models.MemoryMode:
         InvalidArgument: a number the contract does not define.
     """
     return _enum_from_pb(value, _MEMORY_FROM_PB, common_pb2.MemoryMode.DESCRIPTOR, field)
+
+
+def on_busy_from_pb(value: int, field: str) -> models.OnBusy:
+    """An OnBusy from the API (UNSPECIFIED is REJECT).
+
+    Raises:
+        InvalidArgument: a number the contract does not define.
+    """
+    return _enum_from_pb(value, _ON_BUSY_FROM_PB, thread_pb2.OnBusy.DESCRIPTOR, field)
 
 
 def assistant_to_pb(a: models.Assistant) -> assistant_pb2.Assistant:

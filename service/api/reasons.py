@@ -45,6 +45,8 @@ WHEN: dict[str, str] = {
     "THREAD_BUSY": "another reply (or an AddMessages or UpdateThread), or a run waiting for "
     "tool outputs, holds the thread, or a ForkThread would copy a reply still streaming "
     "(metadata `thread_id`); retry when it has completed",
+    "REPLY_INTERRUPTED": "a newer message sent with `on_busy` INTERRUPT stopped this reply; "
+    "what arrived is stored INCOMPLETE and the newer message is answered with it in history",
     "LEASE_LOST": "the replica serving the call lost the thread's lease to another (it "
     "stopped writing at once); retry, and another replica serves it",
     "REQUEST_IN_PROGRESS": "the first attempt with this `request_id` was still running after a "
@@ -64,6 +66,9 @@ WHEN: dict[str, str] = {
     "tenant's override); a `RetryInfo` says when a call is admitted again",
     "TOO_MANY_STREAMS": "the tenant has its most reply streams open "
     "(`LOOM_MAX_STREAMS_PER_TENANT`, or its override); a `RetryInfo` suggests a back-off",
+    "THREAD_QUEUE_FULL": "`LOOM_MAX_QUEUED_PER_THREAD` messages sent with `on_busy` ENQUEUE "
+    "or INTERRUPT already wait for the thread (metadata `thread_id`); a `RetryInfo` suggests "
+    "a back-off",
     "MODEL_RATE_LIMITED": "the model endpoint kept rate-limiting after retries; retry later",
     "TOOL_ROUNDS_EXCEEDED": "the model asked for tools more than `LOOM_MAX_TOOL_ROUNDS` "
     "times in one reply",

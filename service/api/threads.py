@@ -16,6 +16,7 @@ from service.api.convert import (
     memory_from_pb,
     message_to_pb,
     new_message_from_pb,
+    on_busy_from_pb,
     thread_draft_from_pb,
     thread_to_pb,
     tools_from_pb,
@@ -140,6 +141,7 @@ class ThreadServicer(thread_pb2_grpc.ThreadServiceServicer):
             generation=generation_from_pb(request.generation, "generation.")
             if request.HasField("generation")
             else None,
+            on_busy=on_busy_from_pb(request.on_busy, "on_busy"),
         )
         async with contextlib.aclosing(self._conversation.send(tenant(), send)) as events:
             async for event in events:

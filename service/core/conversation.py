@@ -94,7 +94,10 @@ class Conversation:
         Raises:
             InvalidArgument: malformed or oversized input, mismatched ids.
             NotFound: unknown thread or assistant.
-            ThreadBusy: another reply is streaming on the thread.
+            ThreadBusy: another reply is streaming on the thread (on_busy REJECT).
+            ThreadQueueFull: too many messages wait for the thread (ENQUEUE,
+                INTERRUPT).
+            ReplyInterrupted: a newer message stopped this reply.
             Aborted: the same request_id is still being served.
             FailedPrecondition: no model endpoint is configured, or it
                 rejected the request.
@@ -223,7 +226,7 @@ class Conversation:
         try:
             # 2. The thread is read again as claimed under the lease: a reply
             # that ended since it was first read must be in this one's context.
-            async with self._recovery.hold(tenant, thread.thread_id) as writes:
+            async with self._recovery.hold(tenant, thread.thread_id, on_busy=req.on_busy) as writes:
                 await self._runs.refuse_if_waiting(tenant, writes)
                 t = now()  # 3.
                 new = RunMessages(tenant, thread.thread_id, run.run_id, memory, t)

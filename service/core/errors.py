@@ -8,6 +8,7 @@ The tree (the API layer maps each class to one gRPC status code):
   - ``Unauthenticated``: missing, unknown or revoked API key (UNAUTHENTICATED)
   - ``ThreadBusy``: another reply is streaming on the thread (ABORTED)
   - ``Aborted``: a concurrency conflict the caller may retry (ABORTED)
+    - ``ReplyInterrupted``: a newer message stopped this reply (ABORTED)
     - ``LeaseLost``: the lease this work ran under lapsed or was taken over
       (ABORTED)
   - ``FailedPrecondition``: the system is not in a state to serve this
@@ -22,6 +23,7 @@ The tree (the API layer maps each class to one gRPC status code):
     (RESOURCE_EXHAUSTED)
     - ``RateLimited``: the caller's API key is over its call rate
     - ``TooManyStreams``: the caller's tenant has its most reply streams open
+    - ``ThreadQueueFull``: too many messages wait for the thread's reply
   - ``DeadlineExceeded``: a dependency did not answer in time
     (DEADLINE_EXCEEDED)
 
@@ -46,9 +48,11 @@ __all__ = [
     "LoomError",
     "NotFound",
     "RateLimited",
+    "ReplyInterrupted",
     "ResourceExhausted",
     "ShuttingDown",
     "ThreadBusy",
+    "ThreadQueueFull",
     "TooManyStreams",
     "Translator",
     "Unauthenticated",
@@ -150,6 +154,20 @@ class LeaseLost(Aborted):
         )
 
 
+class ReplyInterrupted(Aborted):
+    """A newer message on the thread (SendMessage with on_busy INTERRUPT)
+    stopped this reply; what it had is stored INCOMPLETE."""
+
+    reason = "REPLY_INTERRUPTED"
+
+    def __init__(self, thread_id: str) -> None:
+        super().__init__(
+            f"a newer message on thread {thread_id!r} interrupted this reply; what you received "
+            "is stored INCOMPLETE and the newer message is answered with it in history",
+            metadata={"thread_id": thread_id},
+        )
+
+
 class FailedPrecondition(LoomError):
     """The service or the object is not in a state to serve the request."""
 
@@ -230,6 +248,21 @@ class TooManyStreams(ResourceExhausted):
             f"this tenant already has {limit} SendMessage/SubmitToolOutputs streams open, "
             "its limit; retry when one has finished",
             metadata={"limit": str(limit)},
+        )
+        self.retry_after = retry_after
+
+
+class ThreadQueueFull(ResourceExhausted):
+    """As many messages as a thread may queue already wait for its reply
+    (SendMessage with on_busy ENQUEUE or INTERRUPT)."""
+
+    reason = "THREAD_QUEUE_FULL"
+
+    def __init__(self, thread_id: str, limit: int, retry_after: float) -> None:
+        super().__init__(
+            f"thread {thread_id!r} already has {limit} messages waiting for its reply, the "
+            "limit (LOOM_MAX_QUEUED_PER_THREAD); send again once some are answered",
+            metadata={"thread_id": thread_id, "limit": str(limit)},
         )
         self.retry_after = retry_after
 

@@ -8,7 +8,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-__all__ = ["LeaseGrant", "LeaseOutcome", "LeaseState", "LeaseStore"]
+__all__ = ["BRIEF", "JOB", "REPLY", "LeaseGrant", "LeaseOutcome", "LeaseState", "LeaseStore"]
+
+# What a lease is held for (``LeaseState.purpose``).
+REPLY = "reply"
+BRIEF = "brief"  # held for a few writes only; others wait instead of failing
+JOB = "job"
 
 
 class LeaseOutcome(enum.Enum):
@@ -75,3 +80,26 @@ class LeaseStore(Protocol):
 
     async def release(self, thread_id: str, owner: str) -> None: ...
     async def current(self, thread_id: str) -> LeaseState | None: ...
+
+    async def ask_interrupt(self, thread_id: str, owner: str) -> bool:
+        """Flag ``owner``'s lease as asked to stop its work (a newer message
+        interrupts the reply); False if it no longer holds it."""
+
+    async def interrupt_asked(self, thread_id: str, owner: str) -> bool:
+        """Whether ``owner``'s lease was flagged by ``ask_interrupt``."""
+
+    # The queue of a thread's waiting messages: one expiring document per
+    # waiter (its ticket), beside the lease, so that a waiter that dies
+    # leaves nothing behind once its ticket expires.
+
+    async def join(self, tenant: str, thread_id: str, ticket: str, expires: datetime) -> None:
+        """Add ``ticket`` to the thread's queue; tickets sort as strings."""
+
+    async def keep(self, thread_id: str, ticket: str, expires: datetime) -> bool:
+        """Extend ``ticket``; False if it is no longer queued."""
+
+    async def leave(self, thread_id: str, ticket: str) -> None:
+        """Remove ``ticket`` from the thread's queue."""
+
+    async def queued(self, thread_id: str, now: datetime) -> list[str]:
+        """The thread's live tickets, in order; expired ones are removed."""

@@ -14,16 +14,24 @@ from datetime import datetime, timedelta
 from types import TracebackType
 
 from service.core.clock import now
-from service.core.errors import LeaseLost, LeaseUnconfirmed, LoomError, ThreadBusy
-from service.core.lease_port import LeaseOutcome, LeaseState, LeaseStore
+from service.core.errors import (
+    LeaseLost,
+    LeaseUnconfirmed,
+    LoomError,
+    ReplyInterrupted,
+    ThreadBusy,
+)
+from service.core.lease_port import BRIEF, JOB, REPLY, LeaseOutcome, LeaseState, LeaseStore
+from service.core.lease_queue import LeaseQueue
+from service.core.models import OnBusy
 from service.core.shield import Shield
 
 __all__ = ["BRIEF", "BRIEF_WAIT", "JOB", "REPLY", "Lease", "Leases"]
 
-REPLY = "reply"
-BRIEF = "brief"  # held for a few writes only; others wait instead of failing
-JOB = "job"
 BRIEF_WAIT = 2.0
+# How often a reply's holder looks for a newer message's request to stop
+# (seconds): the bound on how long an interrupt from another replica takes.
+INTERRUPT_POLL = 0.5
 
 log = logging.getLogger(__name__)
 
@@ -126,33 +134,46 @@ class Leases:
     interrupt their holders (``interrupt``).
     """
 
-    def __init__(self, store: LeaseStore, ttl: float, shield: Shield) -> None:
+    def __init__(self, store: LeaseStore, ttl: float, shield: Shield, max_queued: int = 8) -> None:
         self._store = store
         self._ttl = ttl
         self._shield = shield
         self._held: set[Lease] = set()
+        self._freed = asyncio.Event()
+        self._queue: LeaseQueue[Lease] = LeaseQueue(
+            store,
+            ttl=ttl,
+            shield=shield,
+            limit=max_queued,
+            take=self._take,
+            ask_local=self._ask_local,
+            freed=lambda: self._freed,
+        )
 
     @contextlib.asynccontextmanager
-    async def hold(self, tenant: str, thread_id: str, purpose: str = REPLY) -> AsyncIterator[Lease]:
+    async def hold(
+        self,
+        tenant: str,
+        thread_id: str,
+        purpose: str = REPLY,
+        on_busy: OnBusy = OnBusy.REJECT,
+    ) -> AsyncIterator[Lease]:
         """Hold the thread's lease for the body of the ``async with``. A
         holder that only needs the thread for a moment (a summary being
         stored, or a reply of this process writing its end: its caller may
         have seen it stored already) is waited for, up to ``BRIEF_WAIT``
-        seconds.
+        seconds. With ``on_busy`` ENQUEUE or INTERRUPT, any holder is
+        waited for in the thread's queue (``LeaseQueue``), for as long as
+        the caller waits.
 
         Raises:
-            ThreadBusy: another live holder has it.
+            ThreadBusy: another live holder has it (REJECT).
+            ThreadQueueFull: the thread's queue is full (ENQUEUE, INTERRUPT).
         """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + BRIEF_WAIT
-        while True:
-            lease, holder = await self._take(tenant, thread_id, purpose)
-            if lease is not None:
-                break
-            brief = holder is not None and (holder.purpose == BRIEF or self._ending(holder.owner))
-            if not brief or loop.time() > deadline:
-                raise ThreadBusy(thread_id)
-            await asyncio.sleep(0.02)
+        if on_busy is OnBusy.REJECT:
+            lease = await self._take_or_refuse(tenant, thread_id, purpose)
+        else:
+            lease = await self._queue.take(tenant, thread_id, purpose, on_busy)
         try:
             yield lease
         finally:
@@ -160,6 +181,18 @@ class Leases:
                 await self._stop_renewing(lease)
             else:
                 await self.release(lease)
+
+    async def _take_or_refuse(self, tenant: str, thread_id: str, purpose: str) -> Lease:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + BRIEF_WAIT
+        while True:
+            lease, holder = await self._take(tenant, thread_id, purpose)
+            if lease is not None:
+                return lease
+            brief = holder is not None and (holder.purpose == BRIEF or self._ending(holder.owner))
+            if not brief or loop.time() > deadline:
+                raise ThreadBusy(thread_id)
+            await asyncio.sleep(0.02)
 
     async def claim(self, tenant: str, key: str, purpose: str = JOB) -> Lease | None:
         """Take the lease named ``key`` if it is free (or its holder died),
@@ -176,6 +209,9 @@ class Leases:
             await self._shield.run(self._store.release(lease.thread_id, lease.owner))
         except Exception:
             log.warning("could not release the lease on %s", lease.thread_id, exc_info=True)
+        # Wake this process's queued messages: the lease is free now.
+        self._freed.set()
+        self._freed = asyncio.Event()
 
     async def _stop_renewing(self, lease: Lease) -> None:
         self._held.discard(lease)
@@ -211,7 +247,18 @@ class Leases:
         held = [lease for lease in self._held if lease.purpose == purpose]
         for lease in held:
             lease.interrupt(cause)
+        if purpose == REPLY:
+            self._queue.stop(cause)
         return len(held)
+
+    def _ask_local(self, owner: str) -> bool:
+        """Interrupt the reply of this process holding lease ``owner`` for a
+        newer message; False if no lease of this process is ``owner``."""
+        for lease in self._held:
+            if lease.owner == owner:
+                lease.interrupt(ReplyInterrupted(lease.thread_id))
+                return True
+        return False
 
     def _ending(self, owner: str) -> bool:
         """Whether ``owner`` is a lease of this process whose holder is
@@ -221,6 +268,10 @@ class Leases:
     async def state(self, thread_id: str) -> LeaseState | None:
         """The lease on the thread as stored (live or expired), if any."""
         return await self._store.current(thread_id)
+
+    async def waiting(self, thread_id: str) -> bool:
+        """True while messages wait in the thread's queue (``LeaseQueue``)."""
+        return bool(await self._store.queued(thread_id, now()))
 
     async def expired(self, thread_id: str) -> bool:
         """True when nobody holds a live lease on the thread."""
@@ -246,10 +297,18 @@ class Leases:
         return lease, None
 
     async def _renew(self, lease: Lease, held_until: datetime) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             # Renew early enough that one failed attempt still leaves time
-            # for another before the lease runs out.
-            await asyncio.sleep(self._ttl / 3)
+            # for another before the lease runs out; a reply looks for a
+            # request to stop meanwhile.
+            renewal = loop.time() + self._ttl / 3
+            while lease.purpose == REPLY and lease.stopped is None:
+                await asyncio.sleep(min(INTERRUPT_POLL, max(renewal - loop.time(), 0)))
+                if loop.time() >= renewal:
+                    break
+                await self._poll_interrupt(lease)
+            await asyncio.sleep(max(renewal - loop.time(), 0))
             renewed_until = now() + timedelta(seconds=self._ttl)
             try:
                 kept = await self._store.renew(lease.thread_id, lease.owner, renewed_until)
@@ -267,3 +326,14 @@ class Leases:
                 lease.lose(LeaseLost(lease.thread_id))
                 return
             held_until = renewed_until
+
+    async def _poll_interrupt(self, lease: Lease) -> None:
+        """Interrupt ``lease``'s reply if a newer message asked it to stop
+        (from another replica: ``LeaseQueue``)."""
+        try:
+            asked = await self._store.interrupt_asked(lease.thread_id, lease.owner)
+        except Exception:  # the renewal tells whether the database is away
+            log.debug("could not look for an interrupt on %s", lease.thread_id, exc_info=True)
+            return
+        if asked:
+            lease.interrupt(ReplyInterrupted(lease.thread_id))

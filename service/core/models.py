@@ -19,6 +19,7 @@ __all__ = [
     "MemoryRecalled",
     "Message",
     "MessageStatus",
+    "OnBusy",
     "Page",
     "PendingRun",
     "Recalled",
@@ -44,6 +45,14 @@ class MemoryMode(enum.StrEnum):
     AUTO = "auto"
     READONLY = "readonly"
     OFF = "off"
+
+
+class OnBusy(enum.StrEnum):
+    """What a message does when another reply holds its thread."""
+
+    REJECT = "reject"  # refused THREAD_BUSY
+    ENQUEUE = "enqueue"  # answered after the replies queued before it
+    INTERRUPT = "interrupt"  # stops the running reply, then answered next
 
 
 class Role(enum.StrEnum):

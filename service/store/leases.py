@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 
@@ -26,6 +27,10 @@ def _state(d: Doc) -> LeaseState:
         purpose=d.get("purpose", ""),
         epoch=int(d.get("epoch", 0)),
     )
+
+
+def _queue_prefix(thread_id: str) -> str:
+    return f"{thread_id}/queue/"
 
 
 def _millis(moment: datetime) -> int:
@@ -143,3 +148,43 @@ class MongoLeaseStore:
     async def current(self, thread_id: str) -> LeaseState | None:
         doc = await self._c.find_one({"_id": thread_id})
         return _state(doc) if doc else None
+
+    async def ask_interrupt(self, thread_id: str, owner: str) -> bool:
+        result = await self._c.update_one(
+            {"_id": thread_id, "owner": owner}, {"$set": {"interrupt": True}}
+        )
+        return result.matched_count == 1
+
+    async def interrupt_asked(self, thread_id: str, owner: str) -> bool:
+        doc = await self._c.find_one({"_id": thread_id, "owner": owner}, {"interrupt": 1})
+        return bool(doc and doc.get("interrupt"))
+
+    # A ticket's ``_id`` is the thread's queue prefix and the ticket, so the
+    # queue is read in order with an anchored prefix match on ``_id`` (served
+    # by the ``_id`` index on MongoDB) and no index of its own.
+
+    async def join(self, tenant: str, thread_id: str, ticket: str, expires: datetime) -> None:
+        # An upsert, so that joining twice under one ticket is harmless.
+        await self._c.update_one(
+            {"_id": _queue_prefix(thread_id) + ticket},
+            {"$set": {"tenant": tenant, "expires": expires}},
+            upsert=True,
+        )
+
+    async def keep(self, thread_id: str, ticket: str, expires: datetime) -> bool:
+        result = await self._c.update_one(
+            {"_id": _queue_prefix(thread_id) + ticket}, {"$set": {"expires": expires}}
+        )
+        return result.matched_count == 1
+
+    async def leave(self, thread_id: str, ticket: str) -> None:
+        await self._c.delete_one({"_id": _queue_prefix(thread_id) + ticket})
+
+    async def queued(self, thread_id: str, now: datetime) -> list[str]:
+        prefix = _queue_prefix(thread_id)
+        match = {"_id": {"$regex": "^" + re.escape(prefix)}}
+        docs = await self._c.find(match, {"expires": 1}).sort("_id", 1).to_list(None)
+        if any(d["expires"] <= now for d in docs):
+            # Their waiters died: nobody else removes them.
+            await self._c.delete_many({**match, "expires": {"$lte": now}})
+        return [d["_id"][len(prefix) :] for d in docs if d["expires"] > now]

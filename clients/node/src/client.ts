@@ -18,6 +18,7 @@ import {
   ThreadServiceClient,
 } from "./gen/loom/v1/thread.js";
 import type { Tool } from "./gen/loom/v1/tools.js";
+import { type OnBusyOption, onBusy } from "./busy.js";
 import { type MemoryOption, memoryMode } from "./memory.js";
 import { Assistants, type Generation, Memories, Threads } from "./resources.js";
 import { ReplyStream } from "./stream.js";
@@ -56,6 +57,8 @@ export interface SendOptions extends CallSettings {
    * { format: { $case: "jsonObject", value: {} } } }`).
    */
   generation?: Generation;
+  /** When another reply streams on the thread: "reject" (default), "enqueue" or "interrupt". */
+  onBusy?: OnBusyOption;
 }
 
 const SEND_OPTIONS = [
@@ -69,6 +72,7 @@ const SEND_OPTIONS = [
   "tools",
   "toolChoice",
   "generation",
+  "onBusy",
   ...CALL_SETTINGS,
 ] as const;
 
@@ -116,6 +120,7 @@ export class Loom {
       tools: options.tools ?? [],
       toolChoice: options.toolChoice ?? "",
       generation: options.generation,
+      onBusy: onBusy(options.onBusy),
     });
     const svc = this.#threadService;
     return new ReplyStream(this.#caller.stream(svc.sendMessage.bind(svc), request, options));

@@ -1,14 +1,23 @@
 // The client against a real Loom: LOOM_ADDRESS and LOOM_API_KEY name it (the
 // repository's tests/test_other_languages.py starts one with a scripted model
 // that answers "You said: <message>", asks for get_weather when a message
-// mentions the weather and tools are offered, and is slow for "[slow]").
+// mentions the weather and tools are offered, is slow for "[slow]" (answers
+// after the call's deadline) and streams for 6 s for "[paced]").
 
 import assert from "node:assert/strict";
 import { after, describe, test } from "node:test";
 
 import { status } from "@grpc/grpc-js";
 
-import { Loom, LoomError, MemoryMode, MessageStatus, ReasoningEffort, Role } from "../src/index.js";
+import {
+  Loom,
+  LoomError,
+  MemoryMode,
+  MessageStatus,
+  OnBusy,
+  ReasoningEffort,
+  Role,
+} from "../src/index.js";
 import type { Reply, ReplyEvent } from "../src/index.js";
 
 const address = process.env.LOOM_ADDRESS ?? "127.0.0.1:50051";
@@ -206,6 +215,54 @@ describe("tools, errors and deadlines", () => {
     assert.match(done.content, /sunny/);
     assert.equal(seen.filter((kind) => kind === "started").length, 2);
     assert.equal(seen.at(-1), "completed");
+  });
+
+  test("onBusy: a second message waits for the running reply, or interrupts it", async () => {
+    const first = await loom.sendMessage("hello").finalReply();
+    const threadId = first.threadId;
+    const paced = loom.sendMessage("[paced] one", { threadId })[Symbol.asyncIterator]();
+    assert.equal((await paced.next()).value?.$case, "started");
+    const queued = await loom.sendMessage("two", { threadId, onBusy: "enqueue" }).finalReply();
+    assert.equal(queued.content, "You said: two");
+    const ended = [];
+    for (let next = await paced.next(); !next.done; next = await paced.next()) ended.push(next.value);
+    assert.equal(ended.at(-1)?.$case, "completed");
+
+    const stopping = loom.sendMessage("[paced] three", { threadId })[Symbol.asyncIterator]();
+    assert.equal((await stopping.next()).value?.$case, "started");
+    const newer = await loom
+      .sendMessage("four", { threadId, onBusy: OnBusy.ON_BUSY_INTERRUPT })
+      .finalReply();
+    assert.equal(newer.content, "You said: four");
+    let stopped: LoomError | undefined;
+    try {
+      while (!(await stopping.next()).done) {
+        // the deltas that arrived before the interrupt
+      }
+    } catch (error) {
+      assert.ok(error instanceof LoomError);
+      stopped = error;
+    }
+    assert.equal(stopped?.reason, "REPLY_INTERRUPTED");
+    const history = await all(loom.threads.messages(threadId));
+    assert.deepEqual(
+      history.slice(2).map((m) => [m.role, m.status]),
+      [
+        [Role.ROLE_USER, MessageStatus.MESSAGE_STATUS_COMPLETE],
+        [Role.ROLE_ASSISTANT, MessageStatus.MESSAGE_STATUS_COMPLETE],
+        [Role.ROLE_USER, MessageStatus.MESSAGE_STATUS_COMPLETE],
+        [Role.ROLE_ASSISTANT, MessageStatus.MESSAGE_STATUS_COMPLETE],
+        [Role.ROLE_USER, MessageStatus.MESSAGE_STATUS_COMPLETE],
+        [Role.ROLE_ASSISTANT, MessageStatus.MESSAGE_STATUS_INCOMPLETE],
+        [Role.ROLE_USER, MessageStatus.MESSAGE_STATUS_COMPLETE],
+        [Role.ROLE_ASSISTANT, MessageStatus.MESSAGE_STATUS_COMPLETE],
+      ],
+    );
+    assert.deepEqual(
+      history.filter((m) => m.role === Role.ROLE_USER).map((m) => m.content),
+      ["hello", "[paced] one", "two", "[paced] three", "four"],
+    );
+    assert.throws(() => loom.sendMessage("hi", { onBusy: "wait" as never }), /onBusy must be/);
   });
 
   test("a snake_case option is refused, not silently dropped", () => {

@@ -71,7 +71,8 @@ class _MessageStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Message
     """The message is whole."""
     MESSAGE_STATUS_INCOMPLETE: _MessageStatus.ValueType  # 3
     """The reply stopped early: the caller cancelled, the server shut down or
-    the model hit its output limit. `content` holds what arrived.
+    the model hit its output limit, or a newer message interrupted it
+    (`SendMessageRequest.on_busy` INTERRUPT). `content` holds what arrived.
     """
     MESSAGE_STATUS_FAILED: _MessageStatus.ValueType  # 4
     """The model call failed. `content` holds what arrived before the failure,
@@ -97,7 +98,8 @@ MESSAGE_STATUS_COMPLETE: MessageStatus.ValueType  # 2
 """The message is whole."""
 MESSAGE_STATUS_INCOMPLETE: MessageStatus.ValueType  # 3
 """The reply stopped early: the caller cancelled, the server shut down or
-the model hit its output limit. `content` holds what arrived.
+the model hit its output limit, or a newer message interrupted it
+(`SendMessageRequest.on_busy` INTERRUPT). `content` holds what arrived.
 """
 MESSAGE_STATUS_FAILED: MessageStatus.ValueType  # 4
 """The model call failed. `content` holds what arrived before the failure,
@@ -112,6 +114,64 @@ MESSAGE_STATUS_EXPIRED: MessageStatus.ValueType  # 6
 MESSAGE_STATUS_CANCELLED: MessageStatus.ValueType  # 7
 """The run was cancelled with CancelRun."""
 Global___MessageStatus: _TypeAlias = MessageStatus  # noqa: Y015
+
+class _OnBusy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _OnBusyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OnBusy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ON_BUSY_UNSPECIFIED: _OnBusy.ValueType  # 0
+    """Same as ON_BUSY_REJECT."""
+    ON_BUSY_REJECT: _OnBusy.ValueType  # 1
+    """Refuse at once: ABORTED with reason THREAD_BUSY; send again once the
+    running reply has completed. For UIs that disable sending meanwhile.
+    """
+    ON_BUSY_ENQUEUE: _OnBusy.ValueType  # 2
+    """Wait for the running reply (and the messages queued before this one)
+    to finish, then answer this message with them in history. The wait is
+    bounded by the call's deadline (nothing is stored for a message whose
+    deadline passes while it waits) and by `LOOM_MAX_QUEUED_PER_THREAD`
+    messages waiting per thread (RESOURCE_EXHAUSTED, reason
+    THREAD_QUEUE_FULL, with RetryInfo). Queued messages are answered in the
+    order they were queued, across replicas as far as their clocks agree.
+    """
+    ON_BUSY_INTERRUPT: _OnBusy.ValueType  # 3
+    """Stop the running reply, which is stored INCOMPLETE with what it had
+    (error "interrupted by a newer message"; its stream ends ABORTED with
+    reason REPLY_INTERRUPTED), then answer this message with both in
+    history. Waits like ENQUEUE, ahead of the ENQUEUE messages, while the
+    running reply stops (within about a second on any replica).
+    """
+
+class OnBusy(_OnBusy, metaclass=_OnBusyEnumTypeWrapper):
+    """OnBusy says what SendMessage does when the thread already has a reply
+    streaming (the thread's lease is held, on any replica).
+    """
+
+ON_BUSY_UNSPECIFIED: OnBusy.ValueType  # 0
+"""Same as ON_BUSY_REJECT."""
+ON_BUSY_REJECT: OnBusy.ValueType  # 1
+"""Refuse at once: ABORTED with reason THREAD_BUSY; send again once the
+running reply has completed. For UIs that disable sending meanwhile.
+"""
+ON_BUSY_ENQUEUE: OnBusy.ValueType  # 2
+"""Wait for the running reply (and the messages queued before this one)
+to finish, then answer this message with them in history. The wait is
+bounded by the call's deadline (nothing is stored for a message whose
+deadline passes while it waits) and by `LOOM_MAX_QUEUED_PER_THREAD`
+messages waiting per thread (RESOURCE_EXHAUSTED, reason
+THREAD_QUEUE_FULL, with RetryInfo). Queued messages are answered in the
+order they were queued, across replicas as far as their clocks agree.
+"""
+ON_BUSY_INTERRUPT: OnBusy.ValueType  # 3
+"""Stop the running reply, which is stored INCOMPLETE with what it had
+(error "interrupted by a newer message"; its stream ends ABORTED with
+reason REPLY_INTERRUPTED), then answer this message with both in
+history. Waits like ENQUEUE, ahead of the ENQUEUE messages, while the
+running reply stops (within about a second on any replica).
+"""
+Global___OnBusy: _TypeAlias = OnBusy  # noqa: Y015
 
 @_typing.final
 class Thread(_message.Message):
@@ -814,6 +874,7 @@ class SendMessageRequest(_message.Message):
     TOOLS_FIELD_NUMBER: _builtins.int
     TOOL_CHOICE_FIELD_NUMBER: _builtins.int
     GENERATION_FIELD_NUMBER: _builtins.int
+    ON_BUSY_FIELD_NUMBER: _builtins.int
     content: _builtins.str
     """The user's message, at most `LOOM_MAX_MESSAGE_CHARS` characters (100,000
     by default). Required, except on a thread whose last message is the
@@ -852,6 +913,14 @@ class SendMessageRequest(_message.Message):
     """"auto" (the default), "none", "required", or the name of one tool the
     model must call.
     """
+    on_busy: Global___OnBusy.ValueType
+    """What to do when another reply is streaming on the thread. UNSPECIFIED
+    is REJECT. A thread whose run waits for tool outputs is not busy in this
+    sense (nothing runs to wait for): a message is refused in every mode,
+    ABORTED with reason THREAD_BUSY naming the run, until the outputs are
+    submitted or the run is cancelled; a message queued behind a reply that
+    ends asking for tools is refused so when its turn comes.
+    """
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Caller-defined labels stored on the user message."""
@@ -883,10 +952,11 @@ class SendMessageRequest(_message.Message):
         tools: _abc.Iterable[_tools_pb2.Tool] | None = ...,
         tool_choice: _builtins.str = ...,
         generation: _generation_pb2.GenerationSettings | None = ...,
+        on_busy: Global___OnBusy.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_id", b"assistant_id", "content", b"content", "generation", b"generation", "memory", b"memory", "metadata", b"metadata", "model", b"model", "request_id", b"request_id", "thread_id", b"thread_id", "tool_choice", b"tool_choice", "tools", b"tools", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_id", b"assistant_id", "content", b"content", "generation", b"generation", "memory", b"memory", "metadata", b"metadata", "model", b"model", "on_busy", b"on_busy", "request_id", b"request_id", "thread_id", b"thread_id", "tool_choice", b"tool_choice", "tools", b"tools", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

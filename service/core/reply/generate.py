@@ -4,13 +4,14 @@ or FAILED, or leave it waiting for the tool outputs the model asked for.
 
 How a round ends when something goes wrong: the model fails (stored
 FAILED, the model's error raised); the caller goes away (INCOMPLETE); the
-server shuts down (INCOMPLETE, ``ShuttingDown``); the lease is lost to
+server shuts down (INCOMPLETE, ``ShuttingDown``); a newer message
+interrupts it (INCOMPLETE, ``ReplyInterrupted``); the lease is lost to
 another holder (``LeaseLost``: one last write, fenced by the store, keeps
 what the caller received unless that holder wrote the reply already, and
 nothing more is written); the database stops answering (the reply is
 stored later with what the caller received, ``late.py``, and
-``DatabaseUnavailable`` raised). Losing the lease or shutting down cuts
-the wait for the model's next chunk short."""
+``DatabaseUnavailable`` raised). Losing the lease, shutting down or an
+interrupt cuts the wait for the model's next chunk short."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from service.core.errors import (
     LeaseLost,
     LoomError,
     NotFound,
+    ReplyInterrupted,
     ResourceExhausted,
     ShuttingDown,
 )
@@ -162,6 +164,10 @@ class Replier:
             raise
         except ShuttingDown:
             await self._end(writer, Ending(MessageStatus.INCOMPLETE, "server shutting down"))
+            raise
+        except ReplyInterrupted:  # a newer message waits for the thread
+            ending = Ending(MessageStatus.INCOMPLETE, "interrupted by a newer message")
+            await self._end(writer, ending)
             raise
         except LoomError as exc:
             await self._end(writer, Ending(MessageStatus.FAILED, exc.message))

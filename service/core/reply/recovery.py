@@ -23,7 +23,7 @@ from datetime import timedelta
 from service.core.clock import now
 from service.core.errors import DatabaseUnavailable, LeaseLost, NotFound, ThreadBusy
 from service.core.leases import BRIEF, REPLY, Lease
-from service.core.models import ContextEntry, MessageStatus, Thread
+from service.core.models import ContextEntry, MessageStatus, OnBusy, Thread
 from service.core.reply.collaborators import ReplyPolicy, ReplyServices, ReplyStores
 from service.core.reply.late import LateWrites
 from service.core.reply.writes import ThreadWrites
@@ -47,21 +47,23 @@ class Recovery:
 
     @contextlib.asynccontextmanager
     async def hold(
-        self, tenant: str, thread_id: str, purpose: str = REPLY
+        self, tenant: str, thread_id: str, purpose: str = REPLY, on_busy: OnBusy = OnBusy.REJECT
     ) -> AsyncIterator[ThreadWrites]:
         """Hold the thread's lease for the body of the ``async with`` and give
         the writes made under it, after this replica's late write on the
         thread, if any, the recovery of an unfinished reply, and the roll
         back of an unfinished batch. A ``BRIEF`` hold is waited for by the
-        next holder instead of refused (see ``Leases.hold``).
+        next holder instead of refused, and any hold by one that sends
+        ``on_busy`` ENQUEUE or INTERRUPT (see ``Leases.hold``).
 
         Raises:
             ThreadBusy: another live holder has the lease.
+            ThreadQueueFull: too many messages wait for the thread.
             NotFound: no such thread.
             LeaseLost: a newer holder claimed the thread meanwhile.
         """
         await self._late.wait(thread_id, self._lease_ttl)
-        async with self._stores.leases.hold(tenant, thread_id, purpose) as lease:
+        async with self._stores.leases.hold(tenant, thread_id, purpose, on_busy) as lease:
             thread = await self._claim(tenant, thread_id, lease)
             writes = ThreadWrites(
                 messages=self._stores.messages,

@@ -26,6 +26,7 @@ from service.core.models import (
     MemoryMode,
     Message,
     MessageStatus,
+    OnBusy,
     ReplyEvent,
     Started,
     Thread,
@@ -80,11 +81,13 @@ class SendRequest:
     # Added to the assistant's instructions for this reply only (the HTTP
     # door's per-response ``instructions``).
     instructions: str = ""
+    on_busy: OnBusy = OnBusy.REJECT  # when another reply holds the thread
 
     def fingerprint(self) -> str:
         """A digest of everything but the request id, to spot a reused id."""
         body = asdict(self)
         body.pop("request_id")
+        body.pop("on_busy")  # how to wait is not what was asked
         if body["generation"] is None:  # as digested before requests had settings
             body.pop("generation")
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
@@ -316,6 +319,8 @@ class Idempotency:
         while True:
             if not record.assistant_message_id:
                 stale = record.create_time < now() - timedelta(seconds=2 * self._lease_ttl)
+                if stale and await self._may_be_queued(req):
+                    stale = False
                 if stale and await self._requests.take_over(
                     tenant, req.request_id, record.create_time, now()
                 ):
@@ -338,6 +343,16 @@ class Idempotency:
             if again is None:  # the first attempt stored nothing and let the id go
                 return self._released_on_failure(tenant, req, fresh())
             record = again
+
+    async def _may_be_queued(self, req: SendRequest) -> bool:
+        """Whether the first attempt at ``req``, which has stored nothing for
+        long, may still be alive: sent to wait for its thread (on_busy), it
+        may be queued, or hold the lease and be about to store. Its ticket
+        or its lease lapses if it died."""
+        if req.on_busy is OnBusy.REJECT or not req.thread_id:
+            return False
+        leases = self._stores.leases
+        return await leases.waiting(req.thread_id) or not await leases.expired(req.thread_id)
 
     async def _last_reply(self, tenant: str, record: RequestRecord) -> Message | None:
         """What the first attempt finally produced: the last reply of its

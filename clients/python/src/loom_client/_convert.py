@@ -33,6 +33,7 @@ from loom_client.types import (
     MemoryOperation,
     Message,
     MessageStatus,
+    OnBusy,
     OperationState,
     RecalledMemory,
     Role,
@@ -49,6 +50,7 @@ E = TypeVar("E", bound=StrEnum)
 # Each client enum beside its protobuf enum and the prefix of its value names.
 _ENUMS: dict[type[StrEnum], tuple[Any, str]] = {
     MemoryMode: (common_pb2.MemoryMode, "MEMORY_MODE_"),
+    OnBusy: (thread_pb2.OnBusy, "ON_BUSY_"),
     ContextStrategy: (assistant_pb2.ContextStrategy, "CONTEXT_STRATEGY_"),
     Role: (thread_pb2.Role, "ROLE_"),
     MessageStatus: (thread_pb2.MessageStatus, "MESSAGE_STATUS_"),
@@ -234,6 +236,9 @@ def send_request(
     mode = options.get("memory")
     if mode:
         request.memory = enum_to_pb(MemoryMode, mode, "memory")
+    on_busy = options.get("on_busy")
+    if on_busy:
+        request.on_busy = enum_to_pb(OnBusy, on_busy, "on_busy")
     return request
 
 

@@ -12,12 +12,13 @@ keeps working when the server learns new reasons.
     ``MemoryNotFound``, ``OperationNotFound``
   - ``Unauthenticated``: ``ApiKeyMissing``, ``ApiKeyInvalid``
   - ``PermissionDenied``
-  - ``Aborted``: ``ThreadBusy``, ``RequestInProgress``, ``LeaseLost``
+  - ``Aborted``: ``ThreadBusy``, ``RequestInProgress``, ``LeaseLost``,
+    ``ReplyInterrupted``
   - ``FailedPrecondition``: ``ModelNotConfigured``, ``ModelAuthFailed``,
     ``ModelNotFound``, ``ModelRejectedRequest``, ``RunExpired``,
     ``RequestFailed``, ``EmbeddingModelUnavailable``, ``EmbeddingModelMismatch``
   - ``ResourceExhausted``: ``RateLimited``, ``TooManyStreams``,
-    ``ModelRateLimited``, ``ToolRoundsExceeded``
+    ``ThreadQueueFull``, ``ModelRateLimited``, ``ToolRoundsExceeded``
   - ``Unavailable``: ``DatabaseUnavailable``, ``ServerShuttingDown``,
     ``ModelUnavailable``, ``ModelUnreachable``, ``ModelTimeout``,
     ``ModelStreamBroken``
@@ -65,6 +66,7 @@ __all__ = [
     "OutOfRange",
     "PermissionDenied",
     "RateLimited",
+    "ReplyInterrupted",
     "RequestFailed",
     "RequestIdReused",
     "RequestInProgress",
@@ -74,6 +76,7 @@ __all__ = [
     "ServerShuttingDown",
     "ThreadBusy",
     "ThreadNotFound",
+    "ThreadQueueFull",
     "TooManyStreams",
     "ToolRoundsExceeded",
     "Unauthenticated",
@@ -279,6 +282,14 @@ class LeaseLost(Aborted):
     reason = "LEASE_LOST"
 
 
+class ReplyInterrupted(Aborted):
+    """A newer message (``on_busy="interrupt"``) stopped this reply; what
+    arrived is stored INCOMPLETE. Not retried: the newer message is answered
+    with it in history."""
+
+    reason = "REPLY_INTERRUPTED"
+
+
 class RequestInProgress(Aborted):
     """A call with the same request_id is still being served."""
 
@@ -331,6 +342,13 @@ class EmbeddingModelMismatch(FailedPrecondition):
     """The assistant's memories were embedded by another model; reindex them."""
 
     reason = "EMBEDDING_MODEL_MISMATCH"
+
+
+class ThreadQueueFull(ResourceExhausted):
+    """Too many messages already wait for the thread's reply
+    (``on_busy="enqueue"`` or ``"interrupt"``); ``retry_delay`` suggests a back-off."""
+
+    reason = "THREAD_QUEUE_FULL"
 
 
 class RateLimited(ResourceExhausted):

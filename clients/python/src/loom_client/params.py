@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypedDict
 
-from loom_client.types import ContextStrategy, MemoryMode
+from loom_client.types import ContextStrategy, MemoryMode, OnBusy
 
 __all__ = [
     "AssistantFields",
@@ -73,6 +73,11 @@ class SendOptions(TypedDict, total=False):
     """Generation settings for this reply, over the assistant's."""
     request_id: str
     """Idempotency key; the client makes one per call when it is not given."""
+    on_busy: OnBusy | str
+    """When another reply is streaming on the thread: ``"reject"`` (the
+    default: ``ThreadBusy``), ``"enqueue"`` (wait for it, bounded by the
+    call's timeout) or ``"interrupt"`` (stop it; its stream ends
+    ``ReplyInterrupted``)."""
 
 
 class AssistantFields(TypedDict, total=False):

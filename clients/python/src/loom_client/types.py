@@ -20,6 +20,7 @@ __all__ = [
     "MemoryOperation",
     "Message",
     "MessageStatus",
+    "OnBusy",
     "OperationState",
     "RecalledMemory",
     "Reply",
@@ -41,6 +42,18 @@ class MemoryMode(StrEnum):
     AUTO = "auto"
     READONLY = "readonly"
     OFF = "off"
+
+
+class OnBusy(StrEnum):
+    """What a message does when another reply is streaming on its thread."""
+
+    UNSPECIFIED = "unspecified"
+    REJECT = "reject"
+    """Refused at once (``ThreadBusy``); the server's default."""
+    ENQUEUE = "enqueue"
+    """Wait for the running reply, then be answered with it in history."""
+    INTERRUPT = "interrupt"
+    """Stop the running reply (stored INCOMPLETE), then be answered next."""
 
 
 class ContextStrategy(StrEnum):
