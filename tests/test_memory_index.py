@@ -244,7 +244,7 @@ async def test_a_rewrite_replaces_the_whole_record(index: ChromaMemoryIndex, ten
     assert await ids_of(index, tenant, "door code", user="alice") == ["m_pin"]
 
 
-async def test_fields_at_their_default_are_not_stored_and_read_back_whole(
+async def test_a_collection_is_sparse_and_default_fields_are_not_stored(
     index: ChromaMemoryIndex, tenant: str
 ) -> None:
     plain = rec(tenant, "m_plain", "The user likes tea.", user="alice")
@@ -261,6 +261,9 @@ async def test_fields_at_their_default_are_not_stored_and_read_back_whole(
     )
     await index.upsert([plain, full])
     collection = index.client.get_collection(collection_name(tenant, "asst_1"))
+    # Loom never searches Chroma's graph: a sparse one is cheaper to write.
+    hnsw = collection.configuration_json["hnsw"]
+    assert (hnsw["space"], hnsw["ef_construction"], hnsw["max_neighbors"]) == ("cosine", 16, 8)
     stored = collection.get(ids=["m_plain"], include=["metadatas"])["metadatas"]
     assert stored is not None
     assert set(stored[0]) == {
