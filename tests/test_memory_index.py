@@ -276,6 +276,22 @@ async def test_a_collection_is_sparse_and_default_fields_are_not_stored(
     assert await index.get(tenant, "asst_1", "m_full") == replace(plain, memory_id="m_full")
 
 
+async def test_a_collection_made_with_the_default_graph_is_still_written(
+    index: ChromaMemoryIndex, tenant: str
+) -> None:
+    # As a Loom before the sparse graph made it: opened and written as it is.
+    index.client.create_collection(
+        collection_name(tenant, "asst_old"),
+        configuration={"hnsw": {"space": "cosine"}},
+        metadata={"tenant": tenant, "assistant_id": "asst_old", "loom_version": 0},
+        embedding_function=None,
+    )
+    record = rec(tenant, "m_old", "The user likes tea.", user="alice", assistant="asst_old")
+    await index.upsert([record])
+    assert await index.get(tenant, "asst_old", "m_old") == record
+    assert await ids_of(index, tenant, "tea", user="alice", assistant="asst_old") == ["m_old"]
+
+
 class Counters:
     """A shared write counter per assistant, as MongoDB backs it in Loom."""
 
