@@ -4,6 +4,9 @@
    it gives, ``--singles`` calls.
 2. BatchCreateMemories, ``--batches`` calls of 1,000 memories each:
    memories per second through the API, per call and overall.
+3. SearchMemories over what was written (10,000 memories and more with the
+   default ``--batches``), ``--searches`` calls, limit 10: latency p50/p95,
+   the query's embedding included.
 
 Both with the default embedder (all-MiniLM-L6-v2 run in Loom's process),
 then with an embedding endpoint that answers at once (the scripted
@@ -66,9 +69,12 @@ def facts(n: int, seed: int) -> list[str]:
     ]
 
 
-async def measure(port: int, singles: int, batches: int) -> tuple[list[float], float, list[float]]:
+Measured = tuple[list[float], float, list[float], list[float]]
+
+
+async def measure(port: int, singles: int, batches: int, searches: int) -> Measured:
     """Against the Loom at ``port``: single-call latencies (ms) and their
-    rate, then the seconds of each batch call."""
+    rate, the seconds of each batch call, then search latencies (ms)."""
     async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         assistants = assistant_pb2_grpc.AssistantServiceStub(channel)
         memory = memory_pb2_grpc.MemoryServiceStub(channel)
@@ -104,11 +110,20 @@ async def measure(port: int, singles: int, batches: int) -> tuple[list[float], f
             t = time.perf_counter()
             await memory.BatchCreateMemories(request, metadata=METADATA, timeout=600)
             batch_s.append(time.perf_counter() - t)
-    return single_ms, single_rate, batch_s
+        search_ms = []
+        for query in [q.rsplit(" (", 1)[0] + "?" for q in facts(searches + 5, 7)]:
+            t = time.perf_counter()
+            await memory.SearchMemories(
+                memory_pb2.SearchMemoriesRequest(assistant_id=assistant_id, query=query, limit=10),
+                metadata=METADATA,
+            )
+            search_ms.append((time.perf_counter() - t) * 1000)
+    # The first searches read the collection into the search caches.
+    return single_ms, single_rate, batch_s, search_ms[5:]
 
 
-def report(name: str, singles: int, result: tuple[list[float], float, list[float]]) -> None:
-    single_ms, single_rate, batch_s = result
+def report(name: str, singles: int, result: Measured) -> None:
+    single_ms, single_rate, batch_s, search_ms = result
     rate = len(batch_s) * BATCH / sum(batch_s)
     print(f"{name}:")
     print(
@@ -120,9 +135,15 @@ def report(name: str, singles: int, result: tuple[list[float], float, list[float
         f"({rate / single_rate:.0f}x one at a time); per call p50 {pct(batch_s, 50):.2f} s, "
         f"best {min(batch_s):.2f} s"
     )
+    if search_ms:
+        print(
+            f"  SearchMemories over {singles + 5 + len(batch_s) * BATCH:,} memories, limit 10 "
+            f"({len(search_ms)} calls): p50 {pct(search_ms, 50):.1f} ms, "
+            f"p95 {pct(search_ms, 95):.1f} ms"
+        )
 
 
-async def run(singles: int, batches: int) -> None:
+async def run(singles: int, batches: int, searches: int) -> None:
     ferretdb = FerretDB().start()
     model = start_model()
     results = {}
@@ -136,7 +157,7 @@ async def run(singles: int, batches: int) -> None:
         ):
             loom = start_loom(ferretdb, model, f"bench_memory_writes_{len(results)}", **extra)
             try:
-                results[name] = await measure(loom.port, singles, batches)
+                results[name] = await measure(loom.port, singles, batches, searches)
             finally:
                 loom.stop()
     finally:
@@ -163,9 +184,10 @@ def main() -> None:
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--singles", type=int, default=200)
-    parser.add_argument("--batches", type=int, default=5)
+    parser.add_argument("--batches", type=int, default=10)
+    parser.add_argument("--searches", type=int, default=200)
     args = parser.parse_args()
-    asyncio.run(run(args.singles, args.batches))
+    asyncio.run(run(args.singles, args.batches, args.searches))
 
 
 if __name__ == "__main__":

@@ -352,13 +352,13 @@ def build_memory(
         openai_base_url=settings.llm_base_url,
         openai_api_key=settings.llm_api_key.get_secret_value() if settings.llm_api_key else None,
     )
+    batch = getattr(embedder, "batch_size", 32)  # an endpoint's 256 a request, not 32
     if telemetry.tracing:
         remote = settings.embedding.startswith("openai:")
         embedder = TracedEmbedder(
             embedder, provider="openai" if remote else "onnxruntime", remote=remote
         )
-    # Outside the spans: a span is a model run, not a caller's request.
-    embedder = SharedEmbedder(embedder)
+    embedder = SharedEmbedder(embedder, max_batch=batch)  # outside the spans: one per model run
     chroma_server = _chroma_server(settings.chroma_url)
     index = open_index(
         settings.data_dir,

@@ -19,6 +19,7 @@ from service.memory.embeddings import (
     embedder_from_settings,
 )
 from service.memory.sharing import SharedEmbedder
+from tests.scripted_llm import EMBEDDING_DIM, ScriptedLLM, embedding_of
 from tests.support.embedding import model_dir
 
 TEXTS = [
@@ -71,6 +72,24 @@ async def test_batching_and_order_do_not_change_vectors(minilm: OnnxMiniLM) -> N
 def test_model_folder_errors(tmp_path: Path) -> None:
     with pytest.raises(EmbeddingError, match="LOOM_EMBEDDING_MODEL_DIR"):
         OnnxMiniLM(tmp_path)
+
+
+@pytest.mark.parametrize("floats", [False, True], ids=["base64", "floats-only server"])
+async def test_openai_embedder_reads_base64_and_plain_answers(
+    llm: ScriptedLLM, floats: bool
+) -> None:
+    llm.set_embedding_floats(floats)
+    embedder = OpenAIEmbedder(llm.base_url, None, "scripted-embedding", batch_size=2)
+    texts = ["the cat sat", "the cat sat down", "quarterly revenue report"]
+    try:
+        vectors = await embedder.embed(texts)
+    finally:
+        await embedder.aclose()
+    expected = np.asarray([embedding_of(t) for t in texts], dtype=np.float32)
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    assert vectors.dtype == np.float32
+    assert vectors.shape == (3, EMBEDDING_DIM)
+    np.testing.assert_allclose(vectors, expected, atol=1e-5)
 
 
 def test_embedder_from_settings() -> None:

@@ -244,6 +244,54 @@ async def test_a_rewrite_replaces_the_whole_record(index: ChromaMemoryIndex, ten
     assert await ids_of(index, tenant, "door code", user="alice") == ["m_pin"]
 
 
+async def test_a_collection_is_sparse_and_default_fields_are_not_stored(
+    index: ChromaMemoryIndex, tenant: str
+) -> None:
+    plain = rec(tenant, "m_plain", "The user likes tea.", user="alice")
+    full = replace(
+        rec(tenant, "m_full", "The user likes coffee.", user="alice", thread="thread_1", c="d"),
+        context="before\nafter",
+        source_message_id="msg_1",
+        version=3,
+        change="updated",
+        operation_id="memop_1",
+        change_thread_id="thread_2",
+        change_message_id="msg_2",
+        supersedes="m_old",
+    )
+    await index.upsert([plain, full])
+    collection = index.client.get_collection(collection_name(tenant, "asst_1"))
+    # Loom never searches Chroma's graph: a sparse one is cheaper to write.
+    hnsw = collection.configuration_json["hnsw"]
+    assert (hnsw["space"], hnsw["ef_construction"], hnsw["max_neighbors"]) == ("cosine", 16, 8)
+    stored = collection.get(ids=["m_plain"], include=["metadatas"])["metadatas"]
+    assert stored is not None
+    assert set(stored[0]) == {
+        "tenant", "assistant_id", "user_id", "kind", "create_us", "update_us", "write_us"
+    }  # fmt: skip
+    assert await index.get(tenant, "asst_1", "m_plain") == plain
+    assert await index.get(tenant, "asst_1", "m_full") == full
+    # Back to the defaults: the keys the full version had go.
+    await index.upsert([replace(plain, memory_id="m_full")])
+    assert await index.get(tenant, "asst_1", "m_full") == replace(plain, memory_id="m_full")
+
+
+async def test_a_collection_made_with_the_default_graph_is_still_written(
+    index: ChromaMemoryIndex, tenant: str
+) -> None:
+    # As a Loom before the sparse graph made it: opened and written as it is.
+    index.client.create_collection(
+        collection_name(tenant, "asst_old"),
+        configuration={"hnsw": {"space": "cosine"}},
+        metadata={"tenant": tenant, "assistant_id": "asst_old", "loom_version": 0},
+        embedding_function=None,
+    )
+    record = rec(tenant, "m_old", "The user likes tea.", user="alice", assistant="asst_old")
+    await index.upsert([record])
+    assert await index.get(tenant, "asst_old", "m_old") == record
+    assert await ids_of(index, tenant, "tea", user="alice", assistant="asst_old") == ["m_old"]
+
+
 class Counters:
     """A shared write counter per assistant, as MongoDB backs it in Loom."""
 

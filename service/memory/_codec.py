@@ -8,7 +8,8 @@ by Loom, metadata = ``tenant``, ``assistant_id``, ``user_id``, ``kind``,
 written), the version and its change (``version``, ``change``,
 ``change_op``, ``change_thread``, ``change_message``), when set
 ``invalidate_us``, ``superseded_by`` and ``supersedes``, and the caller's
-metadata under ``m.<key>``.
+metadata under ``m.<key>``. A field at its default (empty, version 1,
+change "created") is not stored.
 
 Scopes. The search caches index each memory under a scope string: its
 user id ("" for assistant-wide), prefixed with ``INVALIDATED`` when it was
@@ -46,7 +47,6 @@ __all__ = [
 
 _META_PREFIX = "m."
 INVALIDATED = "\x00invalidated\x00"  # scope prefix; no user id holds a NUL
-_OPTIONAL = ("superseded_by", "supersedes")
 
 
 def now_us() -> int:
@@ -78,17 +78,22 @@ def to_metadata(record: MemoryRecord) -> dict[str, str | int]:
         assistant_id=record.assistant_id,
         user_id=record.user_id,
         kind=record.kind,
-        source_thread_id=record.source_thread_id,
-        source_message_id=record.source_message_id,
-        context=record.context,
-        version=record.version,
-        change=record.change,
-        change_op=record.operation_id,
-        change_thread=record.change_thread_id,
-        change_message=record.change_message_id,
     )
-    for key in _OPTIONAL:
-        if value := getattr(record, key):
+    # A field at its default is left out (``to_record`` restores it): Chroma
+    # writes a metadata row per key, and a manual memory has none of these.
+    for key, value in (
+        ("source_thread_id", record.source_thread_id),
+        ("source_message_id", record.source_message_id),
+        ("context", record.context),
+        ("version", 0 if record.version == 1 else record.version),
+        ("change", "" if record.change == "created" else record.change),
+        ("change_op", record.operation_id),
+        ("change_thread", record.change_thread_id),
+        ("change_message", record.change_message_id),
+        ("superseded_by", record.superseded_by),
+        ("supersedes", record.supersedes),
+    ):
+        if value:
             meta[key] = value
     for key, moment in (
         ("create_us", record.create_time),

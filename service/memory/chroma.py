@@ -154,10 +154,13 @@ def create(
     name if there is one (blocking: run it with ``call``)."""
     make = client.get_or_create_collection if exist_ok else client.create_collection
     # 1.5.9 reads the space from ``configuration`` (``hnsw:space`` in the
-    # metadata is the legacy form).
+    # metadata is the legacy form). Loom never searches Chroma's HNSW graph
+    # (it ranks in its own caches, ``_cache.py``), yet Chroma builds it on
+    # every write: a sparse one (16 candidates, 8 links, against 100 and 16)
+    # made a write of 1,000 memories 3 to 6 times faster.
     return make(
         name,
-        configuration={"hnsw": {"space": "cosine"}},
+        configuration={"hnsw": {"space": "cosine", "ef_construction": 16, "max_neighbors": 8}},
         metadata=metadata,
         embedding_function=None,
     )

@@ -34,6 +34,8 @@ reached.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -301,24 +303,41 @@ class OpenAIEmbedder:
     async def embed(self, texts: Sequence[str]) -> Vectors:
         import openai
 
-        rows: list[list[float]] = []
+        rows: list[npt.NDArray[np.float32]] = []
         for start in range(0, len(texts), self.batch_size):
             chunk = list(texts[start : start + self.batch_size])
             try:
-                response = await self._client.embeddings.create(
-                    model=self._model, input=chunk, encoding_format="float"
+                # base64, read raw: the SDK builds a Python float per number
+                # of a "float" answer and a model per row, 70% and then 30%
+                # of a 1,000-memory batch's time.
+                response = await self._client.embeddings.with_raw_response.create(
+                    model=self._model, input=chunk, encoding_format="base64"
                 )
+                data = json.loads(response.content)["data"]
+                ordered = sorted(data, key=lambda item: int(item["index"]))
             except openai.APIError as exc:
                 raise Unavailable(
                     f"embedding endpoint failed for model {self._model!r} ({type(exc).__name__})"
                 ) from exc
-            ordered = sorted(response.data, key=lambda item: item.index)
-            rows.extend(list(item.embedding) for item in ordered)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise Unavailable(
+                    f"embedding endpoint for model {self._model!r} answered something that is "
+                    f"not an embeddings list ({type(exc).__name__})"
+                ) from exc
+            rows.extend(_row(item["embedding"]) for item in ordered)
         if not rows:
             return np.zeros((0, self._dim), dtype=np.float32)
-        matrix = _normalise(np.asarray(rows, dtype=np.float32))
+        matrix = _normalise(np.stack(rows))
         self._dim = matrix.shape[1]
         return matrix
+
+
+def _row(embedding: object) -> npt.NDArray[np.float32]:
+    """One vector of an embeddings answer: base64 of little-endian float32,
+    or a list of numbers from a server that ignores ``encoding_format``."""
+    if isinstance(embedding, str):
+        return np.frombuffer(base64.b64decode(embedding), dtype="<f4").astype(np.float32)
+    return np.asarray(embedding, dtype=np.float32)
 
 
 def embedder_from_settings(
