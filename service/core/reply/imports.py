@@ -276,6 +276,8 @@ class Importer:
         if self._memory is None or await self._stores.thread_store.get(tenant, thread.thread_id):
             return False
         await self._memory.unremember(tenant, thread.assistant_id, users)
+        if thread.expire_memories:  # what else was learnt in it goes too, as its expiry asked
+            await self._memory.forget_thread(tenant, thread.assistant_id, thread.thread_id)
         return True
 
 
