@@ -170,6 +170,19 @@ def error_info(error: aio.AioRpcError) -> dict[str, Any]:
     raise AssertionError(f"no ErrorInfo on {error.code()}: {error.details()}")
 
 
+def retry_delay(error: aio.AioRpcError) -> float:
+    """The RetryInfo detail of a failed call, in seconds."""
+    from google.rpc import error_details_pb2, status_pb2
+
+    for key, value in error.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            for detail in status_pb2.Status.FromString(value).details:
+                info = error_details_pb2.RetryInfo()
+                if detail.Unpack(info):
+                    return float(info.retry_delay.ToTimedelta().total_seconds())
+    raise AssertionError(f"no RetryInfo on {error.code()}: {error.details()}")
+
+
 async def expect_error(
     awaitable: Any, code: grpc.StatusCode, reason: str | None = None
 ) -> aio.AioRpcError:

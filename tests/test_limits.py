@@ -15,7 +15,6 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import json_format
-from google.rpc import error_details_pb2, status_pb2
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -25,7 +24,7 @@ from service.core.errors import RateLimited, TooManyStreams
 from service.core.ports import TenantLimits
 from service.core.ratelimit import STREAM_RETRY_SECONDS, Limiter, Limits
 from service.server import Loom
-from tests.conftest import Api, error_info, eventually, expect_error
+from tests.conftest import Api, error_info, eventually, expect_error, retry_delay
 from tests.scripted_llm import Reply, ScriptedLLM
 from tests.support.ferretdb import FerretDB
 from tests.support.process import clean_env, run_cli
@@ -121,16 +120,6 @@ async def _tenant(loom: Loom, channel: aio.Channel, **limits: Any) -> tuple[str,
     return tenant, Api(channel, (await loom.keys.create(tenant)).secret)
 
 
-def _retry_delay(error: aio.AioRpcError) -> float:
-    for key, value in error.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            for detail in status_pb2.Status.FromString(value).details:
-                info = error_details_pb2.RetryInfo()
-                if detail.Unpack(info):
-                    return float(info.retry_delay.ToTimedelta().total_seconds())
-    raise AssertionError(f"no RetryInfo on {error.code()}: {error.details()}")
-
-
 async def _list(api: Api) -> Any:
     return await api.call(api.assistants.ListAssistants, assistant_pb2.ListAssistantsRequest())
 
@@ -138,7 +127,7 @@ async def _list(api: Api) -> Any:
 async def _rate_limited(api: Api) -> float:
     error = await expect_error(_list(api), grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED")
     assert "calls per second" in (error.details() or "")
-    return _retry_delay(error)
+    return retry_delay(error)
 
 
 async def test_a_burst_then_rate_limited_with_retry_info_then_served_after_the_refill(
@@ -249,7 +238,7 @@ async def test_reply_streams_past_the_tenant_cap_are_refused_until_one_ends(
     for refused in (api.send(content="one more"), _submit(api, thread_id, run_id)):
         error = await expect_error(refused, grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_STREAMS")
         assert error_info(error)["limit"] == "2"
-        assert 0 < _retry_delay(error) <= 5
+        assert 0 < retry_delay(error) <= 5
     # Calls that are not reply streams go on, and so do other tenants' streams.
     await _list(api)
     _, other = await _tenant(loom, channel, streams=2)

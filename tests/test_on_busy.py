@@ -15,12 +15,11 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import json_format
-from google.rpc import error_details_pb2, status_pb2
 from grpc import aio
 
 from generated.loom.v1 import thread_pb2, tools_pb2
 from service.server import Loom
-from tests.conftest import Api, expect_error, make_settings, new_tenant_key, start_loom
+from tests.conftest import Api, expect_error, make_settings, new_tenant_key, retry_delay, start_loom
 from tests.scripted_llm import Reply, ScriptedLLM
 from tests.support.ferretdb import FerretDB
 
@@ -200,7 +199,7 @@ async def test_a_full_queue_is_refused_with_retry_info(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         "THREAD_QUEUE_FULL",
     )
-    assert _retry_delay(error) > 0
+    assert retry_delay(error) > 0
     for call in waiters:  # the callers go away: their tickets leave with them
         call.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -334,13 +333,3 @@ async def test_waiting_holds_across_replicas(
     assert messages[3].status == status
     assert [m.content for m in messages[4:]] == ["from afar", "Echo: from afar"]
     assert await _count(loom, thread_id) == 0
-
-
-def _retry_delay(error: aio.AioRpcError) -> float:
-    for key, value in error.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            for detail in status_pb2.Status.FromString(value).details:
-                info = error_details_pb2.RetryInfo()
-                if detail.Unpack(info):
-                    return float(info.retry_delay.ToTimedelta().total_seconds())
-    raise AssertionError(f"no RetryInfo on {error.code()}: {error.details()}")
