@@ -275,9 +275,10 @@ class Importer:
         the same way (memory/learning.py)."""
         if self._memory is None or await self._stores.thread_store.get(tenant, thread.thread_id):
             return False
-        await self._memory.unremember(tenant, thread.assistant_id, users)
-        if thread.expire_memories:  # what else was learnt in it goes too, as its expiry asked
+        if thread.expire_memories:  # all it taught goes, this batch's writes with it
             await self._memory.forget_thread(tenant, thread.assistant_id, thread.thread_id)
+        else:
+            await self._memory.unremember(tenant, thread.assistant_id, users)
         return True
 
 
