@@ -42,12 +42,17 @@ MODEL_DIR = Path(
 
 
 def make_settings(ferretdb: FerretDB, llm: ScriptedLLM | None, **overrides: Any) -> Settings:
-    """Settings for an in-process server on a free port."""
+    """Settings for an in-process server on a free port, with a database of
+    its own unless ``mongodb_db`` names one: each server here has its own
+    embedded Chroma (its own ``data_dir``), and a server on another's
+    database would run that one's memory jobs (extraction, forgetting an
+    expired thread) against the wrong memory store. Replicas that must
+    share a database pass the other's ``mongodb_db``."""
     values: dict[str, Any] = {
         "listen": "127.0.0.1:0",
         "http_listen": "127.0.0.1:0",  # the OpenAI-shaped HTTP door (tests/test_http_*.py)
         "mongodb_uri": ferretdb.uri,
-        "mongodb_db": "loom_test",
+        "mongodb_db": f"loom_test_{uuid.uuid4().hex[:8]}",
         "llm_base_url": llm.base_url if llm else None,
         "llm_api_key": None,
         "llm_model": "scripted-model",
@@ -94,7 +99,7 @@ async def start_loom(settings: Settings) -> Loom:
 
 @pytest.fixture(scope="session")
 async def loom(ferretdb: FerretDB, llm: ScriptedLLM) -> AsyncIterator[Loom]:
-    server = await start_loom(make_settings(ferretdb, llm))
+    server = await start_loom(make_settings(ferretdb, llm, mongodb_db="loom_test"))
     yield server
     await server.stop(0)
 

@@ -681,7 +681,9 @@ async def _events_of(answer: httpx.Response, into: list[dict[str, Any]]) -> None
 async def test_a_graceful_stop_lets_streams_finish_within_the_grace_and_cuts_the_rest(
     ferretdb: FerretDB, llm: ScriptedLLM, loom: Loom
 ) -> None:
-    door = await start_loom(make_settings(ferretdb, llm, shutdown_grace=1.5))
+    door = await start_loom(
+        make_settings(ferretdb, llm, mongodb_db=loom.settings.mongodb_db, shutdown_grace=1.5)
+    )
     key = (await door.keys.create(f"t-{uuid.uuid4().hex[:12]}")).secret
     llm.script(
         Reply(text="one two three four", chunk_delay=0.2),

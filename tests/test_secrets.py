@@ -71,7 +71,7 @@ async def _accepted(api: Api) -> bool:
 async def test_a_revoked_key_is_refused_by_every_replica_within_the_cache_time(
     loom: Loom, channel: aio.Channel, ferretdb: FerretDB, llm: ScriptedLLM
 ) -> None:
-    replica = await start_loom(make_settings(ferretdb, llm))
+    replica = await start_loom(make_settings(ferretdb, llm, mongodb_db=loom.settings.mongodb_db))
     try:
         async with aio.insecure_channel(f"127.0.0.1:{replica.port}") as other:
             created = await loom.keys.create("revoke-check")
