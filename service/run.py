@@ -1,5 +1,5 @@
-"""Loom as a process: build it, check the database, serve until SIGTERM or
-SIGINT, then stop gracefully and flush telemetry."""
+"""Loom as a process: build it, check the database and its memory store,
+serve until SIGTERM or SIGINT, then stop gracefully and flush telemetry."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pymongo import errors as mongo_errors
 
 from service.config import Settings
 from service.database import unreachable
+from service.deployment import check_memory_store
 from service.memory.embeddings import EmbeddingError
 from service.server import build
 from service.telemetry import Telemetry, TelemetryConfigError, setup
@@ -45,6 +46,7 @@ async def _serve(settings: Settings, telemetry: Telemetry) -> None:
     except mongo_errors.PyMongoError as exc:
         raise SystemExit(unreachable(exc)) from None
     await loom.start()
+    await check_memory_store(loom.store, settings)
     if not loom.llm.configured:
         log.warning(
             "no model endpoint configured (LOOM_LLM_BASE_URL / LOOM_LLM_API_KEY): "

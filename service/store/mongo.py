@@ -141,6 +141,14 @@ class MongoStore:
             for index in indexes:
                 await collection.create_indexes([index])
 
+    async def note_memory_store(self, where: str) -> str | None:
+        """Record ``where`` as the memory store of the replicas on this
+        database; return the one recorded before (None if none was)."""
+        before = await self.db["deployment"].find_one_and_update(
+            {"_id": "memory_store"}, {"$set": {"where": where}}, upsert=True
+        )
+        return None if before is None else str(before.get("where", ""))
+
     async def ping(self) -> None:
         """Round-trip to the server, on a connection that waits for none of
         the store's work.
