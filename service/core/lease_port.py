@@ -4,6 +4,7 @@ over MongoDB, and the records it returns (see ``service.core.leases``)."""
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -85,8 +86,9 @@ class LeaseStore(Protocol):
         """Flag ``owner``'s lease as asked to stop its work (a newer message
         interrupts the reply); False if it no longer holds it."""
 
-    async def interrupt_asked(self, thread_id: str, owner: str) -> bool:
-        """Whether ``owner``'s lease was flagged by ``ask_interrupt``."""
+    async def interrupts_asked(self, thread_ids: Sequence[str]) -> list[tuple[str, str]]:
+        """The (thread id, owner) of those threads' leases flagged by
+        ``ask_interrupt``."""
 
     # The queue of a thread's waiting messages: one expiring document per
     # waiter (its ticket), beside the lease, so that a waiter that dies

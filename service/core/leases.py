@@ -29,9 +29,11 @@ from service.core.shield import Shield
 __all__ = ["BRIEF", "BRIEF_WAIT", "JOB", "REPLY", "Lease", "Leases"]
 
 BRIEF_WAIT = 2.0
-# How often a reply's holder looks for a newer message's request to stop
-# (seconds): the bound on how long an interrupt from another replica takes.
+# How often this process looks for a newer message's request to stop one of
+# its replies (seconds): the bound on how long an interrupt from another
+# replica takes. One read covers every reply held here.
 INTERRUPT_POLL = 0.5
+INTERRUPT_BATCH = 500  # thread ids per read
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +141,8 @@ class Leases:
         self._ttl = ttl
         self._shield = shield
         self._held: set[Lease] = set()
+        self._watcher: asyncio.Task[None] | None = None
+        self._watch_sleeping = False
         self._freed = asyncio.Event()
         self._queue: LeaseQueue[Lease] = LeaseQueue(
             store,
@@ -215,6 +219,8 @@ class Leases:
 
     async def _stop_renewing(self, lease: Lease) -> None:
         self._held.discard(lease)
+        if self._watcher is not None and self._watch_sleeping and not self._replies():
+            self._watcher.cancel()  # asleep: nothing half-read is cut
         if lease._renewer is not None:
             lease._renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -294,21 +300,15 @@ class Leases:
         lease = Lease(key, owner, stale, grant.epoch, purpose=purpose)
         lease._renewer = asyncio.create_task(self._renew(lease, expires), name=f"lease {key}")
         self._held.add(lease)
+        if purpose == REPLY and (self._watcher is None or self._watcher.done()):
+            self._watcher = asyncio.create_task(self._watch_interrupts(), name="reply interrupts")
         return lease, None
 
     async def _renew(self, lease: Lease, held_until: datetime) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             # Renew early enough that one failed attempt still leaves time
-            # for another before the lease runs out; a reply looks for a
-            # request to stop meanwhile.
-            renewal = loop.time() + self._ttl / 3
-            while lease.purpose == REPLY and lease.stopped is None:
-                await asyncio.sleep(min(INTERRUPT_POLL, max(renewal - loop.time(), 0)))
-                if loop.time() >= renewal:
-                    break
-                await self._poll_interrupt(lease)
-            await asyncio.sleep(max(renewal - loop.time(), 0))
+            # for another before the lease runs out.
+            await asyncio.sleep(self._ttl / 3)
             renewed_until = now() + timedelta(seconds=self._ttl)
             try:
                 kept = await self._store.renew(lease.thread_id, lease.owner, renewed_until)
@@ -327,13 +327,33 @@ class Leases:
                 return
             held_until = renewed_until
 
-    async def _poll_interrupt(self, lease: Lease) -> None:
-        """Interrupt ``lease``'s reply if a newer message asked it to stop
-        (from another replica: ``LeaseQueue``)."""
-        try:
-            asked = await self._store.interrupt_asked(lease.thread_id, lease.owner)
-        except Exception:  # the renewal tells whether the database is away
-            log.debug("could not look for an interrupt on %s", lease.thread_id, exc_info=True)
-            return
-        if asked:
-            lease.interrupt(ReplyInterrupted(lease.thread_id))
+    def _replies(self) -> dict[tuple[str, str], Lease]:
+        """The reply leases held here whose work still runs, by thread and owner."""
+        return {
+            (lease.thread_id, lease.owner): lease
+            for lease in self._held
+            if lease.purpose == REPLY and lease.stopped is None
+        }
+
+    async def _watch_interrupts(self) -> None:
+        """Interrupt the replies held here that a newer message asked to stop
+        (from another replica: ``LeaseQueue``): one read every
+        ``INTERRUPT_POLL`` seconds for all of them, not one per reply; ends
+        when none is held (the next reply lease starts it again)."""
+        while self._replies():
+            self._watch_sleeping = True
+            try:
+                await asyncio.sleep(INTERRUPT_POLL)
+            finally:
+                self._watch_sleeping = False
+            replies = self._replies()
+            ids = list(dict.fromkeys(thread_id for thread_id, _ in replies))
+            for start in range(0, len(ids), INTERRUPT_BATCH):
+                try:
+                    asked = await self._store.interrupts_asked(ids[start : start + INTERRUPT_BATCH])
+                except Exception:  # a renewal tells whether the database is away
+                    log.debug("could not look for interrupts", exc_info=True)
+                    break
+                for pair in asked:
+                    if (lease := replies.get(pair)) is not None:
+                        lease.interrupt(ReplyInterrupted(lease.thread_id))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -155,9 +156,9 @@ class MongoLeaseStore:
         )
         return result.matched_count == 1
 
-    async def interrupt_asked(self, thread_id: str, owner: str) -> bool:
-        doc = await self._c.find_one({"_id": thread_id, "owner": owner}, {"interrupt": 1})
-        return bool(doc and doc.get("interrupt"))
+    async def interrupts_asked(self, thread_ids: Sequence[str]) -> list[tuple[str, str]]:
+        cursor = self._c.find({"_id": {"$in": list(thread_ids)}, "interrupt": True}, {"owner": 1})
+        return [(str(d["_id"]), str(d["owner"])) async for d in cursor]
 
     # A ticket's ``_id`` is the thread's queue prefix and the ticket, so the
     # queue is read in order with an anchored prefix match on ``_id`` (served
