@@ -43,10 +43,10 @@ async def _serve(settings: Settings, telemetry: Telemetry) -> None:
         raise SystemExit(f"loom: the memory embedding model is unavailable: {exc}") from None
     try:
         await loom.store.ping()
+        await check_memory_store(loom.store, settings)
     except mongo_errors.PyMongoError as exc:
         raise SystemExit(unreachable(exc)) from None
     await loom.start()
-    await check_memory_store(loom.store, settings)
     if not loom.llm.configured:
         log.warning(
             "no model endpoint configured (LOOM_LLM_BASE_URL / LOOM_LLM_API_KEY): "
