@@ -14,6 +14,13 @@ server's ``/v1/embeddings``), which leaves Loom's own cost per memory.
 Last, for reference, the same texts through all-MiniLM-L6-v2 alone in this
 process.
 
+``--endpoint-only`` skips the default embedder (minutes of a loaded
+machine); ``--base REV`` measures that revision's Loom (``git archive``,
+as ``bench.ab`` does) in the same run, before this checkout's, for a
+before and after:
+
+    python -m bench.memory_writes --endpoint-only --base HEAD~1 --singles 30 --batches 3
+
 The memories are short facts of 8 to 16 words, like those extraction
 writes and an import from a CRM carries. Loom, FerretDB and the scripted
 model each run as their own process; Loom uses embedded Chroma.
@@ -26,10 +33,12 @@ import asyncio
 import os
 import random
 import time
+from pathlib import Path
 
 from grpc import aio
 
-from bench.common import MODEL_DIR, FerretDB, machine, pct, start_loom, start_model
+from bench.ab import checkout
+from bench.common import MODEL_DIR, REPO, FerretDB, machine, pct, start_loom, start_model
 from generated.loom.v1 import assistant_pb2, assistant_pb2_grpc, memory_pb2, memory_pb2_grpc
 
 METADATA = (("x-api-key", "bench-key"),)
@@ -143,19 +152,29 @@ def report(name: str, singles: int, result: Measured) -> None:
         )
 
 
-async def run(singles: int, batches: int, searches: int) -> None:
+async def run(args: argparse.Namespace) -> None:
+    endpoint = {"LOOM_EMBEDDING": "openai:scripted-embedding"}
+    plans: list[tuple[str, dict[str, str], Path]] = []
+    if not args.endpoint_only:
+        plans.append(("all-MiniLM-L6-v2 in Loom's process (the default)", {}, REPO))
+    if args.base:
+        plans.append(
+            (
+                f"{args.base}: an embedding endpoint that answers at once",
+                endpoint,
+                checkout(args.base),
+            )
+        )
+    plans.append(("an embedding endpoint that answers at once (Loom's own cost)", endpoint, REPO))
+    singles, batches, searches = args.singles, args.batches, args.searches
     ferretdb = FerretDB().start()
     model = start_model()
     results = {}
     try:
-        for name, extra in (
-            ("all-MiniLM-L6-v2 in Loom's process (the default)", {}),
-            (
-                "an embedding endpoint that answers at once (Loom's own cost)",
-                {"LOOM_EMBEDDING": "openai:scripted-embedding"},
-            ),
-        ):
-            loom = start_loom(ferretdb, model, f"bench_memory_writes_{len(results)}", **extra)
+        for name, extra, source in plans:
+            loom = start_loom(
+                ferretdb, model, f"bench_memory_writes_{len(results)}", source=source, **extra
+            )
             try:
                 results[name] = await measure(loom.port, singles, batches, searches)
             finally:
@@ -186,8 +205,9 @@ def main() -> None:
     parser.add_argument("--singles", type=int, default=200)
     parser.add_argument("--batches", type=int, default=10)
     parser.add_argument("--searches", type=int, default=200)
-    args = parser.parse_args()
-    asyncio.run(run(args.singles, args.batches, args.searches))
+    parser.add_argument("--endpoint-only", action="store_true")
+    parser.add_argument("--base", default="", help="a revision to measure before this checkout")
+    asyncio.run(run(parser.parse_args()))
 
 
 if __name__ == "__main__":
