@@ -70,14 +70,9 @@ class Collection(Protocol):
         include: Include = ...,
     ) -> GetResult: ...
 
-    def upsert(
-        self,
-        ids: list[str],
-        *,
-        embeddings: Vectors,
-        metadatas: list[Metadata],
-        documents: list[str],
-    ) -> None: ...
+    def add(self, ids: list[str], *, embeddings: Vectors, metadatas: list[Metadata]) -> None: ...
+
+    def upsert(self, ids: list[str], *, embeddings: Vectors, metadatas: list[Metadata]) -> None: ...
 
     def delete(self, ids: list[str]) -> object: ...
 
@@ -190,19 +185,22 @@ async def upsert(
     collection: Collection,
     ids: Sequence[str],
     vectors: Vectors,
-    documents: Sequence[str],
     metadatas: Sequence[Metadata],
+    *,
+    new: bool = False,
 ) -> None:
     """Write records in batches Chroma takes; the i-th of each sequence is
-    one record's."""
+    one record's. ``new`` says that none of the ids is in the collection:
+    they are added (Chroma's ``add`` skips the lookup of each id that its
+    ``upsert`` makes; it would leave a record already there as it is)."""
+    write = collection.add if new else collection.upsert
     for start in range(0, len(ids), BATCH):
         end = start + BATCH
         await call(
-            collection.upsert,
+            write,
             list(ids[start:end]),
             embeddings=vectors[start:end],
             metadatas=list(metadatas[start:end]),
-            documents=list(documents[start:end]),
         )
 
 
