@@ -8,16 +8,16 @@
    default ``--batches``), ``--searches`` calls, limit 10: latency p50/p95,
    the query's embedding included.
 
-Both with the default embedder (all-MiniLM-L6-v2 run in Loom's process),
-then with an embedding endpoint that answers at once (the scripted
-server's ``/v1/embeddings``), which leaves Loom's own cost per memory.
-Last, for reference, the same texts through all-MiniLM-L6-v2 alone in this
-process.
+Two Looms side by side, their calls taken in turn (the order rotating)
+so that both see the machine's load alike: one with the default embedder
+(all-MiniLM-L6-v2 run in Loom's process), one with an embedding endpoint
+that answers at once (the scripted server's ``/v1/embeddings``), which
+leaves Loom's own cost per memory. Last, for reference, the same texts
+through all-MiniLM-L6-v2 alone in this process.
 
-``--endpoint-only`` skips the default embedder (minutes of a loaded
-machine); ``--base REV`` measures that revision's Loom (``git archive``,
-as ``bench.ab`` does) in the same run, before this checkout's, for a
-before and after:
+``--endpoint-only`` leaves out the default embedder (minutes of a loaded
+machine); ``--base REV`` adds that revision's Loom with the endpoint
+(``git archive``, as ``bench.ab`` does), for a before and after:
 
     python -m bench.memory_writes --endpoint-only --base HEAD~1 --singles 30 --batches 3
 
@@ -81,54 +81,81 @@ def facts(n: int, seed: int) -> list[str]:
 Measured = tuple[list[float], float, list[float], list[float]]
 
 
-async def measure(port: int, singles: int, batches: int, searches: int) -> Measured:
-    """Against the Loom at ``port``: single-call latencies (ms) and their
-    rate, the seconds of each batch call, then search latencies (ms)."""
-    async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        assistants = assistant_pb2_grpc.AssistantServiceStub(channel)
-        memory = memory_pb2_grpc.MemoryServiceStub(channel)
-        created = await assistants.CreateAssistant(
+class Side:
+    """One Loom under measure: its channel, an assistant, the figures."""
+
+    def __init__(self, channel: aio.Channel) -> None:
+        self.channel = channel
+        self.memory = memory_pb2_grpc.MemoryServiceStub(channel)
+        self.assistant_id = ""
+        self.single_ms: list[float] = []
+        self.batch_s: list[float] = []
+        self.search_ms: list[float] = []
+
+    async def start(self) -> None:
+        created = await assistant_pb2_grpc.AssistantServiceStub(self.channel).CreateAssistant(
             assistant_pb2.CreateAssistantRequest(assistant=assistant_pb2.Assistant(name="b")),
             metadata=METADATA,
         )
-        assistant_id = created.assistant.assistant_id
-
-        async def one(text: str) -> None:
-            await memory.CreateMemory(
-                memory_pb2.CreateMemoryRequest(
-                    memory=memory_pb2.Memory(assistant_id=assistant_id, content=text)
-                ),
-                metadata=METADATA,
-            )
-
+        self.assistant_id = created.assistant.assistant_id
         for text in facts(5, 0):  # warm up: the embedding session and the collection
-            await one(text)
-        single_ms = []
-        started = time.perf_counter()
-        for text in facts(singles, 1):
-            t = time.perf_counter()
-            await one(text)
-            single_ms.append((time.perf_counter() - t) * 1000)
-        single_rate = singles / (time.perf_counter() - started)
-        batch_s = []
+            await self.one(text)
+
+    async def one(self, text: str) -> float:
+        t = time.perf_counter()
+        await self.memory.CreateMemory(
+            memory_pb2.CreateMemoryRequest(
+                memory=memory_pb2.Memory(assistant_id=self.assistant_id, content=text)
+            ),
+            metadata=METADATA,
+        )
+        return time.perf_counter() - t
+
+    async def batch(self, texts: list[str]) -> float:
+        request = memory_pb2.BatchCreateMemoriesRequest(
+            assistant_id=self.assistant_id, memories=[memory_pb2.Memory(content=t) for t in texts]
+        )
+        t = time.perf_counter()
+        await self.memory.BatchCreateMemories(request, metadata=METADATA, timeout=600)
+        return time.perf_counter() - t
+
+    async def search(self, query: str) -> float:
+        t = time.perf_counter()
+        await self.memory.SearchMemories(
+            memory_pb2.SearchMemoriesRequest(assistant_id=self.assistant_id, query=query, limit=10),
+            metadata=METADATA,
+        )
+        return time.perf_counter() - t
+
+
+async def measure(ports: list[int], singles: int, batches: int, searches: int) -> list[Measured]:
+    """Against each Loom at ``ports``, their calls taken in turn (the order
+    rotating) so that they share the machine's load alike: single-call
+    latencies (ms) and their rate, the seconds of each batch call, then
+    search latencies (ms)."""
+    sides = [Side(aio.insecure_channel(f"127.0.0.1:{port}")) for port in ports]
+    try:
+        for side in sides:
+            await side.start()
+        for i, text in enumerate(facts(singles, 1)):
+            for side in sides[i % len(sides) :] + sides[: i % len(sides)]:
+                side.single_ms.append(1000 * await side.one(text))
         for b in range(batches):
-            request = memory_pb2.BatchCreateMemoriesRequest(
-                assistant_id=assistant_id,
-                memories=[memory_pb2.Memory(content=t) for t in facts(BATCH, 100 + b)],
-            )
-            t = time.perf_counter()
-            await memory.BatchCreateMemories(request, metadata=METADATA, timeout=600)
-            batch_s.append(time.perf_counter() - t)
-        search_ms = []
-        for query in [q.rsplit(" (", 1)[0] + "?" for q in facts(searches + 5, 7)]:
-            t = time.perf_counter()
-            await memory.SearchMemories(
-                memory_pb2.SearchMemoriesRequest(assistant_id=assistant_id, query=query, limit=10),
-                metadata=METADATA,
-            )
-            search_ms.append((time.perf_counter() - t) * 1000)
+            texts = facts(BATCH, 100 + b)
+            for side in sides[b % len(sides) :] + sides[: b % len(sides)]:
+                side.batch_s.append(await side.batch(texts))
+        queries = [q.rsplit(" (", 1)[0] + "?" for q in facts(searches + 5, 7)]
+        for i, query in enumerate(queries):
+            for side in sides[i % len(sides) :] + sides[: i % len(sides)]:
+                side.search_ms.append(1000 * await side.search(query))
+    finally:
+        for side in sides:
+            await side.channel.close()
     # The first searches read the collection into the search caches.
-    return single_ms, single_rate, batch_s, search_ms[5:]
+    return [
+        (s.single_ms, 1000 * len(s.single_ms) / sum(s.single_ms), s.batch_s, s.search_ms[5:])
+        for s in sides
+    ]
 
 
 def report(name: str, singles: int, result: Measured) -> None:
@@ -166,22 +193,24 @@ async def run(args: argparse.Namespace) -> None:
             )
         )
     plans.append(("an embedding endpoint that answers at once (Loom's own cost)", endpoint, REPO))
-    singles, batches, searches = args.singles, args.batches, args.searches
+    load_before = os.getloadavg()[0]
     ferretdb = FerretDB().start()
     model = start_model()
-    results = {}
+    looms = []
     try:
-        for name, extra, source in plans:
-            loom = start_loom(
-                ferretdb, model, f"bench_memory_writes_{len(results)}", source=source, **extra
+        for n, (_, extra, source) in enumerate(plans):
+            looms.append(
+                start_loom(ferretdb, model, f"bench_memory_writes_{n}", source=source, **extra)
             )
-            try:
-                results[name] = await measure(loom.port, singles, batches, searches)
-            finally:
-                loom.stop()
+        measured = await measure(
+            [loom.port for loom in looms], args.singles, args.batches, args.searches
+        )
     finally:
+        for loom in looms:
+            loom.stop()
         model.stop()
         ferretdb.stop()
+    results = {name: m for (name, _, _), m in zip(plans, measured, strict=True)}
 
     from service.memory.embeddings import OnnxMiniLM
 
@@ -193,9 +222,12 @@ async def run(args: argparse.Namespace) -> None:
     embed_rate = BATCH / (time.perf_counter() - t)
     embedder.close()
 
-    print(f"machine: {machine()}; load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"machine: {machine()}; load average {load_before:.1f} at the start, "
+        f"{os.getloadavg()[0]:.1f} at the end"
+    )
     for name, result in results.items():
-        report(name, singles, result)
+        report(name, args.singles, result)
     print(f"all-MiniLM-L6-v2 alone, in this process, on the same texts: {embed_rate:.0f} texts/s")
 
 
