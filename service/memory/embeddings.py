@@ -260,7 +260,8 @@ _OPENAI_DIMS = {
 class OpenAIEmbedder:
     """Embeddings from an OpenAI-compatible endpoint (``openai`` SDK, async),
     ``batch_size`` texts a request; rows are normalised here as well, since
-    compatible servers do not all normalise.
+    compatible servers do not all normalise. ``concurrency`` is how many
+    requests its callers (``SharedEmbedder``) may have in flight at once.
 
     Raises (from ``embed``):
         Unavailable: the endpoint failed or could not be reached.
@@ -273,6 +274,7 @@ class OpenAIEmbedder:
         model: str,
         *,
         batch_size: int = 256,
+        concurrency: int = 4,
         timeout: float = 30.0,
         max_retries: int = 2,
     ) -> None:
@@ -281,6 +283,7 @@ class OpenAIEmbedder:
         self._model = model
         self._dim = _OPENAI_DIMS.get(model, 0)
         self.batch_size = batch_size
+        self.concurrency = concurrency
         self._client = openai.AsyncOpenAI(
             base_url=client_base_url,
             api_key=api_key or os.environ.get("OPENAI_API_KEY") or "not-needed",
