@@ -265,7 +265,7 @@ async def test_a_collection_is_sparse_and_default_fields_are_not_stored(
     collection = index.client.get_collection(collection_name(tenant, "asst_1"))
     # Loom never searches Chroma's graph: a sparse one is cheaper to write.
     hnsw = collection.configuration_json["hnsw"]
-    assert (hnsw["space"], hnsw["ef_construction"], hnsw["max_neighbors"]) == ("cosine", 16, 8)
+    assert (hnsw["space"], hnsw["ef_construction"], hnsw["max_neighbors"]) == ("cosine", 8, 4)
     stored = collection.get(ids=["m_plain"], include=["metadatas", "documents"])
     assert stored["metadatas"] is not None
     # Never updated: no update_us. The text is metadata; no document for
