@@ -84,7 +84,7 @@ class SharedEmbedder:
         """Embed what is queued, up to ``concurrency`` batches at a time,
         until nothing is."""
         while self._queue:
-            batches = []
+            batches: list[list[str]] = []
             while self._queue and len(batches) < self._concurrency:
                 batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
                 batches.append(batch)
