@@ -38,7 +38,17 @@ from pathlib import Path
 from grpc import aio
 
 from bench.ab import checkout
-from bench.common import MODEL_DIR, REPO, FerretDB, machine, pct, start_loom, start_model
+from bench.common import (
+    MODEL_DIR,
+    REPO,
+    FerretDB,
+    Process,
+    machine,
+    pct,
+    process_cpu_seconds,
+    start_loom,
+    start_model,
+)
 from generated.loom.v1 import assistant_pb2, assistant_pb2_grpc, memory_pb2, memory_pb2_grpc
 
 METADATA = (("x-api-key", "bench-key"),)
@@ -78,18 +88,20 @@ def facts(n: int, seed: int) -> list[str]:
     ]
 
 
-Measured = tuple[list[float], float, list[float], list[float]]
+Measured = tuple[list[float], float, list[float], list[float], list[float]]
 
 
 class Side:
     """One Loom under measure: its channel, an assistant, the figures."""
 
-    def __init__(self, channel: aio.Channel) -> None:
+    def __init__(self, channel: aio.Channel, pid: int) -> None:
         self.channel = channel
+        self.pid = pid
         self.memory = memory_pb2_grpc.MemoryServiceStub(channel)
         self.assistant_id = ""
         self.single_ms: list[float] = []
         self.batch_s: list[float] = []
+        self.batch_cpu: list[float] = []  # Loom's CPU seconds (all threads) of each call
         self.search_ms: list[float] = []
 
     async def start(self) -> None:
@@ -115,8 +127,9 @@ class Side:
         request = memory_pb2.BatchCreateMemoriesRequest(
             assistant_id=self.assistant_id, memories=[memory_pb2.Memory(content=t) for t in texts]
         )
-        t = time.perf_counter()
+        cpu, t = process_cpu_seconds(self.pid), time.perf_counter()
         await self.memory.BatchCreateMemories(request, metadata=METADATA, timeout=600)
+        self.batch_cpu.append(process_cpu_seconds(self.pid) - cpu)
         return time.perf_counter() - t
 
     async def search(self, query: str) -> float:
@@ -128,12 +141,14 @@ class Side:
         return time.perf_counter() - t
 
 
-async def measure(ports: list[int], singles: int, batches: int, searches: int) -> list[Measured]:
-    """Against each Loom at ``ports``, their calls taken in turn (the order
+async def measure(
+    looms: list[Process], singles: int, batches: int, searches: int
+) -> list[Measured]:
+    """Against each Loom, their calls taken in turn (the order
     rotating) so that they share the machine's load alike: single-call
     latencies (ms) and their rate, the seconds of each batch call, then
     search latencies (ms)."""
-    sides = [Side(aio.insecure_channel(f"127.0.0.1:{port}")) for port in ports]
+    sides = [Side(aio.insecure_channel(f"127.0.0.1:{p.port}"), p.proc.pid) for p in looms]
     try:
         for side in sides:
             await side.start()
@@ -153,13 +168,19 @@ async def measure(ports: list[int], singles: int, batches: int, searches: int) -
             await side.channel.close()
     # The first searches read the collection into the search caches.
     return [
-        (s.single_ms, 1000 * len(s.single_ms) / sum(s.single_ms), s.batch_s, s.search_ms[5:])
+        (
+            s.single_ms,
+            1000 * len(s.single_ms) / sum(s.single_ms),
+            s.batch_s,
+            s.batch_cpu,
+            s.search_ms[5:],
+        )
         for s in sides
     ]
 
 
 def report(name: str, singles: int, result: Measured) -> None:
-    single_ms, single_rate, batch_s, search_ms = result
+    single_ms, single_rate, batch_s, batch_cpu, search_ms = result
     rate = len(batch_s) * BATCH / sum(batch_s)
     print(f"{name}:")
     print(
@@ -169,7 +190,7 @@ def report(name: str, singles: int, result: Measured) -> None:
     print(
         f"  BatchCreateMemories, {len(batch_s)} calls of {BATCH:,}: {rate:.0f} memories/s "
         f"({rate / single_rate:.0f}x one at a time); per call p50 {pct(batch_s, 50):.2f} s, "
-        f"best {min(batch_s):.2f} s"
+        f"best {min(batch_s):.2f} s; Loom's CPU per call p50 {pct(batch_cpu, 50):.2f} s"
     )
     if search_ms:
         print(
@@ -202,9 +223,7 @@ async def run(args: argparse.Namespace) -> None:
             looms.append(
                 start_loom(ferretdb, model, f"bench_memory_writes_{n}", source=source, **extra)
             )
-        measured = await measure(
-            [loom.port for loom in looms], args.singles, args.batches, args.searches
-        )
+        measured = await measure(looms, args.singles, args.batches, args.searches)
     finally:
         for loom in looms:
             loom.stop()
