@@ -352,13 +352,13 @@ def build_memory(
         openai_base_url=settings.llm_base_url,
         openai_api_key=settings.llm_api_key.get_secret_value() if settings.llm_api_key else None,
     )
-    batch = getattr(embedder, "batch_size", 32)  # an endpoint's 256 a request, not 32
+    batch, flight = getattr(embedder, "batch_size", 32), getattr(embedder, "concurrency", 1)
     if telemetry.tracing:
         remote = settings.embedding.startswith("openai:")
         embedder = TracedEmbedder(
             embedder, provider="openai" if remote else "onnxruntime", remote=remote
         )
-    embedder = SharedEmbedder(embedder, max_batch=batch)  # outside the spans: one per model run
+    embedder = SharedEmbedder(embedder, max_batch=batch, concurrency=flight)  # outside the spans
     chroma_server = _chroma_server(settings.chroma_url)
     index = open_index(
         settings.data_dir,

@@ -164,3 +164,29 @@ async def test_shared_embedder_passes_a_failure_to_every_caller_of_the_batch() -
     assert all(isinstance(r, EmbeddingError) for r in results), results
     with pytest.raises(EmbeddingError):  # nothing kept from a failure
         await shared.embed(["a"])
+
+
+async def test_shared_embedder_runs_an_endpoints_batches_side_by_side_in_order() -> None:
+    class Slow:
+        """An endpoint: each batch's answer takes a while; row i is [i]."""
+
+        model_name = "slow"
+        dim = 1
+
+        def __init__(self) -> None:
+            self.in_flight = 0
+            self.most = 0
+
+        async def embed(self, texts: Sequence[str]) -> Vectors:
+            self.in_flight += 1
+            self.most = max(self.most, self.in_flight)
+            await asyncio.sleep(0.01)
+            self.in_flight -= 1
+            return np.array([[float(t)] for t in texts], dtype=np.float32)
+
+    slow = Slow()
+    shared = SharedEmbedder(slow, max_batch=2, concurrency=3)
+    texts = [str(i) for i in range(11)]  # six batches: two rounds of three
+    got = await shared.embed(texts)
+    assert got[:, 0].tolist() == list(range(11))
+    assert slow.most == 3

@@ -17,8 +17,10 @@ from typing import Any
 import pytest
 
 from service.core.errors import Unavailable
+from service.memory._codec import now_us, to_metadata
 from service.memory.collection import EmbeddingMismatch, collection_name
 from service.memory.embeddings import OnnxMiniLM, Vectors
+from service.memory.filters import parse_memory_filter
 from service.memory.index import ChromaMemoryIndex, open_index
 from service.memory.ports import MemoryRecord
 from service.memory.reindex import reindex, reindex_all
@@ -263,12 +265,15 @@ async def test_a_collection_is_sparse_and_default_fields_are_not_stored(
     collection = index.client.get_collection(collection_name(tenant, "asst_1"))
     # Loom never searches Chroma's graph: a sparse one is cheaper to write.
     hnsw = collection.configuration_json["hnsw"]
-    assert (hnsw["space"], hnsw["ef_construction"], hnsw["max_neighbors"]) == ("cosine", 16, 8)
-    stored = collection.get(ids=["m_plain"], include=["metadatas"])["metadatas"]
-    assert stored is not None
-    assert set(stored[0]) == {
-        "tenant", "assistant_id", "user_id", "kind", "create_us", "update_us", "write_us"
+    assert (hnsw["space"], hnsw["ef_construction"], hnsw["max_neighbors"]) == ("cosine", 8, 4)
+    stored = collection.get(ids=["m_plain"], include=["metadatas", "documents"])
+    assert stored["metadatas"] is not None
+    # Never updated: no update_us. The text is metadata; no document for
+    # Chroma's full-text index, which Loom never searches.
+    assert set(stored["metadatas"][0]) == {
+        "text", "tenant", "assistant_id", "user_id", "kind", "create_us", "write_us"
     }  # fmt: skip
+    assert stored["documents"] == [None]
     assert await index.get(tenant, "asst_1", "m_plain") == plain
     assert await index.get(tenant, "asst_1", "m_full") == full
     # Back to the defaults: the keys the full version had go.
@@ -290,6 +295,55 @@ async def test_a_collection_made_with_the_default_graph_is_still_written(
     await index.upsert([record])
     assert await index.get(tenant, "asst_old", "m_old") == record
     assert await ids_of(index, tenant, "tea", user="alice", assistant="asst_old") == ["m_old"]
+
+
+async def test_records_with_the_text_as_document_still_read_right(
+    where: tuple[Path, str | None], embedder: OnnxMiniLM, tenant: str
+) -> None:
+    index = open_index(where[0], where[1], embedder)
+    # As a Loom before the text moved to the metadata wrote them: the text
+    # as the document, update_us always stored.
+    await index.upsert([rec(tenant, "m_new", "The user likes tea.", user="alice")])
+    olds = [
+        replace(rec(tenant, "m_cat", PETS[0][1], user="alice"), update_time=T0 + timedelta(1)),
+        rec(tenant, "m_dog", PETS[1][1], user="alice"),
+    ]
+    index.client.get_collection(collection_name(tenant, "asst_1")).add(
+        [r.memory_id for r in olds],
+        embeddings=await index.embed(olds),
+        documents=[r.text for r in olds],
+        metadatas=[
+            {k: v for k, v in to_metadata(r).items() if k != "text"}
+            | {"update_us": round((r.update_time or T0).timestamp() * 1e6), "write_us": now_us()}
+            for r in olds
+        ],
+    )
+    assert await index.get_many(tenant, "asst_1", ["m_cat", "m_dog"]) == {
+        r.memory_id: r for r in olds
+    }
+    listed = await index.list_records(tenant, "asst_1", "alice", 10, 0)
+    assert listed == [*olds, rec(tenant, "m_new", "The user likes tea.", user="alice")]
+    assert (await ids_of(index, tenant, "cat Miso", user="alice"))[0] == "m_cat"
+    assert await ids_of(index, tenant, "Miso", user="alice", mode="lexical") == ["m_cat"]
+    later = parse_memory_filter('update_time > "2026-01-01T12:00:00Z"')
+    hits = await index.search(tenant, "asst_1", "cat", user_id="alice", limit=9, matching=later)
+    assert [h.record.memory_id for h in hits] == ["m_cat"]
+    # Rewritten, the text moves to the metadata and wins over the stale document.
+    parrot = replace(olds[0], text="The user's parrot is called Kiwi.", version=2)
+    await index.upsert([parrot])
+    assert await index.get(tenant, "asst_1", "m_cat") == parrot
+    assert await ids_of(index, tenant, "Miso", user="alice", mode="lexical") == []
+    assert await ids_of(index, tenant, "parrot Kiwi", user="alice", mode="lexical") == ["m_cat"]
+    # A reindex copies every record, the text with it.
+    new = open_index(where[0], where[1], Renamed(embedder, "test-model-v2"))
+    assert await reindex(new, tenant, "asst_1") == 3
+    assert await new.get_many(tenant, "asst_1", ["m_cat", "m_dog"]) == {
+        "m_cat": parrot,
+        "m_dog": olds[1],
+    }
+    assert await ids_of(new, tenant, "dog Rex", user="alice", mode="lexical") == ["m_dog"]
+    await index.close()
+    await new.close()
 
 
 class Counters:

@@ -49,7 +49,14 @@ import numpy as np
 import numpy.typing as npt
 
 from service.core.filtering import Filter
-from service.memory._codec import belongs, cache_scope, now_us, where, written_since
+from service.memory._codec import (
+    belongs,
+    cache_scope,
+    now_us,
+    stored_text,
+    where,
+    written_since,
+)
 from service.memory.chroma import Collection, call, with_embeddings
 from service.memory.dense import VectorSet
 from service.memory.embeddings import Vectors
@@ -239,7 +246,7 @@ class SearchCaches:
         with entry.lock:
             for memory_id, document, meta, vector in rows:
                 if belongs(meta, tenant, assistant_id):
-                    entry.put(memory_id, meta, document or "", vector)
+                    entry.put(memory_id, meta, stored_text(document, meta), vector)
             entry.version = version
             entry.refreshed_us = began
         self._keep(collection.name, entry)

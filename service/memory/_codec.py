@@ -1,15 +1,22 @@
 """How a memory is stored in Chroma: a ``MemoryRecord`` as a record's
 metadata and back, and the filters that scope a read.
 
-A memory is one record: id = memory id, document = text, embedding = given
-by Loom, metadata = ``tenant``, ``assistant_id``, ``user_id``, ``kind``,
-``source_thread_id``, ``source_message_id``, ``context``,
+A memory is one record: id = memory id, embedding = given by Loom, no
+document, metadata = ``text``, ``tenant``, ``assistant_id``, ``user_id``,
+``kind``, ``source_thread_id``, ``source_message_id``, ``context``,
 ``create_us``/``update_us`` (UTC microseconds), ``write_us`` (when it was
 written), the version and its change (``version``, ``change``,
 ``change_op``, ``change_thread``, ``change_message``), when set
 ``invalidate_us``, ``superseded_by`` and ``supersedes``, and the caller's
 metadata under ``m.<key>``. A field at its default (empty, version 1,
-change "created") is not stored.
+change "created", ``update_us`` equal to ``create_us``) is not stored.
+
+The text is metadata, not Chroma's document, because Chroma full-text
+indexes every document on write (a third of the cost of writing a short
+memory) and Loom never searches that index: it ranks lexically in its own
+caches. Records written before keep their text as the document, and are
+read as before (``stored_text``); rewriting one moves its text to the
+metadata, where it takes precedence over the document it leaves behind.
 
 Scopes. The search caches index each memory under a scope string: its
 user id ("" for assistant-wide), prefixed with ``INVALIDATED`` when it was
@@ -39,13 +46,16 @@ __all__ = [
     "now_us",
     "replacing",
     "scopes_of",
+    "stored_text",
     "to_metadata",
     "to_record",
+    "updated_us",
     "where",
     "written_since",
 ]
 
 _META_PREFIX = "m."
+_TEXT = "text"
 INVALIDATED = "\x00invalidated\x00"  # scope prefix; no user id holds a NUL
 
 
@@ -74,6 +84,7 @@ def to_metadata(record: MemoryRecord) -> dict[str, str | int]:
         _META_PREFIX + key: value for key, value in record.metadata.items()
     }
     meta.update(
+        text=record.text,
         tenant=record.tenant,
         assistant_id=record.assistant_id,
         user_id=record.user_id,
@@ -103,6 +114,8 @@ def to_metadata(record: MemoryRecord) -> dict[str, str | int]:
         micros = _micros(moment)
         if micros is not None:
             meta[key] = micros
+    if "update_us" in meta and meta["update_us"] == meta.get("create_us"):
+        del meta["update_us"]  # never updated: ``updated_us`` reads it back
     return meta
 
 
@@ -126,12 +139,12 @@ def to_record(
         tenant=str(meta.get("tenant", "")),
         assistant_id=str(meta.get("assistant_id", "")),
         user_id=str(meta.get("user_id", "")),
-        text=document or "",
+        text=stored_text(document, meta),
         kind=str(meta.get("kind", "")),
         source_thread_id=str(meta.get("source_thread_id", "")),
         source_message_id=str(meta.get("source_message_id", "")),
         create_time=_moment(meta.get("create_us")),
-        update_time=_moment(meta.get("update_us")),
+        update_time=_moment(updated_us(meta)),
         metadata={
             key[len(_META_PREFIX) :]: str(value)
             for key, value in meta.items()
@@ -147,6 +160,18 @@ def to_record(
         superseded_by=str(meta.get("superseded_by", "")),
         supersedes=str(meta.get("supersedes", "")),
     )
+
+
+def stored_text(document: str | None, meta: Mapping[str, object] | None) -> str:
+    """A record's text: its ``text`` metadata, else (a record written
+    before the text moved there) its document."""
+    text = (meta or {}).get(_TEXT)
+    return text if isinstance(text, str) else document or ""
+
+
+def updated_us(meta: Mapping[str, object]) -> object:
+    """A record's ``update_us``, which is left out while it equals ``create_us``."""
+    return meta.get("update_us", meta.get("create_us"))
 
 
 def _int(value: object, default: int) -> int:

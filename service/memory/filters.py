@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 
 from service.core.filtering import ORDERED, FieldSpec, Filter, compare, parse_filter
+from service.memory._codec import updated_us
 
 __all__ = ["FIELDS", "filter_keys", "matches", "parse_memory_filter"]
 
@@ -32,7 +33,6 @@ FIELDS: dict[str, FieldSpec] = {
     "create_time": FieldSpec("timestamp", ORDERED),
     "update_time": FieldSpec("timestamp", ORDERED),
 }
-_STORED = {"create_time": "create_us", "update_time": "update_us"}
 EXAMPLE = 'kind = FACT AND metadata.source = "crm"'
 
 
@@ -66,7 +66,7 @@ def matches(where: Filter | None, meta: Mapping[str, object]) -> bool:
             left = meta.get("m." + c.key)
             left = None if left is None else str(left)
         else:
-            micros = meta.get(_STORED[c.field])
+            micros = meta.get("create_us") if c.field == "create_time" else updated_us(meta)
             left = (
                 datetime.fromtimestamp(micros / 1_000_000, tz=UTC)
                 if isinstance(micros, int | float)

@@ -171,11 +171,7 @@ class ChromaMemoryIndex:
             replacing(m, stored.get(r.memory_id)) for r, m in zip(records, metadatas, strict=True)
         ]
         await chroma.upsert(
-            collection,
-            [r.memory_id for r in records],
-            vectors,
-            [r.text for r in records],
-            replacements,
+            collection, [r.memory_id for r in records], vectors, replacements, new=not stored
         )
         after = await self._collections.bump(tenant, assistant_id)
         puts: list[Write] = [

@@ -52,14 +52,14 @@ async def _left_to_embed(
 ) -> list[MemoryRecord]:
     """The records an earlier, interrupted run did not copy unchanged; what
     the copy holds that the original no longer has is deleted from it."""
-    held = await chroma.call(copy.get, include=["documents", "metadatas"])
+    held = await chroma.call(copy.get, include=["metadatas"])
     by_id = {r.memory_id: r for r in records}
+    # The metadata holds the text (``_codec``): a copy an older Loom made,
+    # with the text as the document, is made again.
     done = {
         i
-        for i, document, meta in chroma.entries(held)
-        if i in by_id
-        and document == by_id[i].text
-        and _comparable(meta) == _comparable(to_metadata(by_id[i]))
+        for i, meta in zip(held["ids"], held["metadatas"] or [], strict=True)
+        if i in by_id and _comparable(meta) == _comparable(to_metadata(by_id[i]))
     }
     gone = [i for i in held["ids"] if i not in by_id]
     for start in range(0, len(gone), chroma.BATCH):
@@ -108,7 +108,6 @@ async def reindex(
             copy,
             [r.memory_id for r in part],
             vectors,
-            [r.text for r in part],
             [to_metadata(r) | {"write_us": written} for r in part],
         )
         advance(len(part))
