@@ -66,7 +66,7 @@ class SearchTuning:
     dedupe_text: bool = True  # hits with the same text (case, spaces aside) collapse
     fusion: str = "linear"  # or "rrf": reciprocal rank fusion, sum of 1 / (rrf_k + rank)
     rrf_k: int = 60
-    subject_weight: float = 0.15  # linear fusion: added when the subject is a name the query says
+    subject_weight: float = 0.05  # linear fusion: added when the subject is a name the query says
     reply_weight: float = 0.3  # linear fusion: share of the asking predecessor's score added
 
 
