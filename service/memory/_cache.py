@@ -10,9 +10,9 @@ in local", embedded and ``chroma run`` alike). So each process keeps, per
 collection it searches, the vectors (``dense.VectorSet``, exact cosine by
 one matrix product) and a BM25 index (``lexical.BM25Index``), both with the
 scope of each memory (its user id, marked when invalidated:
-``_codec.cache_scope``), and what a filter looks at of each
+``_codec.cache_scope``), what a filter looks at of each
 (``filters.filter_keys``), so a filtered search ranks the matching memories
-alone.
+alone, and what the ranking's bonuses read of each (``ranking.Traits``).
 
 Freshness across replicas. A process applies its own writes to its cache
 (``apply``). Every write, once its records are in Chroma, bumps the

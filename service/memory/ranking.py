@@ -193,9 +193,9 @@ def predecessor(context: str) -> str:
     as a sequential write gives it (``memories.with_neighbours``: the texts
     of the two memories before it and the one after it, a line each): the
     line before the last. "" when there is none (a context of one line is
-    the first memory's successor; the last memory of a sequence, whose
-    context has no successor, is given its second predecessor instead, a
-    harmless miss as only an asking one counts)."""
+    the first memory's successor). The last memory of a sequence has no
+    successor in its context, so it is given its second predecessor
+    instead: a miss, which lends a bonus only when that one asks."""
     lines = context.split("\n")
     return lines[-2] if len(lines) >= 2 else ""
 
