@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import pytest
 
-from service.memory.lexical import LexicalHit
+from service.memory.lexical import Analyzer, LexicalHit
+from service.memory.memories import with_neighbours
+from service.memory.ports import MemoryRecord
 from service.memory.ranking import (
     Candidates,
     Ranked,
     SearchTuning,
+    Traits,
     by_dense,
     by_lexical,
     fuse,
+    predecessor,
+    query_names,
     text_key,
+    traits_of,
 )
+
+ANALYZER = Analyzer()
 
 
 def hit(doc_id: str, score: float, normalized: float) -> LexicalHit:
@@ -101,3 +109,101 @@ def test_single_side_modes_score_by_their_own_signal() -> None:
 def test_text_key_ignores_case_and_spacing() -> None:
     assert text_key("The user  likes\tJAZZ. ") == text_key("the user likes jazz.")
     assert text_key("The user likes jazz.") != text_key("The user likes jazz!")
+
+
+# Two memories equally relevant by their signals; "said" is Anna's own.
+EVEN = Candidates(
+    dense=[("heard", 0.5), ("said", 0.5)],
+    lexical=[hit("heard", 2.0, 0.4), hit("said", 2.0, 0.4)],
+    cosine={"heard": 0.5, "said": 0.5},
+    bm25={"heard": hit("heard", 2.0, 0.4), "said": hit("said", 2.0, 0.4)},
+    names=query_names("Where did Anna move?", ANALYZER),
+    traits={
+        "heard": traits_of("[1 May] Ben: Anna moved, right?", "", ANALYZER),
+        "said": traits_of("[1 May] Anna: I moved to Lisbon.", "", ANALYZER),
+    },
+)
+
+
+def test_a_memory_whose_subject_the_query_names_gets_the_subject_bonus() -> None:
+    tuning = SearchTuning(subject_weight=0.15)
+    scores = {r.memory_id: r.score for r in fuse(EVEN, tuning)}
+    base = 0.3 * 0.5 + 0.7 * 0.4
+    assert scores == {"said": pytest.approx(base + 0.15), "heard": pytest.approx(base)}
+    assert [r.memory_id for r in fuse(EVEN, tuning)] == ["said", "heard"]
+    # No bonus without it, nor for a query that names nobody, nor under RRF.
+    assert fuse(EVEN, SearchTuning(subject_weight=0.0))[0].score == pytest.approx(base)
+    unnamed = Candidates(EVEN.dense, EVEN.lexical, EVEN.cosine, EVEN.bm25, frozenset(), EVEN.traits)
+    assert [r.score for r in fuse(unnamed, tuning)] == [pytest.approx(base)] * 2
+    rrf = fuse(EVEN, SearchTuning(fusion="rrf"))
+    assert rrf[0].score == pytest.approx(1 / 61 + 1 / 61)
+
+
+def test_an_answer_gets_a_share_of_the_question_before_it() -> None:
+    question = "[1 May] Ben: What books do you keep in your library?"
+    answer_context = f"[1 May] Ben: Hi!\n{question}\n[1 May] Ben: Nice."
+    candidates = Candidates(
+        dense=[("q", 0.8), ("a", 0.3)],
+        lexical=[hit("q", 8.0, 0.8)],
+        cosine={"q": 0.8, "a": 0.3},
+        bm25={"q": hit("q", 8.0, 0.8), "a": hit("a", 0.0, 0.0)},
+        traits={
+            "q": traits_of(question, "", ANALYZER),
+            "a": traits_of("[1 May] Anna: Mostly atlases and poetry.", answer_context, ANALYZER),
+        },
+    )
+    q_score = 0.3 * 0.8 + 0.7 * 0.8
+    scores = {r.memory_id: r.score for r in fuse(candidates, SearchTuning(reply_weight=0.3))}
+    assert scores == {"q": pytest.approx(q_score), "a": pytest.approx(0.3 * 0.3 + 0.3 * q_score)}
+    assert fuse(candidates, SearchTuning(reply_weight=0.0))[1].score == pytest.approx(0.09)
+    # A predecessor that does not ask lends nothing; nor does one outside the pool.
+    told = {"q": traits_of("[1 May] Ben: I keep books.", "", ANALYZER), "a": candidates.traits["a"]}
+    plain = Candidates(candidates.dense, candidates.lexical, candidates.cosine, candidates.bm25)
+    for other in (
+        Candidates(
+            candidates.dense, candidates.lexical, candidates.cosine, candidates.bm25, traits=told
+        ),
+        Candidates([("a", 0.3)], [], {"a": 0.3}, {}, traits=candidates.traits),
+        plain,
+    ):
+        assert {r.memory_id: r.score for r in fuse(other, SearchTuning())}["a"] == pytest.approx(
+            0.09
+        )
+
+
+def test_traits_read_subject_question_and_predecessor() -> None:
+    said = traits_of(
+        "[8 May, 2023] Caroline: Would you like it? [shares a photo: a cat]", "", ANALYZER
+    )
+    assert said.subject == ANALYZER.terms("Caroline")[0]
+    assert said.asks
+    assert said.follows is None
+    assert traits_of("The user likes jazz.", "", ANALYZER) == Traits(
+        hash(text_key("The user likes jazz.")), "", False, None
+    )
+    assert traits_of("anna likes jazz? No.", "", ANALYZER).subject == ""  # not capitalised
+    answer = traits_of("Yes!", "Hello.\nDid you go?\nGreat.", ANALYZER)
+    assert answer.follows == hash(text_key("Did you go?"))
+
+
+def test_predecessor_reads_the_context_of_a_sequential_write() -> None:
+    texts = [f"turn {i}" for i in range(5)]
+    records = with_neighbours(
+        [
+            MemoryRecord(
+                memory_id=f"m{i}", tenant="t", assistant_id="a", user_id="u", text=t, kind="fact"
+            )
+            for i, t in enumerate(texts)
+        ]
+    )
+    assert predecessor(records[0].context) == ""
+    # Every memory that has a successor is told its predecessor.
+    for i in range(1, 4):
+        assert predecessor(records[i].context) == texts[i - 1]
+
+
+def test_query_names_are_its_capitalised_words() -> None:
+    assert query_names("What did Melanie's kids paint in Lisbon?", ANALYZER) == frozenset(
+        ANALYZER.terms("Melanie's Lisbon")
+    )
+    assert query_names("what did the kids paint?", ANALYZER) == frozenset()

@@ -10,9 +10,9 @@ in local", embedded and ``chroma run`` alike). So each process keeps, per
 collection it searches, the vectors (``dense.VectorSet``, exact cosine by
 one matrix product) and a BM25 index (``lexical.BM25Index``), both with the
 scope of each memory (its user id, marked when invalidated:
-``_codec.cache_scope``), and what a filter looks at of each
+``_codec.cache_scope``), what a filter looks at of each
 (``filters.filter_keys``), so a filtered search ranks the matching memories
-alone.
+alone, and what the ranking's bonuses read of each (``ranking.Traits``).
 
 Freshness across replicas. A process applies its own writes to its cache
 (``apply``). Every write, once its records are in Chroma, bumps the
@@ -62,7 +62,7 @@ from service.memory.dense import VectorSet
 from service.memory.embeddings import Vectors
 from service.memory.filters import filter_keys, matches
 from service.memory.lexical import BM25Index, LexicalHit
-from service.memory.ranking import Candidates, SearchTuning
+from service.memory.ranking import Candidates, SearchTuning, Traits, query_names, traits_of
 
 if TYPE_CHECKING:
     from chromadb.api.types import Metadata, Where
@@ -90,26 +90,32 @@ class CollectionCache:
     lock: threading.Lock = field(default_factory=threading.Lock)
     # What a filter looks at of each memory, and its scope under "scope".
     facets: dict[str, dict[str, object]] = field(default_factory=dict)
+    # What the ranking's bonuses read of each memory (``ranking.Traits``).
+    traits: dict[str, Traits] = field(default_factory=dict)
 
     def put(
         self, memory_id: str, meta: Mapping[str, object], text: str, vector: npt.ArrayLike
     ) -> None:
         scope = cache_scope(meta)
-        self.lexical.add(memory_id, text, scope, str(meta.get("context", "")))
+        context = str(meta.get("context", ""))
+        self.lexical.add(memory_id, text, scope, context)
         self.vectors.add(memory_id, np.asarray(vector, dtype=np.float32), scope)
         self.facets[memory_id] = filter_keys(meta) | {"scope": scope}
+        self.traits[memory_id] = traits_of(text, context, self.lexical.analyzer)
 
     def drop(self, memory_id: str) -> None:
         self.lexical.remove(memory_id)
         self.vectors.remove(memory_id)
         self.facets.pop(memory_id, None)
+        self.traits.pop(memory_id, None)
 
     def __len__(self) -> int:
         return len(self.vectors)
 
     def nbytes(self) -> int:
-        """About how much memory the cache holds (its BM25 index and vectors)."""
-        return self.lexical.nbytes() + self.vectors.nbytes()
+        """About how much memory the cache holds (its BM25 index, vectors and
+        traits: about 200 bytes a memory for its ``Traits`` and their entry)."""
+        return self.lexical.nbytes() + self.vectors.nbytes() + 200 * len(self.traits)
 
     def nearest(self, vector: Vectors, scopes: list[str], n: int) -> list[tuple[str, float]]:
         """The ``n`` nearest memories of those scopes: (id, cosine), nearest first."""
@@ -132,7 +138,9 @@ class CollectionCache:
             missing = [i for i in ids if i not in bm25]
             if missing:
                 bm25.update(self.lexical.score(query, missing, scopes))
-        return Candidates(dense, found, cosine, bm25)
+            traits = {i: self.traits[i] for i in ids if i in self.traits}
+        names = query_names(query, self.lexical.analyzer)
+        return Candidates(dense, found, cosine, bm25, names, traits)
 
     def filtered(
         self, query: str, vector: Vectors | None, scopes: list[str], where: Filter, n: int
@@ -147,11 +155,14 @@ class CollectionCache:
             ]
             cosine = self.vectors.cosine(vector, ids) if vector is not None else {}
             bm25 = self.lexical.score(query, ids, scopes)
-        dense = sorted(cosine.items(), key=lambda p: (-p[1], p[0]))[:n]
-        found = sorted(
-            (h for h in bm25.values() if h.score > 0), key=lambda h: (-h.score, h.doc_id)
-        )[:n]
-        return Candidates(dense, found, cosine, bm25)
+            dense = sorted(cosine.items(), key=lambda p: (-p[1], p[0]))[:n]
+            found = sorted(
+                (h for h in bm25.values() if h.score > 0), key=lambda h: (-h.score, h.doc_id)
+            )[:n]
+            pooled = Candidates.pool(dense, found)
+            traits = {i: self.traits[i] for i in pooled if i in self.traits}
+        names = query_names(query, self.lexical.analyzer)
+        return Candidates(dense, found, cosine, bm25, names, traits)
 
 
 class SearchCaches:
