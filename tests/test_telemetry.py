@@ -320,7 +320,7 @@ async def test_send_message_with_memory_auto_is_one_span_tree(
     # text), so the model does not run a second time for it.
     remember = _one(below, "memory.remember")
     under_remember = {s.name for s in _descendants(spans, remember)}
-    assert "chroma upsert" in under_remember
+    assert "chroma add" in under_remember  # a new memory: an add, not an upsert
     assert "embeddings all-MiniLM-L6-v2" not in under_remember
     assert remember.start_time is not None
     assert recall.end_time is not None
@@ -402,7 +402,7 @@ async def test_extraction_job_is_a_child_of_and_linked_to_the_send_message_trace
     assert chat_attrs["gen_ai.request.stream"] is False
     assert chat_attrs["gen_ai.usage.input_tokens"] == EXTRACT_USAGE[0]
     assert chat_attrs["gen_ai.usage.output_tokens"] == EXTRACT_USAGE[1]
-    assert "chroma upsert" in {s.name for s in _descendants(spans, apply)}
+    assert "chroma add" in {s.name for s in _descendants(spans, apply)}  # a new memory
     job_mongo = [
         s for s in _children(spans, run) if (s.attributes or {}).get("db.system") == "mongodb"
     ]
