@@ -20,8 +20,10 @@ from grpc import aio
 
 from generated.loom.v1 import assistant_pb2_grpc, thread_pb2, thread_pb2_grpc
 from service.config import Settings
+from service.memory.embeddings import OnnxMiniLM
 from service.server import Loom, build
 from tests.scripted_llm import ScriptedLLM
+from tests.support.embedding import model_dir
 from tests.support.ferretdb import FerretDB
 from tests.support.fuzzing import MAX_MESSAGE_CHARS as FUZZ_MESSAGE_CHARS
 from tests.support.fuzzing import STARTED, STATS, machine, register_profiles
@@ -77,6 +79,15 @@ def ferretdb() -> Iterator[FerretDB]:
     server = FerretDB().start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def embedder() -> Iterator[OnnxMiniLM]:
+    """all-MiniLM-L6-v2 in this process, loaded once for the tests that
+    embed or index directly (a server builds its own)."""
+    model = OnnxMiniLM(model_dir())
+    yield model
+    model.close()
 
 
 @pytest.fixture(scope="session")

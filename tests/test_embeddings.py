@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,13 +32,6 @@ TEXTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def minilm() -> Iterator[OnnxMiniLM]:
-    model = OnnxMiniLM(model_dir())
-    yield model
-    model.close()
-
-
 @pytest.fixture
 def chroma_minilm(monkeypatch: pytest.MonkeyPatch) -> ONNXMiniLM_L6_V2:
     # Chroma reads the model from DOWNLOAD_PATH/onnx; point it at ours.
@@ -47,9 +40,9 @@ def chroma_minilm(monkeypatch: pytest.MonkeyPatch) -> ONNXMiniLM_L6_V2:
 
 
 async def test_same_vectors_as_chromas_minilm(
-    minilm: OnnxMiniLM, chroma_minilm: ONNXMiniLM_L6_V2
+    embedder: OnnxMiniLM, chroma_minilm: ONNXMiniLM_L6_V2
 ) -> None:
-    ours = await minilm.embed(TEXTS)
+    ours = await embedder.embed(TEXTS)
     theirs = np.asarray(chroma_minilm(TEXTS), dtype=np.float32)
     assert ours.shape == (len(TEXTS), 384)
     assert ours.dtype == np.float32
@@ -58,15 +51,15 @@ async def test_same_vectors_as_chromas_minilm(
     assert cosine.min() >= 0.9999, cosine
 
 
-async def test_batching_and_order_do_not_change_vectors(minilm: OnnxMiniLM) -> None:
-    alone = np.vstack([await minilm.embed([t]) for t in TEXTS])
-    together = await minilm.embed(TEXTS)
+async def test_batching_and_order_do_not_change_vectors(embedder: OnnxMiniLM) -> None:
+    alone = np.vstack([await embedder.embed([t]) for t in TEXTS])
+    together = await embedder.embed(TEXTS)
     np.testing.assert_allclose(alone, together, atol=1e-5)
-    assert (await minilm.embed([])).shape == (0, 384)
+    assert (await embedder.embed([])).shape == (0, 384)
     # Concurrent callers share one session.
-    results = await asyncio.gather(*(minilm.embed([t]) for t in TEXTS))
+    results = await asyncio.gather(*(embedder.embed([t]) for t in TEXTS))
     np.testing.assert_allclose(np.vstack(results), together, atol=1e-5)
-    assert minilm.embed_sync(TEXTS[:2]) == pytest.approx(together[:2], abs=1e-5)
+    assert embedder.embed_sync(TEXTS[:2]) == pytest.approx(together[:2], abs=1e-5)
 
 
 def test_model_folder_errors(tmp_path: Path) -> None:
@@ -126,15 +119,15 @@ class _Counted:
         return await self.model.embed(texts)
 
 
-async def test_shared_embedder_embeds_a_text_once_and_batches_callers(minilm: OnnxMiniLM) -> None:
-    counted = _Counted(minilm)
+async def test_shared_embedder_embeds_a_text_once_and_batches_callers(embedder: OnnxMiniLM) -> None:
+    counted = _Counted(embedder)
     shared = SharedEmbedder(counted, recent=2)
     texts = TEXTS[:4]
     first = asyncio.ensure_future(shared.embed([texts[0]]))
     await counted.called.wait()  # the model is busy with the first text
     rest = [shared.embed([t]) for t in [*texts[1:], *texts]]
     got = [await first, *await asyncio.gather(*rest)]
-    alone = await minilm.embed(texts)
+    alone = await embedder.embed(texts)
     for i, vectors in enumerate(got):
         assert vectors.shape == (1, 384)
         assert vectors.dtype == np.float32

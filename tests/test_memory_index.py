@@ -26,18 +26,10 @@ from service.memory.ports import MemoryRecord
 from service.memory.reindex import reindex, reindex_all
 from tests.conftest import eventually
 from tests.support.chroma import ChromaServer
-from tests.support.embedding import model_dir
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 MODES = ("hybrid", "dense", "lexical")
-
-
-@pytest.fixture(scope="session")
-def embedder() -> Iterator[OnnxMiniLM]:
-    model = OnnxMiniLM(model_dir())
-    yield model
-    model.close()
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,19 +18,12 @@ from service.memory.index import ChromaMemoryIndex, open_index
 from service.memory.memories import with_neighbours
 from service.memory.ports import MemoryRecord
 from service.memory.ranking import SearchTuning
-from tests.support.embedding import model_dir
+from tests.test_memory_index import rec
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 ASSISTANT = "asst_1"
 NO_BONUS = SearchTuning(subject_weight=0.0, reply_weight=0.0)
-
-
-@pytest.fixture(scope="module")
-def embedder() -> Iterator[OnnxMiniLM]:
-    model = OnnxMiniLM(model_dir())
-    yield model
-    model.close()
 
 
 @pytest.fixture
@@ -43,17 +36,6 @@ async def index(tmp_path: Path, embedder: OnnxMiniLM) -> AsyncIterator[ChromaMem
 @pytest.fixture
 def tenant() -> str:
     return f"t-{uuid.uuid4().hex[:12]}"
-
-
-def rec(tenant: str, memory_id: str, text: str, user: str) -> MemoryRecord:
-    return MemoryRecord(
-        memory_id=memory_id,
-        tenant=tenant,
-        assistant_id=ASSISTANT,
-        user_id=user,
-        text=text,
-        kind="episodic",
-    )
 
 
 async def ranked(
@@ -72,14 +54,9 @@ async def test_a_query_naming_a_person_ranks_that_persons_memory_first(
 ) -> None:
     await index.upsert(
         [
-            rec(
-                tenant,
-                "ben",
-                "[3 May] Ben: Did Anna paint the lake?",
-                "u",
-            ),
-            rec(tenant, "anna", "[3 May] Anna: I painted a lake.", "u"),
-            rec(tenant, "other", "[3 May] Ben: The weather was lovely.", "u"),
+            rec(tenant, "ben", "[3 May] Ben: Did Anna paint the lake?", user="u"),
+            rec(tenant, "anna", "[3 May] Anna: I painted a lake.", user="u"),
+            rec(tenant, "other", "[3 May] Ben: The weather was lovely.", user="u"),
         ]
     )
     query = "What did Anna paint?"
@@ -102,7 +79,7 @@ def conversation(tenant: str, user: str, prefix: str) -> list[MemoryRecord]:
         "Anna: Which ones?",
     ]
     return with_neighbours(
-        [rec(tenant, f"{prefix}{i}", text, user) for i, text in enumerate(turns)]
+        [rec(tenant, f"{prefix}{i}", text, user=user) for i, text in enumerate(turns)]
     )
 
 
@@ -134,7 +111,7 @@ async def test_the_bonuses_read_no_other_users_memories(
     # Bob holds the whole conversation; Alice holds only the answer, with the
     # same context (so the same predecessor). Bob's question must lend Alice nothing.
     bob = conversation(tenant, "bob", "b")
-    alice = replace(rec(tenant, "a2", bob[2].text, "alice"), context=bob[2].context)
+    alice = replace(rec(tenant, "a2", bob[2].text, user="alice"), context=bob[2].context)
     await index.upsert([*bob, alice])
     query = "What kind of books are in the library?"
     assert dict(await ranked(index, tenant, query, "alice", None)) == pytest.approx(

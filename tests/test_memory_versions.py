@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,7 +18,6 @@ from service.memory.index import ChromaMemoryIndex, open_index
 from service.memory.ports import MemoryRecord
 from service.store import MongoStore, connect
 from service.store.scoped import key
-from tests.support.embedding import model_dir
 from tests.support.ferretdb import FerretDB
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
@@ -33,13 +32,6 @@ async def stores(ferretdb: FerretDB) -> AsyncIterator[tuple[MongoStore, MongoSto
     await pair[0].client.drop_database(database)
     for store in pair:
         await store.close()
-
-
-@pytest.fixture(scope="module")
-def embedder() -> Iterator[OnnxMiniLM]:
-    model = OnnxMiniLM(model_dir())
-    yield model
-    model.close()
 
 
 async def test_concurrent_bumps_from_two_clients_are_all_counted(
