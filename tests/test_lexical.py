@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from threadpoolctl import threadpool_info
 
 from service.memory.dense import VectorSet
 from service.memory.lexical import Analyzer, BM25Index
@@ -108,3 +109,17 @@ def test_vector_set_scopes_and_exactness() -> None:
     assert len(store) == 500
     assert store.search(query, ["alice"], 3)[0][0] != "v11"
     assert set(store.cosine(query, ["v1999", "v3"])) == {"v1999"}
+
+
+def test_vector_set_searches_several_scopes_on_one_blas_thread() -> None:
+    store = VectorSet(4)
+    basis = np.eye(4, dtype=np.float32)
+    for i, scope in enumerate(["alice", "", "bob", "~alice"]):
+        store.add(f"v{i}", basis[i], scope)
+    query = np.full(4, 0.5, dtype=np.float32)
+    assert {d for d, _ in store.search(query, ["alice", "", "~alice"], 10)} == {"v0", "v1", "v3"}
+    assert [d for d, _ in store.search(query, ["bob", "carol"], 10)] == ["v2"]
+    assert store.search(query, ["carol"], 10) == []
+    blas = [p for p in threadpool_info() if p["user_api"] == "blas"]
+    assert blas
+    assert all(p["num_threads"] == 1 for p in blas)

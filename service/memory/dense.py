@@ -8,17 +8,34 @@ collection is exact, takes about a millisecond for 10,000 vectors of 384
 dimensions, and applies the scope as a mask. Chroma stays the store every
 replica shares and the source this cache is built from.
 
+The product runs on one thread: with OpenBLAS's default of a thread per
+core, a 10,000 x 384 product took 2.6-2.9 ms instead of 0.75 ms on this
+2-core machine under load, and its spinning threads took the cores the query
+embedding needed (``single_threaded_blas``).
+
 Not thread-safe: the owner serialises calls.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Iterable
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["VectorSet"]
+__all__ = ["VectorSet", "single_threaded_blas"]
+
+
+@functools.cache
+def single_threaded_blas() -> None:
+    """Limit the process's BLAS (numpy's OpenBLAS) to one thread, once.
+
+    Loom's products are matrix-vector ones, bound by memory, not compute:
+    more threads buy nothing and cost a wake-up and a spin on each call."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
 
 
 class VectorSet:
@@ -26,6 +43,7 @@ class VectorSet:
     a tombstone, compacted once tombstones are half the slots."""
 
     def __init__(self, dim: int) -> None:
+        single_threaded_blas()
         self.dim = dim
         self._slot_of: dict[str, int] = {}
         self._ids: list[str] = []
@@ -77,7 +95,12 @@ class VectorSet:
         codes = [self._scope_codes[s] for s in scopes if s in self._scope_codes]
         if size == 0 or not codes or limit <= 0:
             return []
-        mask = self._alive[:size] & np.isin(self._scope[:size], np.asarray(codes, np.int32))
+        # A comparison a scope (a search names one to four) is about 20
+        # times faster than np.isin over 10,000 slots.
+        in_scope = self._scope[:size] == codes[0]
+        for code in codes[1:]:
+            in_scope |= self._scope[:size] == code
+        mask = self._alive[:size] & in_scope
         count = int(np.count_nonzero(mask))
         if count == 0:
             return []

@@ -199,6 +199,9 @@ class OnnxMiniLM:
         if not texts:
             return np.zeros((0, MINILM_DIM), dtype=np.float32)
         loop = asyncio.get_running_loop()
+        if len(texts) <= self.batch_size:
+            # One batch (a search's query): one hop to the worker, not two.
+            return await loop.run_in_executor(self._executor, self.embed_sync, texts)
         encoded = await loop.run_in_executor(self._executor, self._encode, list(texts))
         order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
         out = np.empty((len(texts), MINILM_DIM), dtype=np.float32)
