@@ -384,7 +384,11 @@ def build_memory(
         recall_min_score=settings.memory_min_score,
     )
     memories = Memories(
-        index=index, history=history, assistants=store.assistants, job_store=store.jobs
+        index=index,
+        history=history,
+        assistants=store.assistants,
+        job_store=store.jobs,
+        requests=store.requests,
     )
     return index, memory, memories
 

@@ -3,6 +3,8 @@ request_id replays, and sequences indexed with their neighbours."""
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 from grpc import aio
@@ -128,6 +130,35 @@ async def test_a_request_id_makes_a_retry_safe(mem: Mem, model: Model) -> None:
     )
     assert [m.memory_id for m in mended.memories] == [m.memory_id for m in first.memories]
     assert await _count(mem, assistant_id) == 20
+
+
+async def test_one_request_id_sent_at_once_with_two_batches_keeps_one(
+    mem: Mem, model: Model
+) -> None:
+    assistant_id = await _assistant(mem)
+    batches = {side: [f"Fact {i} from side {side}." for i in range(200)] for side in ("a", "b")}
+    results = await asyncio.gather(
+        *(
+            mem.call(
+                mem.memory.BatchCreateMemories,
+                _batch(assistant_id, texts, request_id="import-race"),
+            )
+            for texts in batches.values()
+        ),
+        return_exceptions=True,
+    )
+    kept = [r for r in results if isinstance(r, V.BatchCreateMemoriesResponse)]
+    refused = [r for r in results if isinstance(r, aio.AioRpcError)]
+    assert len(kept) == 1, results
+    assert len(refused) == 1, results
+    assert refused[0].code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info(refused[0])["reason"] == "REQUEST_ID_REUSED"
+    texts = [m.content for m in kept[0].memories]
+    assert texts in batches.values()
+    stored = await mem.call(
+        mem.memory.ListMemories, V.ListMemoriesRequest(assistant_id=assistant_id, page_size=1000)
+    )
+    assert sorted(m.content for m in stored.memories) == sorted(texts)
 
 
 async def test_a_sequence_is_indexed_with_its_neighbours(mem: Mem, model: Model) -> None:

@@ -9,6 +9,8 @@ deletes a memory and its history for good.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -30,7 +32,7 @@ from service.core.limits import (
 from service.core.memory_history import MemoryVersion
 from service.core.models import Page
 from service.core.paging import open_cursor
-from service.core.ports import AssistantStore, Job, JobStore
+from service.core.ports import AssistantStore, Job, JobStore, RequestStore
 from service.core.validation import check_metadata, check_text, check_update_mask
 from service.memory.filters import parse_memory_filter
 from service.memory.history import History, next_version
@@ -79,11 +81,13 @@ class Memories:
         history: History,
         assistants: AssistantStore,
         job_store: JobStore,
+        requests: RequestStore,
     ) -> None:
         self._index = index
         self._history = history
         self._assistants = assistants
         self._job_store = job_store
+        self._requests = requests
 
     async def _assistant(self, tenant: str, assistant_id: str) -> None:
         await get_assistant(self._assistants, tenant, assistant_id)
@@ -139,7 +143,9 @@ class Memories:
         """Add up to ``MAX_MEMORY_BATCH`` memories at once, embedded in one batch,
         all or none. With ``request_id`` their ids derive from it, so a
         repeat finds them and creates nothing (or only what a failed first
-        call did not write). With ``sequential`` each is indexed with the
+        call did not write); the id is claimed with the batch's fingerprint
+        before anything is written, so another batch under it is refused even
+        while the first is being written. With ``sequential`` each is indexed with the
         two memories before it and the one after it of the same user as
         its context.
 
@@ -173,14 +179,29 @@ class Memories:
         if not request_id:
             await self._index.upsert(records)
             return records
+        claim = f"memories/{assistant_id}/{request_id}"
+        fingerprint = _fingerprint(records)
+        earlier = await self._requests.claim(tenant, claim, fingerprint, now())
+        if earlier is None:  # the first call with this id: a failure frees it
+            try:
+                return await self._replayed(tenant, assistant_id, request_id, records)
+            except Exception:
+                await self._requests.release(tenant, claim)
+                raise
+        if earlier.fingerprint != fingerprint:
+            # Refused before anything is written: two calls at once with one
+            # id and different memories would otherwise both be acknowledged.
+            raise _reused(request_id)
+        return await self._replayed(tenant, assistant_id, request_id, records)
+
+    async def _replayed(
+        self, tenant: str, assistant_id: str, request_id: str, records: list[MemoryRecord]
+    ) -> list[MemoryRecord]:
+        """Write what an earlier call with this batch's request id did not
+        (batches from before request ids were claimed are checked here too)."""
         found = await self._index.get_many(tenant, assistant_id, [r.memory_id for r in records])
         if any(r.memory_id in found and not _same(found[r.memory_id], r) for r in records):
-            raise InvalidArgument(
-                f"request_id {request_id!r} was already used for other memories; use a new "
-                "request_id for a new batch",
-                field="request_id",
-                reason="REQUEST_ID_REUSED",
-            )
+            raise _reused(request_id)
         await self._index.upsert([r for r in records if r.memory_id not in found])
         return [found.get(r.memory_id, r) for r in records]
 
@@ -401,6 +422,21 @@ def with_neighbours(records: list[MemoryRecord]) -> list[MemoryRecord]:
             around = order[max(0, at - 2) : at] + order[at + 1 : at + 2]
             out[i] = replace(records[i], context="\n".join(records[j].text for j in around))
     return out
+
+
+def _reused(request_id: str) -> InvalidArgument:
+    return InvalidArgument(
+        f"request_id {request_id!r} was already used for other memories; use a new "
+        "request_id for a new batch",
+        field="request_id",
+        reason="REQUEST_ID_REUSED",
+    )
+
+
+def _fingerprint(records: Sequence[MemoryRecord]) -> str:
+    """What a batch asks for, as ``_same`` compares it, hashed."""
+    wanted = [(r.user_id, r.text, sorted(r.metadata.items()), r.context) for r in records]
+    return hashlib.sha256(json.dumps(wanted).encode()).hexdigest()
 
 
 def _same(stored: MemoryRecord, wanted: MemoryRecord) -> bool:
