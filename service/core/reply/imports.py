@@ -249,13 +249,9 @@ class Importer:
         if self._memory is None or not users or stored[0].memory is not MemoryMode.AUTO:
             return ""
         if index:
-            try:
-                await self._memory.remember_all(
-                    tenant, thread.assistant_id, thread.user_id, thread.thread_id, users
-                )
-            except Exception:  # the extraction job indexes them again
-                log.warning("indexing the batch in %s failed", thread.thread_id, exc_info=True)
-            if await self._gone(tenant, thread, users):
+            # Shielded: a caller gone mid-write must not skip the check after it.
+            write = self._index_batch(self._memory, tenant, thread, users)
+            if await self._stores.shield.run(write):
                 return ""
         return await self._memory.schedule_batch_extraction(
             tenant,
@@ -265,6 +261,19 @@ class Importer:
             stored,
             model,
         )
+
+    async def _index_batch(
+        self, memory: MemoryPort, tenant: str, thread: Thread, users: list[Message]
+    ) -> bool:
+        """Index the batch's user messages; True if the thread went meanwhile
+        (and what was written is unwritten: ``_gone``)."""
+        try:
+            await memory.remember_all(
+                tenant, thread.assistant_id, thread.user_id, thread.thread_id, users
+            )
+        except Exception:  # the extraction job indexes them again
+            log.warning("indexing the batch in %s failed", thread.thread_id, exc_info=True)
+        return await self._gone(tenant, thread, users)
 
     async def _gone(self, tenant: str, thread: Thread, users: list[Message]) -> bool:
         """Whether the thread was deleted (or expired) while ``users`` were
