@@ -9,6 +9,7 @@ deletes a memory and its history for good.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections.abc import Sequence
@@ -297,17 +298,29 @@ class Memories:
                 field="min_score",
             )
         matching: Filter = parse_memory_filter(query.filter)
-        await self._assistant(tenant, assistant_id)
-        return await self._index.search(
-            tenant,
-            assistant_id,
-            text,
-            user_id=user_id,
-            limit=min(limit or DEFAULT_SEARCH_LIMIT, MAX_SEARCH_LIMIT),
-            min_score=min_score,
-            include_invalidated=query.include_invalidated,
-            matching=matching,
+        ids.check_id(ids.ASSISTANT, assistant_id, "assistant_id")
+        # The search (its query's embedding above all) runs while the
+        # assistant is read, and answers only once that says it is the
+        # tenant's: a read of the database less on the way.
+        searching = asyncio.ensure_future(
+            self._index.search(
+                tenant,
+                assistant_id,
+                text,
+                user_id=user_id,
+                limit=min(limit or DEFAULT_SEARCH_LIMIT, MAX_SEARCH_LIMIT),
+                min_score=min_score,
+                include_invalidated=query.include_invalidated,
+                matching=matching,
+            )
         )
+        try:
+            await self._assistant(tenant, assistant_id)
+        except BaseException:
+            searching.cancel()
+            await asyncio.gather(searching, return_exceptions=True)
+            raise
+        return await searching
 
     async def update(
         self,
