@@ -6,7 +6,7 @@ each question goes through ``search``, and the evidence turns are looked
 for in the hits: recall@1/5/10/20 (the share of a question's evidence
 turns in the top k) and MRR (reciprocal rank of the first evidence turn in
 the top 50), per category. Five rankings of the same index: hybrid (Loom's
-default, linear fusion with its subject and reply bonuses), the same
+default, linear fusion with its subject, reply and time bonuses), the same
 without the bonuses, hybrid with reciprocal rank fusion, BM25 only and
 dense only. Then the latency of one search with 10,000 memories in scope.
 
@@ -52,6 +52,7 @@ KS = (1, 5, 10, 20)
 DEV = 2  # conversations the ranking parameters were chosen on
 BATCH = 256  # memories per upsert call
 SCOPE_SIZE = 10_000
+NO_BONUS = SearchTuning(subject_weight=0.0, reply_weight=0.0, time_weight=0.0)
 RUNS = ("hybrid", "hybrid-no-bonus", "hybrid-rrf", "lexical", "dense")
 
 
@@ -267,9 +268,7 @@ async def main() -> None:
         client = hybrid.client
         indexes = {
             "hybrid": hybrid,
-            "hybrid-no-bonus": ChromaMemoryIndex(
-                client, embedder, tuning=SearchTuning(subject_weight=0.0, reply_weight=0.0)
-            ),
+            "hybrid-no-bonus": ChromaMemoryIndex(client, embedder, tuning=NO_BONUS),
             "hybrid-rrf": ChromaMemoryIndex(client, embedder, tuning=SearchTuning(fusion="rrf")),
             "lexical": hybrid,
             "dense": hybrid,

@@ -1,7 +1,8 @@
 """The ranking's bonuses through the real index (embedded Chroma,
 all-MiniLM-L6-v2): a query naming a person prefers that person's memory,
-an answer written in sequence is found by its question, and neither reads
-another user's memories."""
+an answer written in sequence is found by its question, a question asking
+when prefers the memory that says when, and none reads another user's
+memories."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from tests.test_memory_index import rec
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 ASSISTANT = "asst_1"
-NO_BONUS = SearchTuning(subject_weight=0.0, reply_weight=0.0)
+NO_BONUS = SearchTuning(subject_weight=0.0, reply_weight=0.0, time_weight=0.0)
 
 
 @pytest.fixture
@@ -120,3 +121,35 @@ async def test_the_bonuses_read_no_other_users_memories(
     # Bob's own answer does gain from his question.
     bob_found = dict(await ranked(index, tenant, query, "bob", None))
     assert bob_found["b2"] > dict(await ranked(index, tenant, query, "bob", NO_BONUS))["b2"]
+
+
+async def test_a_question_asking_when_prefers_the_memory_that_says_when(
+    index: ChromaMemoryIndex, tenant: str
+) -> None:
+    await index.upsert(
+        [
+            rec(tenant, "how", "[3 May] Anna: I love living in Lisbon.", user="u"),
+            rec(tenant, "when", "[3 May] Anna: We moved two years ago.", user="u"),
+            rec(tenant, "other", "[3 May] Ben: The weather was lovely today.", user="u"),
+            # Another user's memory that says when: never seen from u's scope.
+            rec(tenant, "bob", "[3 May] Anna: We moved to Lisbon last year.", user="bob"),
+        ]
+    )
+    query = "When did Anna move to Lisbon?"
+    plain = await ranked(index, tenant, query, "u", NO_BONUS)
+    assert plain[0][0] == "how"  # its words and meaning
+    time_only = SearchTuning(subject_weight=0.0, reply_weight=0.0)
+    found = await ranked(index, tenant, query, "u", time_only)
+    assert found[0][0] == "when"
+    assert "bob" not in dict(found)
+    # The bonus is the time weight, on the memories that say a time alone.
+    gain = {i: s - dict(plain)[i] for i, s in found}
+    assert gain == {
+        "how": pytest.approx(0.0, abs=1e-5),
+        "when": pytest.approx(time_only.time_weight, abs=1e-5),
+        "other": pytest.approx(time_only.time_weight, abs=1e-5),
+    }
+    # A question that does not ask when gets no time bonus.
+    assert dict(await ranked(index, tenant, "Did Anna like Lisbon?", "u", time_only)) == (
+        pytest.approx(dict(await ranked(index, tenant, "Did Anna like Lisbon?", "u", NO_BONUS)))
+    )

@@ -12,6 +12,7 @@ from service.memory.ranking import (
     Ranked,
     SearchTuning,
     Traits,
+    asks_time,
     by_dense,
     by_lexical,
     fuse,
@@ -207,3 +208,61 @@ def test_query_names_are_its_capitalised_words() -> None:
         ANALYZER.terms("Melanie's Lisbon")
     )
     assert query_names("what did the kids paint?", ANALYZER) == frozenset()
+
+
+def test_a_question_asking_when_gets_the_time_bonus_on_memories_that_say_when() -> None:
+    query = "When did Anna move to Lisbon?"
+    said = {
+        "when": traits_of("[1 May] Anna: We moved to Lisbon last week.", "", ANALYZER),
+        "how": traits_of("[1 May] Anna: Moving to Lisbon was hard.", "", ANALYZER),
+    }
+    even = Candidates(
+        dense=[("how", 0.5), ("when", 0.5)],
+        lexical=[hit("how", 2.0, 0.4), hit("when", 2.0, 0.4)],
+        cosine={"how": 0.5, "when": 0.5},
+        bm25={"how": hit("how", 2.0, 0.4), "when": hit("when", 2.0, 0.4)},
+        traits=said,
+        asks_time=asks_time(query),
+    )
+    base = 0.3 * 0.5 + 0.7 * 0.4
+    tuning = SearchTuning(subject_weight=0.0, time_weight=0.1)
+    assert {r.memory_id: r.score for r in fuse(even, tuning)} == {
+        "when": pytest.approx(base + 0.1),
+        "how": pytest.approx(base),
+    }
+    # Nothing for a question that does not ask when, nor with the weight at 0.
+    other = Candidates(even.dense, even.lexical, even.cosine, even.bm25, traits=said)
+    assert [r.score for r in fuse(other, tuning)] == [pytest.approx(base)] * 2
+    unweighted = SearchTuning(subject_weight=0.0, time_weight=0.0)
+    assert [r.score for r in fuse(even, unweighted)] == [pytest.approx(base)] * 2
+
+
+def test_asks_time_reads_the_start_of_the_question() -> None:
+    for query in (
+        "When did Anna move?",
+        "  what date was the party?",
+        "What year did Ben start painting?",
+        "How long has Anna lived in Lisbon?",
+        "In which month did they meet?",
+    ):
+        assert asks_time(query), query
+    for query in ("What did Anna paint?", "Where did Anna move when she left?", "Whence?"):
+        assert not asks_time(query), query
+
+
+def test_a_memory_is_dated_when_its_text_says_a_time() -> None:
+    for text in (
+        "[8 May, 2023] Anna: I went to a support group yesterday.",
+        "[8 May] Anna: We moved two years ago.",
+        "Anna moved to Lisbon in June",
+        "[1 May] Ben: I have painted since 2016!",
+        "Ben: See you next weekend.",
+        "Ben: I ran for 3 days.",
+    ):
+        assert traits_of(text, "", ANALYZER).dated, text
+    for text in (
+        "[8 May, 2023] Anna: I like jazz.",  # the date of the prefix says when it was written
+        "Ben: I may paint the lake.",  # "may" the verb
+        "Ben: Mayday, the yesterdays.",
+    ):
+        assert not traits_of(text, "", ANALYZER).dated, text

@@ -62,7 +62,14 @@ from service.memory.dense import VectorSet
 from service.memory.embeddings import Vectors
 from service.memory.filters import filter_keys, matches
 from service.memory.lexical import BM25Index, LexicalHit
-from service.memory.ranking import Candidates, SearchTuning, Traits, query_names, traits_of
+from service.memory.ranking import (
+    Candidates,
+    SearchTuning,
+    Traits,
+    asks_time,
+    query_names,
+    traits_of,
+)
 
 if TYPE_CHECKING:
     from chromadb.api.types import Metadata, Where
@@ -140,7 +147,7 @@ class CollectionCache:
                 bm25.update(self.lexical.score(query, missing, scopes))
             traits = {i: self.traits[i] for i in ids if i in self.traits}
         names = query_names(query, self.lexical.analyzer)
-        return Candidates(dense, found, cosine, bm25, names, traits)
+        return Candidates(dense, found, cosine, bm25, names, traits, asks_time(query))
 
     def filtered(
         self, query: str, vector: Vectors | None, scopes: list[str], where: Filter, n: int
@@ -162,7 +169,7 @@ class CollectionCache:
             pooled = Candidates.pool(dense, found)
             traits = {i: self.traits[i] for i in pooled if i in self.traits}
         names = query_names(query, self.lexical.analyzer)
-        return Candidates(dense, found, cosine, bm25, names, traits)
+        return Candidates(dense, found, cosine, bm25, names, traits, asks_time(query))
 
 
 class SearchCaches:

@@ -22,6 +22,14 @@ each memory's text says of itself (``Traits``, read when it is cached):
   books do you have?" is found by the question's words, which it rarely
   repeats. Only memories written in sequence know their predecessor
   (``predecessor``), and only pooled ones count.
+- **time**: ``time_weight`` when the query asks for a time or a duration
+  (it begins "when", "what date/day/month/year/time", "how long", "in
+  which/what year/month": ``asks_time``) and the memory's text, less its
+  bracketed prefix, states one ("yesterday", "last week", "two years
+  ago", "in June", "2022": ``_TIME``): the answer to "when did Anna move?"
+  is the memory that says when ("[8 May] Anna: we moved last week"), with
+  the date of its prefix, rather than one that talks of moving. English
+  only, like the analyzer's stopwords and stemmer.
 
 A bonus only adds to a pooled memory's score, so a score may pass 1.
 Reciprocal rank fusion
@@ -43,6 +51,7 @@ __all__ = [
     "Ranked",
     "SearchTuning",
     "Traits",
+    "asks_time",
     "by_dense",
     "by_lexical",
     "fuse",
@@ -68,6 +77,7 @@ class SearchTuning:
     rrf_k: int = 60
     subject_weight: float = 0.05  # linear fusion: added when the subject is a name the query says
     reply_weight: float = 0.3  # linear fusion: share of the asking predecessor's score added
+    time_weight: float = 0.1  # linear fusion: added when the query asks when and the memory says
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +101,7 @@ class Candidates:
     bm25: Mapping[str, LexicalHit]  # of the pooled ids that share a term with the query
     names: frozenset[str] = frozenset()  # the query's names, as index terms (``query_names``)
     traits: Mapping[str, Traits] = field(default_factory=dict)  # of the pooled ids
+    asks_time: bool = False  # the query asks for a time or a duration (``asks_time``)
 
     @staticmethod
     def pool(dense: Sequence[tuple[str, float]], lexical: Sequence[LexicalHit]) -> list[str]:
@@ -139,7 +150,7 @@ def fuse(candidates: Candidates, tuning: SearchTuning) -> list[Ranked]:
 def _with_bonuses(
     base: Mapping[str, float], candidates: Candidates, tuning: SearchTuning
 ) -> dict[str, float]:
-    """The fused scores plus the subject and reply bonuses (module docstring)."""
+    """The fused scores plus the subject, reply and time bonuses (module docstring)."""
     traits = candidates.traits
     # The best fused score of a pooled question, by its text's key.
     asked: dict[int, float] = {}
@@ -155,6 +166,8 @@ def _with_bonuses(
             out[memory_id] += tuning.subject_weight
         if t.follows is not None:
             out[memory_id] += tuning.reply_weight * asked.get(t.follows, 0.0)
+        if t.dated and candidates.asks_time:
+            out[memory_id] += tuning.time_weight
     return out
 
 
@@ -166,16 +179,37 @@ class Traits:
     subject: str  # the index term of its first word if that is capitalised, else ""
     asks: bool  # its text, less a trailing bracketed note, ends with "?"
     follows: int | None  # ``key`` of the memory written just before it in sequence
+    dated: bool = False  # its text, less a bracketed prefix, states a time (``_TIME``)
 
 
 _PREFIX = re.compile(r"\s*(?:\[[^\]]*\]\s*)?")  # a leading bracketed prefix: "[8 May, 2023] "
 _CAPITALISED = re.compile(r"[^\W\d_][\w'\u2019-]*")  # a word; \u2019 is the typographic apostrophe
 _NOTE = re.compile(r"(?:\s*\[[^\]]*\])+\s*$")  # trailing bracketed notes: " [shares a photo: ...]"
+_UNIT = (
+    r"(?:day|week|weekend|month|year|night|morning|evening|afternoon|summer|winter|spring"
+    r"|fall|autumn|monday|tuesday|wednesday|thursday|friday|saturday|sunday)s?"
+)
+_COUNT = r"(?:\d+|an?|one|two|three|four|five|six|seven|eight|nine|ten|few|couple of|several)"
+# A time or a duration a text states: relative ("yesterday", "last week",
+# "two years ago"), a year, or a month by its capitalised name ("may" the
+# verb is not one).
+_TIME = re.compile(
+    rf"(?i:\b(?:yesterday|today|tonight|tomorrow|recently|ago"
+    rf"|(?:last|next|this|past|coming|other)\s+{_UNIT}|{_COUNT}\s+{_UNIT}|(?:19|20)\d\d)\b)"
+    r"|\b(?:January|February|March|April|May|June|July|August|September|October|November"
+    r"|December)\b"
+)
+_ASKS_TIME = re.compile(
+    r"\s*(?:when|what\s+(?:date|day|month|year|time)|how\s+long"
+    r"|in\s+(?:which|what)\s+(?:year|month))\b",
+    re.IGNORECASE,
+)
 
 
 def traits_of(text: str, context: str, analyzer: Analyzer) -> Traits:
     """A memory's ``Traits``."""
-    first = _CAPITALISED.match(text, _PREFIX.match(text).end())  # type: ignore[union-attr]
+    start = _PREFIX.match(text).end()  # type: ignore[union-attr]
+    first = _CAPITALISED.match(text, start)
     subject = ""
     if first is not None and first.group()[0].isupper():
         subject = next(iter(analyzer.terms(first.group())), "")
@@ -185,7 +219,15 @@ def traits_of(text: str, context: str, analyzer: Analyzer) -> Traits:
         subject=subject,
         asks=_NOTE.sub("", text).rstrip().endswith("?"),
         follows=hash(text_key(before)) if before else None,
+        dated=_TIME.search(text, start) is not None,
     )
+
+
+def asks_time(query: str) -> bool:
+    """Whether the query asks for a time or a duration: it begins "when",
+    "what date" (day, month, year, time), "how long" or "in which year"
+    (or month)."""
+    return _ASKS_TIME.match(query) is not None
 
 
 def predecessor(context: str) -> str:
