@@ -444,12 +444,21 @@ async def test_duplicates_and_context(index: ChromaMemoryIndex, tenant: str) -> 
             rec(tenant, "d1", "The user likes jazz."),
             rec(tenant, "d2", "the user  likes JAZZ."),
             rec(tenant, "c1", "Yes, it was wonderful!", context="Did you enjoy the Lisbon trip?"),
+            rec(tenant, "j3", "Jazz records fill the user's shelves."),
         ]
     )
     hits = await index.search(tenant, "asst_1", "jazz", user_id="", limit=10)
     assert [h.record.memory_id for h in hits].count("d1") + [
         h.record.memory_id for h in hits
     ].count("d2") == 1
+    # The folded twin still leaves room for the next best: the search reads
+    # on past the first ``limit`` ids when one of them is skipped.
+    found = [
+        h.record.memory_id
+        for h in await index.search(tenant, "asst_1", "jazz", user_id="", limit=2)
+    ]
+    assert len(found) == 2
+    assert "j3" in found
     # The context finds a memory whose own words would not.
     hits = await index.search(tenant, "asst_1", "Lisbon trip", user_id="", limit=1)
     assert hits[0].record.memory_id == "c1"

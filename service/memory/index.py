@@ -406,9 +406,13 @@ class ChromaMemoryIndex:
         skipped, whatever the cache said."""
         hits: list[MemoryHit] = []
         seen: set[str] = set()
-        step = max(2 * limit, 20)
-        for start in range(0, len(ranked), step):
+        # Chroma's get costs about 0.07 ms an id over a fixed 0.5 ms, and a
+        # winner is rarely skipped: read the best ``limit`` first, and twice
+        # as many at a time only when some were.
+        start, step = 0, max(limit, 1)
+        while start < len(ranked):
             chunk = ranked[start : start + step]
+            start, step = start + step, max(2 * limit, 20)
             rows = collection.get(
                 ids=[r.memory_id for r in chunk], include=["documents", "metadatas"]
             )
