@@ -145,9 +145,7 @@ class CollectionCache:
             missing = [i for i in ids if i not in bm25]
             if missing:
                 bm25.update(self.lexical.score(query, missing, scopes))
-            traits = {i: self.traits[i] for i in ids if i in self.traits}
-        names = query_names(query, self.lexical.analyzer)
-        return Candidates(dense, found, cosine, bm25, names, traits, asks_time(query))
+            return self._found(query, dense, found, cosine, bm25)
 
     def filtered(
         self, query: str, vector: Vectors | None, scopes: list[str], where: Filter, n: int
@@ -166,8 +164,19 @@ class CollectionCache:
             found = sorted(
                 (h for h in bm25.values() if h.score > 0), key=lambda h: (-h.score, h.doc_id)
             )[:n]
-            pooled = Candidates.pool(dense, found)
-            traits = {i: self.traits[i] for i in pooled if i in self.traits}
+            return self._found(query, dense, found, cosine, bm25)
+
+    def _found(
+        self,
+        query: str,
+        dense: list[tuple[str, float]],
+        found: list[LexicalHit],
+        cosine: dict[str, float],
+        bm25: dict[str, LexicalHit],
+    ) -> Candidates:
+        """What both sides found, with what the bonuses read of the query
+        and of each pooled memory (under the lock)."""
+        traits = {i: self.traits[i] for i in Candidates.pool(dense, found) if i in self.traits}
         names = query_names(query, self.lexical.analyzer)
         return Candidates(dense, found, cosine, bm25, names, traits, asks_time(query))
 
