@@ -145,10 +145,10 @@ class Memories:
         all or none. With ``request_id`` their ids derive from it, so a
         repeat finds them and creates nothing (or only what a failed first
         call did not write); the id is claimed with the batch's fingerprint
-        before anything is written, so another batch under it is refused even
-        while the first is being written. With ``sequential`` each is indexed with the
-        two memories before it and the one after it of the same user as
-        its context.
+        before anything is written, so another batch under it is refused
+        even while the first is being written. With ``sequential`` each is
+        indexed with the two memories before it and the one after it of the
+        same user as its context.
 
         Raises:
             InvalidArgument: no memories, too many, an invalid one (the field
@@ -180,6 +180,14 @@ class Memories:
         if not request_id:
             await self._index.upsert(records)
             return records
+        return await self._claimed(tenant, assistant_id, request_id, records)
+
+    async def _claimed(
+        self, tenant: str, assistant_id: str, request_id: str, records: list[MemoryRecord]
+    ) -> list[MemoryRecord]:
+        """Write a batch under its request id, claimed first with the
+        batch's fingerprint: the first call writes, a repeat of it writes
+        what the first did not, other memories under the id are refused."""
         claim = f"memories/{assistant_id}/{request_id}"
         fingerprint = _fingerprint(records)
         earlier = await self._requests.claim(tenant, claim, fingerprint, now())
