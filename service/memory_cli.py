@@ -150,16 +150,10 @@ async def _opened(settings: Settings) -> AsyncIterator[tuple[MongoStore, ChromaM
     """The store and the memory index the settings name (the index bumps the
     store's write counters, so running replicas see what the command wrote)."""
     from service.database import store_from
-    from service.memory.embeddings import embedder_from_settings
     from service.memory.index import open_index
+    from service.memory_wiring import embedder_of
 
-    key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
-    embedder = embedder_from_settings(
-        settings.embedding,
-        str(settings.embedding_model_dir) if settings.embedding_model_dir else None,
-        openai_base_url=settings.llm_base_url,
-        openai_api_key=key,
-    )
+    embedder = embedder_of(settings)
     store = store_from(settings)
     index = open_index(
         settings.data_dir, settings.chroma_url, embedder, versions=store.memory_versions

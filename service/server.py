@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -49,17 +48,11 @@ from service.http.door import Door
 from service.http.server import HttpServer
 from service.llm import OpenAIChatModel
 from service.llm.tokens import TokenBudgets
-from service.memory.domain import AssistantMemory
-from service.memory.embeddings import embedder_from_settings
-from service.memory.history import History
-from service.memory.index import ChromaMemoryIndex, open_index
-from service.memory.memories import Memories
-from service.memory.sharing import SharedEmbedder
+from service.memory.index import ChromaMemoryIndex
+from service.memory_wiring import build_memory
 from service.store import MongoStore
 from service.store import errors as store_errors
 from service.telemetry import Telemetry, span, tracer
-from service.telemetry.chroma import TracedChromaClient
-from service.telemetry.embeddings import TracedEmbedder
 from service.telemetry.http import HttpTelemetry
 from service.telemetry.jobs import BacklogSampler
 from service.telemetry.rpc import server_interceptors
@@ -81,7 +74,6 @@ __all__ = [
     "build_http",
     "build_jobs",
     "build_limiter",
-    "build_memory",
     "build_model",
 ]
 
@@ -191,13 +183,6 @@ class Loom:
         await self.memory_index.embedder.aclose()
         await self.llm.close()
         await self.store.close()
-
-
-def _chroma_server(url: str | None) -> tuple[str, int] | None:
-    if not url:
-        return None
-    parts = urlsplit(url)
-    return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 8000)
 
 
 # Adapter exceptions that mean something to a caller: database errors that
@@ -329,68 +314,6 @@ def build_jobs(settings: Settings, store: MongoStore, shield: Shield) -> JobRunn
         translate=store_errors.translate,
         charge=Ledger(Leases(store.leases, settings.lease_seconds, shield), store.threads).charge,
     )
-
-
-def build_memory(
-    settings: Settings,
-    telemetry: Telemetry,
-    *,
-    store: MongoStore,
-    jobs: JobRunner,
-    llm: OpenAIChatModel,
-) -> tuple[ChromaMemoryIndex, AssistantMemory, Memories]:
-    """The memory index (Chroma, with spans per call when tracing), the
-    assistant memory over it (what replies use) and the MemoryService use
-    cases.
-
-    Raises:
-        EmbeddingError: the embedding model cannot be loaded.
-    """
-    embedder = embedder_from_settings(
-        settings.embedding,
-        str(settings.embedding_model_dir) if settings.embedding_model_dir else None,
-        openai_base_url=settings.llm_base_url,
-        openai_api_key=settings.llm_api_key.get_secret_value() if settings.llm_api_key else None,
-    )
-    batch, flight = getattr(embedder, "batch_size", 32), getattr(embedder, "concurrency", 1)
-    if telemetry.tracing:
-        remote = settings.embedding.startswith("openai:")
-        embedder = TracedEmbedder(
-            embedder, provider="openai" if remote else "onnxruntime", remote=remote
-        )
-    embedder = SharedEmbedder(embedder, max_batch=batch, concurrency=flight)  # outside the spans
-    chroma_server = _chroma_server(settings.chroma_url)
-    index = open_index(
-        settings.data_dir,
-        settings.chroma_url,
-        embedder,
-        versions=store.memory_versions,
-        max_cached_bytes=settings.memory_cache_mb * 2**20,
-        # A span per Chroma call, when tracing.
-        wrap_client=(lambda client: TracedChromaClient(client, chroma_server))
-        if telemetry.tracing
-        else None,
-    )
-    history = History(index, store.memory_history)
-    memory = AssistantMemory(
-        index=index,
-        history=history,
-        jobs=jobs,
-        messages=store.messages,
-        llm=llm,
-        default_model=settings.llm_model,
-        extraction_model=settings.memory_extraction_model,
-        recall_limit=settings.memory_recall_limit,
-        recall_min_score=settings.memory_min_score,
-    )
-    memories = Memories(
-        index=index,
-        history=history,
-        assistants=store.assistants,
-        job_store=store.jobs,
-        requests=store.requests,
-    )
-    return index, memory, memories
 
 
 def build_conversation(

@@ -27,7 +27,17 @@ ALLOWED: dict[str, frozenset[str]] = {
     "config": frozenset({"core"}),  # the contract's bounds (core/limits.py)
 }
 WIRING = frozenset(
-    {"server", "run", "__main__", "jobs_cli", "memory_cli", "transport", "database", "deployment"}
+    {
+        "server",
+        "run",
+        "__main__",
+        "jobs_cli",
+        "memory_cli",
+        "memory_wiring",
+        "transport",
+        "database",
+        "deployment",
+    }
 )  # may import every room
 
 # Outside packages a room must not import: the domain is no protobuf, no
